@@ -1,0 +1,1 @@
+"""The ``potstill`` command line: one module per subcommand, registered in :mod:`potstill.cli.main`."""

@@ -1,0 +1,13 @@
+"""Arguments shared by the subcommands that read a run config."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="the run's YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted config overrides, e.g. train.lr=1e-4 eval.splits=[test]")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help="redo STAGE even if its inputs did not change (repeatable): prompts, generate, train, eval, measure, report")

@@ -1,0 +1,44 @@
+"""``potstill``: the command-line root. Maps subcommand names to their modules.
+
+User mistakes (:class:`potstill.errors.UserError`) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .. import __version__
+from ..errors import UserError
+from . import demo, report, run, stages, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="potstill", description="Distill a large teacher LLM into a small student.")
+    parser.add_argument("--version", action="version", version=f"potstill {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run.add_parser(sub)
+    demo.add_parser(sub)
+    stages.add_parsers(sub)
+    train.add_parser(sub)
+    report.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        print(f"potstill: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("potstill: interrupted; finished stages are kept, rerun to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""``potstill run CONFIG``: the whole pipeline, skipping stages whose inputs did not change."""
+
+from .. import api
+from ..progress import say
+from .common import add_config_args
+
+HELP = "run the whole pipeline: prompts → generate → train → eval → measure → report"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help=HELP, description=HELP)
+    add_config_args(p)
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from ..report.build import print_summary_table
+
+    report = api.run(args.config, args.overrides, args.force)
+    print_summary_table(report)
+    say(f"report: {report.get('paths', {}).get('html', 'see the run directory /report')}")
+    return 0

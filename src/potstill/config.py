@@ -1,0 +1,259 @@
+"""The pipeline's YAML config, validated with pydantic.
+
+One file describes a run: prompt sources, teacher, student, training methods, evaluation and
+prices. Unknown or misspelled keys are errors that name the key and suggest the closest valid
+one; ``key.sub=value`` overrides from the command line are applied before validation.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .data.stage import PromptsConfig
+from .errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class TeacherConfig(Section):
+    """Who answers the training prompts."""
+
+    model: str = Field(description="Local Hugging Face model directory (AutoModelForCausalLM).")
+    batch_size: int = Field(16, ge=1, description="Prompts generated together (left padding, KV cache).")
+    max_new_tokens: int = Field(64, ge=1, le=8192, description="Most tokens generated per answer.")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (with do_sample).")
+    top_logprobs: int = Field(0, ge=0, le=100, description="Per-token top-k log-probabilities to record (0: none).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+
+
+class StudentConfig(Section):
+    """The small model that learns from the teacher."""
+
+    model: str = Field(description="Model directory: weights + tokenizer, or config.json + tokenizer with init=random.")
+    init: Literal["pretrained", "random"] = Field("pretrained", description="Start from the weights, or from a random init of config.json.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Training/eval dtype.")
+
+
+class LoraSettings(Section):
+    """Parameter-efficient training with PEFT; adapters are merged on export."""
+
+    enabled: bool = Field(False, description="Train LoRA adapters instead of all weights.")
+    r: int = Field(8, ge=1, description="Adapter rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | str = Field("all-linear", description="Modules to adapt.")
+
+
+class KDSettings(Section):
+    """Soft-label distillation: loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
+
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature T applied to both models.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the soft (KD) term; 1 - alpha goes to cross-entropy.")
+    signal: Literal["live", "topk"] = Field("live", description="live: run the teacher during training; topk: use the generate stage's top-k log-probs.")
+
+
+class TrainConfig(Section):
+    """How each student is trained (hyper-parameters shared by all methods)."""
+
+    methods: list[Literal["sft", "kd"]] = Field(["sft", "kd"], min_length=1, description="Methods to train, one student each.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the training pairs.")
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(16, ge=1, description="Sequences per device step.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_seq_len: int = Field(256, ge=8, description="Prompt + response tokens kept (longer ones are truncated from the left of the prompt).")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up the LR.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name.")
+    save_steps: int = Field(100, ge=1, description="Checkpoint every N optimizer steps (resume point).")
+    logging_steps: int = Field(20, ge=1, description="Log every N steps.")
+    report_to: list[str] = Field(["none"], description="Trainer integrations (tensorboard, wandb, ...).")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    kd: KDSettings = Field(default_factory=KDSettings)
+
+
+class ScorerSpec(Section):
+    """A quality scorer: returns a score in [0, 1] for one answer."""
+
+    type: Literal["exact", "normalized", "regex", "python", "rouge_l"] = Field(description="Scorer kind.")
+    name: str | None = Field(None, description="Name in the report (default: the type).")
+    field: str = Field("answer", description="Record key holding the reference answer (meta is searched too).")
+    pattern: str | None = Field(None, description="Regex that a correct answer matches (type=regex; may use {field}).")
+    function: str | None = Field(None, description="'module:function' called as f(answer, record, reference) -> float (type=python).")
+
+    @model_validator(mode="after")
+    def _needs(self):
+        if self.type == "regex" and not self.pattern:
+            raise ValueError("scorer type 'regex' needs 'pattern'")
+        if self.type == "python" and not self.function:
+            raise ValueError("scorer type 'python' needs 'function' as 'module:function'")
+        return self
+
+
+class LatencySettings(Section):
+    """Measured speed and memory of each model on this machine."""
+
+    queries: int = Field(16, ge=1, description="Test queries timed one at a time (batch 1).")
+    batch_size: int = Field(16, ge=1, description="Batch size of the batched-load measurement.")
+
+
+class EvalConfig(Section):
+    """Teacher vs students on held-out splits."""
+
+    splits: list[Literal["test", "ood", "validation"]] = Field(["test", "ood"], description="Splits to evaluate.")
+    scorer: ScorerSpec = Field(default_factory=lambda: ScorerSpec(type="rouge_l"), description="The task's own scorer (primary).")
+    max_new_tokens: int = Field(64, ge=1, description="Most tokens per answer.")
+    batch_size: int = Field(32, ge=1, description="Prompts answered together.")
+    include_floor: bool = Field(True, description="Also evaluate the untrained student (the floor of 'gap recovered').")
+    max_examples: int | None = Field(None, ge=1, description="Evaluate at most N prompts per split.")
+    latency: LatencySettings = Field(default_factory=LatencySettings)
+
+
+class Price(Section):
+    """Either hardware rent, or API token prices."""
+
+    usd_per_hour: float | None = Field(None, ge=0, description="Hardware cost while serving.")
+    usd_per_1m_input_tokens: float | None = Field(None, ge=0, description="API price per million prompt tokens.")
+    usd_per_1m_output_tokens: float | None = Field(None, ge=0, description="API price per million completion tokens.")
+
+
+class PricesConfig(Section):
+    """Prices used for cost per query."""
+
+    teacher: Price = Field(default_factory=lambda: Price(usd_per_hour=4.0))
+    student: Price = Field(default_factory=lambda: Price(usd_per_hour=0.5))
+    queries_per_day: int = Field(50_000, ge=1, description="Traffic for the per-year figures.")
+
+
+class RunConfig(Section):
+    """A whole potstill run."""
+
+    name: str = Field("run", description="Run name, shown in the report.")
+    run_dir: str = Field("runs/run", description="Where every stage writes its artifacts (relative to the config file).")
+    seed: int = Field(0, description="Seed for training and sampling.")
+    prompts: PromptsConfig
+    teacher: TeacherConfig
+    student: StudentConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    prices: PricesConfig = Field(default_factory=PricesConfig)
+
+    base_dir: Path = Field(Path("."), exclude=True, description="Directory relative paths resolve against.")
+
+    def resolve(self, path: str | Path) -> Path:
+        """A config path made absolute against the config file's directory."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    @property
+    def run_path(self) -> Path:
+        return self.resolve(self.run_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading, overrides and readable errors
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not of the form key.sub=value")
+        key, value = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise UserError(f"override '{item}' has an empty key")
+        node = data
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the location ``loc`` (without its last element)."""
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            inner = getattr(cand, "__args__", ())
+            for c in (cand, *inner):
+                if isinstance(c, type) and issubclass(c, BaseModel):
+                    model = c
+                    break
+            else:
+                continue
+            break
+        else:
+            return None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line naming the first bad key, with a suggestion for unknown keys."""
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        owner = _model_at(loc)
+        valid = list(owner.model_fields) if owner else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else (f" (valid keys: {', '.join(valid)})" if valid else "")
+        return f"{source}: unknown config key '{key}'{hint}"
+    if e["type"] == "missing":
+        return f"{source}: missing required config key '{key}'"
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{source}: config key '{key}': {msg} (got {e.get('input')!r})"
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a run config; errors are one-line :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("config file not found", str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"malformed YAML ({getattr(e, 'problem', e)})", where) from None
+    if not isinstance(data, dict):
+        raise UserError("the config must be a YAML mapping", str(path))
+    return config_from_dict(data, base_dir=path.resolve().parent, overrides=overrides, source=str(path))
+
+
+def config_from_dict(data: dict, base_dir: Path, overrides: list[str] | None = None, source: str = "config") -> RunConfig:
+    data = apply_overrides(dict(data), overrides or [])
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, source)) from None
+    cfg.base_dir = Path(base_dir)
+    return cfg
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (what the run directory keeps)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,16 @@
+"""User-facing errors.
+
+Anything the user can fix (a bad file, a wrong config key, a model path that is not a model)
+is raised as :class:`UserError`. The CLI prints its message as one line and exits with code 2;
+no traceback is shown. Bugs stay ordinary exceptions.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input; ``str(err)`` is the one line shown to them."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, where: str | None = None):
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)

@@ -1,0 +1,1 @@
+"""Scoring answers, comparing students with the teacher, and measuring speed and cost."""

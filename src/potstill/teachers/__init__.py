@@ -1,0 +1,1 @@
+"""Teacher backends behind one interface: ``generate(records) -> iterator of generation records``."""

@@ -1,0 +1,12 @@
+"""The prompts stage: load prompt sources, drop empty and duplicate prompts, split them."""
+
+from .dedup import dedup, normalise
+from .load import SourceSpec, drop_empty, is_empty, load_source, read_source, user_text
+from .split import assign_split, drop_contaminated, make_splits, split_point
+from .stage import PromptsConfig, run_prompts
+
+__all__ = [
+    "PromptsConfig", "SourceSpec", "assign_split", "dedup", "drop_contaminated", "drop_empty",
+    "is_empty", "load_source", "make_splits", "normalise", "read_source", "run_prompts",
+    "split_point", "user_text",
+]

@@ -32,13 +32,13 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from ..report.build import print_summary_table
-
     config = example_dir() / "config.yaml"
     run_dir = Path(args.run_dir or "runs/helpdesk-demo").resolve()
     cfg = load_config(config, [*args.overrides, f"run_dir={run_dir}"])
     started = time.perf_counter()
     report = api.run(cfg, force=args.force)
+    from ..report.build import print_summary_table
+
     print_summary_table(report)
     say(f"demo finished in {time.perf_counter() - started:.0f}s; report: {run_dir / 'report' / 'report.html'} (and report.md, report.json)")
     return 0

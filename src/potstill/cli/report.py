@@ -14,9 +14,9 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
+    report = api.report(args.config, args.overrides, args.force)
     from ..report.build import print_summary_table
 
-    report = api.report(args.config, args.overrides, args.force)
     print_summary_table(report)
     say("report: done")
     return 0

@@ -1,0 +1,165 @@
+"""Assemble the final report from the eval, measure, cost and training stages, and write it.
+
+``report.json`` schema (every key below is always present; values may be null when a stage
+produced nothing for that model)::
+
+    {
+      "schema_version": 1,
+      "name": str, "teacher": str, "student": str,     # from the config summary
+      "machine": str,                                  # where speed/memory were measured
+      "scorer": str | null,                            # the task's primary scorer
+      "queries_per_day": int | null, "prices": {...},
+      "primary_split": str | null,                     # "test" when present
+      "summary": str,                                  # the one-paragraph headline
+      "best_student": str | null,                      # highest primary-split score
+      "models": {NAME: {
+          "role": "teacher" | "student" | "floor", "method": "sft" | "kd" | null, "path": str | null,
+          "params": int,
+          "latency_p50_s": float, "latency_p95_s": float, "latency_mean_s": float,
+          "latencies_s": [float], "tokens_per_s": float,
+          "batched_queries_per_s": float, "batched_tokens_per_s": float,
+          "peak_rss_mb": float, "cuda_peak_mb": float | null, "device": str, "torch_threads": int,
+          "mean_prompt_tokens": float, "mean_completion_tokens": float,
+          "cost_per_query_usd": float, "cost_per_1m_queries_usd": float, "cost_per_year_usd": float,
+          "price_basis": "hourly" | "tokens",
+          "cost_vs_teacher": float | null,             # this model's cost per query / the teacher's
+          "speedup_p50_vs_teacher": float | null}},    # teacher p50 latency / this model's
+      "splits": {SPLIT: {NAME: {"score": float, "pct_of_teacher": float, "gap_recovered": float | null,
+                                "rouge_l": float, "per_category": {CATEGORY: float}, ...}}},
+      "split_sizes": {SPLIT: int | null},
+      "break_even": {...} | null,                      # as given in costs["break_even"]
+      "training": {METHOD: {"runtime_s": float, "train_loss": float, ...}}
+    }
+
+Non-finite numbers are written as null so that the file is strict JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..io import write_json, write_text
+from .tables import fmt_seconds, split_label
+
+ROLE_ORDER = {"teacher": 0, "student": 1, "floor": 2}
+PERF_KEYS = ("latency_p50_s", "latency_p95_s", "latency_mean_s", "latencies_s", "tokens_per_s", "batched_queries_per_s",
+             "batched_tokens_per_s", "peak_rss_mb", "cuda_peak_mb", "device", "torch_threads", "mean_prompt_tokens",
+             "mean_completion_tokens")
+COST_KEYS = ("cost_per_query_usd", "cost_per_1m_queries_usd", "cost_per_year_usd", "price_basis")
+
+
+def _clean(obj):
+    """Replace NaN/inf by None (recursively) so the JSON is strict."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _ratio(a, b):
+    ok = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (a, b))
+    return a / b if ok and b > 0 else None
+
+
+def _models(results: dict, perf: dict, costs: dict) -> dict:
+    names = sorted(results.get("models", {}), key=lambda n: ROLE_ORDER.get(results["models"][n].get("role"), 3))
+    out = {}
+    for name in names:
+        info, p, c = results["models"][name], perf.get(name) or {}, costs.get(name) or {}
+        params = info.get("params") if info.get("params") is not None else p.get("params")
+        out[name] = {"role": info.get("role"), "method": info.get("method"), "path": info.get("path"), "params": params,
+                     **{k: p.get(k) for k in PERF_KEYS}, **{k: c.get(k) for k in COST_KEYS}}
+    teacher = next((m for m in out.values() if m["role"] == "teacher"), None)
+    for m in out.values():
+        m["cost_vs_teacher"] = _ratio(m["cost_per_query_usd"], teacher and teacher["cost_per_query_usd"])
+        m["speedup_p50_vs_teacher"] = _ratio(teacher and teacher["latency_p50_s"], m["latency_p50_s"])
+    return out
+
+
+def _fraction(cost_vs_teacher: float) -> str:
+    """0.05 -> '1/20 of the cost'; 1.3 -> '1.3x the cost'."""
+    if cost_vs_teacher <= 0:
+        return "no cost"
+    if cost_vs_teacher > 1:
+        return f"{cost_vs_teacher:.1f}x the cost"
+    inv = 1 / cost_vs_teacher
+    return f"1/{inv:.0f} of the cost" if inv >= 10 else f"1/{inv:.1f} of the cost".replace(".0 ", " ")
+
+
+def summary_sentence(report: dict) -> str:
+    """'The kd student keeps 91% of the teacher's quality on test (84% OOD) at 1/20 of the cost per query.'"""
+    best, primary = report.get("best_student"), report.get("primary_split")
+    if primary is None:
+        return "No split was evaluated."
+    if best is None:
+        return "No student model was evaluated."
+    m = report["models"][best]
+
+    def quality(split: str) -> str:
+        q = report["splits"][split].get(best, {})
+        pct = q.get("pct_of_teacher")
+        return f"{pct:.0f}%" if isinstance(pct, (int, float)) else "n/a"
+
+    others = [f"{quality(s)} {split_label(s) if s == 'ood' else 'on ' + s}" for s in report["splits"] if s != primary]
+    text = f"The {best} student keeps {quality(primary)} of the teacher's quality on {primary}"
+    text += f" ({', '.join(others)})" if others else ""
+    if m.get("cost_vs_teacher") is not None:
+        text += f" at {_fraction(m['cost_vs_teacher'])} per query"
+    text += "."
+    teacher = next((t for t in report["models"].values() if t["role"] == "teacher"), None)
+    if teacher and m.get("speedup_p50_vs_teacher"):
+        text += (f" Its median batch-1 latency is {fmt_seconds(m['latency_p50_s'])}, against the teacher's "
+                 f"{fmt_seconds(teacher['latency_p50_s'])} ({m['speedup_p50_vs_teacher']:.1f}x faster).")
+    params = (m.get("params"), teacher and teacher.get("params"))
+    if all(isinstance(x, int) and x > 0 for x in params):
+        text += f" It has {params[1] / params[0]:.1f}x fewer parameters."
+    return text
+
+
+def assemble_report(results: dict, perf: dict, costs: dict, training: dict, cfg_summary: dict) -> dict:
+    """The report dict (see the module docstring for its schema), without writing anything."""
+    costs = dict(costs or {})
+    break_even = costs.pop("break_even", None)
+    models = _models(results, perf or {}, costs)
+    splits, sizes = {}, {}
+    for split, data in (results.get("splits") or {}).items():
+        sizes[split] = data.get("n")
+        splits[split] = {n: dict(data.get("models", {}).get(n) or {}) for n in models if n in data.get("models", {})}
+    primary = "test" if "test" in splits else next(iter(splits), None)
+    students = [n for n, m in models.items() if m["role"] == "student"]
+    best = None
+    if students and primary:
+        def score(n):
+            s = splits[primary].get(n, {}).get("score")
+            return s if isinstance(s, (int, float)) else float("-inf")
+
+        best = max(students, key=score)
+    report = {
+        "schema_version": 1,
+        "name": cfg_summary.get("name"), "teacher": cfg_summary.get("teacher"), "student": cfg_summary.get("student"),
+        "machine": cfg_summary.get("machine"), "scorer": results.get("scorer"),
+        "queries_per_day": cfg_summary.get("queries_per_day"), "prices": cfg_summary.get("prices"),
+        "primary_split": primary, "summary": "", "best_student": best,
+        "models": models, "splits": splits, "split_sizes": sizes,
+        "break_even": break_even, "training": dict(training or {}),
+    }
+    report = _clean(report)
+    report["summary"] = summary_sentence(report)
+    return report
+
+
+def build_report(results: dict, perf: dict, costs: dict, training: dict, cfg_summary: dict, out_dir: Path) -> dict:
+    """Write ``report.md``, ``report.html`` and ``report.json`` (each atomically) and return the report dict."""
+    from .html import render_html
+    from .markdown import render_markdown
+
+    report = assemble_report(results, perf, costs, training, cfg_summary)
+    out_dir = Path(out_dir)
+    write_text(out_dir / "report.md", render_markdown(report))
+    write_text(out_dir / "report.html", render_html(report))
+    write_json(out_dir / "report.json", report)
+    return report

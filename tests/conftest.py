@@ -1,0 +1,207 @@
+"""Shared fixtures: tiny local tokenizers and random Llama models (nothing is downloaded).
+
+* ``tiny_tokenizer_dir`` / ``other_tokenizer_dir`` (session): byte-level BPE tokenizers with a chat
+  template and ``<s>``/``</s>``/``<pad>`` tokens; the two have different vocabularies (so different
+  :func:`potstill.models.tokenizer_fingerprint`), for tokenizer-mismatch tests.
+* ``make_tiny_llama(dir, hidden=16, layers=2, ...)`` (session factory): saves a random
+  ``LlamaForCausalLM`` (safetensors) + a tokenizer into ``dir`` and returns ``dir``.
+* ``tiny_student_dir`` / ``tiny_teacher_dir`` (session): ready-made models sharing the default
+  tokenizer (hidden 16 and 32).
+* ``make_pairs(n=8, teacher_dir=None, top_k=0)`` (factory): toy training pairs in the generate
+  stage's format; ``top_logprobs`` come from ``teacher_dir``'s forward pass when ``top_k > 0``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+SPECIAL = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+QA = [
+    ("What is the capital of France?", "Paris."),
+    ("What is two plus two?", "Four."),
+    ("What color is the sky?", "Blue."),
+    ("Name a large animal.", "An elephant."),
+    ("What do bees make?", "Honey."),
+    ("Which planet is red?", "Mars."),
+    ("What is frozen water?", "Ice."),
+    ("How many legs has a spider?", "Eight."),
+    ("What is the opposite of hot?", "Cold."),
+    ("Which month comes after May?", "June."),
+    ("What do cows drink?", "Water."),
+    ("What is the largest ocean?", "The Pacific."),
+]
+CORPUS = [q + " " + a for q, a in QA] * 3 + [
+    "The quick brown fox jumps over the lazy dog.",
+    "Distillation trains a small student to imitate a large teacher.",
+    "Answer briefly and correctly.",
+]
+OTHER_CORPUS = [
+    "Zebras quietly juggle vexing puzzles while wizards hum.",
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit.",
+    "Sphinx of black quartz, judge my vow.",
+] * 3
+
+
+def build_tokenizer(out_dir: Path, corpus: list[str], vocab_size: int, chat_template: str | None = CHAT_TEMPLATE):
+    """Train a byte-level BPE tokenizer on ``corpus`` and save it (HF format) into ``out_dir``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        additional_special_tokens=SPECIAL[3:],
+    )
+    if chat_template:
+        tok.chat_template = chat_template
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(out_dir))
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """The default tiny tokenizer (vocab ~330, chat template, <s> </s> <pad>)."""
+    d = tmp_path_factory.mktemp("tok_default")
+    build_tokenizer(d, CORPUS, vocab_size=330)
+    return d
+
+
+@pytest.fixture(scope="session")
+def other_tokenizer_dir(tmp_path_factory) -> Path:
+    """A tokenizer with a different vocabulary (fingerprint differs from ``tiny_tokenizer_dir``)."""
+    d = tmp_path_factory.mktemp("tok_other")
+    build_tokenizer(d, OTHER_CORPUS, vocab_size=300)
+    return d
+
+
+@pytest.fixture(scope="session")
+def make_tiny_llama(tiny_tokenizer_dir, other_tokenizer_dir):
+    """Factory ``make_tiny_llama(dir, hidden=16, layers=2, heads=2, kv_heads=1, intermediate=None,
+    tokenizer="default"|"other"|Path, vocab_pad=0, seed=0, max_positions=512) -> dir``.
+
+    Saves a random LlamaForCausalLM (safetensors, float32) whose embedding has
+    ``len(tokenizer) + vocab_pad`` rows, the tokenizer files, and matching special-token ids.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    def make(
+        out_dir,
+        hidden: int = 16,
+        layers: int = 2,
+        heads: int = 2,
+        kv_heads: int = 1,
+        intermediate: int | None = None,
+        tokenizer: str | Path = "default",
+        vocab_pad: int = 0,
+        seed: int = 0,
+        max_positions: int = 512,
+    ) -> Path:
+        tok_dir = {"default": tiny_tokenizer_dir, "other": other_tokenizer_dir}.get(tokenizer, tokenizer)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in Path(tok_dir).iterdir():
+            if f.is_file():
+                shutil.copy(f, out_dir / f.name)
+        tok = AutoTokenizer.from_pretrained(str(out_dir))
+        config = LlamaConfig(
+            vocab_size=len(tok) + vocab_pad,
+            hidden_size=hidden,
+            intermediate_size=intermediate or 2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            max_position_embeddings=max_positions,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            tie_word_embeddings=False,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(config)
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.save_pretrained(str(out_dir))
+        return out_dir
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_student_dir(tmp_path_factory, make_tiny_llama) -> Path:
+    """A random Llama (hidden 16, 2 layers) with the default tokenizer."""
+    return make_tiny_llama(tmp_path_factory.mktemp("student"), hidden=16, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, make_tiny_llama) -> Path:
+    """A random Llama (hidden 32, 2 layers) with the default tokenizer and 8 padded embedding rows."""
+    return make_tiny_llama(tmp_path_factory.mktemp("teacher"), hidden=32, heads=4, vocab_pad=8, seed=2)
+
+
+@pytest.fixture
+def make_pairs(tiny_tokenizer_dir):
+    """Factory ``make_pairs(n=8, teacher_dir=None, top_k=0) -> list[dict]`` of toy Q/A pairs.
+
+    Response ids are the default tokenizer's ids of the answer + ``</s>`` (finish_reason "stop");
+    with ``top_k > 0`` each pair gets ``top_logprobs`` from ``teacher_dir``'s forward pass.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+
+    def make(n: int = 8, teacher_dir: Path | None = None, top_k: int = 0) -> list[dict]:
+        pairs = []
+        for i in range(n):
+            q, a = QA[i % len(QA)]
+            messages = [{"role": "user", "content": q}]
+            resp = tok(a, add_special_tokens=False).input_ids + [tok.eos_token_id]
+            pairs.append(
+                {
+                    "id": f"p{i}",
+                    "messages": messages,
+                    "response_text": a,
+                    "response_token_ids": resp,
+                    "finish_reason": "stop",
+                    "top_logprobs": None,
+                }
+            )
+        if top_k and teacher_dir is not None:
+            model = AutoModelForCausalLM.from_pretrained(str(teacher_dir)).eval()
+            for p in pairs:
+                prompt = tok.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=True, return_dict=False)
+                ids = list(prompt) + p["response_token_ids"]
+                with torch.no_grad():
+                    logits = model(torch.tensor([ids])).logits[0, len(prompt) - 1 : -1, : len(tok)]
+                lp, top = torch.log_softmax(logits.double(), -1).topk(top_k, dim=-1)
+                p["top_logprobs"] = [[[int(t), float(v)] for t, v in zip(r_ids, r_lp)] for r_ids, r_lp in zip(top, lp)]
+        return pairs
+
+    return make

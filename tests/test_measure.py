@@ -10,7 +10,7 @@ from potstill.evaluate.measure import RESULT_KEYS, measure_model, percentile
 
 def test_measure_model_tiny_llama(tiny_student_dir):
     from potstill.models import load_tokenizer
-    from potstill.teachers.hf import render_prompt
+    from potstill.chat import encode_prompt
 
     records = [{"id": f"q{i}", "messages": [{"role": "user", "content": text}]}
                for i, text in enumerate(["What is two plus two?", "Name a large animal.", "What do bees make?"])]
@@ -25,7 +25,7 @@ def test_measure_model_tiny_llama(tiny_student_dir):
     assert perf["batched_queries"] == 4 and perf["batched_queries_per_s"] > 0
     assert 1 <= perf["mean_completion_tokens"] <= 4
     tok = load_tokenizer(tiny_student_dir)
-    lengths = [len(render_prompt(tok, r["messages"])) for r in records]
+    lengths = [len(encode_prompt(tok, r["messages"])) for r in records]
     assert perf["mean_prompt_tokens"] == pytest.approx(sum(lengths) / 3)
 
 

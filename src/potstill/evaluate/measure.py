@@ -91,7 +91,8 @@ def _run(spec: dict) -> dict:
     import torch
 
     from ..teachers.base import GenerationSettings
-    from ..teachers.hf import LocalGenerator, render_prompt
+    from ..chat import encode_prompt
+    from ..teachers.hf import LocalGenerator
 
     cuda = (spec.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if cuda:
@@ -108,7 +109,7 @@ def _run(spec: dict) -> dict:
     load_s = time.perf_counter() - t0
     torch.manual_seed(spec["seed"])
     settings = GenerationSettings(max_new_tokens=spec["max_new_tokens"], do_sample=False, batch_size=1, seed=spec["seed"])
-    prompts = [render_prompt(gen.tokenizer, r["messages"]) for r in spec["records"]]
+    prompts = [encode_prompt(gen.tokenizer, r["messages"]) for r in spec["records"]]
     queries, bs = spec["queries"], spec["batch_size"]
 
     def take(n: int) -> list[list[int]]:

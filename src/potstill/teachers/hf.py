@@ -11,20 +11,9 @@ from pathlib import Path
 
 import torch
 
+from ..chat import encode_prompt
 from ..models import count_params, default_device, load_model, load_tokenizer
 from .base import GenerationSettings
-
-
-def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of a conversation ready for the assistant's answer."""
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)
-    text = "\n".join(m["content"] for m in messages) + "\n"
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-    return list(ids)
 
 
 class LocalGenerator:
@@ -110,7 +99,7 @@ class LocalGenerator:
         """Yield one generation record per prompt record, in batches sorted by prompt length."""
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
-        encoded = [(r, render_prompt(self.tokenizer, r["messages"])) for r in records]
+        encoded = [(r, encode_prompt(self.tokenizer, r["messages"])) for r in records]
         encoded.sort(key=lambda x: len(x[1]))
         for start in range(0, len(encoded), settings.batch_size):
             chunk = encoded[start: start + settings.batch_size]

@@ -17,26 +17,11 @@ import math
 
 import torch
 
+from ..chat import encode_prompt  # noqa: F401 - re-exported for the train stage
 from ..errors import UserError
 from ..losses import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
-
-
-def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
-    """Prompt ids: the chat template with the generation prompt, or the joined contents.
-
-    Without a chat template the message contents are joined with blank lines and a final newline,
-    tokenized with the tokenizer's own special tokens (e.g. BOS). Generation and evaluation should
-    format prompts with this same function so the student sees what it was trained on.
-    """
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # older/newer return types
-            ids = ids["input_ids"]
-        return list(ids)
-    text = "\n\n".join(str(m.get("content", "")) for m in messages) + "\n"
-    return list(tokenizer(text).input_ids)
 
 
 def encode_response(tokenizer, pair: dict, reuse_teacher_ids: bool) -> list[int]:

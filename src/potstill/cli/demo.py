@@ -37,7 +37,7 @@ def main(args) -> int:
     cfg = load_config(config, [*args.overrides, f"run_dir={run_dir}"])
     started = time.perf_counter()
     report = api.run(cfg, force=args.force)
-    from ..report.build import print_summary_table
+    from ..report import print_summary_table
 
     print_summary_table(report)
     say(f"demo finished in {time.perf_counter() - started:.0f}s; report: {run_dir / 'report' / 'report.html'} (and report.md, report.json)")

@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     report = api.report(args.config, args.overrides, args.force)
-    from ..report.build import print_summary_table
+    from ..report import print_summary_table
 
     print_summary_table(report)
     say("report: done")

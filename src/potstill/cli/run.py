@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     report = api.run(args.config, args.overrides, args.force)
-    from ..report.build import print_summary_table
+    from ..report import print_summary_table
 
     print_summary_table(report)
     say(f"report: {report.get('paths', {}).get('html', 'see the run directory /report')}")

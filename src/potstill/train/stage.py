@@ -20,6 +20,7 @@ from ..io import atomic_dir, sha256_json, write_json
 from ..models import count_params, load_model, load_tokenizer, tokenizer_fingerprint
 from .card import write_model_card
 from .data import Collator, build_features
+from ..progress import say
 from .trainer import DistillTrainer, resume_point, training_arguments
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def train_student(
         vocab_size=len(tok),
     )
     if resume:
-        log.info("resuming %s training from %s", method, resume)
+        say(f"  resuming {method} training from {resume.name}")
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     final = trainer.model

@@ -1,0 +1,122 @@
+"""End to end: `potstill run` on tiny local models; reruns skip; a kill during training resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from potstill.io import read_json
+
+WORDS = "plan price storage seat refund trial error export password invoice team api limit".split()
+
+
+def write_prompts(path, n, offset=0):
+    with open(path, "w") as f:
+        for i in range(n):
+            a, b = WORDS[(i + offset) % len(WORDS)], WORDS[(3 * i + offset + 1) % len(WORDS)]
+            f.write(json.dumps({"id": f"{path.stem}-{i}", "prompt": f"what is the {a} of {b} number {i + offset}?",
+                                "category": a}) + "\n")
+
+
+@pytest.fixture
+def project(tmp_path, tiny_teacher_dir, tiny_student_dir):
+    write_prompts(tmp_path / "train.jsonl", 48)
+    write_prompts(tmp_path / "test.jsonl", 6, offset=100)
+    write_prompts(tmp_path / "ood.jsonl", 6, offset=200)
+    cfg = {
+        "name": "tiny", "run_dir": "run", "seed": 0,
+        "prompts": {"sources": [{"path": "train.jsonl"}], "test": [{"path": "test.jsonl"}], "ood": [{"path": "ood.jsonl"}],
+                    "test_fraction": 0.0, "validation": 0.1},
+        "teacher": {"model": str(tiny_teacher_dir), "batch_size": 16, "max_new_tokens": 6, "top_logprobs": 4},
+        "student": {"model": str(tiny_student_dir), "init": "random"},
+        "train": {"methods": ["sft", "kd"], "epochs": 1, "batch_size": 8, "lr": 1e-3, "save_steps": 2, "max_seq_len": 64},
+        "eval": {"scorer": {"type": "rouge_l"}, "max_new_tokens": 6, "batch_size": 8, "latency": {"queries": 2, "batch_size": 2}},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path
+
+
+def potstill(cwd, *args, **kw):
+    return subprocess.run([sys.executable, "-m", "potstill.cli.main", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+def test_run_end_to_end_then_rerun_skips(project):
+    proc = potstill(project, "run", "c.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = project / "run"
+    for stage in ("prompts", "generate", "students/sft", "students/kd", "eval", "measure", "report"):
+        prov = read_json(run / stage / "_provenance.json")
+        assert prov["stage"] == stage and len(prov["inputs_hash"]) == 64
+    assert (run / "config.yaml").is_file()
+    gens = [json.loads(ln) for ln in (run / "generate" / "generations.jsonl").read_text().splitlines()]
+    assert gens and all(len(g["top_logprobs"]) == len(g["token_ids"]) for g in gens)
+    for m in ("sft", "kd"):
+        assert (run / "students" / m / "model.safetensors").is_file()
+        assert (run / "students" / m / "README.md").is_file()
+    report = read_json(run / "report" / "report.json")
+    assert set(report["splits"]) == {"test", "ood"}
+    assert {report["models"][m]["role"] for m in report["models"]} == {"teacher", "student", "floor"}
+    assert report["models"]["kd"]["method"] == "kd" and report["models"]["sft"]["method"] == "sft"
+    for m in report["models"].values():
+        assert m["params"] > 0 and m["latency_p50_s"] > 0 and m["cost_per_query_usd"] > 0
+    assert report["splits"]["test"]["teacher"]["pct_of_teacher"] == pytest.approx(100.0)
+    assert (run / "report" / "report.html").stat().st_size > 1000
+
+    again = potstill(project, "run", "c.yaml")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("up to date, skipped") == 7
+
+    forced = potstill(project, "run", "c.yaml", "--force", "report")
+    assert forced.returncode == 0
+    assert forced.stderr.count("up to date, skipped") == 6
+
+    changed = potstill(project, "run", "c.yaml", "eval.max_new_tokens=4")
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    skipped = [ln.split(":")[0].split()[-1] for ln in changed.stderr.splitlines() if "up to date" in ln]
+    assert skipped == ["prompts", "generate", "students/sft", "students/kd"]
+
+
+def test_generate_then_run_does_not_regenerate(project):
+    assert potstill(project, "prompts", "c.yaml").returncode == 0
+    assert potstill(project, "generate", "c.yaml").returncode == 0
+    before = (project / "run" / "generate" / "generations.jsonl").read_text()
+    proc = potstill(project, "run", "c.yaml", "train.methods=[sft]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "generate: up to date, skipped" in proc.stderr
+    assert (project / "run" / "generate" / "generations.jsonl").read_text() == before
+
+
+def test_kill_during_training_resumes_without_regenerating(project):
+    overrides = ["train.methods=[sft]", "train.epochs=40", "train.save_steps=3"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "potstill.cli.main", "run", "c.yaml", *overrides], cwd=project,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    work = project / "run" / ".work"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if any(work.glob("students-sft/*/checkpoint-6/trainer_state.json")):
+                break
+            assert proc.poll() is None, "run ended before a checkpoint was written"
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint within 300 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    gen_file = project / "run" / "generate" / "generations.jsonl"
+    before = gen_file.stat().st_mtime_ns
+    assert not (project / "run" / "students" / "sft").exists()
+    again = potstill(project, "run", "c.yaml", *overrides)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "generate: up to date, skipped" in again.stderr
+    assert "resuming sft training from checkpoint-" in again.stderr
+    assert gen_file.stat().st_mtime_ns == before
+    training = read_json(project / "run" / "students" / "sft" / "training.json")
+    assert training["resumed_from_step"] >= 6

@@ -257,3 +257,50 @@ def config_from_dict(data: dict, base_dir: Path, overrides: list[str] | None = N
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML (what the run directory keeps)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def reference_rows(model: type[BaseModel] | None = None, prefix: str = "", seen: dict | None = None) -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every config key, for the README's reference.
+
+    A section type that appears twice (e.g. ``prompts.test[]`` after ``prompts.sources[]``) is
+    listed once; later occurrences point to the first.
+    """
+    model = model or RunConfig
+    seen = {} if seen is None else seen
+    rows = []
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        key = f"{prefix}{name}"
+        nested = _nested_model(field.annotation)
+        if nested is None:
+            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            rows.append((key, default, field.description or ""))
+            continue
+        sub = f"{key}[]" if _is_list(field.annotation) else key
+        desc = (field.description or nested.__doc__ or "").strip().splitlines()[0]
+        if nested in seen:
+            rows.append((key, "", f"{desc} Same keys as `{seen[nested]}`."))
+            continue
+        seen[nested] = sub
+        rows.append((key, "", desc))
+        rows.extend(reference_rows(nested, f"{sub}.", seen))
+    return rows
+
+
+def _is_list(ann) -> bool:
+    return getattr(ann, "__origin__", None) is list
+
+
+def _nested_model(ann):
+    for cand in (ann, *getattr(ann, "__args__", ())):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
+
+
+def reference_markdown() -> str:
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for key, default, desc in reference_rows():
+        lines.append(f"| `{key}` | {('`' + default + '`') if default else ''} | {desc} |")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Reference tasks shipped with potstill (offline domains, their graders and data generators)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .data.stage import PromptsConfig
 from .errors import UserError
@@ -23,9 +23,10 @@ class Section(BaseModel):
 
 
 class TeacherConfig(Section):
-    """Who answers the training prompts."""
+    """Who answers the training prompts: a local model, or an API (with the engine settings below)."""
 
-    model: str = Field(description="Local Hugging Face model directory (AutoModelForCausalLM).")
+    model: str = Field(description="Local Hugging Face model directory (AutoModelForCausalLM), or an API teacher: "
+                       "'openai:MODEL' (any OpenAI-compatible endpoint) or 'anthropic:MODEL' (Messages API).")
     batch_size: int = Field(16, ge=1, description="Prompts generated together (left padding, KV cache).")
     max_new_tokens: int = Field(64, ge=1, le=8192, description="Most tokens generated per answer.")
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
@@ -33,6 +34,51 @@ class TeacherConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (with do_sample).")
     top_logprobs: int = Field(0, ge=0, le=100, description="Per-token top-k log-probabilities to record (0: none).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    # API teachers only (openai:/anthropic:)
+    base_url: str | None = Field(None, description="API endpoint (default https://api.openai.com/v1 or https://api.anthropic.com); "
+                                 "e.g. http://127.0.0.1:8000/v1 for vLLM, llama.cpp, Ollama, LiteLLM or `potstill serve`.")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the "
+                                    "API key (default OPENAI_API_KEY / ANTHROPIC_API_KEY; may be unset for a local server).")
+    concurrency: int = Field(8, ge=1, le=1024, description="API requests in flight at once.")
+    rpm: float | None = Field(None, gt=0, description="Most API requests per minute (token bucket; none: unlimited).")
+    tpm: float | None = Field(None, gt=0, description="Most API tokens (prompt + max_new_tokens, settled to real usage) per minute.")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="Per-request timeout in seconds.")
+    max_attempts: int = Field(6, ge=1, le=100, description="Attempts per prompt (429/5xx/timeouts/dropped connections are "
+                              "retried) before it goes to failed.jsonl with its last error.")
+    backoff_base_s: float = Field(1.0, gt=0, le=600, description="First retry delay; doubles each retry, with jitter; "
+                                  "at least the server's Retry-After.")
+    backoff_max_s: float = Field(60.0, gt=0, le=3600, description="Longest backoff delay between retries.")
+    max_cost: float | None = Field(None, ge=0, description="Stop cleanly when this run's API spend (USD, at "
+                                   "prices.teacher token prices) would exceed this.")
+    tokenizer: str | None = Field(None, description="Local tokenizer directory matching the API model: top log-probs are "
+                                  "stored as token ids (for KD); without it as token strings (top_logprobs_text).")
+    cache: str | None = Field(None, description="SQLite answer cache of API teachers (default <run_dir>/.cache/teacher-api.sqlite); "
+                              "share one file between runs to never pay twice for an answer.")
+
+    @field_validator("model")
+    @classmethod
+    def _model_named(cls, v: str) -> str:
+        prefix, sep, name = v.partition(":")
+        if sep and prefix in ("openai", "anthropic") and not name.strip():
+            raise ValueError(f"names no model (expected '{prefix}:MODEL')")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str | None, info: ValidationInfo) -> str | None:
+        prefix, sep, _ = str(info.data.get("model", "")).partition(":")
+        if v is not None and not (sep and prefix in ("openai", "anthropic")):
+            raise ValueError("base_url is only for API teachers (model 'openai:MODEL' or 'anthropic:MODEL')")
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return v
+
+    @field_validator("backoff_max_s")
+    @classmethod
+    def _backoff(cls, v: float, info: ValidationInfo) -> float:
+        if v < info.data.get("backoff_base_s", 0):
+            raise ValueError("must be >= backoff_base_s")
+        return v
 
 
 class StudentConfig(Section):
@@ -58,7 +104,11 @@ class KDSettings(Section):
 
     temperature: float = Field(1.0, gt=0, description="Softmax temperature T applied to both models.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the soft (KD) term; 1 - alpha goes to cross-entropy.")
-    signal: Literal["live", "topk"] = Field("live", description="live: run the teacher during training; topk: use the generate stage's top-k log-probs.")
+    signal: Literal["live", "topk", "store"] = Field("live", description="live: run the teacher during training; topk: use the generate stage's top-k log-probs; store: a signal store written by `potstill capture` (no teacher in memory while training).")
+    store: str | None = Field(None, description="Signal store directory for signal=store (default <run_dir>/signals, where `potstill capture` writes).")
+    store_format: Literal["dense", "topk", "sampled"] = Field("sampled", description="What `potstill capture` stores per response token: dense (2V bytes: small vocabularies), topk (ids, log-probs, tail mass) or sampled (store_draws draws as distinct ids + counts: unbiased, ~30-40 bytes at V=128k).")
+    store_k: int = Field(12, ge=1, description="Ids per token of a topk store.")
+    store_draws: int = Field(48, ge=1, le=255, description="Draws per token of a sampled store (systematic sampling at T).")
 
 
 class TrainConfig(Section):

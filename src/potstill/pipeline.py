@@ -64,15 +64,27 @@ class Pipeline:
         return self.hashes["prompts"]
 
     def generate(self) -> str:
-        from .teachers.stage import run_generate
+        from .teachers.api import parse_teacher, teacher_identity
+        from .teachers.stage import hashed_teacher_config, run_generate
 
         cfg = self.cfg
-        teacher = cfg.resolve(cfg.teacher.model)
-        inputs = {"config": cfg.teacher.model_dump(mode="json"), "teacher": model_hash(teacher),
+        api = parse_teacher(cfg.teacher.model)
+        teacher_cfg, cache = cfg.teacher, None
+        if api:  # no local weights: the provider, model and endpoint stand for them
+            teacher, ident = None, teacher_identity(api[0], api[1], cfg.teacher.base_url)
+            cache = cfg.resolve(cfg.teacher.cache) if cfg.teacher.cache else self.run_dir.root / ".cache" / "teacher-api.sqlite"
+            if cfg.teacher.tokenizer:
+                teacher_cfg = cfg.teacher.model_copy(update={"tokenizer": str(cfg.resolve(cfg.teacher.tokenizer))})
+        else:
+            teacher = cfg.resolve(cfg.teacher.model)
+            ident = model_hash(teacher)
+        inputs = {"config": hashed_teacher_config(cfg.teacher), "teacher": ident,
                   "prompts": self._need("prompts"), "seed": cfg.seed}
+        prices = (cfg.prices.teacher.usd_per_1m_input_tokens, cfg.prices.teacher.usd_per_1m_output_tokens)
         records = read_jsonl(self.run_dir.path("prompts") / "train.jsonl")
         self.hashes["generate"] = self.run_dir.run(
-            "generate", inputs, lambda out, work: run_generate(cfg.teacher, teacher, records, out, work, cfg.seed))
+            "generate", inputs, lambda out, work: run_generate(teacher_cfg, teacher, records, out, work, cfg.seed,
+                                                               prices=prices, cache_path=cache))
         return self.hashes["generate"]
 
     def train(self, method: str) -> str:

@@ -11,7 +11,7 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import demo, report, run, stages, train
+from . import demo, generate, report, run, stages, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parser(sub)
     demo.add_parser(sub)
     stages.add_parsers(sub)
+    generate.add_parser(sub)
     train.add_parser(sub)
     report.add_parser(sub)
     return parser

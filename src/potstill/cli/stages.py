@@ -1,4 +1,4 @@
-"""``potstill prompts|generate|train|eval|report CONFIG``: one stage at a time.
+"""``potstill prompts|eval CONFIG``: one stage at a time (``generate`` is :mod:`potstill.cli.generate`).
 
 Each needs its upstream stages done in the same run directory (``potstill run`` does them all).
 """
@@ -9,7 +9,6 @@ from .common import add_config_args
 
 STAGES = {
     "prompts": ("load, drop empty, dedup and split the prompts (train/validation/test/ood)", api.prompts),
-    "generate": ("the teacher answers the training prompts (batched, resumable)", api.generate),
     "eval": ("teacher, students and the untrained floor answer the test and OOD splits; scores", api.evaluate),
 }
 

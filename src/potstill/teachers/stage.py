@@ -1,6 +1,8 @@
 """The generate stage: the teacher answers every training prompt, resumably.
 
-Finished batches are appended to ``work_dir/partial.jsonl`` (flushed and fsynced) as they
+A local teacher (a model directory) generates in batches; an API teacher (``openai:MODEL``,
+``anthropic:MODEL``) goes through :func:`potstill.teachers.apistage.run_api_generate`.
+For a local teacher, finished batches are appended to ``work_dir/partial.jsonl`` (flushed and fsynced) as they
 complete, so a killed run resumes where it stopped; a half-written last line is discarded.
 The finished set is written as ``generations.jsonl`` in prompt order, plus ``failed.jsonl``
 (rows that could not be answered) and ``stats.json``.
@@ -16,8 +18,25 @@ from pathlib import Path
 from ..config import TeacherConfig
 from ..io import write_json, write_jsonl
 from ..progress import say, track
+from .api import parse_teacher
 from .base import GenerationSettings
-from .hf import LocalGenerator
+
+
+LOCAL_FIELDS = ("model", "batch_size", "max_new_tokens", "do_sample", "temperature", "top_p", "top_logprobs", "dtype")
+RUN_ONLY_FIELDS = {"batch_size", "dtype", "api_key_env", "concurrency", "rpm", "tpm", "timeout_s", "max_attempts",
+                   "backoff_base_s", "backoff_max_s", "max_cost", "cache"}
+
+
+def hashed_teacher_config(cfg: TeacherConfig) -> dict:
+    """The teacher settings that decide the answers (the generate stage's config input).
+
+    A local teacher hashes exactly the fields it always had (old run directories stay valid);
+    an API teacher leaves out how the answers are fetched (concurrency, limits, retries, key,
+    budget, cache), which change no answer.
+    """
+    if parse_teacher(cfg.model):
+        return cfg.model_dump(mode="json", exclude=RUN_ONLY_FIELDS)
+    return cfg.model_dump(mode="json", include=set(LOCAL_FIELDS))
 
 
 def settings_from(cfg: TeacherConfig, seed: int) -> GenerationSettings:
@@ -42,9 +61,21 @@ def read_partial(path: Path) -> dict[str, dict]:
     return done
 
 
-def run_generate(cfg: TeacherConfig, teacher_dir: Path, records: list[dict], out_dir: Path,
-                 work_dir: Path, seed: int = 0) -> dict:
-    """Answer ``records`` with the teacher; returns the stats written to ``stats.json``."""
+def run_generate(cfg: TeacherConfig, teacher_dir: Path | None, records: list[dict], out_dir: Path,
+                 work_dir: Path, seed: int = 0, prices: tuple[float | None, float | None] = (None, None),
+                 cache_path: Path | None = None) -> dict:
+    """Answer ``records`` with the teacher; returns the stats written to ``stats.json``.
+
+    ``teacher_dir`` is the local model directory (None for an API teacher); ``prices`` are the
+    API's USD per million input/output tokens and ``cache_path`` its answer cache (API only).
+    """
+    if parse_teacher(cfg.model):
+        from .apistage import run_api_generate
+
+        return run_api_generate(cfg, records, out_dir, seed=seed, prices=prices,
+                                cache_path=cache_path or Path(work_dir) / "cache.sqlite")
+    from .hf import LocalGenerator
+
     partial = work_dir / "partial.jsonl"
     done = read_partial(partial)
     todo = [r for r in records if r["id"] not in done]

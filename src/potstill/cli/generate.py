@@ -1,0 +1,129 @@
+"""``potstill generate``: the teacher answers prompts.
+
+Two forms:
+
+* ``potstill generate CONFIG [KEY=VALUE...] [--force STAGE]``: the pipeline's generate stage
+  (needs the prompts stage done in the same run directory).
+* ``potstill generate --teacher openai:NAME --base-url URL --prompts FILE --out DIR
+  [--concurrency N] [--rpm N] [--tpm N] [--max-cost USD] ...``: no config file; writes
+  ``DIR/generations.jsonl``, ``DIR/failed.jsonl`` and ``DIR/stats.json``, keeping its answer
+  cache in ``DIR/cache.sqlite`` (rerun the same command to resume or retry failures).
+
+Exit codes: 0 done (failed prompts, if any, are in failed.jsonl); 2 a user error in one line
+(bad file, unreachable URL, bad key, unknown model); 3 stopped by ``--max-cost``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .. import api
+from ..errors import UserError
+from ..progress import say
+
+HELP = "the teacher answers the training prompts (local model: batched; API: concurrent, cached, resumable)"
+
+# option -> TeacherConfig field
+FLAGS = {
+    "teacher": "model", "base_url": "base_url", "api_key_env": "api_key_env", "concurrency": "concurrency",
+    "rpm": "rpm", "tpm": "tpm", "max_cost": "max_cost", "timeout": "timeout_s", "max_attempts": "max_attempts",
+    "max_new_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p",
+    "top_logprobs": "top_logprobs", "tokenizer": "tokenizer", "batch_size": "batch_size",
+    "backoff_base": "backoff_base_s", "backoff_max": "backoff_max_s",
+}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help=HELP, description=HELP,
+                       epilog="Give a CONFIG, or --teacher, --prompts and --out. Exit codes: 2 user error, 3 max-cost reached.")
+    p.add_argument("config", nargs="?", help="the run's YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. teacher.concurrency=32")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo STAGE even if its inputs did not change")
+    p.set_defaults(func=main)
+    g = p.add_argument_group("without a config file")
+    g.add_argument("--teacher", metavar="MODEL", help="openai:NAME, anthropic:NAME, or a local model directory")
+    g.add_argument("--base-url", metavar="URL", help="API endpoint, e.g. http://127.0.0.1:8000/v1")
+    g.add_argument("--api-key-env", metavar="VAR", help="environment variable with the API key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)")
+    g.add_argument("--prompts", metavar="FILE", help="JSONL (or CSV/Parquet) with 'prompt' or 'messages' (and 'id')")
+    g.add_argument("--out", metavar="DIR", help="output directory")
+    g.add_argument("--concurrency", metavar="N", type=int, help="requests in flight (default 8)")
+    g.add_argument("--rpm", metavar="N", type=float, help="most requests per minute")
+    g.add_argument("--tpm", metavar="N", type=float, help="most tokens per minute")
+    g.add_argument("--max-cost", type=float, metavar="USD", help="stop cleanly at this API spend (needs --price-in/--price-out)")
+    g.add_argument("--price-in", type=float, metavar="USD", help="USD per million prompt tokens")
+    g.add_argument("--price-out", type=float, metavar="USD", help="USD per million completion tokens")
+    g.add_argument("--timeout", type=float, metavar="S", help="per-request timeout in seconds (default 60)")
+    g.add_argument("--backoff-base", metavar="S", type=float, help="first retry delay in seconds (default 1; doubles, with jitter)")
+    g.add_argument("--backoff-max", metavar="S", type=float, help="longest retry delay in seconds (default 60)")
+    g.add_argument("--max-attempts", metavar="N", type=int, help="attempts per prompt before failed.jsonl (default 6)")
+    g.add_argument("--max-new-tokens", metavar="N", type=int, help="most tokens per answer (default 64)")
+    g.add_argument("--temperature", metavar="T", type=float, help="sample at this temperature (default: greedy)")
+    g.add_argument("--top-p", metavar="P", type=float, help="nucleus mass when sampling")
+    g.add_argument("--top-logprobs", type=int, metavar="K", help="record the top-K log-probs per token")
+    g.add_argument("--tokenizer", metavar="DIR", help="local tokenizer matching the API model (log-probs as token ids)")
+    g.add_argument("--batch-size", metavar="N", type=int, help="batch size of a local teacher")
+    g.add_argument("--seed", metavar="N", type=int, default=0, help="seed sent to the API / used for sampling")
+    g.add_argument("--cache", metavar="FILE", help="SQLite answer cache (default DIR/cache.sqlite)")
+
+
+def main(args) -> int:
+    if args.teacher is None and args.prompts is None and args.out is None:
+        if args.config is None:
+            raise UserError("give a CONFIG file, or --teacher, --prompts and --out")
+        api.generate(args.config, args.overrides, args.force)
+        say("generate: done")
+        return 0
+    if args.config is not None:
+        raise UserError("give either a CONFIG file or --teacher/--prompts/--out, not both")
+    missing = [f"--{n}" for n in ("teacher", "prompts", "out") if getattr(args, n) is None]
+    if missing:
+        raise UserError(f"missing {', '.join(missing)} (or give a CONFIG file)")
+    stats = direct(args)
+    say(f"generate: {stats['answered']} answered, {stats['failed']} failed → {args.out}")
+    return 0
+
+
+def teacher_config(args):
+    """A validated TeacherConfig from the command-line options; one-line error naming the option."""
+    from ..config import TeacherConfig
+
+    data = {field: getattr(args, flag) for flag, field in FLAGS.items() if getattr(args, flag) is not None}
+    if args.temperature is not None:
+        data["do_sample"] = True
+    try:
+        return TeacherConfig.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        field = str(e["loc"][0]) if e["loc"] else "teacher"
+        flag = next((f for f, fld in FLAGS.items() if fld == field), field)
+        raise UserError(f"--{flag.replace('_', '-')}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})") from None
+
+
+def direct(args) -> dict:
+    """The config-less form: load prompts, answer them, write DIR/generations.jsonl and DIR/failed.jsonl."""
+    from ..data.load import SourceSpec, drop_empty, load_source
+    from ..teachers.stage import run_generate
+
+    cfg = teacher_config(args)
+    for name in ("price_in", "price_out"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+    records, n_empty = drop_empty(load_source(SourceSpec(path=str(Path(args.prompts).resolve())), Path.cwd()))
+    if n_empty:
+        say(f"  [yellow]warning[/]: skipped {n_empty} empty prompts")
+    if not records:
+        raise UserError("no prompts", args.prompts)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher_dir = None if cfg.model.partition(":")[0] in ("openai", "anthropic") else Path(cfg.model)
+    if teacher_dir is not None:
+        from ..models import check_model_dir
+
+        check_model_dir(teacher_dir)
+    work = out / ".work"
+    work.mkdir(exist_ok=True)
+    return run_generate(cfg, teacher_dir, records, out, work, args.seed, prices=(args.price_in, args.price_out),
+                        cache_path=Path(args.cache) if args.cache else out / "cache.sqlite")

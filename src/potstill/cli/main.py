@@ -11,7 +11,7 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import demo, generate, report, run, stages, train
+from . import demo, generate, report, run, serve, stages, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_parser(sub)
     train.add_parser(sub)
     report.add_parser(sub)
+    serve.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,98 @@
+"""Request batching: concurrent requests are collected for a few milliseconds and run together.
+
+One worker task per event loop takes the first waiting item, waits up to ``wait_ms`` for more
+(up to ``max_batch``), splits them into groups of equal ``key(item)`` and runs each group with
+one blocking ``run(items)`` call in a thread (``asyncio.to_thread``), so the event loop stays
+responsive while the model works. Items that arrive meanwhile form the next batch. Only one
+``run`` is in flight at a time, so ``run`` need not be thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Hashable
+from typing import Any
+
+log = logging.getLogger("potstill.serve")
+
+
+class Batcher:
+    """Collects submitted items into batches for ``run`` (see the module docstring)."""
+
+    def __init__(self, run: Callable[[list[Any]], None], max_batch: int = 16, wait_ms: float = 5.0,
+                 key: Callable[[Any], Hashable] | None = None):
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.run, self.max_batch, self.wait = run, max_batch, max(0.0, wait_ms) / 1000.0
+        self.key = key or (lambda item: None)
+        self.batches = 0
+        self.rows = 0
+        self.max_rows = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+
+    def stats(self) -> dict:
+        """Counters: batches run, rows run, the largest batch, items waiting now."""
+        return {"batches": self.batches, "rows": self.rows, "max_batch_rows": self.max_rows,
+                "waiting": self._queue.qsize() if self._queue is not None else 0}
+
+    async def submit(self, item: Any) -> None:
+        """Queue ``item``; returns once its batch has run (re-raises the batch's exception)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._task is None or self._task.done():
+            self._loop, self._queue = loop, asyncio.Queue()
+            self._task = loop.create_task(self._work(), name="potstill-batcher")
+        fut = loop.create_future()
+        self._queue.put_nowait((item, fut))
+        await fut
+
+    async def aclose(self) -> None:
+        """Stop the worker (a batch already running in its thread finishes on its own)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        self._task = None
+
+    async def _collect(self) -> list[tuple[Any, asyncio.Future]]:
+        q = self._queue
+        batch = [await q.get()]
+        if self.wait and q.qsize() < self.max_batch - 1:
+            await asyncio.sleep(self.wait)
+        while len(batch) < self.max_batch and not q.empty():
+            batch.append(q.get_nowait())
+        return [(item, fut) for item, fut in batch if not fut.done()]  # drop cancelled requests
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._collect()
+            try:
+                groups: dict[Hashable, list] = {}
+                for item, fut in batch:
+                    groups.setdefault(self.key(item), []).append((item, fut))
+                for group in groups.values():
+                    await self._run_group(group)
+            except Exception as e:  # noqa: BLE001 - a bug here must not strand waiting requests
+                log.exception("batching failed")
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+
+    async def _run_group(self, group: list[tuple[Any, asyncio.Future]]) -> None:
+        items = [item for item, _ in group]
+        error = None
+        try:
+            await asyncio.to_thread(self.run, items)
+        except Exception as e:  # noqa: BLE001 - handed to every waiting request
+            log.exception("batch of %d failed", len(items))
+            error = e
+        self.batches += 1
+        self.rows += len(items)
+        self.max_rows = max(self.max_rows, len(items))
+        for _, fut in group:
+            if not fut.done():
+                fut.set_exception(error) if error else fut.set_result(None)

@@ -1,0 +1,249 @@
+"""``potstill serve``: the official ``openai`` client against a tiny local model over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from potstill.cli.main import main as cli_main
+from potstill.serve import Batcher, HFBackend, create_app
+
+KEY = "test-key"
+BODY_LIMIT = 64 * 1024
+Q = [{"role": "user", "content": "What is two plus two?"}]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_teacher_dir):
+    """The tiny teacher served by uvicorn in a background thread on a free port (API key required)."""
+    import uvicorn
+
+    backend = HFBackend.from_dir(tiny_teacher_dir, model_name="tiny", max_batch=16, batch_wait_ms=30)
+    app = create_app(backend, api_key=KEY, max_body_bytes=BODY_LIMIT)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.02)
+    assert srv.started
+    yield {"url": f"http://127.0.0.1:{sock.getsockname()[1]}", "backend": backend, "dir": tiny_teacher_dir}
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server["url"] + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def chat(client, **kw):
+    kw.setdefault("messages", Q)
+    kw.setdefault("temperature", 0)
+    return client.chat.completions.create(model="tiny", **kw)
+
+
+def streamed(client, **kw):
+    """(text, finish_reason, logprob entries, usage) collected from a stream."""
+    text, finish, entries, usage = "", None, [], None
+    for c in chat(client, stream=True, **kw):
+        usage = c.usage or usage
+        for ch in c.choices:
+            text += ch.delta.content or ""
+            finish = ch.finish_reason or finish
+            if ch.logprobs and ch.logprobs.content:
+                entries += ch.logprobs.content
+    return text, finish, entries, usage
+
+
+def test_chat_stream_and_top_logprobs(client):
+    r = chat(client, max_tokens=16, logprobs=True, top_logprobs=5)
+    ch = r.choices[0]
+    assert r.model == "tiny" and r.id.startswith("chatcmpl-") and r.system_fingerprint.startswith("fp_")
+    assert ch.message.role == "assistant" and ch.message.content and ch.finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens == len(ch.logprobs.content) and r.usage.prompt_tokens > 0
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    for e in ch.logprobs.content:
+        tops = [t.logprob for t in e.top_logprobs]
+        assert len(tops) == 5 and tops == sorted(tops, reverse=True)
+        assert e.logprob >= tops[-1] - 1e-6 and e.logprob <= 0
+        assert e.token_id == e.top_logprobs[0].token_id  # greedy picks the most likely token
+        assert abs(math.log(sum(math.exp(t) for t in tops))) < 10
+    assert [e.token_id for e in ch.logprobs.content] == ch.model_extra["token_ids"]
+    # streaming: deltas add up to the same greedy answer, logprob entries included
+    text, finish, entries, usage = streamed(client, max_tokens=16, logprobs=True, top_logprobs=5,
+                                            stream_options={"include_usage": True})
+    assert (text, finish) == (ch.message.content, ch.finish_reason)
+    assert [(e.token, e.logprob) for e in entries] == [(e.token, e.logprob) for e in ch.logprobs.content]
+    assert usage.completion_tokens == r.usage.completion_tokens
+
+
+def test_matches_local_generator(server, client):
+    """Same greedy tokens and top logprobs as the generate stage's LocalGenerator."""
+    from potstill.chat import encode_prompt
+    from potstill.teachers.base import GenerationSettings
+
+    gen = server["backend"].gen
+    settings = GenerationSettings(max_new_tokens=10, top_logprobs=3)
+    local = gen.generate_batch([encode_prompt(gen.tokenizer, Q)], settings)[0]
+    r = chat(client, max_tokens=10, logprobs=True, top_logprobs=3).choices[0]
+    assert r.model_extra["token_ids"] == local["token_ids"] and r.finish_reason == local["finish_reason"]
+    for e, row in zip(r.logprobs.content, local["top_logprobs"]):
+        assert [t.token_id for t in e.top_logprobs] == [t for t, _ in row]
+        assert [t.logprob for t in e.top_logprobs] == pytest.approx([v for _, v in row], abs=1e-5)
+
+
+def test_max_tokens_and_stop_strings(client):
+    r = chat(client, max_tokens=3)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3
+    full = chat(client, max_tokens=24).choices[0].message.content
+    stop = next(full[i:i + 2] for i in range(2, len(full) - 2) if "\ufffd" not in full[i:i + 2])
+    want = full[: full.find(stop)]
+    for stops in (stop, [stop, "never-appears"]):
+        r = chat(client, max_tokens=24, stop=stops)
+        assert (r.choices[0].message.content, r.choices[0].finish_reason) == (want, "stop")
+    assert streamed(client, max_tokens=24, stop=stop)[:2] == (want, "stop")
+
+
+def test_concurrent_requests_are_batched_and_match_single(server, client):
+    prompts = [[{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"}] for i in range(16)]
+    singles = [chat(client, messages=p, max_tokens=8).choices[0].message.content for p in prompts[:3]]
+    before = httpx.get(server["url"] + "/health").json()["stats"]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda p: chat(client, messages=p, max_tokens=8 + len(p[0]["content"]) % 5),
+                                prompts))
+    after = httpx.get(server["url"] + "/health").json()["stats"]
+    assert all(a.choices[0].finish_reason in ("stop", "length") for a in answers)
+    assert after["rows"] - before["rows"] == 16
+    assert after["batches"] - before["batches"] < 16 and after["max_batch_rows"] > 1
+    for single, a in zip(singles, answers):  # greedy: batched (longer limit) starts with the single answer
+        assert a.choices[0].message.content.startswith(single)
+
+
+def test_sampling_with_seed_is_reproducible(client):
+    a, b = (chat(client, temperature=1.0, top_p=0.9, seed=7, max_tokens=12).choices[0].message.content
+            for _ in range(2))
+    assert a == b
+    r = chat(client, temperature=1.0, seed=3, n=3, max_tokens=12)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+
+
+def test_errors(server, client):
+    url = server["url"]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": Q})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(url + "/health").json()["model"] == "tiny"  # no key needed
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-17", messages=Q)
+    with pytest.raises(openai.APIStatusError) as e:
+        chat(client, messages=[{"role": "user", "content": "x" * (BODY_LIMIT + 10)}])
+    assert e.value.status_code == 413 and "too large" in e.value.message
+    with pytest.raises(openai.BadRequestError):
+        chat(client, temperature=3.0)
+    with pytest.raises(openai.BadRequestError):
+        chat(client, n=2, stream=True)
+    auth = {"authorization": f"Bearer {KEY}"}
+    r = httpx.post(url + "/v1/chat/completions", content=b"{not json", headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    big = (b"y" * 1000 for _ in range(BODY_LIMIT // 1000 + 5))  # chunked, no content-length
+    r = httpx.post(url + "/v1/chat/completions", content=big, headers=auth)
+    assert r.status_code == 413
+    assert httpx.get(url + "/nowhere").json()["error"]["message"]
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
+
+
+def test_backend_failure_is_500_and_stream_reports_error():
+    class Broken:
+        model_name = "b"
+
+        async def complete(self, req):
+            raise RuntimeError("boom")
+
+        async def stream(self, req):
+            yield {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "b",
+                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+            raise RuntimeError("mid-stream")
+
+    async def go():
+        transport = httpx.ASGITransport(app=create_app(Broken()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            r = await c.post("/v1/chat/completions", json={"messages": Q})
+            assert r.status_code == 500 and "boom" in r.json()["error"]["message"]
+            r = await c.post("/v1/chat/completions", json={"messages": Q, "stream": True})
+            assert r.status_code == 200 and r.headers["x-potstill-model"] == "b"
+            assert '"error"' in r.text.splitlines()[-2] and "[DONE]" not in r.text
+
+    asyncio.run(go())
+
+
+def test_batcher_groups_by_key():
+    seen = []
+    b = Batcher(lambda items: seen.append(sorted(items)), max_batch=4, wait_ms=20, key=lambda x: x % 2)
+
+    async def go():
+        await asyncio.gather(*(b.submit(i) for i in range(6)))
+        await b.aclose()
+
+    asyncio.run(go())
+    assert sorted(sum(seen, [])) == list(range(6)) and all(len({x % 2 for x in g}) == 1 for g in seen)
+    assert b.stats()["rows"] == 6 and b.stats()["batches"] == len(seen) < 6
+
+
+def test_batches_fit_the_context():
+    from potstill.serve.backend import fit_context
+    from potstill.serve.decode import Row
+
+    rows = [Row(prompt=[1] * 400, max_tokens=100), Row(prompt=[1] * 10, max_tokens=500),
+            Row(prompt=[1] * 20, max_tokens=50)]
+    groups = fit_context(rows, 512)
+    assert all(max(len(r.prompt) for r in g) + max(r.max_tokens for r in g) <= 512 for g in groups)
+    assert sorted(len(r.prompt) for g in groups for r in g) == [10, 20, 400] and len(groups) == 2
+    assert fit_context(rows, None) == [rows]
+
+
+def test_cli_bad_model_dir(tmp_path, capsys):
+    assert cli_main(["serve", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert cli_main(["serve", str(tmp_path)]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_cli_serves_until_interrupted(tiny_student_dir):
+    env = {**os.environ, "SERVE_TEST_KEY": KEY}
+    proc = subprocess.Popen([sys.executable, "-m", "potstill.cli.main", "serve", str(tiny_student_dir), "--port", "0",
+                             "--name", "student", "--api-key-env", "SERVE_TEST_KEY"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                break
+        assert m, "".join(lines)
+        url = f"http://127.0.0.1:{m.group(1)}"
+        c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=2, timeout=60)
+        r = c.chat.completions.create(model="student", messages=Q, max_tokens=4, temperature=0)
+        assert r.choices[0].finish_reason in ("stop", "length") and r.model == "student"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    assert proc.returncode == 0

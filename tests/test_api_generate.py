@@ -110,7 +110,7 @@ def test_sigkill_twice_then_resume(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     with FaultServer(fail_rate=0.3, slow_s=2.0, latency=0.05, retry_after="1", seed=2) as srv:
         cmd = [sys.executable, "-m", "potstill.cli.main", "generate",
-               *gen_args(srv, tmp_path / "p.jsonl", out, "--concurrency", "4", "--timeout", "1", "--backoff-base", "0.05",
+               *gen_args(srv, tmp_path / "p.jsonl", out, "--concurrency", "8", "--timeout", "1", "--backoff-base", "0.05",
                          "--max-attempts", "12")]
         kills = 0
         for threshold in (50, 120, None):
@@ -182,6 +182,17 @@ def test_dead_letters_are_not_cached_and_rerun_retries_only_them(tmp_path):
         stats = run_api_generate(cfg, recs, tmp_path, cache_path=tmp_path / "c.sqlite")
         assert stats["answered"] == 20 and stats["failed"] == 0 and stats["cached_before"] == 19
         assert [e["prompt"] for e in srv.log[n_before:]] == ["ping", bad]  # preflight + the dead letter only
+
+
+def test_endpoint_going_away_stops_the_run_in_one_line(tmp_path, capsys):
+    rows = write_prompts(tmp_path / "p.jsonl", 120)
+    with FaultServer(always_fail={r["prompt"] for r in rows[20:]}) as srv:
+        args = gen_args(srv, tmp_path / "p.jsonl", tmp_path / "o", "--concurrency", "1", "--backoff-base", "0.001",
+                        "--backoff-max", "0.002", "--max-attempts", "100")
+        assert cli(*args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "stopped answering: 50 requests in a row failed, the last with: HTTP 50" in err[-1]
+        assert len(srv.log) == 1 + 20 + 50 and len(AnswerCache(tmp_path / "o" / "cache.sqlite")) == 20
 
 
 def test_retry_after_is_honored(tmp_path):

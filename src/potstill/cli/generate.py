@@ -15,7 +15,6 @@ Exit codes: 0 done (failed prompts, if any, are in failed.jsonl); 2 a user error
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from pydantic import ValidationError

@@ -29,7 +29,7 @@ PROVIDERS = {
     "anthropic": {"url": "https://api.anthropic.com", "key_env": "ANTHROPIC_API_KEY"},
 }
 RETRYABLE = {"rate_limit", "server", "timeout", "connection", "malformed"}
-FATAL = {"auth", "not_found"}
+FATAL = {"auth", "not_found", "unavailable"}
 
 
 def parse_teacher(model: str) -> tuple[str, str] | None:
@@ -47,7 +47,7 @@ def teacher_identity(provider: str, model: str, base_url: str | None) -> str:
 
 class ApiError(Exception):
     """A failed request. ``kind``: rate_limit, server, timeout, connection, malformed (retried);
-    auth, not_found (stop the run); bad_request (that row goes to the dead-letter file)."""
+    auth, not_found, unavailable (stop the run); bad_request (that row goes to the dead-letter file)."""
 
     def __init__(self, kind: str, message: str, status: int | None = None, retry_after: float | None = None,
                  connect: bool = False):
@@ -102,9 +102,18 @@ class Provider:
         self.base_url = (base_url or PROVIDERS[self.name]["url"]).rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        self.client = httpx.AsyncClient(base_url=self.base_url + "/", timeout=httpx.Timeout(timeout), limits=limits,
-                                        headers=self.headers(), trust_env=False)
+        self.concurrency = concurrency
+        self._clients: dict[int, httpx.AsyncClient] = {}
+
+    def client(self, slot: int = 0) -> httpx.AsyncClient:
+        """The HTTP client of worker ``slot``: one keep-alive connection each (httpcore's shared pool
+        costs O(connections) per request, which dominated the CPU at concurrency 32)."""
+        c = self._clients.get(slot)
+        if c is None:
+            c = self._clients[slot] = httpx.AsyncClient(
+                base_url=self.base_url + "/", timeout=httpx.Timeout(self.timeout), trust_env=False, headers=self.headers(),
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+        return c
 
     @property
     def url(self) -> str:
@@ -119,15 +128,17 @@ class Provider:
     def parse(self, data: dict, params: dict) -> dict:
         raise NotImplementedError
 
-    async def complete(self, messages: list[dict], params: dict) -> dict:
-        """Send one request; the normalised answer, or :class:`ApiError`."""
+    async def complete(self, messages: list[dict], params: dict, slot: int = 0) -> dict:
+        """Send one request (on worker ``slot``'s connection); the normalised answer, or :class:`ApiError`."""
         try:
-            resp = await self.client.post(self.path.lstrip("/"), json=self.body(messages, params))
+            resp = await self.client(slot).post(self.path.lstrip("/"), json=self.body(messages, params))
         except httpx.TimeoutException as e:
             raise ApiError("timeout", f"timed out after {self.timeout:g}s ({type(e).__name__})") from None
         except httpx.ConnectError as e:
             raise ApiError("connection", f"cannot connect ({_one_line(e)})", connect=True) from None
-        except httpx.TransportError as e:
+        except httpx.DecodingError as e:
+            raise ApiError("malformed", f"undecodable response ({_one_line(e)[:120]})", 200) from None
+        except httpx.HTTPError as e:
             raise ApiError("connection", f"connection dropped ({type(e).__name__}: {_one_line(e)})") from None
         if resp.status_code != 200:
             raise _status_error(resp)
@@ -138,7 +149,9 @@ class Provider:
             raise ApiError("malformed", f"malformed response ({type(e).__name__}: {_one_line(e)[:120]})", 200) from None
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        for c in self._clients.values():
+            await c.aclose()
+        self._clients.clear()
 
 
 def _one_line(e: BaseException) -> str:
@@ -254,6 +267,9 @@ def preflight_error(p: Provider, err: ApiError, attempts: int, key_env: str | No
     if err.kind == "not_found":
         return UserError(f"model '{p.model}' not found at {p.url} ({err}); check the model name and the base URL "
                          f"(OpenAI-compatible servers usually need it to end in /v1)")
+    if err.kind == "unavailable":
+        return UserError(f"the teacher API at {p.url} stopped answering: {err}; the answers so far are cached, "
+                         "rerun to continue")
     if err.kind == "bad_request":
         return UserError(f"the teacher API at {p.url} refused the request for model '{p.model}' ({err})")
     return UserError(f"the teacher API at {p.url} kept failing: {err} ({attempts} attempts)")

@@ -5,7 +5,9 @@ a queue. Each attempt waits for the rate limiter (requests/min, tokens/min), res
 worst-case cost against ``max_cost``, and runs under a per-request timeout. 429, 5xx,
 timeouts, dropped connections and malformed answers are retried with exponential backoff and
 jitter, waiting at least ``Retry-After``; after ``max_attempts`` the request is dead-lettered
-with its last error. A 400-class refusal is dead-lettered at once; 401/403/404 stop the run.
+with its last error. A 400-class refusal is dead-lettered at once; 401/403/404 stop the run, and
+so do ``max(50, 4 * concurrency)`` failures in a row (the endpoint went away: no point retrying
+every prompt to its last attempt).
 Every answer is committed to the cache as it arrives (failures never are).
 """
 
@@ -77,6 +79,8 @@ class Engine:
         self.result = EngineResult()
         self.reserved = 0.0
         self.stop = False
+        self.failures_in_a_row = 0
+        self.breaker = max(50, 4 * settings.concurrency)  # failures in a row, no success between: stop the run
         self._budget: asyncio.Condition | None = None
 
     def cost(self, usage: dict) -> float:
@@ -92,7 +96,7 @@ class Engine:
         queue: asyncio.Queue[Job] = asyncio.Queue()
         for j in jobs:
             queue.put_nowait(j)
-        workers = [asyncio.create_task(self._worker(queue)) for _ in range(min(self.s.concurrency, len(jobs)))]
+        workers = [asyncio.create_task(self._worker(queue, i)) for i in range(min(self.s.concurrency, len(jobs)))]
         try:
             await asyncio.gather(*workers)
         finally:
@@ -102,13 +106,13 @@ class Engine:
         self.result.unsent = len(jobs) - len(self.result.answered) - len(self.result.failed)
         return self.result
 
-    async def _worker(self, queue: asyncio.Queue) -> None:
+    async def _worker(self, queue: asyncio.Queue, slot: int) -> None:
         while not self.stop:
             try:
                 job = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            await self._do(job)
+            await self._do(job, slot)
 
     async def _reserve(self, amount: float) -> bool:
         """Hold ``amount`` USD of the budget; False (and stop the run) once it cannot fit any more."""
@@ -136,13 +140,13 @@ class Engine:
             self.result.cost_usd += spent
             self._budget.notify_all()
 
-    async def _attempt(self, job: Job) -> dict:
+    async def _attempt(self, job: Job, slot: int) -> dict:
         try:
-            return await asyncio.wait_for(self.provider.complete(job.messages, self.params), self.s.timeout_s)
+            return await asyncio.wait_for(self.provider.complete(job.messages, self.params, slot), self.s.timeout_s)
         except asyncio.TimeoutError:
             raise ApiError("timeout", f"timed out after {self.s.timeout_s:g}s") from None
 
-    async def _do(self, job: Job) -> None:
+    async def _do(self, job: Job, slot: int = 0) -> None:
         r, err, attempt = self.result, None, 0
         est = job.est_prompt_tokens + self.params["max_tokens"]
         for attempt in range(1, self.s.max_attempts + 1):
@@ -152,12 +156,16 @@ class Engine:
             await self.limiter.acquire(est)
             r.requests += 1
             try:
-                answer = await self._attempt(job)
+                answer = await self._attempt(job, slot)
             except ApiError as e:
                 err = e
                 self.limiter.settle(est, None)
                 await self._release(worst, 0.0)
+                self.failures_in_a_row += 1
+                if err.retryable and self.failures_in_a_row >= self.breaker and not self.stop:
+                    err = ApiError("unavailable", f"{self.failures_in_a_row} requests in a row failed, the last with: {err}")
             else:
+                self.failures_in_a_row = 0
                 u = answer["usage"]
                 self.limiter.settle(est, u["prompt_tokens"] + u["completion_tokens"] or est)
                 answer.update(attempts=attempt, cost_usd=round(self.cost(u), 8))

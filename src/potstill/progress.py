@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True, highlight=False)
+if not console.is_terminal:  # logs and pipes: wide enough for a progress line with its rate and ETA
+    console = Console(stderr=True, highlight=False, width=160)
 
 
 def say(message: str) -> None:

@@ -16,7 +16,10 @@ def print_summary_table(report: dict, console=None) -> None:
     from rich.table import Table as RichTable
     from rich.text import Text
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log file or pipe: keep the table on one line per row
+            console = Console(width=160)
     table = models_table(report, compact=True)
     rich_table = RichTable(title=f"potstill: {report.get('name') or 'run'}", title_justify="left")
     for i, (header, numeric) in enumerate(zip(table.headers, table.numeric)):

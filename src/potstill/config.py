@@ -106,9 +106,9 @@ class KDSettings(Section):
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the soft (KD) term; 1 - alpha goes to cross-entropy.")
     signal: Literal["live", "topk", "store"] = Field("live", description="live: run the teacher during training; topk: use the generate stage's top-k log-probs; store: a signal store written by `potstill capture` (no teacher in memory while training).")
     store: str | None = Field(None, description="Signal store directory for signal=store (default <run_dir>/signals, where `potstill capture` writes).")
-    store_format: Literal["dense", "topk", "sampled"] = Field("sampled", description="What `potstill capture` stores per response token: dense (2V bytes: small vocabularies), topk (ids, log-probs, tail mass) or sampled (store_draws draws as distinct ids + counts: unbiased, ~30-40 bytes at V=128k).")
+    store_format: Literal["dense", "topk", "sampled"] = Field("sampled", description="What `potstill capture` stores per response token: dense (2V bytes: small vocabularies), topk (ids, log-probs, tail mass) or sampled (store_draws draws as distinct ids + counts: unbiased, 3 bytes per distinct id at V=128k).")
     store_k: int = Field(12, ge=1, description="Ids per token of a topk store.")
-    store_draws: int = Field(48, ge=1, le=255, description="Draws per token of a sampled store (systematic sampling at T).")
+    store_draws: int = Field(64, ge=1, le=255, description="Draws per token of a sampled store (systematic sampling at T; 64 keeps a Llama-3-sized vocabulary at ~25-35 bytes per token).")
 
 
 class TrainConfig(Section):

@@ -7,7 +7,11 @@ A *pair* is one training prompt and the teacher's answer::
      "top_logprobs": list[list[[int, float]]] | None}
 
 A *feature* is ``{"input_ids", "labels"}`` (lists of ints; labels are -100 on the prompt) plus,
-for top-k KD, ``{"topk_ids", "topk_logprobs"}`` holding one row per response token.
+for top-k KD, ``{"topk_ids", "topk_logprobs"}`` holding one row per response token, or, for a
+generic sparse teacher target (a signal store, or top-k log-probs through the same interface,
+:mod:`potstill.signals`), ``{"target_ref"}``: a :class:`TargetRef` whose rows are read from the
+source only when the :class:`Collator` builds the batch (a memory-mapped store is never loaded
+whole). Eager ``{"target_ids", "target_probs"}`` arrays ``[resp_len, k]`` are accepted too.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import torch
 
 from ..chat import encode_prompt  # noqa: F401 - re-exported for the train stage
@@ -36,6 +41,79 @@ def encode_response(tokenizer, pair: dict, reuse_teacher_ids: bool) -> list[int]
     if pair.get("finish_reason", "stop") != "length" and tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     return ids
+
+
+def pair_ids(tokenizer, pair: dict, reuse_teacher_ids: bool = True) -> tuple[list[int], list[int]]:
+    """The full (untruncated) prompt ids and response ids of a pair, as training sees them.
+
+    An empty prompt becomes one BOS (or EOS) token. The signal capture uses the same ids, and a
+    store's :func:`~potstill.signals.store.sequence_hash` is checked against them.
+    """
+    prompt = encode_prompt(tokenizer, pair.get("messages") or [])
+    resp = encode_response(tokenizer, pair, reuse_teacher_ids)
+    if not prompt:
+        prompt = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+    return prompt, resp
+
+
+class TargetRef:
+    """A lazy handle on one example's sparse teacher target: ``load() -> (ids [n, k], probs [n, k])``.
+
+    ``source`` is anything with ``get(example_id) -> (ids, probs)`` (a
+    :class:`~potstill.signals.store.SignalStore`, :class:`~potstill.signals.adapters.TopLogprobsTargets`);
+    ``n`` is the number of response rows kept (the rest were truncated away).
+    """
+
+    __slots__ = ("source", "example_id", "n")
+
+    def __init__(self, source, example_id: str, n: int):
+        self.source, self.example_id, self.n = source, example_id, n
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        ids, probs = self.source.get(self.example_id)
+        return ids[: self.n], probs[: self.n]
+
+    def __repr__(self) -> str:
+        return f"TargetRef({self.example_id!r}, n={self.n})"
+
+
+def open_signal_store(path, tokenizer, temperature: float, verify: str = "lazy", who: str = "student"):
+    """Open a signal store for training with ``tokenizer`` at KD temperature ``temperature``.
+
+    UserError if the store's tokenizer fingerprint is not ``tokenizer``'s (naming both), or if it
+    was captured at another temperature (its targets are the teacher's distribution at that T).
+    """
+    from ..signals import SignalStore
+
+    store = SignalStore(path, verify=verify)
+    store.check_tokenizer(tokenizer, who=who)
+    if not math.isclose(store.temperature, float(temperature), rel_tol=1e-6):
+        raise UserError(
+            f"the signal store holds the teacher at temperature {store.temperature:g} but train.kd.temperature "
+            f"is {float(temperature):g}; recapture with --temperature {float(temperature):g} "
+            f"(or set train.kd.temperature={store.temperature:g})",
+            str(store.path),
+        )
+    return store
+
+
+def _target_ref(targets, pair: dict, prompt: list[int], resp: list[int], n_keep: int) -> TargetRef:
+    from ..signals.store import sequence_hash
+
+    eid = str(pair.get("id"))
+    where = str(getattr(targets, "path", "teacher signal"))
+    if eid not in targets:
+        raise UserError(f"pair '{eid}' has no teacher signal here (it was captured from other pairs; "
+                        "rerun potstill capture)", where)
+    n = targets.length(eid)
+    if n != len(resp):
+        raise UserError(f"pair '{eid}': the teacher signal has {n} positions for {len(resp)} response tokens "
+                        "(captured from other generations; rerun potstill capture)", where)
+    h = targets.sequence_hash(eid)
+    if h is not None and h != sequence_hash(prompt, resp):
+        raise UserError(f"pair '{eid}': the teacher signal was captured on other prompt/response tokens "
+                        "(other generations, prompt format or tokenizer; rerun potstill capture)", where)
+    return TargetRef(targets, eid, n_keep)
 
 
 def _topk_rows(pair: dict, n: int, vocab: int) -> tuple[list[list[int]], list[list[float]]]:
@@ -60,7 +138,7 @@ def _topk_rows(pair: dict, n: int, vocab: int) -> tuple[list[list[int]], list[li
 
 
 def build_features(
-    pairs: list[dict], tokenizer, max_seq_len: int, reuse_teacher_ids: bool, topk: bool = False
+    pairs: list[dict], tokenizer, max_seq_len: int, reuse_teacher_ids: bool, topk: bool = False, targets=None
 ) -> list[dict]:
     """Tokenize pairs into training features (prompt masked out of the labels).
 
@@ -68,15 +146,19 @@ def build_features(
     token is kept (so ``labels[0]`` is always -100 and every response token is a prediction target),
     and a response that still does not fit is cut on the right. Pairs with no response token are
     dropped (logged).
+
+    ``targets``: a sparse teacher-target source (a :class:`~potstill.signals.store.SignalStore`
+    opened with :func:`open_signal_store`, or :class:`~potstill.signals.adapters.TopLogprobsTargets`);
+    each feature then gets a lazy ``target_ref`` (rows are read at collate time). Every pair must
+    be in the source with one row per response token, and a store's sequence hash must match the
+    pair's prompt + response ids (else UserError: the store is from other data).
     """
     feats, dropped = [], 0
     vocab = len(tokenizer)
     for pair in pairs:
-        prompt = encode_prompt(tokenizer, pair.get("messages") or [])
-        resp = encode_response(tokenizer, pair, reuse_teacher_ids)
+        prompt, full_resp = pair_ids(tokenizer, pair, reuse_teacher_ids)
+        full_prompt, resp = prompt, full_resp
         n_full = len(resp)
-        if not prompt:
-            prompt = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
         resp = resp[: max_seq_len - 1]
         prompt = prompt[-(max_seq_len - len(resp)) :]
         if not resp:
@@ -86,6 +168,8 @@ def build_features(
         if topk:
             ids, lps = _topk_rows(pair, n_full, vocab)
             feat["topk_ids"], feat["topk_logprobs"] = ids[: len(resp)], lps[: len(resp)]
+        if targets is not None:
+            feat["target_ref"] = _target_ref(targets, pair, full_prompt, full_resp, len(resp))
         feats.append(feat)
     if dropped:
         log.warning("dropped %d pair(s) with an empty response", dropped)
@@ -97,7 +181,12 @@ def build_features(
 class Collator:
     """Right-pads features into tensors: ``input_ids``, ``attention_mask``, ``labels`` ``[B, L]``
     and, for top-k features, ``topk_ids`` / ``topk_logprobs`` ``[B, L, k]`` aligned with ``labels``
-    (row ``t`` is the teacher's top-k for the token at position ``t``; padding: id 0, log-prob -inf).
+    (row ``t`` is the teacher's top-k for the token at position ``t``; padding: id 0, log-prob -inf);
+    for sparse-target features (``target_ref`` or ``target_ids``/``target_probs``),
+    ``target_ids`` int64 / ``target_probs`` float32 ``[B, L, k]`` aligned the same way (``k`` the
+    widest row in the batch; padding and non-response positions: id 0, probability 0). A dense
+    store's rows (every row's ids ``arange(V)``) give ``target_probs`` ``[B, L, V]`` alone, with
+    no ``target_ids``: column ``j`` is token ``j``.
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
@@ -128,4 +217,32 @@ class Collator:
                 tid[i, start:end] = torch.tensor([r + [0] * p for r, p in zip(f["topk_ids"], pad)])
                 tlp[i, start:end] = torch.tensor([r + [float("-inf")] * p for r, p in zip(f["topk_logprobs"], pad)])
             batch["topk_ids"], batch["topk_logprobs"] = tid, tlp
+        if "target_ref" in feats[0] or "target_ids" in feats[0]:
+            tid, batch["target_probs"] = self._targets(feats, n)
+            if tid is not None:
+                batch["target_ids"] = tid
         return batch
+
+    @staticmethod
+    def _targets(feats: list[dict], n: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        rows = []
+        for f in feats:
+            if "target_ref" in f:
+                rows.append(f["target_ref"].load())
+            else:
+                rows.append((np.asarray(f["target_ids"], dtype=np.int64), np.asarray(f["target_probs"], dtype=np.float32)))
+        b = len(feats)
+        k = max([ids.shape[1] for ids, _ in rows if ids.ndim == 2 and ids.shape[0]] or [1])
+        full = [ids for ids, _ in rows if ids.ndim == 2 and ids.shape[0]]
+        dense = bool(full) and all(ids.strides[0] == 0 and ids.shape[1] == k for ids in full)
+        tid = None if dense else torch.zeros((b, n, k), dtype=torch.long)
+        tpr = torch.zeros((b, n, k), dtype=torch.float32)
+        for i, (f, (ids, probs)) in enumerate(zip(feats, rows)):
+            m = ids.shape[0]
+            if not m:
+                continue
+            start, w = len(f["input_ids"]) - m, ids.shape[1]
+            if not dense:
+                tid[i, start : start + m, :w] = torch.from_numpy(np.ascontiguousarray(ids))
+            tpr[i, start : start + m, :w] = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))
+        return tid, tpr

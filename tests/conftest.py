@@ -205,3 +205,38 @@ def make_pairs(tiny_tokenizer_dir):
         return pairs
 
     return make
+
+
+@pytest.fixture(scope="session")
+def serve_model():
+    """Factory ``serve_model(model_dir, name="tiny", api_key=None, **backend_kw) -> (url, backend)``:
+    ``potstill serve``'s app for a local model, run by uvicorn in a background thread on a free port."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from potstill.serve import HFBackend, create_app
+
+    servers = []
+
+    def start(model_dir, name="tiny", api_key=None, max_body_bytes=4 * 1024 * 1024, **backend_kw):
+        backend = HFBackend.from_dir(model_dir, model_name=name, **backend_kw)
+        app = create_app(backend, api_key=api_key, max_body_bytes=max_body_bytes)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.time() + 30
+        while not srv.started and time.time() < deadline:
+            time.sleep(0.02)
+        assert srv.started, "server did not start"
+        servers.append((srv, thread))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}", backend
+
+    yield start
+    for srv, thread in servers:
+        srv.should_exit = True
+        thread.join(10)

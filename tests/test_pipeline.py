@@ -120,3 +120,26 @@ def test_kill_during_training_resumes_without_regenerating(project):
     assert gen_file.stat().st_mtime_ns == before
     training = read_json(project / "run" / "students" / "sft" / "training.json")
     assert training["resumed_from_step"] >= 6
+
+
+def test_run_with_api_teacher_served_by_potstill(project, tiny_teacher_dir, serve_model):
+    """`potstill run` with `teacher.model: openai:NAME`: generate, SFT and top-k KD, eval and report."""
+    url, _ = serve_model(tiny_teacher_dir, name="remote-teacher")
+    cfg = yaml.safe_load((project / "c.yaml").read_text())
+    cfg["teacher"].update({"model": "openai:remote-teacher", "base_url": url + "/v1", "tokenizer": str(tiny_teacher_dir),
+                           "concurrency": 4})
+    cfg["train"]["kd"] = {"signal": "topk"}
+    cfg["prices"] = {"teacher": {"usd_per_1m_input_tokens": 2.5, "usd_per_1m_output_tokens": 10.0},
+                     "student": {"usd_per_hour": 0.1}}
+    (project / "api.yaml").write_text(yaml.safe_dump(cfg))
+    from potstill import api
+
+    report = api.run(project / "api.yaml")
+    run = project / "run"
+    gens = [json.loads(ln) for ln in (run / "generate" / "generations.jsonl").read_text().splitlines()]
+    assert gens and all(g["top_logprobs"] and len(g["top_logprobs"]) == len(g["token_ids"]) for g in gens)
+    assert read_json(run / "students" / "kd" / "training.json")["method"] == "kd"
+    teacher = report["models"]["teacher"]
+    assert teacher["role"] == "teacher" and teacher["cost_per_query_usd"] > 0
+    assert report["splits"]["test"]["teacher"]["pct_of_teacher"] == pytest.approx(100.0)
+    assert (run / ".cache" / "teacher-api.sqlite").is_file()

@@ -27,24 +27,11 @@ Q = [{"role": "user", "content": "What is two plus two?"}]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_teacher_dir):
+def server(tiny_teacher_dir, serve_model):
     """The tiny teacher served by uvicorn in a background thread on a free port (API key required)."""
-    import uvicorn
-
-    backend = HFBackend.from_dir(tiny_teacher_dir, model_name="tiny", max_batch=16, batch_wait_ms=30)
-    app = create_app(backend, api_key=KEY, max_body_bytes=BODY_LIMIT)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.02)
-    assert srv.started
-    yield {"url": f"http://127.0.0.1:{sock.getsockname()[1]}", "backend": backend, "dir": tiny_teacher_dir}
-    srv.should_exit = True
-    thread.join(10)
+    url, backend = serve_model(tiny_teacher_dir, name="tiny", api_key=KEY, max_body_bytes=BODY_LIMIT,
+                               max_batch=16, batch_wait_ms=30)
+    return {"url": url, "backend": backend, "dir": tiny_teacher_dir}
 
 
 @pytest.fixture(scope="module")

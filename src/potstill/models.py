@@ -33,7 +33,11 @@ def check_model_dir(path: str | Path, need_weights: bool = True) -> Path:
 def load_tokenizer(path: str | Path, padding_side: str = "left"):
     from transformers import AutoTokenizer
 
-    path = check_model_dir(path, need_weights=False)
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError("tokenizer directory does not exist", str(path))
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
+        raise UserError("no tokenizer files (tokenizer.json / tokenizer_config.json) in this directory", str(path))
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad dir

@@ -45,6 +45,9 @@ class Pipeline:
         self.run_dir = RunDir(cfg.run_path, force)
         write_text(self.run_dir.root / "config.yaml", dump_config(cfg))
         self.hashes: dict[str, str] = {}
+        from .teachers.api import parse_teacher
+
+        self.api = parse_teacher(cfg.teacher.model)
 
     # -- stages ---------------------------------------------------------------------------
     def prompts(self) -> str:
@@ -63,28 +66,41 @@ class Pipeline:
         self.hashes["prompts"] = self.run_dir.run("prompts", inputs, build)
         return self.hashes["prompts"]
 
-    def generate(self) -> str:
-        from .teachers.api import parse_teacher, teacher_identity
-        from .teachers.stage import hashed_teacher_config, run_generate
+    def teacher_ident(self) -> str:
+        """What stands for the teacher in stage hashes: its files' hash, or an API's provider/model/endpoint."""
+        from .teachers.api import teacher_identity
+
+        if self.api:
+            return teacher_identity(self.api[0], self.api[1], self.cfg.teacher.base_url)
+        return model_hash(self.cfg.resolve(self.cfg.teacher.model))
+
+    def teacher_config(self):
+        """The teacher section with paths resolved against the config file."""
+        cfg = self.cfg
+        if self.api and cfg.teacher.tokenizer:
+            return cfg.teacher.model_copy(update={"tokenizer": str(cfg.resolve(cfg.teacher.tokenizer))})
+        return cfg.teacher
+
+    def _generate(self, teacher_cfg, records: list[dict], out: Path, work: Path) -> dict:
+        from .teachers.stage import run_generate
 
         cfg = self.cfg
-        api = parse_teacher(cfg.teacher.model)
-        teacher_cfg, cache = cfg.teacher, None
-        if api:  # no local weights: the provider, model and endpoint stand for them
-            teacher, ident = None, teacher_identity(api[0], api[1], cfg.teacher.base_url)
+        teacher = None if self.api else cfg.resolve(cfg.teacher.model)
+        cache = None
+        if self.api:  # one answer cache per run: a rerun never pays twice for the same request
             cache = cfg.resolve(cfg.teacher.cache) if cfg.teacher.cache else self.run_dir.root / ".cache" / "teacher-api.sqlite"
-            if cfg.teacher.tokenizer:
-                teacher_cfg = cfg.teacher.model_copy(update={"tokenizer": str(cfg.resolve(cfg.teacher.tokenizer))})
-        else:
-            teacher = cfg.resolve(cfg.teacher.model)
-            ident = model_hash(teacher)
-        inputs = {"config": hashed_teacher_config(cfg.teacher), "teacher": ident,
-                  "prompts": self._need("prompts"), "seed": cfg.seed}
         prices = (cfg.prices.teacher.usd_per_1m_input_tokens, cfg.prices.teacher.usd_per_1m_output_tokens)
+        return run_generate(teacher_cfg, teacher, records, out, work, cfg.seed, prices=prices, cache_path=cache)
+
+    def generate(self) -> str:
+        from .teachers.stage import hashed_teacher_config
+
+        cfg = self.cfg
+        inputs = {"config": hashed_teacher_config(cfg.teacher), "teacher": self.teacher_ident(),
+                  "prompts": self._need("prompts"), "seed": cfg.seed}
         records = read_jsonl(self.run_dir.path("prompts") / "train.jsonl")
         self.hashes["generate"] = self.run_dir.run(
-            "generate", inputs, lambda out, work: run_generate(teacher_cfg, teacher, records, out, work, cfg.seed,
-                                                               prices=prices, cache_path=cache))
+            "generate", inputs, lambda out, work: self._generate(self.teacher_config(), records, out, work))
         return self.hashes["generate"]
 
     def train(self, method: str) -> str:
@@ -97,8 +113,9 @@ class Pipeline:
                   "student": cfg.student.model_dump(mode="json"), "student_hash": model_hash(student, cfg.student.init),
                   "generate": self._need("generate"), "seed": cfg.seed}
         if method == "kd":
-            inputs["teacher"] = model_hash(cfg.resolve(cfg.teacher.model))
-        provenance = {"teacher": str(cfg.resolve(cfg.teacher.model)), "teacher_hash": model_hash(cfg.resolve(cfg.teacher.model)),
+            inputs["teacher"] = self.teacher_ident()
+        teacher_name = cfg.teacher.model if self.api else str(cfg.resolve(cfg.teacher.model))
+        provenance = {"teacher": teacher_name, "teacher_hash": self.teacher_ident(),
                       "student_base": str(student), "student_base_hash": inputs["student_hash"],
                       "prompts_hash": self._need("prompts"), "generations_hash": inputs["generate"]}
 
@@ -120,7 +137,9 @@ class Pipeline:
     def models(self) -> dict[str, dict]:
         """The models compared at evaluation: teacher first, then each student, then the floor."""
         cfg = self.cfg
-        models = {"teacher": {"path": cfg.resolve(cfg.teacher.model), "role": "teacher", "method": None, "dtype": cfg.teacher.dtype}}
+        teacher_path = cfg.teacher.model if self.api else cfg.resolve(cfg.teacher.model)
+        models = {"teacher": {"path": teacher_path, "role": "teacher", "method": None, "dtype": cfg.teacher.dtype,
+                              "api": bool(self.api)}}
         for m in cfg.train.methods:
             models[m] = {"path": self.run_dir.path(f"students/{m}"), "role": "student", "method": m}
         if cfg.eval.include_floor:
@@ -146,11 +165,31 @@ class Pipeline:
         cfg = self.cfg
         inputs = {"config": cfg.eval.model_dump(mode="json", exclude={"latency"}), "prompts": self._need("prompts"),
                   "students": {m: self._need(f"students/{m}") for m in cfg.train.methods},
-                  "teacher": model_hash(cfg.resolve(cfg.teacher.model)), "floor": cfg.student.model_dump(mode="json"),
-                  "seed": cfg.seed}
-        self.hashes["eval"] = self.run_dir.run(
-            "eval", inputs, lambda out, work: {"splits": list(run_eval(cfg.eval, self.models(), self.eval_splits(), out, work, cfg.seed)["splits"])})
+                  "teacher": self.teacher_ident(), "floor": cfg.student.model_dump(mode="json"), "seed": cfg.seed}
+
+        def build(out: Path, work: Path) -> dict:
+            splits = self.eval_splits()
+            answers = {"teacher": self._api_answers(splits, work)} if self.api else {}
+            results = run_eval(cfg.eval, self.models(), splits, out, work, cfg.seed, answers=answers)
+            return {"splits": list(results["splits"])}
+
+        self.hashes["eval"] = self.run_dir.run("eval", inputs, build)
         return self.hashes["eval"]
+
+    def _api_answers(self, splits: dict[str, list[dict]], work: Path) -> dict[str, list[dict]]:
+        """An API teacher's answers on the evaluation splits (through the same cache and engine as generate)."""
+        teacher_cfg = self.teacher_config().model_copy(update={"top_logprobs": 0, "max_new_tokens": self.cfg.eval.max_new_tokens})
+        answers = {}
+        for split, records in splits.items():
+            self._generate(teacher_cfg, records, work / f"api-{split}", work / f"api-{split}.work")
+            rows = {g["id"]: g for g in read_jsonl(work / f"api-{split}" / "generations.jsonl")}
+            missing = [r["id"] for r in records if r["id"] not in rows]
+            if missing:
+                raise UserError(f"the API teacher did not answer {len(missing)} {split} prompts (first: {missing[0]}); "
+                                f"see {work / f'api-{split}' / 'failed.jsonl'} and rerun")
+            answers[split] = [{"id": r["id"], "text": rows[r["id"]]["text"], "finish_reason": rows[r["id"]]["finish_reason"],
+                               **rows[r["id"]]["usage"]} for r in records]
+        return answers
 
     def measure(self) -> str:
         from .evaluate.measure import measure_model
@@ -164,6 +203,9 @@ class Pipeline:
         def build(out: Path, work: Path) -> dict:
             perf = {}
             for name, spec in self.models().items():
+                if spec.get("api"):
+                    perf[name] = self._api_perf()
+                    continue
                 say(f"  measuring {name}")
                 perf[name] = measure_model(spec["path"], init=spec.get("init", "pretrained"), dtype=spec.get("dtype", "float32"),
                                            seed=cfg.seed, records=records, max_new_tokens=cfg.eval.max_new_tokens,
@@ -173,6 +215,15 @@ class Pipeline:
 
         self.hashes["measure"] = self.run_dir.run("measure", inputs, build)
         return self.hashes["measure"]
+
+    def _api_perf(self) -> dict:
+        """An API teacher is not run here: its cost comes from token prices and its measured token counts."""
+        rows = [r for f in sorted((self.run_dir.path("eval") / "answers").glob("teacher__*.jsonl")) for r in read_jsonl(f)]
+        n = max(len(rows), 1)
+        return {"api": True, "params": None, "latency_p50_s": None, "latency_p95_s": None, "latencies_s": [],
+                "tokens_per_s": None, "peak_rss_mb": None, "batched_queries_per_s": None,
+                "mean_prompt_tokens": sum(r.get("prompt_tokens", 0) for r in rows) / n,
+                "mean_completion_tokens": sum(r.get("completion_tokens", 0) for r in rows) / n}
 
     def report(self) -> dict:
         from .evaluate.cost import break_even, cost_summary
@@ -198,14 +249,15 @@ class Pipeline:
         return read_json(self.run_dir.path("report") / "report.json")
 
     def _break_even(self, break_even, costs: dict, training: dict) -> dict:
-        """One-off distillation cost (teacher generation + student training time at their hourly prices)."""
+        """One-off distillation cost: the teacher's answers (API spend, or generation time at the
+        teacher's hourly price) plus student training time at the higher of the two hourly prices."""
         cfg = self.cfg
         gen = read_json(self.run_dir.path("generate") / "stats.json")
         t_hour = cfg.prices.teacher.usd_per_hour or 0.0
         s_hour = cfg.prices.student.usd_per_hour or 0.0
-        one_off = gen.get("generation_seconds", 0) / 3600 * t_hour
+        one_off = gen.get("cost_usd", 0.0) if self.api else gen.get("generation_seconds", 0) / 3600 * t_hour
         one_off += sum(t.get("runtime_s", 0) for t in training.values()) / 3600 * max(t_hour, s_hour)
-        best = min((m for m in cfg.train.methods), key=lambda m: costs[m]["cost_per_query_usd"])
+        best = min(cfg.train.methods, key=lambda m: costs[m]["cost_per_query_usd"])
         return break_even(one_off, costs["teacher"]["cost_per_query_usd"], costs[best]["cost_per_query_usd"],
                           cfg.prices.queries_per_day)
 

@@ -30,6 +30,7 @@ def answer_split(gen: LocalGenerator, records: list[dict], settings: GenerationS
     with track(len(records), label) as bar:
         for rec in gen.generate(records, settings):
             by_id[rec["id"]] = {"id": rec["id"], "text": rec["text"], "finish_reason": rec["finish_reason"],
+                                "prompt_tokens": rec["usage"]["prompt_tokens"],
                                 "completion_tokens": rec["usage"]["completion_tokens"]}
             bar.advance(1, tokens=rec["usage"]["completion_tokens"])
     rows = [by_id[r["id"]] for r in records]
@@ -67,14 +68,22 @@ def summarize(scores: dict[str, list[float]], roles: dict[str, str], records: li
 
 
 def run_eval(cfg: EvalConfig, models: dict[str, dict], splits: dict[str, list[dict]], out_dir: Path,
-             work_dir: Path, seed: int = 0) -> dict:
-    """Evaluate ``models`` ({name: {path, role, method, init, dtype}}, teacher first) on ``splits``."""
+             work_dir: Path, seed: int = 0, answers: dict[str, dict[str, list[dict]]] | None = None) -> dict:
+    """Evaluate ``models`` ({name: {path, role, method, init, dtype}}, teacher first) on ``splits``.
+
+    ``answers`` holds answers produced elsewhere ({model: {split: rows}}, e.g. an API teacher's);
+    those models are not loaded.
+    """
     score = build_scorer(cfg.scorer)
     rouge = build_scorer(ScorerSpec(type="rouge_l", field="__teacher__"))
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=seed)
-    answers: dict[str, dict[str, list[dict]]] = {}
+    answers = dict(answers or {})
     results = {"scorer": scorer_name(cfg.scorer), "models": {}, "splits": {}}
     for name, spec in models.items():
+        if name in answers:
+            results["models"][name] = {"role": spec["role"], "method": spec.get("method"), "path": str(spec["path"]),
+                                       "params": None}
+            continue
         gen = LocalGenerator(spec["path"], dtype=spec.get("dtype", "float32"), init=spec.get("init", "pretrained"), seed=seed)
         results["models"][name] = {"role": spec["role"], "method": spec.get("method"), "path": str(spec["path"]),
                                    "params": gen.params}

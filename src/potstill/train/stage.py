@@ -18,12 +18,20 @@ from ..config import RunConfig
 from ..errors import UserError
 from ..io import atomic_dir, sha256_json, write_json
 from ..models import count_params, load_model, load_tokenizer, tokenizer_fingerprint
+from ..progress import say
+from ..teachers.api import parse_teacher
 from .card import write_model_card
 from .data import Collator, build_features
-from ..progress import say
 from .trainer import DistillTrainer, resume_point, training_arguments
 
 log = logging.getLogger(__name__)
+
+
+def teacher_tokenizer_dir(cfg: RunConfig) -> Path | None:
+    """Where the teacher's tokenizer lives: its model directory, or ``teacher.tokenizer`` for an API teacher."""
+    if parse_teacher(cfg.teacher.model):
+        return cfg.resolve(cfg.teacher.tokenizer) if cfg.teacher.tokenizer else None
+    return cfg.resolve(cfg.teacher.model)
 
 
 def _check_shared_tokenizer(cfg: RunConfig, teacher_dir: Path, student_tok, teacher_tok) -> None:
@@ -89,14 +97,18 @@ def train_student(
         raise UserError(f"unknown training method '{method}' (expected 'sft' or 'kd')", where="train.methods")
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     t = cfg.train
-    s_dir, teacher_dir = cfg.resolve(cfg.student.model), cfg.resolve(cfg.teacher.model)
+    s_dir, teacher_dir = cfg.resolve(cfg.student.model), teacher_tokenizer_dir(cfg)
     tok = load_tokenizer(s_dir, padding_side="right")
-    teacher_tok = load_tokenizer(teacher_dir) if (teacher_dir / "config.json").is_file() else None
+    teacher_tok = load_tokenizer(teacher_dir) if teacher_dir is not None else None
     same_tok = teacher_tok is not None and tokenizer_fingerprint(teacher_tok) == tokenizer_fingerprint(tok)
     topk = method == "kd" and t.kd.signal == "topk"
     if method == "kd":
         if teacher_tok is None:
-            raise UserError("kd needs the teacher's model directory (config.json + tokenizer)", str(teacher_dir))
+            raise UserError("kd needs the teacher's tokenizer: a local teacher directory, or teacher.tokenizer for an "
+                            "API teacher", where="teacher")
+        if parse_teacher(cfg.teacher.model) and not topk:
+            raise UserError("kd from an API teacher needs train.kd.signal=topk (and teacher.top_logprobs > 0)",
+                            where="train.kd.signal")
         _check_shared_tokenizer(cfg, teacher_dir, tok, teacher_tok)
         if topk and not any(p.get("top_logprobs") for p in pairs):
             raise UserError(
@@ -144,6 +156,10 @@ def train_student(
         alpha=t.kd.alpha,
         temperature=t.kd.temperature,
         vocab_size=len(tok),
+        divergence=t.kd.divergence,
+        beta=t.kd.beta,
+        skew_alpha=t.kd.skew_alpha,
+        chunk_size=t.kd.chunk_size,
     )
     if resume:
         say(f"  resuming {method} training from {resume.name}")

@@ -66,3 +66,12 @@ def test_model_path_not_a_model_keeps_prompts(workdir):
 
 def test_unknown_force_stage(workdir):
     one_line_error(potstill("run", "c.yaml", "--force", "genrate", cwd=workdir), "unknown stage 'genrate'")
+
+
+def test_kd_with_mismatched_tokenizers_fails_before_any_stage(workdir, make_tiny_llama, tiny_teacher_dir):
+    student = make_tiny_llama(workdir / "other_student", hidden=16, tokenizer="other")
+    proc = potstill("run", "c.yaml", f"teacher.model={tiny_teacher_dir}", f"student.model={student}",
+                    "train.methods=[kd]", cwd=workdir)
+    line = one_line_error(proc, "kd needs the teacher and student to share a tokenizer", "'sft'")
+    assert str(student) in line
+    assert not (workdir / "run" / "prompts").exists()

@@ -262,7 +262,18 @@ class Pipeline:
                           cfg.prices.queries_per_day)
 
     # -- the whole run --------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Checks that need no stage to run: the teacher and student exist; kd's shared tokenizer."""
+        cfg = self.cfg
+        self.teacher_ident()
+        model_hash(cfg.resolve(cfg.student.model), cfg.student.init)
+        if "kd" in cfg.train.methods:
+            from .train.stage import check_kd_tokenizers
+
+            check_kd_tokenizers(cfg)
+
     def run_all(self) -> dict:
+        self.preflight()
         self.prompts()
         self.generate()
         for method in self.cfg.train.methods:

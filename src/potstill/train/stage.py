@@ -43,6 +43,8 @@ def _check_shared_tokenizer(cfg: RunConfig, teacher_dir: Path, student_tok, teac
     if len(teacher_tok) != len(student_tok):
         reasons.append(f"vocab sizes {len(teacher_tok)} vs {len(student_tok)}")
     for name, d in (("teacher", teacher_dir), ("student", s_dir)):
+        if not (Path(d) / "config.json").is_file():  # an API teacher's tokenizer-only directory
+            continue
         emb = getattr(AutoConfig.from_pretrained(str(d)), "vocab_size", None)
         if emb is not None and emb < len(student_tok):
             reasons.append(f"{name} embedding has {emb} rows for a {len(student_tok)}-token vocabulary")
@@ -52,6 +54,16 @@ def _check_shared_tokenizer(cfg: RunConfig, teacher_dir: Path, student_tok, teac
             f"({'; '.join(reasons)}); use method 'sft' for text-level distillation",
             where="train.methods",
         )
+
+
+def check_kd_tokenizers(cfg: RunConfig) -> None:
+    """Preflight for ``kd``: one-line UserError unless teacher and student share a tokenizer."""
+    teacher_dir = teacher_tokenizer_dir(cfg)
+    if teacher_dir is None:
+        raise UserError("kd needs the teacher's tokenizer: a local teacher directory, or teacher.tokenizer for an "
+                        "API teacher; or use method 'sft'", where="teacher")
+    student_tok = load_tokenizer(cfg.resolve(cfg.student.model))
+    _check_shared_tokenizer(cfg, teacher_dir, student_tok, load_tokenizer(teacher_dir))
 
 
 class _StepCounter(TrainerCallback):

@@ -174,3 +174,196 @@ def test_bf16_logits_are_upcast(batch):
     out = forward_kl(s.bfloat16(), t.bfloat16(), mask, 1.0)
     assert out.dtype == torch.float32
     assert torch.allclose(out, forward_kl(s.bfloat16().float(), t.bfloat16().float(), mask, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Every divergence vs a plain float64 reference (lists and math, no torch)
+
+from potstill.losses import (  # noqa: E402
+    DIVERGENCES,
+    divergence,
+    divergence_from_logits,
+    sparse_target_loss,
+    topk_target_probs,
+)
+
+
+def ref_div(name, s_row, t_row, temp, beta=0.5, a=0.1):
+    p, q = ref_softmax(t_row, temp), ref_softmax(s_row, temp)
+
+    def kl(x, y):
+        return sum(xi * math.log(xi / yi) for xi, yi in zip(x, y) if xi > 0)
+
+    if name == "forward_kl":
+        return kl(p, q)
+    if name == "reverse_kl":
+        return kl(q, p)
+    if name == "jsd":
+        if beta == 0:
+            return kl(p, q)
+        if beta == 1:
+            return kl(q, p)
+        m = [beta * pi + (1 - beta) * qi for pi, qi in zip(p, q)]
+        return beta * kl(p, m) + (1 - beta) * kl(q, m)
+    if name == "skew_forward_kl":
+        return kl(p, [a * pi + (1 - a) * qi for pi, qi in zip(p, q)])
+    if name == "skew_reverse_kl":
+        return kl(q, [a * qi + (1 - a) * pi for pi, qi in zip(p, q)])
+    if name == "tvd":
+        return 0.5 * sum(abs(pi - qi) for pi, qi in zip(p, q))
+    raise AssertionError(name)
+
+
+PARAMS = {"jsd": [dict(beta=0.5), dict(beta=0.1), dict(beta=0.9)], "skew_forward_kl": [dict(a=0.1), dict(a=0.5)],
+          "skew_reverse_kl": [dict(a=0.1), dict(a=0.5)]}
+CASES = [(n, kw, t) for n in DIVERGENCES for kw in PARAMS.get(n, [{}]) for t in (1.0, 2.0)]
+
+
+@pytest.mark.parametrize("name,kw,temp", CASES)
+def test_divergence_matches_float64(batch, name, kw, temp):
+    s, t, labels = batch  # fp32 logits of clearly different distributions
+    mask = labels != IGNORE_INDEX
+    got = divergence_from_logits(name, s, t, mask, temp, beta=kw.get("beta", 0.5), skew_alpha=kw.get("a", 0.1))
+    want = table(lambda b, i: ref_div(name, s[b, i].double().tolist(), t[b, i].double().tolist(), temp, **kw), mask)
+    assert got.dtype == torch.float32 and got.shape == (B, L)
+    assert float(want[mask].min()) > 1e-3  # not a near-zero value: relative error is meaningful
+    assert rel_err(got, want) <= 1e-6
+    assert (got[~mask] == 0).all() and (got >= 0).all()
+
+
+def test_divergence_from_logprobs_and_dispatcher(batch):
+    s, t, _ = batch
+    lq, lp = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
+    assert torch.equal(divergence("forward_kl", lq, lp), forward_kl(s, t, torch.ones(B, L, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="unknown divergence"):
+        divergence("kl", lq, lp)
+    with pytest.raises(ValueError, match="beta"):
+        divergence("jsd", lq, lp, beta=1.5)
+    with pytest.raises(ValueError, match="skew alpha"):
+        divergence("skew_forward_kl", lq, lp, skew_alpha=1.0)
+
+
+def test_jsd_limits(batch):
+    """TRL convention: beta=0 is forward KL, beta=1 reverse KL; in between, JSD/beta -> forward KL
+    as beta -> 0 and JSD/(1-beta) -> reverse KL as beta -> 1."""
+    s, t, _ = batch
+    lq, lp = torch.log_softmax(s.double(), -1), torch.log_softmax(t.double(), -1)
+    fkl, rkl = divergence("forward_kl", lq, lp), divergence("reverse_kl", lq, lp)
+    assert torch.equal(divergence("jsd", lq, lp, beta=0.0), fkl)
+    assert torch.equal(divergence("jsd", lq, lp, beta=1.0), rkl)
+    errs = [
+        (rel_err(divergence("jsd", lq, lp, beta=eps) / eps, fkl), rel_err(divergence("jsd", lq, lp, beta=1 - eps) / eps, rkl))
+        for eps in (1e-4, 1e-6)
+    ]
+    assert max(errs[1]) <= 1e-3  # first-order convergence: the error shrinks like beta (resp. 1 - beta)
+    assert errs[1][0] < errs[0][0] / 50 and errs[1][1] < errs[0][1] / 50
+    sym = divergence("jsd", lq, lp, beta=0.5)
+    assert (sym <= math.log(2)).all()  # the Jensen-Shannon divergence is at most log 2
+    assert torch.allclose(sym, divergence("jsd", lp, lq, beta=0.5))  # symmetric at beta = 1/2
+
+
+def test_skew_kl_limits(batch):
+    s, t, _ = batch
+    lq, lp = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
+    assert torch.equal(divergence("skew_forward_kl", lq, lp, skew_alpha=0.0), divergence("forward_kl", lq, lp))
+    assert torch.equal(divergence("skew_reverse_kl", lq, lp, skew_alpha=0.0), divergence("reverse_kl", lq, lp))
+    a = 0.3  # bounded by -log(a), below the plain KLs
+    for name, plain in (("skew_forward_kl", "forward_kl"), ("skew_reverse_kl", "reverse_kl")):
+        skew = divergence(name, lq, lp, skew_alpha=a)
+        assert (skew <= -math.log(a)).all() and (skew < divergence(plain, lq, lp)).all()
+
+
+def test_tvd_range_and_symmetry(batch):
+    s, t, _ = batch
+    lq, lp = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
+    d = divergence("tvd", lq, lp)
+    assert ((d > 0) & (d < 1)).all() and torch.equal(d, divergence("tvd", lp, lq))
+    assert divergence("tvd", lq, lq.clone()).abs().max() == 0
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_each_divergence_zero_when_equal_and_masked_rows_clean(batch, name):
+    s, t, labels = batch
+    mask = labels != IGNORE_INDEX
+    assert divergence_from_logits(name, s, s.clone(), mask, 1.5).abs().max() < 1e-6
+    s, t = s.clone(), t.clone()
+    s[~mask], t[~mask] = float("-inf"), float("nan")  # masked rows may hold anything
+    x = s.clone().requires_grad_()
+    out = divergence_from_logits(name, x, t, mask, 2.0, beta=0.3, skew_alpha=0.2)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and (out[~mask] == 0).all()
+    assert torch.isfinite(x.grad).all() and (x.grad[~mask] == 0).all() and (x.grad[mask].abs().sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_distillation_loss_t2_scaling_each_divergence(batch, name):
+    s, t, labels = batch
+    mask = labels != IGNORE_INDEX
+    for temp in (1.0, 3.0):
+        total, _, parts = distillation_loss(s, labels, teacher_logits=t, alpha=0.25, temperature=temp, divergence=name)
+        d = divergence_from_logits(name, s, t, mask, temp).sum()
+        assert torch.allclose(parts["kd"], d)
+        assert torch.allclose(total, 0.25 * temp**2 * d + 0.75 * parts["ce"])
+
+
+def test_sparse_target_loss_matches_float64(batch):
+    s, t, labels = batch
+    mask = labels != IGNORE_INDEX
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, V, (B, L, K), generator=g)
+    probs = torch.rand(B, L, K, generator=g) / K  # sums to < 1: an un-modelled tail
+    probs[0, 3, :2] = 0.0  # padding entries
+    for temp in (1.0, 2.0):
+        got = sparse_target_loss(s, ids, probs, mask, temp)
+
+        def ref(b, i):
+            q = ref_softmax(s[b, i].double().tolist(), temp)
+            return -sum(float(probs[b, i, j]) * math.log(q[int(ids[b, i, j])]) for j in range(K) if probs[b, i, j] > 0)
+
+        assert rel_err(got, table(ref, mask)) <= 1e-6 and (got[~mask] == 0).all()
+
+
+def test_sparse_target_loss_dense_ids_none_equals_cross_entropy_form(batch):
+    s, t, labels = batch
+    mask = labels != IGNORE_INDEX
+    p = torch.softmax(t / 2.0, -1)
+    dense = sparse_target_loss(s, None, p, mask, 2.0)
+    ids = torch.arange(V).expand(B, L, V)
+    assert torch.allclose(dense, sparse_target_loss(s, ids, p, mask, 2.0))
+    # cross-entropy = forward KL + teacher entropy
+    ent = -(p * p.log()).sum(-1)
+    assert torch.allclose(dense[mask], (forward_kl(s, t, mask, 2.0) + ent)[mask], rtol=1e-5)
+
+
+def test_sampled_targets_are_unbiased():
+    """pi = counts / n of n teacher draws: the loss (linear in pi) averages to the dense cross-entropy."""
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(1, V, generator=g)
+    p = torch.softmax(torch.randn(V, generator=g) * 2, -1)
+    n, draws = 8, 20000
+    samples = torch.multinomial(p, n * draws, replacement=True, generator=g).view(draws, n)
+    ids, probs = samples, torch.full((draws, n), 1.0 / n)  # repeated ids simply add up
+    x = s.expand(draws, V).clone().requires_grad_()
+    est = sparse_target_loss(x, ids, probs, torch.ones(draws, dtype=torch.bool))
+    est.mean().backward()
+    dense_x = s.clone().requires_grad_()
+    dense = -(p * torch.log_softmax(dense_x, -1)).sum()
+    dense.backward()
+    assert abs(float(est.mean().detach()) - float(dense.detach())) < 0.02 * float(dense.detach())
+    grad_mean = x.grad.sum(0) * 1.0  # d mean / d x_i summed over rows = average gradient
+    assert (grad_mean - dense_x.grad[0]).abs().max() < 0.01
+
+
+def test_topk_target_probs_and_distillation_loss_with_targets(batch):
+    s, t, labels = batch
+    ids, lps = topk_of(t)
+    lps[1, 2, -2:] = float("-inf")
+    lps[0, 4, :] = float("-inf")  # an empty row
+    pi = topk_target_probs(lps, 2.0)
+    assert torch.allclose(pi[1, 2, :-2].sum(), torch.tensor(1.0)) and (pi[1, 2, -2:] == 0).all()
+    assert (pi[0, 4] == 0).all()
+    a = distillation_loss(s, labels, teacher_ids=ids, teacher_logprobs=lps, alpha=0.4, temperature=2.0)
+    b = distillation_loss(s, labels, target_ids=ids, target_probs=pi, alpha=0.4, temperature=2.0)
+    assert torch.allclose(a[0], b[0]) and torch.allclose(a[2]["kd"], b[2]["kd"])
+    with pytest.raises(ValueError, match="forward_kl"):
+        distillation_loss(s, labels, target_ids=ids, target_probs=pi, divergence="jsd")

@@ -100,7 +100,10 @@ class LoraSettings(Section):
 
 
 class KDSettings(Section):
-    """Soft-label distillation: loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
+    """Soft-label distillation: loss = alpha * T^2 * D(teacher_T, student_T) + (1 - alpha) * CE, per response token.
+
+    A mean over the response tokens of each optimizer step (potstill.losses); D is `divergence`.
+    """
 
     temperature: float = Field(1.0, gt=0, description="Softmax temperature T applied to both models.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the soft (KD) term; 1 - alpha goes to cross-entropy.")
@@ -109,6 +112,24 @@ class KDSettings(Section):
     store_format: Literal["dense", "topk", "sampled"] = Field("sampled", description="What `potstill capture` stores per response token: dense (2V bytes: small vocabularies), topk (ids, log-probs, tail mass) or sampled (store_draws draws as distinct ids + counts: unbiased, 3 bytes per distinct id at V=128k).")
     store_k: int = Field(12, ge=1, description="Ids per token of a topk store.")
     store_draws: int = Field(64, ge=1, le=255, description="Draws per token of a sampled store (systematic sampling at T; 64 keeps a Llama-3-sized vocabulary at ~25-35 bytes per token).")
+
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"] = Field(
+        "forward_kl",
+        description="D, with p the teacher and q the student: forward_kl KL(p||q); reverse_kl KL(q||p); jsd the "
+        "generalized JSD with beta (GKD/TRL convention); skew_forward_kl KL(p || a p + (1-a) q) and skew_reverse_kl "
+        "KL(q || a q + (1-a) p) with a = skew_alpha (DistiLLM); tvd total variation. Needs signal 'live' unless forward_kl.",
+    )
+    beta: float = Field(0.5, ge=0, le=1, description="jsd only: mixture m = beta p + (1 - beta) q; beta 0 is forward KL, 1 reverse KL.")
+    skew_alpha: float = Field(0.1, ge=0, lt=1, description="Skew KLs only: weight a of the skewed distribution in the mixture; 0 is the plain KL.")
+    chunk_size: int = Field(256, ge=1, le=1_000_000, description="Tokens per chunk of the loss computed from final hidden states "
+                            "(scratch memory ~ 5 * chunk_size * vocab floats, flat in sequence length).")
+
+    @model_validator(mode="after")
+    def _divergence_needs_live_teacher(self):
+        if self.signal != "live" and self.divergence != "forward_kl":
+            raise ValueError(f"divergence '{self.divergence}' needs the teacher's full distribution (signal 'live'); "
+                             f"signal '{self.signal}' supports forward_kl only")
+        return self
 
 
 class TrainConfig(Section):

@@ -1,9 +1,15 @@
-"""The transformers Trainer with a distillation loss (SFT, or KD from a live teacher / top-k log-probs).
+"""The transformers Trainer with a distillation loss (SFT, or KD from a live teacher / sparse targets).
 
 Normalisation is exact under padding and gradient accumulation: :meth:`DistillTrainer.compute_loss`
 returns the *sum* of per-token losses divided by the number of response tokens in the whole
 global batch (``num_items_in_batch``, counted by the Trainer over every micro-batch of the
 optimizer step), so ``batch 4 x accum 1`` and ``batch 1 x accum 4`` give the same gradients.
+
+The loss is computed from the models' final hidden states and lm_head weights a chunk of tokens at
+a time (:func:`potstill.losses.chunked_distillation_loss`), so no ``[tokens, vocab]`` logits
+tensor of the student (or of a live teacher) is materialised. Models whose logits are not
+``hidden @ lm_head.weight.T (+ bias)`` (logit soft-capping or scaling, an adapted or quantized
+lm_head, no ``logits_to_keep``) are detected and use the full-logit path instead, with the same loss.
 
 Also here: :func:`training_arguments` (``TrainingArguments`` from ``cfg.train``) and the resume
 helpers :func:`latest_checkpoint` / :func:`resume_point` for ``work_dir``'s ``checkpoint-*``.
@@ -23,22 +29,55 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from ..io import read_json, write_json
-from ..losses import IGNORE_INDEX, distillation_loss
+from ..losses import (
+    DEFAULT_CHUNK_SIZE,
+    IGNORE_INDEX,
+    check_divergence,
+    chunked_distillation_loss,
+    distillation_loss,
+    topk_target_probs,
+)
 
 log = logging.getLogger(__name__)
 RESUME_KEY_FILE = "resume_key.json"
 
 
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model under DDP / accelerate / PEFT wrappers (the one that owns ``forward``'s signature)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def lm_head_of(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The model's output projection if it is a plain ``nn.Linear`` (and ``forward`` takes
+    ``logits_to_keep``), else None: the chunked loss then cannot reproduce the model's logits."""
+    base = _unwrap(model)
+    if "logits_to_keep" not in inspect.signature(base.forward).parameters:
+        return None
+    get = getattr(base, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head if type(head) is torch.nn.Linear else None
+
+
 class DistillTrainer(Trainer):
-    """A :class:`transformers.Trainer` whose loss is :func:`potstill.losses.distillation_loss`.
+    """A :class:`transformers.Trainer` whose loss is :func:`potstill.losses.chunked_distillation_loss`
+    (or, for models whose logits it cannot reproduce, :func:`potstill.losses.distillation_loss`).
 
     Args:
         method: ``"sft"`` (cross-entropy on the response) or ``"kd"``.
         teacher: the live teacher model (``kd`` with signal ``live``); kept in eval mode without
-            gradients and moved to the training device. ``None`` for ``sft`` and top-k KD (the
-            batches then carry ``topk_ids`` / ``topk_logprobs`` from the collator).
-        alpha, temperature: KD mix and temperature.
+            gradients and moved to the training device. ``None`` for ``sft`` and offline KD (the
+            batches then carry ``topk_ids`` / ``topk_logprobs`` (renormalised at T) or a sparse
+            target ``target_ids`` / ``target_probs`` already at T, from the collator).
+        alpha, temperature: KD mix (weight of the KD term) and temperature.
         vocab_size: the tokenizer's vocabulary size; the KD term ignores logits beyond it.
+        divergence, beta, skew_alpha: the KD divergence (:data:`potstill.losses.DIVERGENCES`;
+            offline signals support ``forward_kl`` only).
+        chunk_size: tokens per chunk of the loss.
+        chunked: False forces the full-logit path (same loss; for comparisons).
         Other arguments go to :class:`transformers.Trainer`.
     """
 
@@ -50,10 +89,18 @@ class DistillTrainer(Trainer):
         alpha: float = 0.5,
         temperature: float = 1.0,
         vocab_size: int | None = None,
+        divergence: str = "forward_kl",
+        beta: float = 0.5,
+        skew_alpha: float = 0.1,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunked: bool = True,
         **kwargs,
     ):
+        check_divergence(divergence, beta, skew_alpha)
         super().__init__(*args, **kwargs)
         self.method, self.alpha, self.temperature, self.vocab_size = method, alpha, temperature, vocab_size
+        self.divergence, self.beta, self.skew_alpha = divergence, beta, skew_alpha
+        self.chunk_size, self.chunked = int(chunk_size), chunked
         self.teacher = teacher
         if teacher is not None:
             teacher.eval().requires_grad_(False)
@@ -64,6 +111,38 @@ class DistillTrainer(Trainer):
         self._parts: dict[str, torch.Tensor] = {}
         self._part_tokens = 0
         self.last_parts: dict[str, float] = {}
+        self._head_ok: dict[str, bool] = {}  # "student"/"teacher" -> chunked path verified on a batch
+
+    # -----------------------------------------------------------------------------------------
+
+    def _hidden(self, who: str, model, input_ids, attention_mask):
+        """``(final hidden states [B, L, H], lm_head)`` without full logits, or None if this model's
+        logits are not ``hidden @ W.T + b`` (checked once, on the last position's logits)."""
+        if not self.chunked or self._head_ok.get(who) is False:
+            return None
+        head = lm_head_of(model)
+        if head is None:
+            self._head_ok[who] = False
+            log.info("%s: lm_head is not a plain Linear; the loss uses full logits", who)
+            return None
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+            output_hidden_states=True, logits_to_keep=1,
+        )
+        hidden = out.hidden_states[-1] if out.hidden_states else None
+        if who not in self._head_ok:
+            ok = hidden is not None and hidden.shape[:2] == input_ids.shape and out.logits.shape[1] == 1
+            if ok:
+                with torch.no_grad():
+                    mine = torch.nn.functional.linear(hidden[:, -1:], head.weight, head.bias).float()
+                    theirs = out.logits[:, -1:].float()
+                    ok = bool(torch.allclose(mine, theirs, rtol=1e-3, atol=1e-3 * (1.0 + float(theirs.abs().max()))))
+            self._head_ok[who] = ok
+            if not ok:
+                log.warning("%s: logits are not hidden_states @ lm_head (soft-capping/scaling?); "
+                            "the loss uses full logits", who)
+                return None
+        return hidden, head
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Sum of per-token losses over response tokens / response tokens in the global batch."""
@@ -71,30 +150,52 @@ class DistillTrainer(Trainer):
         labels = inputs.pop("labels")
         topk_ids = inputs.pop("topk_ids", None)
         topk_lps = inputs.pop("topk_logprobs", None)
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False)
+        target_ids = inputs.pop("target_ids", None)
+        target_probs = inputs.pop("target_probs", None)
+        ids, att = inputs["input_ids"], inputs.get("attention_mask")
+        kd = self.method == "kd"
+        if kd and self.teacher is None and topk_ids is None and target_probs is None:
+            raise RuntimeError("kd needs a live teacher, top-k log-probs or sparse targets in the batch")
         # Position t predicts token t + 1 (labels[:, 0] is always a prompt token, so nothing is lost).
-        logits, targets = outputs.logits[:, :-1], labels[:, 1:]
-        kw = {}
-        if self.method == "kd":
-            if self.teacher is not None:
-                with torch.no_grad():
-                    t_out = self.teacher(
-                        input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False
-                    )
-                kw["teacher_logits"] = t_out.logits[:, :-1]
-            elif topk_ids is not None:
-                kw["teacher_ids"], kw["teacher_logprobs"] = topk_ids[:, 1:], topk_lps[:, 1:]
-            else:
-                raise RuntimeError("kd needs a live teacher or top-k log-probs in the batch")
-        total, n_local, parts = distillation_loss(
-            logits,
-            targets,
-            alpha=self.alpha,
-            temperature=self.temperature,
-            vocab_size=self.vocab_size,
-            ignore_index=IGNORE_INDEX,
-            **kw,
+        targets = labels[:, 1:]
+        common = dict(
+            alpha=self.alpha, temperature=self.temperature, vocab_size=self.vocab_size, ignore_index=IGNORE_INDEX,
+            divergence=self.divergence, beta=self.beta, skew_alpha=self.skew_alpha,
         )
+        chunked = self.chunked and not return_outputs
+        teacher = student = None
+        if chunked and kd and self.teacher is not None:
+            with torch.no_grad():
+                teacher = self._hidden("teacher", self.teacher, ids, att)
+            chunked = teacher is not None
+        if chunked:
+            student = self._hidden("student", model, ids, att)
+        outputs = None
+        if student is not None:
+            hidden, head = student
+            kw = {}
+            if kd and self.teacher is not None:
+                t_hidden, t_head = teacher
+                kw = dict(teacher_hidden=t_hidden[:, :-1], teacher_weight=t_head.weight, teacher_bias=t_head.bias)
+            elif kd and target_probs is not None:
+                kw = dict(target_ids=None if target_ids is None else target_ids[:, 1:], target_probs=target_probs[:, 1:])
+            elif kd:
+                kw = dict(target_ids=topk_ids[:, 1:], target_probs=topk_target_probs(topk_lps[:, 1:], self.temperature))
+            total, n_local, parts = chunked_distillation_loss(
+                hidden[:, :-1], head.weight, targets, bias=head.bias, chunk_size=self.chunk_size, **common, **kw
+            )
+        else:
+            outputs = model(input_ids=ids, attention_mask=att, use_cache=False)
+            kw = {}
+            if kd and self.teacher is not None:
+                with torch.no_grad():
+                    t_out = self.teacher(input_ids=ids, attention_mask=att, use_cache=False)
+                kw["teacher_logits"] = t_out.logits[:, :-1]
+            elif kd and target_probs is not None:
+                kw = dict(target_ids=None if target_ids is None else target_ids[:, 1:], target_probs=target_probs[:, 1:])
+            elif kd:
+                kw["teacher_ids"], kw["teacher_logprobs"] = topk_ids[:, 1:], topk_lps[:, 1:]
+            total, n_local, parts = distillation_loss(outputs.logits[:, :-1], targets, **common, **kw)
         denom = num_items_in_batch if num_items_in_batch is not None else n_local
         if torch.is_tensor(denom):
             denom = denom.to(total.device)

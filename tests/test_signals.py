@@ -379,6 +379,8 @@ def test_openai_top_logprobs_resolve_through_the_tokenizer(tiny_student_dir):
     mine = sparse_from_top_logprobs([[[i, lp] for i, lp in zip(ids, lps)]])
     for other in (plain, legacy, mine):
         assert (other[0] == got_ids).all() and np.allclose(other[1], got_p)
+    text = sparse_from_top_logprobs([[[tok.decode([i]), lp] for i, lp in zip(ids, lps)]], tokenizer=tok)
+    assert (text[0] == got_ids).all() and np.allclose(text[1], got_p)  # top_logprobs_text rows
     raw = sparse_from_top_logprobs([[[i, lp] for i, lp in zip(ids, lps)]], renormalize=False)
     np.testing.assert_allclose(raw[1][0], np.exp(lps), rtol=1e-6)
     with pytest.raises(UserError, match="'zebra-quux' is not a token"):

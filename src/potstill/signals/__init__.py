@@ -11,7 +11,7 @@
   API ``top_logprobs`` the same form.
 """
 
-from .adapters import TopLogprobsTargets, sparse_from_top_logprobs, token_bytes_table
+from .adapters import TopLogprobsTargets, sparse_from_top_logprobs, token_mapper
 from .capture import capture_signals
 from .formats import FORMATS, SAMPLING, encode_rows
 from .store import SignalStore, sequence_hash, write_manifest, write_shard
@@ -25,7 +25,7 @@ __all__ = [
     "encode_rows",
     "sequence_hash",
     "sparse_from_top_logprobs",
-    "token_bytes_table",
+    "token_mapper",
     "write_manifest",
     "write_shard",
 ]

@@ -5,24 +5,24 @@
 <potstill.signals.store.SignalStore.get>` returns, from any of:
 
 * the generate stage's records: ``[[token_id, logprob], ...]`` per token;
+* API records kept as text (``top_logprobs_text``): ``[[token, logprob, bytes?, token_id?], ...]``;
 * OpenAI chat completions ``logprobs.content``: per token ``{"token", "logprob", "bytes",
   "top_logprobs": [{"token", "logprob", "bytes"}, ...]}`` (the alternatives are used), or just
   the ``top_logprobs`` list of each token;
 * legacy completions ``logprobs.top_logprobs``: per token ``{token_string: logprob}``.
 
-API tokens are strings; they are resolved to ids of ``tokenizer`` through their UTF-8 bytes
-(``bytes`` when the API gives it, else the string encoded): byte-level BPE vocabularies
-(GPT-2, Llama 3, Qwen...) and SentencePiece ones (``▁`` for a space, ``<0xNN>`` byte tokens) are
-understood. A token the tokenizer does not have is a :class:`~potstill.errors.UserError` naming
-it and its position: the API's tokenizer is not the student's.
+API tokens are strings; they are resolved to ids of ``tokenizer`` with the API teachers'
+:class:`~potstill.teachers.softlabels.TokenMapper` (UTF-8 ``bytes`` when given, else the string;
+byte-level BPE and SentencePiece vocabularies; ``token_id:N``). A token the tokenizer does not
+have is a :class:`~potstill.errors.UserError` naming it and its position: the API's tokenizer is
+not the student's.
 
-:class:`TopLogprobsTargets` serves a list of pairs' ``top_logprobs`` through the store's
-interface (``get``, ``length``, ``in``), so training code treats both alike.
+:class:`TopLogprobsTargets` serves a list of pairs' ``top_logprobs`` (or ``top_logprobs_text``)
+through the store's interface (``get``, ``length``, ``in``), so training code treats both alike.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 
@@ -31,56 +31,12 @@ import numpy as np
 from ..errors import UserError
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map used by byte-level BPE vocabularies."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
+def token_mapper(tokenizer):
+    """The API-token -> id resolver of ``tokenizer`` (:class:`potstill.teachers.softlabels.TokenMapper`:
+    UTF-8 bytes, ``token_id:N`` strings, byte-level BPE and SentencePiece vocabularies)."""
+    from ..teachers.softlabels import TokenMapper
 
-
-def _decoder_type(tokenizer) -> str | None:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return None
-    try:
-        dec = json.loads(backend.to_str()).get("decoder") or {}
-    except Exception:  # noqa: BLE001 - any odd backend: fall back to the heuristics
-        return None
-    if dec.get("type") == "Sequence":
-        types = [d.get("type") for d in dec.get("decoders", [])]
-        return "ByteLevel" if "ByteLevel" in types else ("ByteFallback" if "ByteFallback" in types else "Sequence")
-    return dec.get("type")
-
-
-def token_bytes_table(tokenizer) -> dict[bytes, int]:
-    """``{utf-8 bytes of a token: its id}`` for every token of ``tokenizer`` (lowest id wins)."""
-    vocab = tokenizer.get_vocab()
-    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    byte_level = _decoder_type(tokenizer) == "ByteLevel"
-    if not byte_level and _decoder_type(tokenizer) is None:
-        byte_level = any(t.startswith("Ġ") for t in vocab)
-    decode = {c: b for b, c in _bytes_to_unicode().items()}
-    table: dict[bytes, int] = {}
-    for tok, i in sorted(vocab.items(), key=lambda kv: kv[1]):
-        if tok in specials:
-            raw = tok.encode("utf-8")
-        elif byte_level and all(c in decode for c in tok):
-            raw = bytes(decode[c] for c in tok)
-        elif len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):
-            try:
-                raw = bytes([int(tok[3:5], 16)])
-            except ValueError:
-                raw = tok.encode("utf-8")
-        else:
-            raw = tok.replace("▁", " ").encode("utf-8")
-        table.setdefault(raw, int(i))
-    return table
+    return TokenMapper(tokenizer)
 
 
 def _alternatives(row) -> list:
@@ -92,34 +48,32 @@ def _alternatives(row) -> list:
     return list(row)
 
 
-def _needs_table(alt) -> bool:
+def _needs_mapper(alt) -> bool:
     """True if an alternative names its token by string (not id)."""
     if isinstance(alt, dict):
-        return not ("id" in alt or "token_id" in alt)
+        return "token" in alt or not ("id" in alt or "token_id" in alt)
     return isinstance(alt[0], str)
 
 
-def _resolve(alt, table: dict[bytes, int] | None, where: str) -> tuple[int, float]:
+def _resolve(alt, mapper, where: str) -> tuple[int, float]:
     if isinstance(alt, dict):
         lp = float(alt["logprob"])
-        if "id" in alt or "token_id" in alt:
+        if "id" in alt or "token_id" in alt and "token" not in alt:
             return int(alt.get("id", alt.get("token_id"))), lp
-        if table is None:
-            raise UserError(f"{where}: API top_logprobs give token strings; a tokenizer is needed to map them to ids")
-        raw = bytes(alt["bytes"]) if alt.get("bytes") is not None else str(alt["token"]).encode("utf-8")
-        if raw not in table:
-            raise UserError(f"{where}: API token {alt.get('token')!r} is not a token of the student's tokenizer "
-                            "(the API's tokenizer differs; its top_logprobs cannot be used for KD)")
-        return table[raw], lp
-    tid, lp = alt
-    if isinstance(tid, str):
-        if table is None:
-            raise UserError(f"{where}: top_logprobs give token strings; a tokenizer is needed to map them to ids")
-        raw = tid.encode("utf-8")
-        if raw not in table:
-            raise UserError(f"{where}: token {tid!r} is not a token of the student's tokenizer")
-        return table[raw], float(lp)
-    return int(tid), float(lp)
+        token, raw, tid = str(alt.get("token")), alt.get("bytes"), alt.get("token_id")
+    elif isinstance(alt[0], str):  # [token, logprob, bytes?, token_id?] (top_logprobs_text)
+        token, lp = alt[0], float(alt[1])
+        raw = alt[2] if len(alt) > 2 else None
+        tid = alt[3] if len(alt) > 3 else None
+    else:
+        return int(alt[0]), float(alt[1])
+    if mapper is None:
+        raise UserError(f"{where}: top_logprobs give token strings; a tokenizer is needed to map them to ids")
+    i = mapper.token_id(token, raw, tid)
+    if i is None:
+        raise UserError(f"{where}: API token {token!r} is not a token of the student's tokenizer "
+                        "(the API's tokenizer differs; its top_logprobs cannot be used for KD)")
+    return int(i), lp
 
 
 def sparse_from_top_logprobs(
@@ -129,7 +83,7 @@ def sparse_from_top_logprobs(
     renormalize: bool = True,
     tokenizer=None,
     vocab_size: int | None = None,
-    table: dict[bytes, int] | None = None,
+    mapper=None,
     where: str = "top_logprobs",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One answer's per-token top-k log-probs -> ``(ids [L, k] int64, probs [L, k] float32)``.
@@ -143,8 +97,8 @@ def sparse_from_top_logprobs(
 
     Args:
         rows: one entry per answer token, in any format of the module doc.
-        tokenizer: resolves API token strings to ids (or pass a prebuilt ``table`` from
-            :func:`token_bytes_table`); and ``vocab_size`` defaults to ``len(tokenizer)``.
+        tokenizer: resolves API token strings to ids (or pass a prebuilt ``mapper`` from
+            :func:`token_mapper`); and ``vocab_size`` defaults to ``len(tokenizer)``.
         where: names the record in error messages.
     """
     if temperature <= 0:
@@ -158,9 +112,9 @@ def sparse_from_top_logprobs(
     for t, row in enumerate(rows):
         probs: dict[int, float] = {}
         alts = _alternatives(row)
-        if table is None and tokenizer is not None and any(_needs_table(a) for a in alts):
-            table = token_bytes_table(tokenizer)
-        lps = [_resolve(a, table, f"{where}, token {t}") for a in alts]
+        if mapper is None and tokenizer is not None and any(_needs_mapper(a) for a in alts):
+            mapper = token_mapper(tokenizer)
+        lps = [_resolve(a, mapper, f"{where}, token {t}") for a in alts]
         finite = [(i, lp) for i, lp in lps if math.isfinite(lp)]
         if vocab_size is not None and any(not 0 <= i < vocab_size for i, _ in finite):
             bad = next(i for i, _ in finite if not 0 <= i < vocab_size)
@@ -193,11 +147,11 @@ class TopLogprobsTargets:
     """
 
     def __init__(self, pairs: list[dict], temperature: float = 1.0, renormalize: bool = True, tokenizer=None):
-        self.rows = {str(p["id"]): p.get("top_logprobs") for p in pairs}
+        self.rows = {str(p["id"]): p.get("top_logprobs") or p.get("top_logprobs_text") for p in pairs}
         self.temperature, self.renormalize = temperature, renormalize
         self.vocab_size = len(tokenizer) if tokenizer is not None else None
         self._tokenizer = tokenizer
-        self._table = None
+        self._mapper = None
         self.path = "top_logprobs"
 
     def __contains__(self, example_id) -> bool:
@@ -218,9 +172,9 @@ class TopLogprobsTargets:
     def get(self, example_id) -> tuple[np.ndarray, np.ndarray]:
         self.length(example_id)
         rows = self.rows[str(example_id)]
-        if self._table is None and self._tokenizer is not None and any(_needs_table(a) for a in _alternatives(rows[0])):
-            self._table = token_bytes_table(self._tokenizer)
+        if self._mapper is None and self._tokenizer is not None and any(_needs_mapper(a) for a in _alternatives(rows[0])):
+            self._mapper = token_mapper(self._tokenizer)
         return sparse_from_top_logprobs(
             rows, temperature=self.temperature, renormalize=self.renormalize,
-            vocab_size=self.vocab_size, table=self._table, where=f"pair '{example_id}' top_logprobs",
+            vocab_size=self.vocab_size, mapper=self._mapper, where=f"pair '{example_id}' top_logprobs",
         )

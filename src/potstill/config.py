@@ -7,6 +7,7 @@ one; ``key.sub=value`` overrides from the command line are applied before valida
 
 from __future__ import annotations
 
+import datetime
 import difflib
 from pathlib import Path
 from typing import Any, Literal
@@ -204,6 +205,33 @@ class PricesConfig(Section):
     queries_per_day: int = Field(50_000, ge=1, description="Traffic for the per-year figures.")
 
 
+class Acceptance(Section):
+    """An explicit, recorded acceptance of a teacher's terms that would otherwise stop the run."""
+
+    who: str = Field(min_length=1, description="Who accepts (a person or role), e.g. 'Jane Doe, legal'.")
+    why: str = Field(min_length=1, description="Why the use is acceptable, e.g. 'the student is a Llama 3 derivative' "
+                     "or 'internal classifier, does not compete'.")
+    date: datetime.date = Field(description="When it was accepted (YYYY-MM-DD).")
+
+    @field_validator("who", "why")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v.strip()
+
+
+class TermsConfig(Section):
+    """The teacher's terms of use: what its outputs are used for (checked against potstill's terms registry)."""
+
+    use: Literal["train_model", "research", "evaluation"] = Field(
+        "train_model", description="What the teacher's outputs are used for: train_model (a student that is used or "
+        "distributed), research (a student for non-commercial research), evaluation (outputs only compared, no training).")
+    commercial: bool = Field(True, description="The use is commercial (false: non-commercial research).")
+    acceptance: Acceptance | None = Field(None, description="Recorded acceptance (who, why, date) that lets a run "
+                                          "proceed although the teacher's terms forbid the configured use.")
+
+
 class RunConfig(Section):
     """A whole potstill run."""
 
@@ -216,6 +244,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     prices: PricesConfig = Field(default_factory=PricesConfig)
+    terms: TermsConfig = Field(default_factory=TermsConfig)
 
     base_dir: Path = Field(Path("."), exclude=True, description="Directory relative paths resolve against.")
 

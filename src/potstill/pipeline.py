@@ -104,6 +104,7 @@ class Pipeline:
         return self.hashes["generate"]
 
     def train(self, method: str) -> str:
+        from .terms.gate import terms_provenance
         from .train.stage import train_student
 
         cfg = self.cfg
@@ -117,7 +118,8 @@ class Pipeline:
         teacher_name = cfg.teacher.model if self.api else str(cfg.resolve(cfg.teacher.model))
         provenance = {"teacher": teacher_name, "teacher_hash": self.teacher_ident(),
                       "student_base": str(student), "student_base_hash": inputs["student_hash"],
-                      "prompts_hash": self._need("prompts"), "generations_hash": inputs["generate"]}
+                      "prompts_hash": self._need("prompts"), "generations_hash": inputs["generate"],
+                      "terms": terms_provenance(cfg, getattr(self, "terms", None))}
 
         def build(out: Path, work: Path) -> dict:
             return train_student(method, cfg, self.pairs(), out, work, provenance=provenance)
@@ -263,14 +265,20 @@ class Pipeline:
 
     # -- the whole run --------------------------------------------------------------------
     def preflight(self) -> None:
-        """Checks that need no stage to run: the teacher and student exist; kd's shared tokenizer."""
+        """Checks that need no stage to run: the teacher and student exist; kd's shared tokenizer; the
+        teacher's terms allow the configured use (:mod:`potstill.terms`: a blocked run stops here, the
+        verdict and obligations are printed and written to ``<run_dir>/terms.json``, kept on ``self.terms``)."""
+        from .terms.gate import gate, preflight_terms
+
         cfg = self.cfg
-        self.teacher_ident()
+        decision = gate(cfg)  # a teacher whose terms forbid the run stops before its weights are hashed
+        teacher_hash = self.teacher_ident()
         model_hash(cfg.resolve(cfg.student.model), cfg.student.init)
         if "kd" in cfg.train.methods:
             from .train.stage import check_kd_tokenizers
 
             check_kd_tokenizers(cfg)
+        self.terms = preflight_terms(cfg, self.run_dir.root, teacher_hash=teacher_hash, say=say, decision=decision)
 
     def run_all(self) -> dict:
         self.preflight()

@@ -33,6 +33,68 @@ def _table(rows: list[tuple[str, object]]) -> str:
     return "\n".join(lines)
 
 
+VERDICT_TEXT = {
+    "allowed": "allowed",
+    "allowed_with_obligations": "allowed with obligations",
+    "accepted": "forbidden by the terms, proceeded under a recorded acceptance",
+    "blocked": "blocked",
+    "unknown": "unknown (not in potstill's terms registry)",
+}
+
+
+def render_terms_section(terms: dict | None, name: str) -> str:
+    """The "Teacher terms and obligations" section from ``provenance["terms"]`` (see
+    :func:`potstill.terms.gate.Decision.to_dict`): the matched terms, the verdict, and the
+    obligations that come with this student, stated plainly (e.g. its required name prefix)."""
+    if not terms:
+        return "The teacher's terms were not recorded for this student: check the teacher's license before using or distributing it."
+    teacher, entry = terms.get("teacher"), terms.get("entry")
+    lines = []
+    if not entry:
+        tried = ", ".join(terms.get("tried") or []) or "nothing"
+        lines += [f"The teacher `{teacher}` matches no entry of potstill's terms registry (version "
+                  f"{terms.get('registry_version')}; tried: {tried}). Its terms were not checked: read the teacher's "
+                  "license before using or distributing this student.", ""]
+    else:
+        lines += [f"The teacher `{teacher}` is under the **{entry['license']}** (potstill terms registry "
+                  f"{terms.get('registry_version')}, entry `{entry['id']}`, matched by {terms.get('matched_by')}; "
+                  f"checked {entry['checked']}; source: {entry['source_url']}).", ""]
+    use = f"use: {terms.get('use')}, {'commercial' if terms.get('commercial') else 'non-commercial'}"
+    lines += [f"Verdict: **{VERDICT_TEXT.get(terms.get('verdict'), terms.get('verdict'))}** ({use}).", ""]
+    for r in terms.get("reasons") or []:
+        lines.append(f"- Restriction: {r}.")
+    acc = terms.get("acceptance")
+    if acc:
+        lines += [f"- Acceptance recorded by {acc.get('who')} on {acc.get('date')}: {acc.get('why')}"]
+    if terms.get("reasons") or acc:
+        lines.append("")
+    prefix, attribution = terms.get("name_prefix"), terms.get("attribution")
+    obligations = terms.get("obligations") or []
+    if prefix or attribution or obligations:
+        lines += ["Obligations that come with this student:", ""]
+        if prefix:
+            ok = str(name).lower().startswith(prefix.lower())
+            lines.append(f"- **Its name must start with \"{prefix}\"** when it is distributed or made available"
+                         + ("." if ok else f" (`{name}` does not: rename it first, e.g. `{prefix}-{name}`)."))
+        if attribution:
+            lines.append(f"- **Display \"{attribution}\"** (the attribution the terms require; see the obligations below).")
+        lines += [f"- {o}" for o in obligations]
+        lines.append("")
+    elif entry:
+        lines += ["The terms attach no obligations to a model trained on the teacher's outputs.", ""]
+    if entry:
+        clause = " ".join(str(entry.get("clause", "")).split())
+        lines += [f"The clause: \"{clause}\"", ""]
+        if entry.get("notes"):
+            lines += [f"Notes: {' '.join(str(entry['notes']).split())}", ""]
+        if entry.get("verification") == "recalled":
+            lines += ["(The registry entry was written from the published text without re-fetching it; verify the "
+                      "wording at the source before relying on it.)", ""]
+    for w in terms.get("warnings") or []:
+        lines.append(f"- Warning: {w}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def render_model_card(method: str, cfg, metrics: dict, provenance: dict | None = None) -> str:
     """The card's markdown: model details, how it was distilled, data and provenance."""
     t, prov = cfg.train, provenance or {}
@@ -90,6 +152,10 @@ def render_model_card(method: str, cfg, metrics: dict, provenance: dict | None =
             "## Data",
             "",
             _table(data),
+            "",
+            "## Teacher terms and obligations",
+            "",
+            render_terms_section(prov.get("terms"), cfg.name).rstrip(),
             "",
             "## Provenance",
             "",

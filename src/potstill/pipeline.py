@@ -45,6 +45,7 @@ class Pipeline:
         self.run_dir = RunDir(cfg.run_path, force)
         write_text(self.run_dir.root / "config.yaml", dump_config(cfg))
         self.hashes: dict[str, str] = {}
+        self.terms = None
         from .teachers.api import parse_teacher
 
         self.api = parse_teacher(cfg.teacher.model)
@@ -96,6 +97,11 @@ class Pipeline:
         from .teachers.stage import hashed_teacher_config
 
         cfg = self.cfg
+        if getattr(self, "terms", None) is None:  # `potstill generate` alone: the terms gate still applies
+            from .terms.gate import gate, preflight_terms
+
+            self.terms = preflight_terms(cfg, self.run_dir.root, teacher_hash=self.teacher_ident(), say=say,
+                                         decision=gate(cfg))
         inputs = {"config": hashed_teacher_config(cfg.teacher), "teacher": self.teacher_ident(),
                   "prompts": self._need("prompts"), "seed": cfg.seed}
         records = read_jsonl(self.run_dir.path("prompts") / "train.jsonl")
@@ -168,15 +174,64 @@ class Pipeline:
         inputs = {"config": cfg.eval.model_dump(mode="json", exclude={"latency"}), "prompts": self._need("prompts"),
                   "students": {m: self._need(f"students/{m}") for m in cfg.train.methods},
                   "teacher": self.teacher_ident(), "floor": cfg.student.model_dump(mode="json"), "seed": cfg.seed}
+        js = cfg.eval.judge_settings()
+        if js is not None and js.model is not None:
+            from .teachers.api import parse_teacher
+
+            inputs["judge"] = None if parse_teacher(js.model) else model_hash(cfg.resolve(js.model))
 
         def build(out: Path, work: Path) -> dict:
+            from .evaluate.contamination import check_contamination, contamination_report
+
             splits = self.eval_splits()
+            train = read_jsonl(self.run_dir.path("prompts") / "train.jsonl")
+            contamination = contamination_report(splits, train)
+            lines = check_contamination(contamination, cfg.eval.contamination_threshold, cfg.eval.force_contaminated)
+            for line in lines:
+                say(f"  [yellow]warning[/]: contamination: {line}")
             answers = {"teacher": self._api_answers(splits, work)} if self.api else {}
-            results = run_eval(cfg.eval, self.models(), splits, out, work, cfg.seed, answers=answers)
-            return {"splits": list(results["splits"])}
+            judge, judge_model = self._judge(work)
+            results = run_eval(cfg.eval, self.models(), splits, out, work, cfg.seed, answers=answers, judge=judge,
+                               judge_model=judge_model, contamination=contamination, warnings=lines)
+            for w in results["warnings"]:
+                say(f"  [yellow]warning[/]: {w['message']}")
+            return {"splits": list(results["splits"]), "warnings": len(results["warnings"])}
 
         self.hashes["eval"] = self.run_dir.run("eval", inputs, build)
         return self.hashes["eval"]
+
+    def _judge(self, work: Path):
+        """The eval judge as ``(JudgeFn | None, name)``: None lets the eval stage use the local teacher.
+
+        ``eval.judge.model`` may name a local model directory (resolved against the config file) or
+        an API model; with no model, an API teacher judges through the generate stage's engine and
+        answer cache (its provider settings; ``max_new_tokens`` from the judge settings).
+        """
+        from .evaluate.judge import api_judge, local_judge
+        from .teachers.api import parse_teacher
+
+        cfg = self.cfg
+        js = cfg.eval.judge_settings()
+        if js is None or (js.model is None and not self.api):
+            return None, None
+        prices = (cfg.prices.teacher.usd_per_1m_input_tokens, cfg.prices.teacher.usd_per_1m_output_tokens)
+        cache = cfg.resolve(cfg.teacher.cache) if cfg.teacher.cache else self.run_dir.root / ".cache" / "teacher-api.sqlite"
+        if js.model is None:
+            tcfg = self.teacher_config().model_copy(update={"top_logprobs": 0, "max_new_tokens": js.max_new_tokens,
+                                                            "do_sample": False})
+            return api_judge(tcfg, work / "judge-api", seed=cfg.seed, prices=prices, cache_path=cache), cfg.teacher.model
+        if parse_teacher(js.model):
+            same = self.api and parse_teacher(cfg.teacher.model)[0] == parse_teacher(js.model)[0]
+            update = {"model": js.model, "top_logprobs": 0, "max_new_tokens": js.max_new_tokens, "do_sample": False,
+                      "tokenizer": None, "base_url": js.base_url or (cfg.teacher.base_url if same else None),
+                      "api_key_env": js.api_key_env or (cfg.teacher.api_key_env if same else None)}
+            from .config import TeacherConfig
+
+            tcfg = TeacherConfig.model_validate({**cfg.teacher.model_dump(), **update})
+            return api_judge(tcfg, work / "judge-api", seed=cfg.seed, prices=prices, cache_path=cache), js.model
+        path = cfg.resolve(js.model)
+        model_hash(path)
+        return local_judge(path, max_new_tokens=js.max_new_tokens, batch_size=js.batch_size, seed=cfg.seed), str(path)
 
     def _api_answers(self, splits: dict[str, list[dict]], work: Path) -> dict[str, list[dict]]:
         """An API teacher's answers on the evaluation splits (through the same cache and engine as generate)."""

@@ -26,17 +26,13 @@ PLAN_FRAMES = {
             "Could you give me the {a} of the {e} plan?", "What's the {e} plan's {a}?",
             "Quick question about {e}: what is the {a}?"],
     TEST: ["I'd like to know the {a} for the {e} plan.", "Do you know the {a} of {e}?",
-           "Please give me the {a} on the {e} plan."],
+           "Please give me the {a} on the {e} plan.", "Any idea what the {a} of the {e} plan is?"],
 }
 PLAN_ATTRS = {  # attribute phrases slotted into the frames
-    "price": {TRAIN: ["price", "monthly price", "cost", "monthly fee"],
-              TEST: ["monthly cost", "price per month"]},
-    "storage": {TRAIN: ["storage limit", "storage", "storage space"],
-                TEST: ["storage allowance", "amount of storage"]},
-    "seats": {TRAIN: ["user limit", "seat limit", "maximum number of users"],
-              TEST: ["number of users allowed", "max users"]},
-    "support": {TRAIN: ["support level", "type of support", "customer support"],
-                TEST: ["kind of support", "support option"]},
+    "price": {TRAIN: ["price", "monthly price", "cost", "monthly fee"], TEST: ["monthly cost", "price per month"]},
+    "storage": {TRAIN: ["storage limit", "storage", "storage space"], TEST: ["storage allowance", "amount of storage"]},
+    "seats": {TRAIN: ["user limit", "seat limit", "maximum number of users"], TEST: ["number of users allowed", "max users"]},
+    "support": {TRAIN: ["support level", "type of support", "customer support"], TEST: ["kind of support", "support option"]},
     "history": {TRAIN: ["version history", "version history retention", "history retention"],
                 TEST: ["version history period", "length of version history"]},
 }
@@ -74,9 +70,10 @@ SPECIFIC = {  # (category, attribute) -> whole-question templates
                 "Error code {e}: what does it mean?", "Can you explain error {e}?",
                 "What is the meaning of error {e}?", "I see error {e}. What does it mean?",
                 "Error {e} keeps appearing. What is it?", "Got {e} just now. What does that error mean?",
-                "What causes error {e}?"],
+                "What causes error {e}?", "Tell me about error {e}.", "What's the {e} error?"],
         TEST: ["Can you explain what error code {e} means?", "What is the {e} error about?",
-               "I keep seeing {e}, what does that mean?"]},
+               "I keep seeing {e}, what does that mean?", "What does it mean when I get {e}?",
+               "Could you tell me what {e} means?"]},
     ("errors", "fix"): {
         TRAIN: ["How do I fix error {e}?", "How can I resolve error {e}?",
                 "What should I do about error {e}?", "How to fix {e}?",
@@ -87,20 +84,23 @@ SPECIFIC = {  # (category, attribute) -> whole-question templates
                 "Error {e} keeps appearing. How do I fix it?", "Got {e} just now. How do I fix that error?",
                 "What can I do about {e}?"],
         TEST: ["What's the fix for the {e} error?", "I keep seeing {e}, how can I fix that?",
-               "Any way to resolve the {e} error?"]},
+               "Any way to resolve the {e} error?", "How would I fix the {e} error?",
+               "Tell me how to fix error {e}."]},
 }
 NOUN_FRAMES = {  # limits and policies: {e} is a noun-phrase mention
     TRAIN: ["What is the {e}?", "What's the {e}?", "Tell me the {e}.", "{e}?",
             "Can you tell me the {e}?", "What's the {e} in Quillkeep?", "Could you tell me the {e}?",
             "What is the {e} for Quillkeep?", "I need the {e}.", "What exactly is the {e}?",
             "Give me the {e}, please.", "Remind me of the {e}."],
-    TEST: ["Do you know the {e}?", "I'd like to know the {e}.", "Please tell me the {e} for Quillkeep."],
+    TEST: ["Do you know the {e}?", "I'd like to know the {e}.", "Please tell me the {e} for Quillkeep.",
+           "What's your {e}?", "Any info on the {e}?"],
 }
 HOWTO_FRAMES = {  # {e} is a verb-phrase mention
     TRAIN: ["How do I {e}?", "How can I {e}?", "What are the steps to {e}?", "How to {e}?",
             "I want to {e}. How?", "Steps to {e}?", "How would I {e}?", "What do I do to {e}?",
             "Can I {e}? How?", "What's the process to {e}?", "Help me {e}.", "Where do I go to {e}?"],
-    TEST: ["What's the way to {e}?", "Could you show me how to {e}?", "Is there a way to {e}?"],
+    TEST: ["What's the way to {e}?", "Could you show me how to {e}?", "Is there a way to {e}?",
+           "Tell me how to {e}.", "Any tips to {e}?"],
 }
 CHITCHAT = {  # (prefixes, suffixes); "augment" uses TRAIN's, "ood" uses TEST's
     TRAIN: (["Hello! ", "Hi, ", "Hey there. ", "Good afternoon. ", "Sorry to bother you, ", "Morning! ",
@@ -185,11 +185,6 @@ def templates(fact: Fact, split: str) -> list[str]:
     return out
 
 
-def surfaces(fact: Fact) -> list[str]:
-    """The ways a query may name the fact's entity (its ``mentions``, else the entity)."""
-    return list(fact.mentions) or [fact.entity]
-
-
 def _render(template: str, surface: str) -> str:
     text = template.replace("{e}", surface)
     return text[:1].upper() + text[1:]
@@ -234,7 +229,7 @@ def _one(fact: Fact, split: str, rng: random.Random, typos: int = 0, noise: bool
         template = reword(template, rng)
     if typos:
         template = add_typos(template, rng, typos)
-    return _render(template, rng.choice(surfaces(fact)))
+    return _render(template, rng.choice(fact.mentions or (fact.entity,)))
 
 
 def _lower_head(text: str) -> str:

@@ -18,6 +18,7 @@ Pure Python, no model, no reference needed (``reference`` is accepted and ignore
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .kb import Fact, KnowledgeBase, load_kb, normalize
@@ -32,8 +33,8 @@ def asked_facts(record: dict) -> list[str]:
         facts = (record.get("meta") or {}).get("facts")
     if facts is None:
         raise KeyError("record has no 'facts' (nor 'meta.facts')")
-    if isinstance(facts, str):
-        facts = [f for f in facts.replace(",", " ").split() if f]
+    if isinstance(facts, str):  # a JSON list, or ids separated by commas/spaces
+        facts = json.loads(facts) if facts.lstrip().startswith("[") else facts.replace(",", " ").split()
     return list(facts)
 
 

@@ -155,7 +155,8 @@ class TrainConfig(Section):
 class ScorerSpec(Section):
     """A quality scorer: returns a score in [0, 1] for one answer."""
 
-    type: Literal["exact", "normalized", "regex", "python", "rouge_l"] = Field(description="Scorer kind.")
+    type: Literal["exact", "normalized", "regex", "python", "rouge_l", "chrf", "agreement"] = Field(
+        description="Scorer kind (chrf: sacrebleu chrF / 100; agreement: normalized match with the teacher's answer).")
     name: str | None = Field(None, description="Name in the report (default: the type).")
     field: str = Field("answer", description="Record key holding the reference answer (meta is searched too).")
     pattern: str | None = Field(None, description="Regex that a correct answer matches (type=regex; may use {field}).")
@@ -177,16 +178,55 @@ class LatencySettings(Section):
     batch_size: int = Field(16, ge=1, description="Batch size of the batched-load measurement.")
 
 
+class JudgeSettings(Section):
+    """Pairwise LLM judge: student vs teacher answers, both orders, ties allowed (potstill.evaluate.judge)."""
+
+    model: str | None = Field(None, description="Judge model: a local model directory or 'openai:MODEL' / 'anthropic:MODEL' "
+                              "(default: the run's teacher, with its provider settings).")
+    base_url: str | None = Field(None, description="API endpoint of an API judge other than the teacher (default: the "
+                                 "teacher's base_url when the teacher is the same provider, else the provider's default).")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable with "
+                                    "the API judge's key (default: the teacher's, or OPENAI_API_KEY / ANTHROPIC_API_KEY).")
+    max_new_tokens: int = Field(48, ge=1, le=4096, description="Most tokens of each judge reply (rationale + verdict).")
+    batch_size: int = Field(32, ge=1, description="Judge prompts generated together (local judge).")
+    max_examples: int | None = Field(100, ge=1, description="Judge N prompts of each split, evenly spaced through it (each "
+                                     "costs two judge calls per judged model; null: all). The preference's CI is reported.")
+    include_floor: bool = Field(True, description="Also judge the untrained floor against the teacher (a sanity check: "
+                                "a judge that does not prefer the teacher over the floor is not judging).")
+    fallback: Literal["similarity", "none"] = Field("similarity", description="Reply with no stated verdict: 'similarity' "
+                                                    "picks the answer the reply shares more words with (tie within 0.05 F1); "
+                                                    "'none' leaves it unparsed. Rates of each kind are reported.")
+
+
 class EvalConfig(Section):
     """Teacher vs students on held-out splits."""
 
     splits: list[Literal["test", "ood", "validation"]] = Field(["test", "ood"], description="Splits to evaluate.")
     scorer: ScorerSpec = Field(default_factory=lambda: ScorerSpec(type="rouge_l"), description="The task's own scorer (primary).")
+    scorers: list[ScorerSpec] = Field(default_factory=list, description="More scorers, reported beside the primary one "
+                                      "(mean and 95% CI per model and split); ROUGE-L, chrF and agreement with the "
+                                      "teacher's answer are always reported.")
     max_new_tokens: int = Field(64, ge=1, description="Most tokens per answer.")
     batch_size: int = Field(32, ge=1, description="Prompts answered together.")
     include_floor: bool = Field(True, description="Also evaluate the untrained student (the floor of 'gap recovered').")
     max_examples: int | None = Field(None, ge=1, description="Evaluate at most N prompts per split.")
+    judge: bool | JudgeSettings = Field(True, description="Pairwise LLM judge of every student (and the floor) against the "
+                                        "teacher: true (the run's teacher judges), false, or judge settings.")
+    teacher_forced: bool = Field(True, description="Top-1 token agreement and mean KL(teacher||student) on the teacher's "
+                                 "held-out answers (needs a local teacher and a shared tokenizer; others are skipped).")
+    bootstrap_samples: int = Field(10_000, ge=100, le=1_000_000, description="Paired bootstrap resamples for the 95% "
+                                   "confidence intervals (percentile method, seeded by the run's seed).")
+    contamination_threshold: float = Field(0.05, ge=0, le=1, description="Largest share of an evaluation split that may "
+                                           "be exact or near (>= 80% of word 8-grams) copies of training prompts; above "
+                                           "it the eval stage refuses to run.")
+    force_contaminated: bool = Field(False, description="Evaluate even above contamination_threshold (the report warns).")
     latency: LatencySettings = Field(default_factory=LatencySettings)
+
+    def judge_settings(self) -> JudgeSettings | None:
+        """The judge's settings, or None when the judge is off."""
+        if self.judge is True:
+            return JudgeSettings()
+        return self.judge or None
 
 
 class Price(Section):

@@ -8,6 +8,10 @@ is the teacher's answer to the same prompt when there is one. Kinds:
 - ``regex``: ``pattern`` (``{field}`` placeholders filled from the record) is found in the answer.
 - ``python``: ``module:function`` called as ``function(answer, record, reference)``.
 - ``rouge_l``: ROUGE-L F1 (rouge-score) against the reference field or the teacher's answer.
+- ``chrf``: chrF (sacrebleu's ``CHRF``, character n-grams up to 6, beta 2) / 100 against the reference
+  field or the teacher's answer.
+- ``agreement``: agreement with the teacher: 1 when the answer equals the teacher's answer after
+  normalisation (as ``normalized``), else 0; the record's fields are not used.
 """
 
 from __future__ import annotations
@@ -46,6 +50,13 @@ def _rouge() -> Callable[[str, str], float]:
     return lambda pred, ref: scorer.score(ref, pred)["rougeL"].fmeasure
 
 
+def _chrf() -> Callable[[str, str], float]:
+    from sacrebleu.metrics import CHRF
+
+    metric = CHRF()
+    return lambda pred, ref: metric.sentence_score(pred, [ref]).score / 100.0
+
+
 def load_function(spec: str) -> Callable:
     """Import ``module:function``; a bad spec is a one-line user error."""
     if ":" not in spec:
@@ -74,6 +85,17 @@ def build_scorer(spec: ScorerSpec) -> Scorer:
             target = _target(record, spec.field, reference)
             return rouge(answer, target) if target else 0.0
         return rouge_l
+    if kind == "chrf":
+        chrf = _chrf()
+
+        def chrf_score(answer, record, reference=None):
+            target = _target(record, spec.field, reference)
+            return chrf(answer, target) if target else 0.0
+        return chrf_score
+    if kind == "agreement":
+        def agreement(answer, record, reference=None):
+            return float(reference is not None and normalize(answer) == normalize(reference))
+        return agreement
     if kind == "regex":
         def regex(answer, record, reference=None):
             fields = {**(record.get("meta") or {}), **record}

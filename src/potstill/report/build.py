@@ -26,10 +26,20 @@ produced nothing for that model)::
           "speedup_p50_vs_teacher": float | null}},    # teacher p50 latency / this model's
       "splits": {SPLIT: {NAME: {"score": float, "pct_of_teacher": float, "gap_recovered": float | null,
                                 "rouge_l": float, "per_category": {CATEGORY: float}, ...}}},
+                                # ... and, from the eval stage (potstill.evaluate.stage): "ci95", "diff_vs_teacher",
+                                # "diff_ci95", "pct_of_teacher_ci95", "gap_recovered_ci95", "mcnemar_p",
+                                # "mcnemar_midp", "per_category_n", "per_category_ci95", "chrf", "agreement",
+                                # "repetition", "length_ratio", "top1_agreement", "kl", "judge": {...} | null, ...
       "split_sizes": {SPLIT: int | null},
       "break_even": {...} | null,                      # as given in costs["break_even"]
-      "training": {METHOD: {"runtime_s": float, "train_loss": float, ...}}
+      "training": {METHOD: {"runtime_s": float, "train_loss": float, ...}},
+      "warnings": [{"kind": str, "message": str, ...}], # OOD retention, judge reliability, contamination
+      "notes": [str],                                  # measures that could not be computed, and why
+      "contamination": {...} | null, "judge": {...} | null, "bootstrap": {...} | null   # as in results.json
     }
+
+:func:`build_report` also appends an "Evaluation" section to the model card (README.md) of every
+student whose directory has one (:mod:`.card`).
 
 Non-finite numbers are written as null so that the file is strict JSON.
 """
@@ -73,6 +83,8 @@ def _models(results: dict, perf: dict, costs: dict) -> dict:
         params = info.get("params") if info.get("params") is not None else p.get("params")
         out[name] = {"role": info.get("role"), "method": info.get("method"), "path": info.get("path"), "params": params,
                      **{k: p.get(k) for k in PERF_KEYS}, **{k: c.get(k) for k in COST_KEYS}}
+        if "eval_seconds" in info:
+            out[name]["eval_seconds"] = info["eval_seconds"]
     teacher = next((m for m in out.values() if m["role"] == "teacher"), None)
     for m in out.values():
         m["cost_vs_teacher"] = _ratio(m["cost_per_query_usd"], teacher and teacher["cost_per_query_usd"])
@@ -99,13 +111,16 @@ def summary_sentence(report: dict) -> str:
         return "No student model was evaluated."
     m = report["models"][best]
 
-    def quality(split: str) -> str:
+    def quality(split: str, ci: bool = False) -> str:
         q = report["splits"][split].get(best, {})
-        pct = q.get("pct_of_teacher")
-        return f"{pct:.0f}%" if isinstance(pct, (int, float)) else "n/a"
+        pct, interval = q.get("pct_of_teacher"), q.get("pct_of_teacher_ci95")
+        text = f"{pct:.0f}%" if isinstance(pct, (int, float)) else "n/a"
+        if ci and isinstance(pct, (int, float)) and isinstance(interval, list) and None not in interval:
+            text += f" (95% CI {interval[0]:.0f}-{interval[1]:.0f}%)"
+        return text
 
     others = [f"{quality(s)} {split_label(s) if s == 'ood' else 'on ' + s}" for s in report["splits"] if s != primary]
-    text = f"The {best} student keeps {quality(primary)} of the teacher's quality on {primary}"
+    text = f"The {best} student keeps {quality(primary, ci=True)} of the teacher's quality on {primary}"
     text += f" ({', '.join(others)})" if others else ""
     if m.get("cost_vs_teacher") is not None:
         text += f" at {_fraction(m['cost_vs_teacher'])} per query"
@@ -117,6 +132,9 @@ def summary_sentence(report: dict) -> str:
     params = (m.get("params"), teacher and teacher.get("params"))
     if all(isinstance(x, int) and x > 0 for x in params):
         text += f" It has {params[1] / params[0]:.1f}x fewer parameters."
+    if any(isinstance(w, dict) and w.get("kind") == "ood_retention" and w.get("model") == best
+           for w in report.get("warnings") or []):
+        text += " Warning: its OOD retention is more than 10 points below its in-distribution retention."
     return text
 
 
@@ -146,14 +164,22 @@ def assemble_report(results: dict, perf: dict, costs: dict, training: dict, cfg_
         "primary_split": primary, "summary": "", "best_student": best,
         "models": models, "splits": splits, "split_sizes": sizes,
         "break_even": break_even, "training": dict(training or {}),
+        "warnings": list(results.get("warnings") or []), "notes": list(results.get("notes") or []),
+        "contamination": results.get("contamination"), "judge": results.get("judge"),
+        "bootstrap": results.get("bootstrap"),
     }
     report = _clean(report)
     report["summary"] = summary_sentence(report)
     return report
 
 
-def build_report(results: dict, perf: dict, costs: dict, training: dict, cfg_summary: dict, out_dir: Path) -> dict:
-    """Write ``report.md``, ``report.html`` and ``report.json`` (each atomically) and return the report dict."""
+def build_report(results: dict, perf: dict, costs: dict, training: dict, cfg_summary: dict, out_dir: Path,
+                 update_cards: bool = True) -> dict:
+    """Write ``report.md``, ``report.html`` and ``report.json`` (each atomically) and return the report dict.
+
+    With ``update_cards``, each student's model card (``<path>/README.md``, when it exists) gets the
+    evaluation table (:func:`potstill.report.card.update_model_cards`).
+    """
     from .html import render_html
     from .markdown import render_markdown
 
@@ -162,4 +188,8 @@ def build_report(results: dict, perf: dict, costs: dict, training: dict, cfg_sum
     write_text(out_dir / "report.md", render_markdown(report))
     write_text(out_dir / "report.html", render_html(report))
     write_json(out_dir / "report.json", report)
+    if update_cards:
+        from .card import update_model_cards
+
+        update_model_cards(report)
     return report

@@ -7,7 +7,7 @@ from html import escape
 
 from .markdown import header_lines
 from .plots import make_plots
-from .tables import Table, all_tables
+from .tables import Table, all_tables, warning_lines
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
@@ -22,6 +22,9 @@ th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: ta
 tr:nth-child(even) td { background: #fafafa; }
 figure { margin: 1em 0; } figcaption { color: #555; font-size: 0.9em; }
 img { max-width: 100%; height: auto; }
+.warnings { background: #fff4e5; border-left: 4px solid #d9822b; padding: 0.5em 1em; }
+.warnings li { margin: 0.2em 0; }
+.notes { color: #555; font-size: 0.9em; }
 """
 
 
@@ -50,7 +53,14 @@ def render_html(report: dict) -> str:
     title, summary, context = header_lines(report)
     parts = [f"<h1>{escape(title)}</h1>", f'<p class="summary">{escape(summary)}</p>',
              f'<p class="context">{escape(context)}</p>']
+    warnings = warning_lines(report)
+    if warnings:
+        parts.append('<h2>Warnings</h2>\n<div class="warnings" id="warnings"><ul>'
+                     + "".join(f"<li>{escape(w)}</li>" for w in warnings) + "</ul></div>")
     parts += [html_table(t) for t in all_tables(report)]
+    notes = [str(n) for n in (report.get("notes") or [])]
+    if notes:
+        parts.append('<h2>Notes</h2>\n<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>")
     figures = make_plots(report)
     if figures:
         parts.append("<h2>Figures</h2>")

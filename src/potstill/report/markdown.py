@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from .tables import Table, all_tables
+from .tables import Table, all_tables, warning_lines
 
 
 def md_escape(text: str) -> str:
@@ -41,5 +41,11 @@ def render_markdown(report: dict) -> str:
     """The whole report as Markdown: title, summary, tables, machine line."""
     title, summary, context = header_lines(report)
     parts = [f"# {md_escape(title)}", md_escape(summary), md_escape(context)]
+    warnings = warning_lines(report)
+    if warnings:
+        parts.append("## Warnings\n\n" + "\n".join(f"- **warning**: {md_escape(w)}" for w in warnings))
     parts += [md_table(t) for t in all_tables(report)]
+    notes = [str(n) for n in (report.get("notes") or [])]
+    if notes:
+        parts.append("## Notes\n\n" + "\n".join(f"- {md_escape(n)}" for n in notes))
     return "\n\n".join(p for p in parts if p) + "\n"

@@ -90,6 +90,32 @@ def fmt_value(key: str, x) -> str:
     return fmt_num(x, ".4g")
 
 
+def fmt_ci(ci, spec: str = ".3f", suffix: str = "") -> str:
+    """A confidence interval ``[lo, hi]`` as '[0.712, 0.801]' (``n/a`` when missing)."""
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or not all(_ok(x) for x in ci):
+        return NA
+    return f"[{ci[0]:{spec}}{suffix}, {ci[1]:{spec}}{suffix}]"
+
+
+def fmt_with_ci(x, ci, spec: str = ".3f", suffix: str = "") -> str:
+    """'0.756 [0.712, 0.801]'; just the value without an interval."""
+    value = fmt_num(x, spec, suffix)
+    interval = fmt_ci(ci, spec, suffix)
+    return value if interval == NA else f"{value} {interval}"
+
+
+def fmt_p(p) -> str:
+    """A p-value: '0.032', '4.2e-09' (small ones in scientific notation)."""
+    if not _ok(p):
+        return NA
+    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_pct(x) -> str:
+    """A rate in [0, 1] as a percentage: 0.256 -> '25.6%'."""
+    return fmt_num(100 * x, ".1f", "%") if _ok(x) else NA
+
+
 def split_label(split: str) -> str:
     """'test' -> 'Test', 'ood' -> 'OOD'."""
     return "OOD" if split.lower() == "ood" else split.capitalize()
@@ -142,6 +168,10 @@ def students_table(report: dict) -> Table | None:
         for key, text, spec, suffix in (("score", "score", ".3f", ""), ("pct_of_teacher", "% of teacher", ".1f", "%"),
                                         ("gap_recovered", "gap recovered", ".2f", ""), ("rouge_l", "ROUGE-L", ".3f", "")):
             rows.append([f"{lab} {text}"] + [fmt_num(report["splits"][s].get(n, {}).get(key), spec, suffix) for n in students])
+            ci_key = "ci95" if key == "score" else f"{key}_ci95"
+            if any(report["splits"][s].get(n, {}).get(ci_key) for n in students):
+                rows.append([f"{lab} {text} 95% CI"] + [fmt_ci(report["splits"][s].get(n, {}).get(ci_key), spec, suffix)
+                                                        for n in students])
     rows.append(["p50 latency"] + [fmt_seconds(m.get("latency_p50_s")) for m in students.values()])
     rows.append(["Tokens/s"] + [fmt_num(m.get("tokens_per_s"), ",.1f") for m in students.values()])
     rows.append(["Cost/query"] + [fmt_usd(m.get("cost_per_query_usd")) for m in students.values()])
@@ -165,9 +195,141 @@ def category_tables(report: dict) -> list[Table]:
                     cats.append(c)
         if not cats:
             continue
-        rows = [[c] + [fmt_num((by_model.get(n, {}).get("per_category") or {}).get(c)) for n in names] for c in sorted(cats)]
-        tables.append(Table(f"Per category ({split_label(s)})", ["Category"] + names, rows, [False] + [True] * len(names)))
+        counts: dict[str, int] = {}
+        for n in names:
+            for c, k in ((by_model.get(n, {}).get("per_category_n") or {}).items()):
+                counts.setdefault(c, k)
+        rows = [[c] + [fmt_with_ci((by_model.get(n, {}).get("per_category") or {}).get(c),
+                                   (by_model.get(n, {}).get("per_category_ci95") or {}).get(c)) for n in names]
+                + ([str(counts.get(c, NA))] if counts else []) for c in sorted(cats)]
+        headers = ["Category"] + names + (["n"] if counts else [])
+        tables.append(Table(f"Per category ({split_label(s)})", headers, rows, [False] + [True] * (len(headers) - 1)))
     return tables
+
+
+def ci_tables(report: dict) -> list[Table]:
+    """Per split: each model's score, difference to the teacher, % of teacher and gap recovered with
+    paired-bootstrap 95% intervals, and McNemar's p against the teacher (binary scores)."""
+    tables = []
+    boot = report.get("bootstrap") or {}
+    for s, by_model in report["splits"].items():
+        if not any((q or {}).get("ci95") for q in by_model.values()):
+            continue
+        rows = []
+        for name in report["models"]:
+            q = by_model.get(name)
+            if q is None:
+                continue
+            if report["models"][name].get("role") == "teacher":  # the reference itself: nothing to compare
+                rows.append([name, fmt_with_ci(q.get("score"), q.get("ci95")), "-", "-", "-", "-", "-",
+                             str(q["n"]) if isinstance(q.get("n"), int) else NA])
+                continue
+            rows.append([name, fmt_with_ci(q.get("score"), q.get("ci95")),
+                         fmt_with_ci(q.get("diff_vs_teacher"), q.get("diff_ci95"), "+.3f"),
+                         fmt_with_ci(q.get("pct_of_teacher"), q.get("pct_of_teacher_ci95"), ".1f", "%"),
+                         fmt_with_ci(q.get("gap_recovered"), q.get("gap_recovered_ci95"), ".2f"),
+                         fmt_p(q.get("mcnemar_p")), fmt_p(q.get("mcnemar_midp")),
+                         str(q["n"]) if isinstance(q.get("n"), int) else NA])
+        note = (f"95% confidence intervals: paired percentile bootstrap over the prompts "
+                f"({boot.get('samples', 'n/a')} resamples, seed {boot.get('seed', 'n/a')}). McNemar: exact two-sided "
+                "test (and mid-p) of each model against the teacher on the discordant prompts; only for binary scores.")
+        tables.append(Table(f"Quality with 95% confidence intervals ({split_label(s)})",
+                            ["Model", "Score", "vs teacher", "% of teacher", "Gap recovered", "McNemar p", "mid-p", "n"],
+                            rows, [False] + [True] * 7, note=note))
+    return tables
+
+
+AGREEMENT_COLUMNS = (("rouge_l", "ROUGE-L", "num"), ("chrf", "chrF", "num"), ("agreement", "Same answer", "pct"),
+                     ("top1_agreement", "Top-1 agreement", "pct"), ("kl", "KL(teacher||model)", "num"),
+                     ("repetition", "Repeated 3-grams", "pct"), ("length_ratio", "Length ratio", "ratio"),
+                     ("finish_length_rate", "Hit max tokens", "pct"))
+
+
+def agreement_table(report: dict) -> Table | None:
+    """Agreement with the teacher's answers (surface and teacher-forced) and degeneration, per model and split."""
+    present = [c for c in AGREEMENT_COLUMNS
+               if any(_ok((q or {}).get(c[0])) for by in report["splits"].values() for q in by.values())]
+    if not present:
+        return None
+    fmt = {"num": lambda x: fmt_num(x), "pct": fmt_pct, "ratio": lambda x: fmt_num(x, ".2f")}
+    rows = []
+    for s, by_model in report["splits"].items():
+        for name in report["models"]:
+            q = by_model.get(name)
+            if q is not None:
+                rows.append([name, split_label(s)] + [fmt[kind](q.get(key)) for key, _, kind in present])
+    note = ("Against the teacher's answers to the same prompts: ROUGE-L and chrF (surface overlap), same answer "
+            "(equal after normalisation); top-1 agreement and KL(teacher||model) in nats per token are teacher-forced on "
+            "the teacher's held-out answers. Degeneration: share of repeated word 3-grams within an answer, mean answer "
+            "length relative to the teacher's, share of answers cut at max_new_tokens.")
+    return Table("Agreement with the teacher and degeneration", ["Model", "Split"] + [h for _, h, _ in present], rows,
+                 [False, False] + [True] * len(present), note=note)
+
+
+def scorers_table(report: dict) -> Table | None:
+    """The extra configured scorers, per model and split, with 95% intervals."""
+    names: list[str] = []
+    for by in report["splits"].values():
+        for q in by.values():
+            for k in ((q or {}).get("scorers") or {}):
+                if k not in names:
+                    names.append(k)
+    if not names:
+        return None
+    rows = []
+    for s, by_model in report["splits"].items():
+        for name in report["models"]:
+            q = by_model.get(name)
+            if q is not None:
+                sc = q.get("scorers") or {}
+                rows.append([name, split_label(s)] + [fmt_with_ci((sc.get(k) or {}).get("score"), (sc.get(k) or {}).get("ci95"))
+                                                      for k in names])
+    return Table("More scorers", ["Model", "Split"] + names, rows, [False, False] + [True] * len(names))
+
+
+def judge_table(report: dict) -> Table | None:
+    """Win / tie / loss against the teacher from the pairwise LLM judge, with how far the verdicts can be trusted."""
+    rows = []
+    for s, by_model in report["splits"].items():
+        for name in report["models"]:
+            j = (by_model.get(name) or {}).get("judge")
+            if not j:
+                continue
+            rows.append([name, split_label(s), fmt_pct(j.get("win")), fmt_pct(j.get("tie")), fmt_pct(j.get("loss")),
+                         fmt_with_ci(j.get("preference"), j.get("preference_ci95"), ".2f"),
+                         f"{j.get('decided', 0)}/{j.get('n', 0)}", fmt_pct(j.get("identical", 0) / j["n"]) if j.get("n") else NA,
+                         fmt_pct(j.get("parse_rate")), fmt_pct(j.get("fallback_rate")), fmt_pct(j.get("consistency")),
+                         fmt_pct(j.get("first_position_rate")), fmt_pct(j.get("scorer_agreement"))])
+    if not rows:
+        return None
+    info = report.get("judge") or {}
+    note = (f"Judge: {info.get('model') or 'n/a'}. Each prompt is judged twice, the model's answer first as A, then as B; "
+            "both orders agreeing give the verdict, disagreeing ones a tie, and identical answers are a tie without a "
+            "call. Preference = win + tie/2. Stated: share of replies with a verdict the judge wrote itself; fallback: "
+            f"share decided by word overlap of the reply with one answer ({info.get('fallback', 'similarity')}); "
+            "consistent: both orders agree; 'A' chosen: share of A among A/B verdicts (0.5 = no position bias); "
+            "agrees with scorer: where the task scorer separates the two answers.")
+    headers = ["Model", "Split", "Win", "Tie", "Loss", "Preference", "Decided", "Identical", "Stated", "Fallback",
+               "Consistent", "'A' chosen", "Agrees with scorer"]
+    return Table("LLM judge vs the teacher", headers, rows, [False, False] + [True] * 11, note=note)
+
+
+def contamination_table(report: dict) -> Table | None:
+    """Exact and n-gram overlap of each evaluation split's prompts with the training prompts."""
+    c = report.get("contamination") or {}
+    if not c.get("splits"):
+        return None
+    rows = [[split_label(s), str(d.get("n")), str(d.get("exact")), str(d.get("near_duplicates")),
+             fmt_pct(d.get("contaminated_rate")), fmt_pct(d.get("mean_ngram_overlap")), fmt_pct(d.get("max_ngram_overlap"))]
+            for s, d in c["splits"].items()]
+    n, near = c.get("ngram", "n"), c.get("near_duplicate")
+    thr = c.get("threshold")
+    note = (f"Evaluation prompts against {c.get('train_prompts', 'the')} training prompts (user turns, normalised words). "
+            f"Exact: same words; near: at least {fmt_pct(near)} of the prompt's word {n}-grams occur in training. "
+            + (f"Threshold {fmt_pct(thr)} of a split" + (" (exceeded, forced)." if c.get("forced") and any(
+                d.get("contaminated_rate", 0) > thr for d in c["splits"].values()) else ".") if _ok(thr) else ""))
+    headers = ["Split", "Prompts", "Exact", "Near", "Contaminated", f"Mean {n}-gram overlap", "Max overlap"]
+    return Table("Contamination check", headers, rows, [False] + [True] * 6, note=note)
 
 
 def cost_table(report: dict) -> Table:
@@ -221,8 +383,14 @@ def training_table(report: dict) -> Table | None:
     return Table("Training", headers, rows, [False] + [True] * len(keys))
 
 
+def warning_lines(report: dict) -> list[str]:
+    """The report's warnings as plain lines (OOD retention, judge reliability, contamination)."""
+    return [str(w.get("message") if isinstance(w, dict) else w) for w in (report.get("warnings") or [])]
+
+
 def all_tables(report: dict) -> list[Table]:
     """Every table of the report, in display order."""
-    tables = [models_table(report), students_table(report), *category_tables(report), cost_table(report),
-              training_table(report)]
+    tables = [models_table(report), students_table(report), *ci_tables(report), *category_tables(report),
+              agreement_table(report), scorers_table(report), judge_table(report), contamination_table(report),
+              cost_table(report), training_table(report)]
     return [t for t in tables if t is not None]

@@ -54,7 +54,7 @@ of the primary profile's seeds.
 Last line of output: one JSON object (``formats``, ``profiles``, ``sampled_sweep``, ``teacher``,
 ``sampled_worst_over_seeds``, ``acceptance``).
 
-    python benchmarks/signal_store.py                      # 1024 positions, both profiles (~3 min, ~5 GB)
+    python benchmarks/signal_store.py                      # 1024 positions, both profiles (~5 min, ~5 GB)
     python benchmarks/signal_store.py --positions 512 --no-web
 """
 

@@ -26,18 +26,22 @@ otherwise keep freed blocks up to 32 MiB in the heap), ``MALLOC_TRIM_THRESHOLD_=
 
 Time: the fastest wall time of the timed forward + backward iterations after the warm-up (the
 minimum is the estimate least disturbed by other load on the machine), and the process CPU time
-(all threads) of that iteration. ``--reps`` iterations at the largest N, and ``reps * N_max / N``
-(at most 5) at smaller N; the warm-up runs on the first 256 tokens only, to save time. Which of
-naive / chunked runs first alternates from one (divergence, N) to the next.
+(all threads) of that iteration. Each (divergence, N) runs ``--rounds`` rounds in the order
+naive, chunked, chunked, naive, ... (a fresh process each time), each process timing ``--reps``
+iterations at the largest N and ``reps * N_max / N`` (at most 2) at smaller N, so that both
+variants sample the machine's (shared) load alike; the warm-up runs on the first 256 tokens only.
+Peak memory is the largest over the rounds (they agree to within a few MiB).
 
 Last line of output: one JSON object, ``memory_ratio`` (naive peak / chunked peak at the largest
 N, worst divergence), ``growth`` (chunked peak at the largest N / at the smallest, worst
-divergence), ``time_ratio`` (chunked wall time / naive wall time, worst divergence over all N),
-``cpu_time_ratio`` (the same with CPU time, less sensitive to other load), the load average
-before and after, and the per-variant figures under ``results``.
+divergence), ``time_ratio`` (chunked wall time / naive wall time at the largest N, like
+``memory_ratio``, worst divergence), ``time_ratio_all_n`` (worst over every N), ``cpu_time_ratio``
+and ``cpu_time_ratio_all_n`` (the same with process CPU time, which other load on the machine
+disturbs far less than wall time), the load average before and after, and the per-variant
+figures under ``results``.
 
-    python benchmarks/kd_loss_memory.py            # N = 1024, 4096; all six divergences (~6 min)
-    python benchmarks/kd_loss_memory.py --quick    # N = 256, 1024; forward_kl and jsd (~30 s)
+    python benchmarks/kd_loss_memory.py            # N = 1024, 4096; all six divergences (~8 min on 2 idle cores)
+    python benchmarks/kd_loss_memory.py --quick    # N = 256, 1024; forward_kl and jsd (~1 min)
 """
 
 from __future__ import annotations
@@ -123,7 +127,7 @@ def run_child(impl: str, div: str, n: int, args) -> dict:
         OMP_NUM_THREADS=str(args.threads),
         MKL_NUM_THREADS=str(args.threads),
     )
-    reps = max(args.reps, min(5, args.reps * max(args.sizes) // n))
+    reps = max(args.reps, min(2, args.reps * max(args.sizes) // n))
     cmd = [sys.executable, __file__, "--worker", impl, div, str(n), "--reps", str(reps),
            "--chunk-size", str(args.chunk_size), "--threads", str(args.threads)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -132,12 +136,20 @@ def run_child(impl: str, div: str, n: int, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def merge(rounds: list[dict]) -> dict:
+    """One variant's figures over its rounds: the largest peak, the fastest iteration."""
+    best = min(rounds, key=lambda r: r["time_s"])
+    return {**best, "peak_mib": max(r["peak_mib"] for r in rounds), "times_s": [t for r in rounds for t in r["times_s"]],
+            "peaks_mib": [round(r["peak_mib"], 1) for r in rounds]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="N = 256, 1024; forward_kl and jsd; 1 rep")
+    ap.add_argument("--quick", action="store_true", help="N = 256, 1024; forward_kl and jsd; 1 round")
     ap.add_argument("--sizes", type=int, nargs="+", help="token counts (default 1024 4096)")
     ap.add_argument("--divergences", nargs="+", choices=DIVERGENCES, help="default: all six")
-    ap.add_argument("--reps", type=int, default=None, help="timed iterations at the largest N (default 2; quick 1)")
+    ap.add_argument("--reps", type=int, default=1, help="timed iterations per process at the largest N (default 1)")
+    ap.add_argument("--rounds", type=int, default=None, help="fresh processes per variant, alternating (default 2; quick 1)")
     ap.add_argument("--chunk-size", type=int, default=None, help="chunked loss tokens per chunk (default: the library's)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--worker", nargs=3, metavar=("IMPL", "DIV", "N"), help=argparse.SUPPRESS)
@@ -147,8 +159,8 @@ def main() -> None:
         from potstill.losses.chunked import DEFAULT_CHUNK_SIZE
 
         args.chunk_size = DEFAULT_CHUNK_SIZE
-    if args.reps is None:
-        args.reps = 1 if args.quick else 2
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 2
     if args.worker:
         impl, div, n = args.worker
         print(json.dumps(worker(impl, div, int(n), args.reps, args.chunk_size, args.threads)))
@@ -162,18 +174,17 @@ def main() -> None:
                                    capture_output=True, text=True).stdout.strip()
     print(f"# {cpu}, {os.cpu_count()} CPUs, python {platform.python_version()}, torch {torch_version}, "
           f"threads {args.threads}, V={V} H_s={H_S} H_t={H_T} fp32, chunk {args.chunk_size}, "
-          f"timed reps {args.reps} at N={max(sizes)}")
+          f"{args.rounds} rounds x {args.reps} timed reps at N={max(sizes)}")
     print(f"{'divergence':16} {'N':>5} {'naive MiB':>10} {'chunk MiB':>10} {'mem x':>6} {'naive s':>8} {'chunk s':>8} {'time x':>6} {'cpu x':>6}  loss rel.diff")
     results = []
     t_start, load0 = time.time(), os.getloadavg()[0]
     for div in divs:
         for n in sizes:
-            if len(results) // 2 % 2 == 0:
-                a = run_child("naive", div, n, args)
-                b = run_child("chunked", div, n, args)
-            else:
-                b = run_child("chunked", div, n, args)
-                a = run_child("naive", div, n, args)
+            runs = {"naive": [], "chunked": []}
+            for r in range(args.rounds):
+                for impl in ("naive", "chunked") if r % 2 == 0 else ("chunked", "naive"):
+                    runs[impl].append(run_child(impl, div, n, args))
+            a, b = (merge(runs[impl]) for impl in ("naive", "chunked"))
             results += [a, b]
             diff = abs(a["loss"] - b["loss"]) / abs(a["loss"])
             print(f"{div:16} {n:5d} {a['peak_mib']:10.1f} {b['peak_mib']:10.1f} {a['peak_mib'] / b['peak_mib']:6.1f} "
@@ -184,11 +195,16 @@ def main() -> None:
     def get(impl, div, n):
         return next(r for r in results if r["impl"] == impl and r["divergence"] == div and r["n"] == n)
 
+    def ratio(key, ns):
+        return round(max(get("chunked", d, n)[key] / get("naive", d, n)[key] for d in divs for n in ns), 3)
+
     summary = {
         "memory_ratio": round(min(get("naive", d, hi)["peak_mib"] / get("chunked", d, hi)["peak_mib"] for d in divs), 2),
         "growth": round(max(get("chunked", d, hi)["peak_mib"] / get("chunked", d, lo)["peak_mib"] for d in divs), 3),
-        "time_ratio": round(max(get("chunked", d, n)["time_s"] / get("naive", d, n)["time_s"] for d in divs for n in sizes), 3),
-        "cpu_time_ratio": round(max(get("chunked", d, n)["cpu_s"] / get("naive", d, n)["cpu_s"] for d in divs for n in sizes), 3),
+        "time_ratio": ratio("time_s", [hi]),
+        "time_ratio_all_n": ratio("time_s", sizes),
+        "cpu_time_ratio": ratio("cpu_s", [hi]),
+        "cpu_time_ratio_all_n": ratio("cpu_s", sizes),
         "n_small": lo,
         "n_large": hi,
         "chunk_size": args.chunk_size,

@@ -11,7 +11,7 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import demo, generate, report, run, serve, stages, terms, train
+from . import capture, demo, generate, report, run, serve, stages, terms, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     stages.add_parsers(sub)
     generate.add_parser(sub)
+    capture.add_parser(sub)
     train.add_parser(sub)
     report.add_parser(sub)
     serve.add_parser(sub)

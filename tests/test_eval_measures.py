@@ -115,6 +115,9 @@ def test_run_eval_results_schema(evaluated):
     assert json.loads((out / "results.json").read_text()) == results
     assert results["bootstrap"] == {"samples": 500, "seed": 0, "level": 0.95, "method": "paired percentile"}
     assert results["warnings"][0] == {"kind": "contamination", "message": "note x"}
+    assert [w["kind"] for w in results["warnings"]].count("judge_reliability") <= 1  # one line for the whole judge
+    assert results["judge"]["replies"] == sum(m["judge"]["replies"] for s in results["splits"].values()
+                                              for m in s["models"].values() if m["judge"])
     assert results["judge"]["model"].endswith(str(results["models"]["teacher"]["path"])[-10:])
     assert results["models"]["kd"]["eval_seconds"] >= 0
     for split in ("test", "ood"):

@@ -135,3 +135,20 @@ def test_api_judge_through_potstill_serve(tmp_path, tiny_teacher_dir, serve_mode
     local = local_judge(tiny_teacher_dir, max_new_tokens=4)(prompts)
     assert len(replies) == 3 and [r.strip() for r in replies] == local  # same model, greedy: same replies
     assert judge(prompts) == replies and (tmp_path / "cache.sqlite").is_file()
+
+
+def test_judge_config():
+    from potstill.config import EvalConfig, RunConfig, apply_overrides, config_from_dict
+    from potstill.errors import UserError
+
+    assert EvalConfig().judge_settings().max_examples == 100 and EvalConfig().judge_settings().model is None
+    assert EvalConfig(judge=False).judge_settings() is None and EvalConfig(judge=None).judge_settings() is None
+    assert EvalConfig(judge="off").judge_settings() is None
+    assert EvalConfig(judge={"model": "openai:gpt-4o-mini", "max_examples": 5}).judge_settings().max_examples == 5
+    base = {"prompts": {"sources": [{"path": "x.jsonl"}]}, "teacher": {"model": "t"}, "student": {"model": "s"}}
+    cfg = config_from_dict(apply_overrides({**base, "eval": {"judge": True}}, ["eval.judge.include_floor=false"]), base_dir=".")
+    assert isinstance(cfg, RunConfig) and cfg.eval.judge_settings().include_floor is False
+    with pytest.raises(UserError, match=r"config key 'eval.judge': unknown key 'max_exampels' \(did you mean 'max_examples'\?\)"):
+        config_from_dict({**base, "eval": {"judge": {"max_exampels": 3}}}, base_dir=".")
+    with pytest.raises(UserError, match=r"config key 'eval.judge': must be true, false or a mapping"):
+        config_from_dict({**base, "eval": {"judge": "maybe"}}, base_dir=".")

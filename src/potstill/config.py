@@ -212,7 +212,7 @@ class EvalConfig(Section):
     max_examples: int | None = Field(None, ge=1, description="Evaluate at most N prompts per split.")
     judge: bool | JudgeSettings = Field(True, description="Pairwise LLM judge of every student (and the floor) against the "
                                         "teacher: true (the run's teacher judges), false, or judge settings.")
-    teacher_forced: bool = Field(True, description="Top-1 token agreement and mean KL(teacher||student) on the teacher's "
+    teacher_forced: bool = Field(True, description="Top-1 token agreement and mean KL(teacher ‖ student) on the teacher's "
                                  "held-out answers (needs a local teacher and a shared tokenizer; others are skipped).")
     bootstrap_samples: int = Field(10_000, ge=100, le=1_000_000, description="Paired bootstrap resamples for the 95% "
                                    "confidence intervals (percentile method, seeded by the run's seed).")
@@ -221,6 +221,31 @@ class EvalConfig(Section):
                                            "it the eval stage refuses to run.")
     force_contaminated: bool = Field(False, description="Evaluate even above contamination_threshold (the report warns).")
     latency: LatencySettings = Field(default_factory=LatencySettings)
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _judge(cls, v):
+        """One clear error for a bad judge setting (not one per member of ``bool | JudgeSettings``)."""
+        if v is None:  # `judge:` left empty
+            return False
+        if isinstance(v, str):
+            word = v.strip().lower()
+            if word in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+                return word in ("true", "yes", "on", "1")
+        if isinstance(v, dict):
+            try:
+                return JudgeSettings.model_validate(v)
+            except ValidationError as err:
+                e = err.errors()[0]
+                key = ".".join(str(p) for p in e["loc"])
+                if e["type"] == "extra_forbidden":
+                    close = difflib.get_close_matches(str(e["loc"][-1]), list(JudgeSettings.model_fields), n=1, cutoff=0.5)
+                    hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(JudgeSettings.model_fields)})"
+                    raise ValueError(f"unknown key '{key}'{hint}") from None
+                raise ValueError(f"'{key}': {e['msg']}") from None
+        if not isinstance(v, (bool, JudgeSettings)):
+            raise ValueError("must be true, false or a mapping of judge settings")
+        return v
 
     def judge_settings(self) -> JudgeSettings | None:
         """The judge's settings, or None when the judge is off."""

@@ -192,7 +192,7 @@ def judge_summary(rows: Sequence[dict], student_scores: Sequence[float] | None =
     ``scorer_agreement`` (where the task scorer ranks the two answers differently and the judge was
     decisive, the share where the judge picks the higher-scoring one) with ``scorer_agreement_n``.
     """
-    from .stats import bootstrap_ci
+    from .stats import bootstrap_ci, rounded
 
     n = len(rows)
     decided = [r for r in rows if r["outcome"] is not None]
@@ -216,7 +216,7 @@ def judge_summary(rows: Sequence[dict], student_scores: Sequence[float] | None =
         "n": n, "decided": len(decided), "identical": sum(r["identical"] for r in rows),
         **{o: rate(counts[o], len(decided)) for o in OUTCOMES},
         "preference": rate(sum(pref), len(pref)) if pref else None,
-        "preference_ci95": bootstrap_ci(pref, samples, seed) if pref else None,
+        "preference_ci95": rounded(bootstrap_ci(pref, samples, seed)) if pref else None,
         "replies": len(replies),
         "strict_rate": rate(how["strict"], len(replies)), "lenient_rate": rate(how["lenient"], len(replies)),
         "fallback_rate": rate(how["similarity"], len(replies)), "unparsed_rate": rate(how["none"], len(replies)),

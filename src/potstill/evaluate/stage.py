@@ -304,15 +304,27 @@ def run_eval(cfg: EvalConfig, models: dict[str, dict], splits: dict[str, list[di
         results["splits"][split] = {"n": len(records), "models": summary}
 
     results["warnings"] += retention_warnings(results["splits"], roles)
-    for split, by_model in judged.items():
-        for name, j in by_model.items():
-            if j["replies"] and (j["parse_rate"] or 0) < JUDGE_PARSE_WARN:
-                results["warnings"].append({
-                    "kind": "judge_reliability", "model": name, "split": split,
-                    "message": f"judge on {split}/{name}: a verdict was stated in {100 * (j['parse_rate'] or 0):.0f}% of "
-                               f"{j['replies']} replies; {100 * (j['fallback_rate'] or 0):.0f}% came from the similarity "
-                               f"fallback and {100 * (j['unparsed_rate'] or 0):.0f}% stayed unparsed; position consistency "
-                               f"{_pct(j['consistency'])}: treat these win rates as weak evidence"})
+    summaries = [j for by_model in judged.values() for j in by_model.values()]
+    replies = sum(j["replies"] for j in summaries)
+    if replies:
+        def share(key: str) -> float:
+            return sum((j[key] or 0) * j["replies"] for j in summaries) / replies
+
+        agree_n = sum(j["scorer_agreement_n"] for j in summaries)
+        agree = sum((j["scorer_agreement"] or 0) * j["scorer_agreement_n"] for j in summaries) / agree_n if agree_n else None
+        results["judge"]["parse_rate"] = round(share("parse_rate"), 6)
+        results["judge"]["fallback_rate"] = round(share("fallback_rate"), 6)
+        results["judge"]["unparsed_rate"] = round(share("unparsed_rate"), 6)
+        results["judge"]["scorer_agreement"] = round(agree, 6) if agree is not None else None
+        results["judge"]["replies"] = replies
+        if share("parse_rate") < JUDGE_PARSE_WARN:
+            results["warnings"].append({
+                "kind": "judge_reliability", "model": None,
+                "message": f"judge {judge_model}: a verdict was stated in {100 * share('parse_rate'):.0f}% of its {replies} "
+                           f"replies; {100 * share('fallback_rate'):.0f}% were decided by the similarity fallback and "
+                           f"{100 * share('unparsed_rate'):.0f}% stayed unparsed; where the task scorer separates the two "
+                           f"answers it agrees with the scorer {_pct(agree)} of the time ({agree_n} prompts): treat the "
+                           "judge's win rates as weak evidence"})
     write_json(out_dir / "results.json", results)
     shutil.rmtree(work_dir, ignore_errors=True)
     return results

@@ -303,7 +303,12 @@ def judge_table(report: dict) -> Table | None:
     if not rows:
         return None
     info = report.get("judge") or {}
-    note = (f"Judge: {info.get('model') or 'n/a'}. Each prompt is judged twice, the model's answer first as A, then as B; "
+    overall = ""
+    if info.get("replies"):
+        overall = (f" Over its {info['replies']} replies: {fmt_pct(info.get('parse_rate'))} stated a verdict, "
+                   f"{fmt_pct(info.get('fallback_rate'))} were decided by the fallback, {fmt_pct(info.get('unparsed_rate'))} "
+                   f"stayed unparsed; agreement with the task scorer {fmt_pct(info.get('scorer_agreement'))}.")
+    note = (f"Judge: {info.get('model') or 'n/a'}.{overall} Each prompt is judged twice, the model's answer first as A, then as B; "
             "both orders agreeing give the verdict, disagreeing ones a tie, and identical answers are a tie without a "
             "call. Preference = win + tie/2. Stated: share of replies with a verdict the judge wrote itself; fallback: "
             f"share decided by word overlap of the reply with one answer ({info.get('fallback', 'similarity')}); "

@@ -143,3 +143,20 @@ def test_run_with_api_teacher_served_by_potstill(project, tiny_teacher_dir, serv
     assert teacher["role"] == "teacher" and teacher["cost_per_query_usd"] > 0
     assert report["splits"]["test"]["teacher"]["pct_of_teacher"] == pytest.approx(100.0)
     assert (run / ".cache" / "teacher-api.sqlite").is_file()
+
+
+def test_kd_from_a_captured_signal_store(project):
+    """train.kd.signal=store: capture runs once before KD, training loads no teacher, rerun skips both."""
+    from potstill import api
+
+    overrides = ["train.methods=[kd]", "train.kd.signal=store", "train.kd.store_draws=16", "train.epochs=1"]
+    api.prompts(project / "c.yaml", overrides)
+    api.generate(project / "c.yaml", overrides)
+    api.train(project / "c.yaml", overrides)
+    run = project / "run"
+    manifest = read_json(run / "signals" / "manifest.json")
+    assert manifest["format"] == "sampled"
+    training = read_json(run / "students" / "kd" / "training.json")
+    assert training["method"] == "kd" and training["steps"] > 0
+    prov = read_json(run / "students" / "kd" / "_provenance.json")
+    assert prov["inputs"]["signals"] == read_json(run / "signals" / "_provenance.json")["inputs_hash"]

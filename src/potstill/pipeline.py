@@ -121,6 +121,14 @@ class Pipeline:
                   "generate": self._need("generate"), "seed": cfg.seed}
         if method == "kd":
             inputs["teacher"] = self.teacher_ident()
+            if cfg.train.kd.signal == "store":  # offline KD: the teacher's signals captured once, then trained from
+                if cfg.train.kd.store:
+                    inputs["signals"] = source_hash(cfg, str(Path(cfg.train.kd.store) / "manifest.json"))
+                else:
+                    from .signals.stage import run_capture
+
+                    run_capture(cfg, self.run_dir.force)
+                    inputs["signals"] = self.run_dir.done_hash("signals")
         teacher_name = cfg.teacher.model if self.api else str(cfg.resolve(cfg.teacher.model))
         provenance = {"teacher": teacher_name, "teacher_hash": self.teacher_ident(),
                       "student_base": str(student), "student_base_hash": inputs["student_hash"],

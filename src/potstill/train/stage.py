@@ -114,11 +114,17 @@ def train_student(
     teacher_tok = load_tokenizer(teacher_dir) if teacher_dir is not None else None
     same_tok = teacher_tok is not None and tokenizer_fingerprint(teacher_tok) == tokenizer_fingerprint(tok)
     topk = method == "kd" and t.kd.signal == "topk"
+    store = None
+    if method == "kd" and t.kd.signal == "store":
+        from .data import open_signal_store
+
+        store = open_signal_store(cfg.resolve(t.kd.store) if t.kd.store else cfg.run_path / "signals", tok,
+                                  t.kd.temperature)
     if method == "kd":
         if teacher_tok is None:
             raise UserError("kd needs the teacher's tokenizer: a local teacher directory, or teacher.tokenizer for an "
                             "API teacher", where="teacher")
-        if parse_teacher(cfg.teacher.model) and not topk:
+        if parse_teacher(cfg.teacher.model) and t.kd.signal == "live":
             raise UserError("kd from an API teacher needs train.kd.signal=topk (and teacher.top_logprobs > 0)",
                             where="train.kd.signal")
         _check_shared_tokenizer(cfg, teacher_dir, tok, teacher_tok)
@@ -127,7 +133,7 @@ def train_student(
                 "the pairs have no top_logprobs; rerun generate with teacher.top_logprobs > 0", where="train.kd.signal"
             )
 
-    feats = build_features(pairs, tok, t.max_seq_len, reuse_teacher_ids=same_tok, topk=topk)
+    feats = build_features(pairs, tok, t.max_seq_len, reuse_teacher_ids=same_tok, topk=topk, targets=store)
     response_tokens = sum(sum(1 for x in f["labels"] if x != -100) for f in feats)
 
     model = load_model(s_dir, cfg.student.dtype, init=cfg.student.init, seed=cfg.seed)
@@ -138,7 +144,7 @@ def train_student(
     if t.lora.enabled:
         model = _apply_lora(model, t.lora)
     teacher = None
-    if method == "kd" and not topk:
+    if method == "kd" and t.kd.signal == "live":
         teacher = load_model(teacher_dir, cfg.teacher.dtype)
 
     key = sha256_json(

@@ -61,7 +61,7 @@ def _fake(rule):
         for m in prompts:
             text = m[-1]["content"]
             a = text.split("[Answer A]\n")[1].split("\n\n[Answer B]")[0]
-            b = text.split("[Answer B]\n")[1].split("\n\nExplain")[0]
+            b = text.split("[Answer B]\n")[1].split("\n\nGive")[0]
             out.append(rule(a, b))
         return out
 

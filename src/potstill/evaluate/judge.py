@@ -38,9 +38,8 @@ from pathlib import Path
 
 JudgeFn = Callable[[list[list[dict]]], list[str]]
 
-SYSTEM = "You are an impartial judge. You compare two answers to the same user request."
-TEMPLATE = """Which answer to the request is better: more correct, more complete and more helpful? \
-Length alone does not make an answer better.
+SYSTEM = "You are an impartial judge of answers."
+TEMPLATE = """Which answer is better: more correct, complete and helpful? Length alone is no merit.
 
 [Request]
 {question}
@@ -51,7 +50,7 @@ Length alone does not make an answer better.
 [Answer B]
 {b}
 
-Explain your choice in one sentence, then end with one line: "Verdict: A", "Verdict: B" or "Verdict: tie"."""
+Give one sentence of reasons, then a last line "Verdict: A", "Verdict: B" or "Verdict: tie"."""
 SIMILARITY_MARGIN = 0.05
 OUTCOMES = ("win", "tie", "loss")
 

@@ -195,7 +195,7 @@ def break_even_plot(report: dict) -> bytes | None:
                     textcoords="offset points", xytext=(6, -14), fontsize=8)
     ax.set_xlabel("queries served")
     ax.set_ylabel("cumulative cost (USD)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
     ax.grid(True, alpha=0.3)
     return _png(fig)
 

@@ -215,6 +215,11 @@ def test_bad_arguments():
         chunked_distillation_loss(h, w, y, teacher_hidden=ht, teacher_weight=wt, target_probs=torch.ones(N, 1))
     with pytest.raises(ValueError, match="unknown divergence"):
         chunked_distillation_loss(h, w, y, teacher_hidden=ht, teacher_weight=wt, divergence="js")
+    big = torch.full((N, 2), V + 1)
+    with pytest.raises(ValueError, match="target_ids"):
+        chunked_distillation_loss(h, w, y, target_ids=big, target_probs=torch.ones(N, 2), vocab_size=V)
+    with pytest.raises(ValueError, match="target_ids"):
+        chunked_sparse_target_loss(h, w, big, torch.ones(N, 2), y != IGNORE_INDEX, vocab_size=V)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,6 +247,35 @@ def test_chunked_topk_equals_full_topk(chunk):
     assert rel(got, ref) <= 1e-6 and rel(pg["kd"], pr["kd"]) <= 1e-5
     for a, c in zip(gg, gr):
         assert cosine(a, c) >= 0.99999 and rel(a, c) <= 1e-5
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 0.0])
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("vs", [V, V + 3])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sparse_targets_fused_path_at_t1(alpha, dense, vs, dtype):
+    """At T = 1 the sparse KD and CE gradients share softmax(z) (also with padded student rows)."""
+    h, w, b, ht, wt, bt, y = make(dtype, vs=vs)
+    g = torch.Generator().manual_seed(4)
+    if dense:
+        probs = torch.softmax(torch.randn(N, V, generator=g, dtype=dtype) * 2, -1)
+        ids = torch.arange(V).expand(N, V)
+    else:
+        ids = torch.randint(0, V, (N, K), generator=g)
+        probs = torch.rand(N, K, generator=g, dtype=dtype) / K
+        probs[1, :2] = 0
+    leaves = [x.clone().requires_grad_() for x in (h, w, b)]
+    ref, _, pr = distillation_loss(leaves[0] @ leaves[1].T + leaves[2], y, target_ids=ids, target_probs=probs,
+                                   alpha=alpha, vocab_size=V)
+    gr = torch.autograd.grad(ref, leaves)
+    leaves2 = [x.clone().requires_grad_() for x in (h, w, b)]
+    got, _, pg = chunked_distillation_loss(leaves2[0], leaves2[1], y, bias=leaves2[2], target_ids=ids, target_probs=probs,
+                                           alpha=alpha, vocab_size=V, chunk_size=6)
+    gg = torch.autograd.grad(got, leaves2)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert rel(got, ref) <= tol and rel(pg["kd"], pr["kd"]) <= tol and rel(pg["ce"], pr["ce"]) <= tol
+    for a, c in zip(gg, gr):
+        assert rel(a, c) <= tol and cosine(a, c) >= 0.99999
 
 
 def test_chunked_sparse_target_loss_and_dense_ids():

@@ -201,8 +201,38 @@ class _ChunkedLoss(torch.autograd.Function):
             if y is not None:
                 yc = y[start:end].unsqueeze(1)
                 ce_sum -= lsz.gather(1, yc).sum()
-            g = None
-            if spec.mode != "none":
+            g = grad = None
+            if spec.mode == "sparse" and temp == 1.0 and y is not None and need_grad:
+                # Fused sparse KD + CE at T = 1: both gradients are built from softmax(z) in place.
+                # With S the softmax mass of the first v (KD) rows, q = softmax(z)[:v] / S and
+                # dL/dz = softmax(z) * (ce_w + kd_scale * sum(pi) / S) - ce_w onehot(y) - kd_scale pi
+                # on the first v rows (ce_w * softmax(z) - ce_w onehot(y) beyond them).
+                pc, ic = probs[start:end], None if ids is None else ids[start:end]
+                if ic is None:
+                    pc = pc[:, : min(pc.shape[1], v)]
+                    cross = (pc * lsz[:, : pc.shape[1]]).sum(-1)
+                else:
+                    lq = lsz.gather(1, ic)
+                    cross = (pc * torch.where(pc > 0, lq, torch.zeros_like(lq))).sum(-1)
+                pi_sum = pc.sum(-1)
+                grad = lsz.exp_()  # softmax(z); lsz is consumed
+                if v < vs:
+                    log_mass = torch.log1p(-grad[:, v:].sum(-1))  # 1 - the (small) mass of the padded rows
+                    val = pi_sum * log_mass - cross  # -sum pi (log softmax(z)[id] - log S)
+                    grad[:, :v].mul_((spec.ce_weight + kd_scale * pi_sum * log_mass.neg().exp()).unsqueeze(1))
+                    if spec.ce_weight != 1.0:
+                        grad[:, v:].mul_(spec.ce_weight)
+                else:
+                    val = -cross
+                    grad.mul_((spec.ce_weight + kd_scale * pi_sum).unsqueeze(1))
+                if spec.ce_weight != 0.0:
+                    grad.scatter_add_(1, yc, torch.full(yc.shape, -spec.ce_weight, dtype=acc, device=dev))
+                if ic is None:
+                    grad[:, : pc.shape[1]].add_(pc, alpha=-kd_scale)
+                else:
+                    grad.scatter_add_(1, ic, pc * -kd_scale)
+                kd_sum += val.sum()
+            elif spec.mode != "none":
                 if shared_lq:
                     log_q = lsz
                 else:
@@ -220,24 +250,30 @@ class _ChunkedLoss(torch.autograd.Function):
                     )
                 else:  # sparse targets: CE against pi; gradient q * sum(pi) - pi
                     pc = probs[start:end]
-                    g = torch.exp(log_q, out=ws(4, c, v)).mul_(pc.sum(-1, keepdim=True))
                     if ids is not None:
                         ic = ids[start:end]
                         lq = log_q.gather(1, ic)
-                        g.scatter_add_(1, ic, -pc)
                     else:  # dense targets: pi[:, j] is token j's probability
-                        k = min(pc.shape[1], v)
-                        pc, lq = pc[:, :k], log_q[:, :k]
-                        g[:, :k].sub_(pc)
+                        pc = pc[:, : min(pc.shape[1], v)]
+                        lq = log_q[:, : pc.shape[1]]
                     val = -(pc * torch.where(pc > 0, lq, torch.zeros_like(lq))).sum(-1)
+                    if need_grad:
+                        g = torch.exp(log_q, out=ws(4, c, v)).mul_(pc.sum(-1, keepdim=True))
+                        if ids is not None:
+                            g.scatter_add_(1, ic, -pc)
+                        else:
+                            g[:, : pc.shape[1]].sub_(pc)
                 kd_sum += val.sum()
             if not need_grad:
                 continue
             # dL/dz = ce_weight * (softmax(z) - onehot(y)) + kd_scale * g, in buffer 1
-            if y is not None and spec.ce_weight != 0.0:
+            if grad is not None:
+                pass  # built above (fused sparse path)
+            elif y is not None and spec.ce_weight != 0.0:
                 grad = lsz.exp_()
                 grad.scatter_add_(1, yc, torch.full(yc.shape, -1.0, dtype=acc, device=dev))
-                grad.mul_(spec.ce_weight)
+                if spec.ce_weight != 1.0:
+                    grad.mul_(spec.ce_weight)
                 if g is not None:
                     grad[:, :v].add_(g, alpha=kd_scale)
             elif g is not None and v == vs:
@@ -394,6 +430,8 @@ def chunked_distillation_loss(
         teacher_bias = None if teacher_bias is None else teacher_bias.detach()
     if sparse:
         ids, probs = _sparse_rows(target_ids, target_probs, idx)
+        if ids is not None and ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < v:
+            raise ValueError(f"target_ids must be in [0, {v}) (the KD vocabulary)")
     mode = "dense" if dense else "sparse" if sparse else "none"
     kd_w = alpha * temperature**2 if mode != "none" else 0.0
     ce_w = 1.0 - alpha if mode != "none" else 1.0
@@ -441,6 +479,8 @@ def chunked_sparse_target_loss(
     h = _rows(hidden, idx)
     ids, probs = _sparse_rows(target_ids, target_probs, idx)
     v = weight.shape[0] if vocab_size is None else min(int(vocab_size), weight.shape[0])
+    if ids is not None and ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < v:
+        raise ValueError(f"target_ids must be in [0, {v}) (the vocabulary)")
     spec = _Spec("sparse", "forward_kl", 0.5, 0.1, temperature, 1.0, 0.0, v, chunk_size)
     loss, _ = _ChunkedLoss.apply(h, weight, bias, None, None, None, None, ids, probs, spec)
     return loss

@@ -93,7 +93,7 @@ def test_generate_then_run_does_not_regenerate(project):
 
 
 def test_kill_during_training_resumes_without_regenerating(project):
-    overrides = ["train.methods=[sft]", "train.epochs=40", "train.save_steps=3"]
+    overrides = ["train.methods=[sft]", "train.epochs=150", "train.save_steps=5"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "potstill.cli.main", "run", "c.yaml", *overrides], cwd=project,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -101,14 +101,15 @@ def test_kill_during_training_resumes_without_regenerating(project):
     deadline = time.time() + 300
     try:
         while time.time() < deadline:
-            if any(work.glob("students-sft/*/checkpoint-6/trainer_state.json")):
+            if any(work.glob("students-sft/*/checkpoint-*/trainer_state.json")):
                 break
             assert proc.poll() is None, "run ended before a checkpoint was written"
-            time.sleep(0.2)
+            time.sleep(0.05)
         else:
             pytest.fail("no checkpoint within 300 s")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     gen_file = project / "run" / "generate" / "generations.jsonl"
     before = gen_file.stat().st_mtime_ns
@@ -119,7 +120,7 @@ def test_kill_during_training_resumes_without_regenerating(project):
     assert "resuming sft training from checkpoint-" in again.stderr
     assert gen_file.stat().st_mtime_ns == before
     training = read_json(project / "run" / "students" / "sft" / "training.json")
-    assert training["resumed_from_step"] >= 6
+    assert training["resumed_from_step"] >= 5
 
 
 def test_run_with_api_teacher_served_by_potstill(project, tiny_teacher_dir, serve_model):

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from ..teachers.softlabels import byte_decoder  # one GPT-2 byte table for the server and the API client
+
 Entry = tuple  # (token_id, logprob, [(token_id, logprob), ...])
 
 
@@ -216,7 +218,7 @@ class TokenText:
     def __init__(self, tokenizer):
         self.tok = tokenizer
         self.cache: dict[int, tuple[str, list[int] | None]] = {}
-        self.byte_map = _byte_decoder() if _is_byte_level(tokenizer) else None
+        self.byte_map = byte_decoder() if _is_byte_level(tokenizer) else None
 
     def get(self, tid: int) -> tuple[str, list[int] | None]:
         """``(text, bytes)`` of token ``tid``."""
@@ -242,14 +244,3 @@ def _is_byte_level(tokenizer) -> bool:
         return False
 
 
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-to-unicode table, inverted."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}

@@ -19,7 +19,7 @@ _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 @lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
+def byte_decoder() -> dict[str, int]:
     """The inverse of GPT-2's byte → printable-unicode table used by byte-level BPE vocabularies."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -35,7 +35,7 @@ def _byte_decoder() -> dict[str, int]:
 def _vocab_bytes(token: str, byte_level: bool) -> bytes:
     """The text bytes a vocabulary entry stands for (byte-level BPE, SentencePiece ``▁``/``<0xNN>``, or plain)."""
     if byte_level:
-        dec = _byte_decoder()
+        dec = byte_decoder()
         return bytes(dec[c] for c in token)
     m = _BYTE_TOKEN.fullmatch(token)
     if m:
@@ -48,7 +48,7 @@ class TokenMapper:
 
     def __init__(self, tokenizer):
         vocab = tokenizer.get_vocab()
-        dec = _byte_decoder()
+        dec = byte_decoder()
         special = set(tokenizer.all_special_ids)
         normal = [t for t, i in vocab.items() if i not in special]
         byte_level = bool(normal) and sum(all(c in dec for c in t) for t in normal) >= 0.99 * len(normal)

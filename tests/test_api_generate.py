@@ -312,11 +312,11 @@ def test_top_logprobs_as_text_without_tokenizer(tmp_path):
 def test_token_mapper_maps_api_tokens_to_ids(tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from potstill.teachers.softlabels import TokenMapper, _byte_decoder
+    from potstill.teachers.softlabels import TokenMapper, byte_decoder
 
     tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
     ids = tok("What is the capital of France? Paris, élan.", add_special_tokens=False).input_ids
-    dec = _byte_decoder()
+    dec = byte_decoder()
 
     def entry(i):
         raw = list(bytes(dec[c] for c in tok.convert_ids_to_tokens(i)))

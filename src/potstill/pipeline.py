@@ -311,7 +311,9 @@ class Pipeline:
             return {"files": ["report.md", "report.html", "report.json"]}
 
         self.hashes["report"] = self.run_dir.run("report", inputs, build)
-        return read_json(self.run_dir.path("report") / "report.json")
+        report = read_json(self.run_dir.path("report") / "report.json")
+        report["paths"] = {k: str(self.run_dir.path("report") / f"report.{k}") for k in ("html", "md", "json")}
+        return report
 
     def _break_even(self, break_even, costs: dict, training: dict) -> dict:
         """One-off distillation cost: the teacher's answers (API spend, or generation time at the

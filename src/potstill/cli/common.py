@@ -11,3 +11,13 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="dotted config overrides, e.g. train.lr=1e-4 eval.splits=[test]")
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="redo STAGE even if its inputs did not change (repeatable): prompts, generate, train, eval, measure, report")
+
+
+def show_report(report: dict, prefix: str = "") -> None:
+    """Print the teacher-vs-students table and where the report files are."""
+    from ..progress import say
+    from ..report import print_summary_table
+
+    print_summary_table(report)
+    paths = report.get("paths", {})
+    say(f"{prefix}report: {paths.get('html')} (and {paths.get('md')}, {paths.get('json')})")

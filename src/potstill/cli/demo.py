@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import api
 from ..config import load_config
 from ..errors import UserError
-from ..progress import say
+from .common import show_report
 
 HELP = "distill the shipped helpdesk teacher into SFT and KD students, offline, and report"
 
@@ -37,8 +37,5 @@ def main(args) -> int:
     cfg = load_config(config, [*args.overrides, f"run_dir={run_dir}"])
     started = time.perf_counter()
     report = api.run(cfg, force=args.force)
-    from ..report import print_summary_table
-
-    print_summary_table(report)
-    say(f"demo finished in {time.perf_counter() - started:.0f}s; report: {run_dir / 'report' / 'report.html'} (and report.md, report.json)")
+    show_report(report, prefix=f"demo finished in {time.perf_counter() - started:.0f}s; ")
     return 0

@@ -1,8 +1,7 @@
 """``potstill report CONFIG``: measure latency/memory/cost and write report.md/html/json."""
 
 from .. import api
-from ..progress import say
-from .common import add_config_args
+from .common import add_config_args, show_report
 
 HELP = "measure speed, memory and cost of each model and write the report (needs eval)"
 
@@ -15,8 +14,5 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     report = api.report(args.config, args.overrides, args.force)
-    from ..report import print_summary_table
-
-    print_summary_table(report)
-    say("report: done")
+    show_report(report)
     return 0

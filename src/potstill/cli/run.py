@@ -1,8 +1,7 @@
 """``potstill run CONFIG``: the whole pipeline, skipping stages whose inputs did not change."""
 
 from .. import api
-from ..progress import say
-from .common import add_config_args
+from .common import add_config_args, show_report
 
 HELP = "run the whole pipeline: prompts → generate → train → eval → measure → report"
 
@@ -15,8 +14,5 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     report = api.run(args.config, args.overrides, args.force)
-    from ..report import print_summary_table
-
-    print_summary_table(report)
-    say(f"report: {report.get('paths', {}).get('html', 'see the run directory /report')}")
+    show_report(report)
     return 0

@@ -60,7 +60,7 @@ def main(args) -> int:
     if d.entry is None:
         out += _wrap("entry", f"none: not in potstill's terms registry (version {d.registry_version})")
         out += _wrap("tried", ", ".join(d.tried) or "nothing")
-        out += _wrap(f"verdict", f"unknown ({use}): potstill cannot tell whether its terms allow training on its "
+        out += _wrap("verdict", f"unknown ({use}): potstill cannot tell whether its terms allow training on its "
                      "outputs; check its license yourself (a run continues with a warning)")
         print("\n".join(out))
         return 0

@@ -78,20 +78,13 @@ def build_scorer(spec: ScorerSpec) -> Scorer:
     if kind == "python":
         fn = load_function(spec.function)
         return lambda answer, record, reference=None: float(fn(answer, record, reference))
-    if kind == "rouge_l":
-        rouge = _rouge()
+    if kind in ("rouge_l", "chrf"):
+        metric = _rouge() if kind == "rouge_l" else _chrf()
 
-        def rouge_l(answer, record, reference=None):
+        def against_reference(answer, record, reference=None):
             target = _target(record, spec.field, reference)
-            return rouge(answer, target) if target else 0.0
-        return rouge_l
-    if kind == "chrf":
-        chrf = _chrf()
-
-        def chrf_score(answer, record, reference=None):
-            target = _target(record, spec.field, reference)
-            return chrf(answer, target) if target else 0.0
-        return chrf_score
+            return metric(answer, target) if target else 0.0
+        return against_reference
     if kind == "agreement":
         def agreement(answer, record, reference=None):
             return float(reference is not None and normalize(answer) == normalize(reference))

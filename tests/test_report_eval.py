@@ -14,7 +14,7 @@ from potstill.evaluate.cost import break_even, cost_summary
 from potstill.evaluate.judge import judge_summary
 from potstill.evaluate.stage import retention_warnings, summarize
 from potstill.report import build_report
-from potstill.report.plots import make_plots
+from potstill.report.sections import make_plots
 from potstill.train.card import append_card_section
 
 ROLES = {"teacher": "teacher", "sft": "student", "kd": "student", "floor": "floor"}

@@ -43,8 +43,24 @@ def evaluate(config, overrides=(), force=()) -> str:
     return _pipeline(config, overrides, force).evaluate()
 
 
-def report(config, overrides=(), force=()) -> dict:
-    """Measure speed/memory, then write report.md / report.html / report.json."""
+def route(config, overrides=(), force=()) -> dict:
+    """Measure speed/memory, then calibrate the student → teacher cascade; returns ``route.json``'s content."""
+    from .io import read_json
+
     p = _pipeline(config, overrides, force)
     p.measure()
+    if not p.cfg.route.enabled:
+        from .errors import UserError
+
+        raise UserError("route.enabled is false in this config")
+    p.route()
+    path = p.run_dir.path("route") / "route.json"
+    return {**read_json(path), "path": str(path)}
+
+
+def report(config, overrides=(), force=()) -> dict:
+    """Measure speed/memory, calibrate routing (when enabled), then write report.md / report.html / report.json."""
+    p = _pipeline(config, overrides, force)
+    p.measure()
+    p.route()
     return p.report()

@@ -297,6 +297,29 @@ class TermsConfig(Section):
                                           "proceed although the teacher's terms forbid the configured use.")
 
 
+class RouteConfig(Section):
+    """Student → teacher routing: calibrated on the user's own data (see potstill.route)."""
+
+    enabled: bool = Field(True, description="Run the route stage (calibrate the cascade; the report shows its curve).")
+    student: str | None = Field(None, description="The trained method whose student is routed (default: kd if trained, else the first).")
+    signal: Literal["mean_logprob", "min_logprob", "p10", "p25", "p50", "neg_mean_entropy", "neg_max_entropy",
+                    "logistic"] = Field("p10", description="Confidence signal from the student's generation; logistic: a "
+                                        "logistic regression on all signals fitted on the calibration split.")
+    target_quality: float | None = Field(98.0, gt=0, le=200, description="Blended quality to reach, in % of the "
+                                         "teacher-only quality on the calibration split (fewest teacher calls that reach it).")
+    max_teacher_share: float | None = Field(None, ge=0, le=1, description="Most queries sent to the teacher (share; "
+                                            "with target_quality too: the fewest calls meeting it within this cap).")
+    split: Literal["validation", "test", "ood"] = Field("validation", description="Calibration split.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Most tokens per student answer (default: eval.max_new_tokens).")
+    batch_size: int = Field(32, ge=1, description="Prompts answered together.")
+
+    @model_validator(mode="after")
+    def _target(self):
+        if self.target_quality is None and self.max_teacher_share is None:
+            raise ValueError("route needs target_quality or max_teacher_share")
+        return self
+
+
 class RunConfig(Section):
     """A whole potstill run."""
 
@@ -310,6 +333,7 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     prices: PricesConfig = Field(default_factory=PricesConfig)
     terms: TermsConfig = Field(default_factory=TermsConfig)
+    route: RouteConfig = Field(default_factory=RouteConfig)
 
     base_dir: Path = Field(Path("."), exclude=True, description="Directory relative paths resolve against.")
 

@@ -16,7 +16,7 @@ from .models import check_model_dir
 from .progress import say
 from .run_dir import RunDir
 
-STAGES = ("prompts", "generate", "train", "eval", "measure", "report")
+STAGES = ("prompts", "generate", "train", "eval", "measure", "route", "report")
 MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.jinja")
 
 
@@ -290,24 +290,84 @@ class Pipeline:
                 "mean_prompt_tokens": sum(r.get("prompt_tokens", 0) for r in rows) / n,
                 "mean_completion_tokens": sum(r.get("completion_tokens", 0) for r in rows) / n}
 
+    def costs(self) -> dict:
+        """Cost per query of every measured model (from the measure stage and the configured prices)."""
+        from .evaluate.cost import cost_summary
+
+        results = read_json(self.run_dir.path("eval") / "results.json")
+        perf = read_json(self.run_dir.path("measure") / "perf.json")["models"]
+        return cost_summary(self.cfg.prices, perf, {n: m["role"] for n, m in results["models"].items()})
+
+    def route(self) -> str | None:
+        """Calibrate the student → teacher cascade (:mod:`potstill.route.stage`); None when ``route.enabled`` is off."""
+        from .route.stage import pick_student, run_route
+
+        cfg = self.cfg
+        if not cfg.route.enabled:
+            return None
+        student = pick_student(cfg)
+        if student not in cfg.train.methods:
+            raise UserError(f"route.student '{student}' is not a trained method (train.methods: {', '.join(cfg.train.methods)})")
+        split = cfg.route.split
+        calib = read_jsonl(self.run_dir.path("prompts") / f"{split}.jsonl")
+        if not calib:
+            raise UserError(f"route.split '{split}' has no prompts in this run (set prompts.validation above 0, "
+                            "or route.split to another split)")
+        inputs = {"route": cfg.route.model_dump(mode="json"), "eval": self._need("eval"), "measure": self._need("measure"),
+                  "student": self._need(f"students/{student}"), "scorer": cfg.eval.scorer.model_dump(mode="json"),
+                  "prices": cfg.prices.model_dump(mode="json"), "seed": cfg.seed}
+
+        def build(out: Path, work: Path) -> dict:
+            splits = {split: calib, **{s: r for s, r in self.eval_splits().items() if s != split}}
+            teacher = {s: self._teacher_answers(s, recs, work) for s, recs in splits.items()}
+            route = run_route(cfg, student, self.run_dir.path(f"students/{student}"), splits, teacher,
+                              self.costs(), out, work)
+            return {"threshold": route["chosen"]["threshold"], "share": route["chosen"]["share"]}
+
+        self.hashes["route"] = self.run_dir.run("route", inputs, build)
+        return self.hashes["route"]
+
+    def _teacher_answers(self, split: str, records: list[dict], work: Path) -> list[dict]:
+        """The teacher's answers on a split: the eval stage's when it answered it, else generated now."""
+        from .evaluate.stage import answer_split
+        from .teachers.base import GenerationSettings
+
+        done = self.run_dir.path("eval") / "answers" / f"teacher__{split}.jsonl"
+        if done.exists():
+            rows = {r["id"]: r for r in read_jsonl(done)}
+            if all(r["id"] in rows for r in records):
+                return [rows[r["id"]] for r in records]
+        if self.api:
+            return self._api_answers({split: records}, work)[split]
+        from .teachers.hf import LocalGenerator
+
+        cfg = self.cfg
+        gen = LocalGenerator(cfg.resolve(cfg.teacher.model), dtype=cfg.teacher.dtype, seed=cfg.seed)
+        settings = GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, seed=cfg.seed)
+        return answer_split(gen, records, settings, work / f"teacher__{split}.jsonl", f"route teacher/{split}")
+
     def report(self) -> dict:
-        from .evaluate.cost import break_even, cost_summary
+        from .evaluate.cost import break_even
         from .report.build import build_report
 
         cfg = self.cfg
         inputs = {"eval": self._need("eval"), "measure": self._need("measure"),
                   "prices": cfg.prices.model_dump(mode="json"), "name": cfg.name}
+        routing = None
+        if cfg.route.enabled:
+            inputs["route"] = self._need("route")
+            routing = {**read_json(self.run_dir.path("route") / "route.json"),
+                       "curves": read_json(self.run_dir.path("route") / "curves.json")}
         results = read_json(self.run_dir.path("eval") / "results.json")
         perf = read_json(self.run_dir.path("measure") / "perf.json")["models"]
         training = {m: read_json(self.run_dir.path(f"students/{m}") / "training.json") for m in cfg.train.methods}
 
         def build(out: Path, work: Path) -> dict:
-            roles = {n: m["role"] for n, m in results["models"].items()}
-            costs = cost_summary(cfg.prices, perf, roles)
+            costs = self.costs()
             costs["break_even"] = self._break_even(break_even, costs, training)
             summary = {"name": cfg.name, "teacher": cfg.teacher.model, "student": cfg.student.model, "machine": machine(),
                        "queries_per_day": cfg.prices.queries_per_day, "prices": cfg.prices.model_dump(mode="json")}
-            build_report(results, perf, costs, training, summary, out)
+            build_report(results, perf, costs, training, summary, out, routing=routing)
             return {"files": ["report.md", "report.html", "report.json"]}
 
         self.hashes["report"] = self.run_dir.run("report", inputs, build)
@@ -353,6 +413,7 @@ class Pipeline:
             self.train(method)
         self.evaluate()
         self.measure()
+        self.route()
         return self.report()
 
     def _need(self, stage: str) -> str:

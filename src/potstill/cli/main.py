@@ -11,7 +11,7 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import capture, demo, generate, report, run, serve, stages, terms, train
+from . import capture, demo, generate, report, route, run, serve, stages, terms, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_parser(sub)
     train.add_parser(sub)
     report.add_parser(sub)
+    route.add_parser(sub)
     serve.add_parser(sub)
     terms.add_parser(sub)
     return parser

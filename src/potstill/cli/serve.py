@@ -1,9 +1,15 @@
-"""``potstill serve MODEL_DIR``: an OpenAI-compatible chat server for a local model."""
+"""``potstill serve MODEL_DIR``: an OpenAI-compatible chat server for a local model.
+
+``potstill serve --student DIR --fallback TEACHER --route ROUTE.json``: the routing gateway
+(:mod:`potstill.route.gateway`): the student answers, and the teacher (a local model directory,
+or ``openai:MODEL`` / ``anthropic:MODEL``) answers the queries the calibrated router sends it.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 from ..errors import UserError
 from ..progress import say
@@ -13,7 +19,17 @@ HELP = "serve a local model with an OpenAI-compatible API (/v1/chat/completions,
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help=HELP, description=HELP)
-    p.add_argument("model_dir", metavar="MODEL_DIR", help="a Hugging Face model directory (config.json + weights)")
+    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help="a Hugging Face model directory (config.json + weights)")
+    g = p.add_argument_group("routing gateway (instead of MODEL_DIR)")
+    g.add_argument("--student", metavar="DIR", help="the student model directory that answers first")
+    g.add_argument("--fallback", metavar="TEACHER", help="the teacher: a local model directory, or openai:MODEL / anthropic:MODEL")
+    g.add_argument("--route", metavar="ROUTE.json", type=Path, help="the route file from `potstill route calibrate`")
+    g.add_argument("--fallback-log", metavar="PATH", type=Path, default=None,
+                   help="JSONL log of every fallback (default: fallbacks.jsonl beside the route file)")
+    g.add_argument("--fallback-base-url", metavar="URL", default=None, help="API endpoint of an API teacher")
+    g.add_argument("--fallback-key-env", metavar="VAR", default=None, help="environment variable with the API teacher's key")
+    g.add_argument("--fallback-timeout", type=float, default=30.0,
+                   help="seconds to wait for the teacher before returning the student's answer, flagged (default: 30)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     p.add_argument("--name", default=None, help="model name clients ask for (default: the directory's name)")
@@ -34,7 +50,14 @@ def add_parser(sub) -> None:
 def main(args) -> int:
     from ..models import check_model_dir
 
-    check_model_dir(args.model_dir)
+    gateway = any(x is not None for x in (args.student, args.fallback, args.route))
+    if gateway and args.model_dir:
+        raise UserError("give either MODEL_DIR or --student/--fallback/--route, not both")
+    if gateway and not (args.student and args.fallback and args.route):
+        raise UserError("the routing gateway needs --student DIR, --fallback TEACHER and --route ROUTE.json")
+    if not gateway and not args.model_dir:
+        raise UserError("give MODEL_DIR, or --student DIR --fallback TEACHER --route ROUTE.json")
+    check_model_dir(args.student or args.model_dir)
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
@@ -44,18 +67,32 @@ def main(args) -> int:
                         ("--max-tokens", args.max_tokens)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1")
+    router = load_router(args.route) if gateway else None
     sock = bind(args.host, args.port)
 
     import uvicorn
 
     from ..serve import HFBackend, create_app
 
-    backend = HFBackend.from_dir(args.model_dir, model_name=args.name, dtype=args.dtype, device=args.device,
-                                 max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-                                 default_max_tokens=args.max_tokens)
+    def local(path, name=None):
+        return HFBackend.from_dir(path, model_name=name, dtype=args.dtype, device=args.device, max_batch=args.max_batch,
+                                  batch_wait_ms=args.batch_wait_ms, default_max_tokens=args.max_tokens)
+
+    if gateway:
+        from ..route.gateway import FallbackLog, RoutingBackend
+
+        teacher = make_teacher(args, local)
+        log = FallbackLog(args.fallback_log or args.route.parent / "fallbacks.jsonl")
+        backend = RoutingBackend(local(args.student), teacher, router, log, model_name=args.name,
+                                 teacher_timeout=args.fallback_timeout)
+        what = (f"gateway {backend.model_name}: {backend.student.model_name} first, {teacher.model_name} when "
+                f"{router.signal} < {router.threshold:.4g}; fallbacks logged to {log.path}")
+    else:
+        backend = local(args.model_dir, args.name)
+        what = backend.model_name
     app = create_app(backend, api_key=api_key, max_body_bytes=args.max_body_bytes)
     host, port = sock.getsockname()[:2]
-    say(f"serve: {backend.model_name} on http://{host}:{port}/v1 (batch ≤ {args.max_batch}, "
+    say(f"serve: {what} on http://{host}:{port}/v1 (batch ≤ {args.max_batch}, "
         f"{'API key required' if api_key else 'no API key'}); Ctrl-C stops")
     server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5))
     try:
@@ -64,6 +101,35 @@ def main(args) -> int:
         pass
     say("serve: stopped")
     return 0
+
+
+def load_router(path: Path):
+    """The router of a route file, or one line naming what is wrong with it."""
+    from ..io import read_json
+    from ..route.features import Router
+
+    if not path.is_file():
+        raise UserError("route file not found", str(path))
+    try:
+        return Router(read_json(path)["router"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"not a route file from `potstill route calibrate` ({type(e).__name__}: {e})", str(path)) from None
+
+
+def make_teacher(args, local):
+    """The fallback teacher: an API model (``openai:``/``anthropic:``) or a local model directory."""
+    from ..route.gateway import ApiTeacher, LocalTeacher
+    from ..teachers.api import make_provider, parse_teacher, resolve_api_key
+
+    api = parse_teacher(args.fallback)
+    if api:
+        key = resolve_api_key(api[0], args.fallback_key_env, args.fallback_base_url)
+        return ApiTeacher(make_provider(api[0], api[1], args.fallback_base_url, key, args.fallback_timeout, 32),
+                          default_max_tokens=args.max_tokens)
+    from ..models import check_model_dir
+
+    check_model_dir(args.fallback)
+    return LocalTeacher(local(args.fallback))
 
 
 def bind(host: str, port: int) -> socket.socket:

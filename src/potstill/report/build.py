@@ -35,7 +35,8 @@ produced nothing for that model)::
       "training": {METHOD: {"runtime_s": float, "train_loss": float, ...}},
       "warnings": [{"kind": str, "message": str, ...}], # OOD retention, judge reliability, contamination
       "notes": [str],                                  # measures that could not be computed, and why
-      "contamination": {...} | null, "judge": {...} | null, "bootstrap": {...} | null   # as in results.json
+      "contamination": {...} | null, "judge": {...} | null, "bootstrap": {...} | null,  # as in results.json
+      "routing": {...} | null                          # route.json + "curves" (potstill.route.stage), when routed
     }
 
 :func:`build_report` also appends an "Evaluation" section to the model card (README.md) of every
@@ -138,7 +139,8 @@ def summary_sentence(report: dict) -> str:
     return text
 
 
-def assemble_report(results: dict, perf: dict, costs: dict, training: dict, cfg_summary: dict) -> dict:
+def assemble_report(results: dict, perf: dict, costs: dict, training: dict, cfg_summary: dict,
+                    routing: dict | None = None) -> dict:
     """The report dict (see the module docstring for its schema), without writing anything."""
     costs = dict(costs or {})
     break_even = costs.pop("break_even", None)
@@ -166,7 +168,7 @@ def assemble_report(results: dict, perf: dict, costs: dict, training: dict, cfg_
         "break_even": break_even, "training": dict(training or {}),
         "warnings": list(results.get("warnings") or []), "notes": list(results.get("notes") or []),
         "contamination": results.get("contamination"), "judge": results.get("judge"),
-        "bootstrap": results.get("bootstrap"),
+        "bootstrap": results.get("bootstrap"), "routing": routing,
     }
     report = _clean(report)
     report["summary"] = summary_sentence(report)
@@ -174,7 +176,7 @@ def assemble_report(results: dict, perf: dict, costs: dict, training: dict, cfg_
 
 
 def build_report(results: dict, perf: dict, costs: dict, training: dict, cfg_summary: dict, out_dir: Path,
-                 update_cards: bool = True) -> dict:
+                 update_cards: bool = True, routing: dict | None = None) -> dict:
     """Write ``report.md``, ``report.html`` and ``report.json`` (each atomically) and return the report dict.
 
     With ``update_cards``, each student's model card (``<path>/README.md``, when it exists) gets the
@@ -183,7 +185,7 @@ def build_report(results: dict, perf: dict, costs: dict, training: dict, cfg_sum
     from .html import render_html
     from .markdown import render_markdown
 
-    report = assemble_report(results, perf, costs, training, cfg_summary)
+    report = assemble_report(results, perf, costs, training, cfg_summary, routing)
     out_dir = Path(out_dir)
     write_text(out_dir / "report.md", render_markdown(report))
     write_text(out_dir / "report.html", render_html(report))

@@ -6,8 +6,8 @@ import base64
 from html import escape
 
 from .markdown import header_lines
-from .plots import make_plots
-from .tables import Table, all_tables, warning_lines
+from .sections import all_tables, make_plots
+from .tables import Table, warning_lines
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import html
 
-from .tables import Table, all_tables, warning_lines
+from .sections import all_tables
+from .tables import Table, warning_lines
 
 
 def md_escape(text: str) -> str:

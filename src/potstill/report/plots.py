@@ -13,7 +13,7 @@ from .tables import split_label
 COLORS = {"teacher": "#1f4e79", "student": "#2e8b57", "floor": "#999999"}
 
 
-def _tex_safe(text: str) -> str:
+def tex_safe(text: str) -> str:
     """Matplotlib treats $...$ as math; escape dollars in labels taken from user data."""
     return str(text).replace("$", r"\$")
 
@@ -22,7 +22,7 @@ def _num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _figure(width: float = 6.4, height: float = 3.6):
+def new_figure(width: float = 6.4, height: float = 3.6):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -31,7 +31,7 @@ def _figure(width: float = 6.4, height: float = 3.6):
     return fig
 
 
-def _png(fig) -> bytes:
+def to_png(fig) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
@@ -40,7 +40,7 @@ def _png(fig) -> bytes:
 
 def quality_vs_cost(report: dict) -> bytes | None:
     """% of the teacher's quality per split against cost per query (log x), one point per model."""
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     from matplotlib.lines import Line2D
 
@@ -69,7 +69,7 @@ def quality_vs_cost(report: dict) -> bytes | None:
             for x, y, n in zip(xs, ys, names):
                 spots.setdefault((x, y), []).append(n)
             for (x, y), ns in spots.items():
-                ax.annotate(_tex_safe(", ".join(ns)), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+                ax.annotate(tex_safe(", ".join(ns)), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     if not drawn:
         return None
     ax.set_xscale("log")
@@ -78,7 +78,7 @@ def quality_vs_cost(report: dict) -> bytes | None:
     ax.set_ylabel("% of teacher quality")
     ax.legend(handles=handles, title="split", fontsize=8)
     ax.grid(True, alpha=0.3)
-    return _png(fig)
+    return to_png(fig)
 
 
 def _ci(x) -> bool:
@@ -91,24 +91,24 @@ def _grouped_bars(groups: list[str], series: dict[str, list], ylabel: str, heigh
     optional ``[lo, hi]`` interval drawn as an error bar."""
     if not groups or not series or not any(_num(v) for vals in series.values() for v in vals):
         return None
-    fig = _figure(max(7.2, 1.6 + 0.45 * len(groups) * len(series)), height)
+    fig = new_figure(max(7.2, 1.6 + 0.45 * len(groups) * len(series)), height)
     ax = fig.add_subplot()
     width = 0.8 / len(series)
     for j, (name, vals) in enumerate(series.items()):
         keep = [i for i, v in enumerate(vals) if _num(v)]
         pos = [i + (j - (len(series) - 1) / 2) * width for i in keep]
         heights = [vals[i] for i in keep]
-        ax.bar(pos, heights, width=width, label=_tex_safe(name))
+        ax.bar(pos, heights, width=width, label=tex_safe(name))
         cis = [(errors or {}).get(name, [None] * len(vals))[i] for i in keep]
         if any(_ci(c) for c in cis):
             lo = [max(0.0, h - c[0]) if _ci(c) else 0.0 for h, c in zip(heights, cis)]
             hi = [max(0.0, c[1] - h) if _ci(c) else 0.0 for h, c in zip(heights, cis)]
             ax.errorbar(pos, heights, yerr=[lo, hi], fmt="none", ecolor="#333333", elinewidth=1, capsize=3)
-    ax.set_xticks(range(len(groups)), [_tex_safe(g) for g in groups], rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
+    ax.set_xticks(range(len(groups)), [tex_safe(g) for g in groups], rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(True, axis="y", alpha=0.3)
-    return _png(fig)
+    return to_png(fig)
 
 
 def score_bars(report: dict) -> bytes | None:
@@ -126,12 +126,12 @@ def latency_plot(report: dict) -> bytes | None:
     data = {n: v for n, v in data.items() if v}
     if not data:
         return None
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
-    ax.boxplot([[x * 1000 for x in v] for v in data.values()], tick_labels=[_tex_safe(n) for n in data])
+    ax.boxplot([[x * 1000 for x in v] for v in data.values()], tick_labels=[tex_safe(n) for n in data])
     ax.set_ylabel("latency per query, batch 1 (ms)")
     ax.grid(True, axis="y", alpha=0.3)
-    return _png(fig)
+    return to_png(fig)
 
 
 def category_bars(report: dict, split: str) -> bytes | None:
@@ -154,17 +154,17 @@ def ci_plot(report: dict) -> bytes | None:
                 items.append((f"{name} / {split_label(s)}", q["diff_vs_teacher"], q["diff_ci95"], m.get("role")))
     if not items:
         return None
-    fig = _figure(6.4, max(2.4, 0.8 + 0.38 * len(items)))
+    fig = new_figure(6.4, max(2.4, 0.8 + 0.38 * len(items)))
     ax = fig.add_subplot()
     ys = list(range(len(items)))[::-1]
     for y, (label, d, (lo, hi), role) in zip(ys, items):
         ax.errorbar([d], [y], xerr=[[max(0.0, d - lo)], [max(0.0, hi - d)]], fmt="o", capsize=4,
                     color=COLORS.get(role, "#cc6600"))
     ax.axvline(0.0, color="#1f4e79", linestyle="--", linewidth=1)
-    ax.set_yticks(ys, [_tex_safe(i[0]) for i in items])
+    ax.set_yticks(ys, [tex_safe(i[0]) for i in items])
     ax.set_xlabel(f"score - teacher's score, 95% CI ({report.get('scorer') or 'scorer'})")
     ax.grid(True, axis="x", alpha=0.3)
-    return _png(fig)
+    return to_png(fig)
 
 
 def break_even_plot(report: dict) -> bytes | None:
@@ -184,10 +184,10 @@ def break_even_plot(report: dict) -> bytes | None:
     qpd = report.get("queries_per_day")
     span = 2 * q_be if isinstance(q_be, int) and q_be > 0 else (365 * qpd if isinstance(qpd, int) else 1_000_000)
     xs = [span * i / 100 for i in range(101)]
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     ax.plot(xs, [tq * x for x in xs], color=COLORS["teacher"], label="teacher")
-    ax.plot(xs, [one_off + sq * x for x in xs], color=COLORS["student"], label=_tex_safe(f"{who}: distillation + serving"))
+    ax.plot(xs, [one_off + sq * x for x in xs], color=COLORS["student"], label=tex_safe(f"{who}: distillation + serving"))
     if isinstance(q_be, int) and q_be > 0:
         ax.axvline(q_be, color="#cc6600", linestyle="--", linewidth=1)
         days = be.get("days")
@@ -197,15 +197,4 @@ def break_even_plot(report: dict) -> bytes | None:
     ax.set_ylabel("cumulative cost (USD)")
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(True, alpha=0.3)
-    return _png(fig)
-
-
-def make_plots(report: dict) -> list[tuple[str, bytes]]:
-    """Every figure of the report as ``(title, png_bytes)``, in display order."""
-    figures = [("Quality vs cost per query", quality_vs_cost(report)),
-               ("Score per split (95% confidence intervals)", score_bars(report)),
-               ("Difference to the teacher with 95% confidence intervals", ci_plot(report)),
-               ("Latency distribution (batch 1)", latency_plot(report)),
-               ("Break-even: cumulative cost, from the run's measured costs", break_even_plot(report))]
-    figures += [(f"Per-category score ({split_label(s)})", category_bars(report, s)) for s in report["splits"]]
-    return [(title, png) for title, png in figures if png is not None]
+    return to_png(fig)

@@ -391,11 +391,3 @@ def training_table(report: dict) -> Table | None:
 def warning_lines(report: dict) -> list[str]:
     """The report's warnings as plain lines (OOD retention, judge reliability, contamination)."""
     return [str(w.get("message") if isinstance(w, dict) else w) for w in (report.get("warnings") or [])]
-
-
-def all_tables(report: dict) -> list[Table]:
-    """Every table of the report, in display order."""
-    tables = [models_table(report), students_table(report), *ci_tables(report), *category_tables(report),
-              agreement_table(report), scorers_table(report), judge_table(report), contamination_table(report),
-              cost_table(report), training_table(report)]
-    return [t for t in tables if t is not None]

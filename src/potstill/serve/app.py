@@ -5,7 +5,8 @@ Routes: ``POST /v1/chat/completions`` (JSON, or server-sent events with ``stream
 every backend shares: the API key (401), the request size limit (413), the model-name check
 (404), request validation (400) and OpenAI-style error bodies ``{"error": {...}}`` (500 for
 backend failures). Each answer carries an ``x-potstill-model`` header naming the model that
-produced it (the ``model`` field of the response or of the first stream chunk).
+produced it (the ``model`` field of the response or of the first stream chunk); a routing
+gateway's answers (:mod:`potstill.route.gateway`) also say where they were routed and their score.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def create_app(backend, api_key: str | None = None, max_body_bytes: int = DEFAUL
                 await chunks.aclose()
                 raise internal(e) from None
             return StreamingResponse(sse(first, chunks), media_type="text/event-stream",
-                                     headers={MODEL_HEADER: str(field(first, "model")),
+                                     headers={MODEL_HEADER: str(field(first, "model")), **route_headers(first),
                                               "cache-control": "no-cache", "x-accel-buffering": "no"})
         try:
             resp = await backend.complete(req)
@@ -115,7 +116,7 @@ def create_app(backend, api_key: str | None = None, max_body_bytes: int = DEFAUL
             raise
         except Exception as e:  # noqa: BLE001
             raise internal(e) from None
-        return JSONResponse(dump(resp), headers={MODEL_HEADER: str(field(resp, "model"))})
+        return JSONResponse(dump(resp), headers={MODEL_HEADER: str(field(resp, "model")), **route_headers(resp)})
 
     return app
 
@@ -162,6 +163,18 @@ def internal(e: Exception) -> APIError:
 def dump(obj: Any) -> Any:
     """A pydantic model (or a plain dict) as JSON-ready data."""
     return obj.model_dump() if isinstance(obj, BaseModel) else obj
+
+
+def route_headers(obj: Any) -> dict:
+    """``x-potstill-routed-to``, ``x-potstill-route-score`` (and ``x-potstill-teacher-error``) from a
+    routing gateway's ``potstill`` object; nothing for a plain backend."""
+    info = obj.get("potstill") if isinstance(obj, dict) else None
+    if not info:
+        return {}
+    headers = {"x-potstill-routed-to": str(info.get("routed_to")), "x-potstill-route-score": f"{info.get('score'):.6g}"}
+    if info.get("teacher_error"):
+        headers["x-potstill-teacher-error"] = str(info["teacher_error"]).encode("ascii", "replace").decode()[:200]
+    return headers
 
 
 def field(obj: Any, name: str) -> Any:

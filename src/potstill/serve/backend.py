@@ -58,7 +58,7 @@ class HFBackend:
         self.gen, self.model_name = generator, model_name
         self.fingerprint = fingerprint or model_fingerprint(generator.path)
         self.default_max_tokens = default_max_tokens
-        self.context = _context_length(generator.model)
+        self.context = context_length(generator.model)
         self.text = TokenText(generator.tokenizer)
         self.batcher = Batcher(self._run, max_batch=max_batch, wait_ms=batch_wait_ms)
         self.requests = 0
@@ -87,7 +87,7 @@ class HFBackend:
         for group in fit_context(rows, self.context):
             generate_rows(self.gen.model, self.gen.tokenizer, self.gen.eos_ids, group, self.gen.device)
 
-    def _rows(self, req: ChatCompletionRequest, n: int, on_event=None) -> list[Row]:
+    def _rows(self, req: ChatCompletionRequest, n: int, on_event=None, confidence: bool = False) -> list[Row]:
         try:
             prompt = encode_prompt(self.gen.tokenizer, req.wire_messages())
         except Exception as e:  # noqa: BLE001 - chat templates raise their own errors for odd messages
@@ -103,7 +103,7 @@ class HFBackend:
         self.requests += 1
         return [Row(prompt=prompt, max_tokens=limit, temperature=temperature, top_p=req.top_p or 1.0,
                     logprobs=req.logprobs, k=req.k(), stops=req.stops(),
-                    seed=None if req.seed is None else req.seed + i, on_event=on_event)
+                    seed=None if req.seed is None else req.seed + i, on_event=on_event, confidence=confidence)
                 for i in range(n)]
 
     def _entries(self, entries) -> list[TokenLogprob]:
@@ -117,8 +117,16 @@ class HFBackend:
 
     async def complete(self, req: ChatCompletionRequest) -> ChatCompletion:
         """Answer a non-streamed request (``n`` completions, batched with everything else)."""
-        rows = self._rows(req, req.n)
+        return self.completion(req, await self.run(req))
+
+    async def run(self, req: ChatCompletionRequest, confidence: bool = False) -> list[Row]:
+        """Decode ``req``'s ``n`` rows (with per-step confidence records when asked) and return them."""
+        rows = self._rows(req, req.n, confidence=confidence)
         await asyncio.gather(*(self.batcher.submit(r) for r in rows))
+        return rows
+
+    def completion(self, req: ChatCompletionRequest, rows: list[Row]) -> ChatCompletion:
+        """The OpenAI completion object for decoded ``rows``."""
         choices = [
             Choice(index=i, message=AssistantMessage(content=r.text), finish_reason=r.finish,
                    logprobs=ChoiceLogprobs(content=self._entries(r.entries[: r.kept])) if r.logprobs else None,
@@ -126,7 +134,7 @@ class HFBackend:
             for i, r in enumerate(rows)
         ]
         used = sum(len(r.tokens) for r in rows)
-        return ChatCompletion(id=_new_id(), created=int(time.time()), model=self.model_name,
+        return ChatCompletion(id=new_id(), created=int(time.time()), model=self.model_name,
                               system_fingerprint=self.fingerprint, choices=choices,
                               usage=Usage(prompt_tokens=len(rows[0].prompt), completion_tokens=used,
                                           total_tokens=len(rows[0].prompt) + used))
@@ -140,7 +148,7 @@ class HFBackend:
         (row,) = self._rows(req, 1, on_event=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
         task = asyncio.ensure_future(self.batcher.submit(row))
         task.add_done_callback(lambda t: events.put_nowait(None))
-        head = dict(id=_new_id(), created=int(time.time()), model=self.model_name, system_fingerprint=self.fingerprint)
+        head = dict(id=new_id(), created=int(time.time()), model=self.model_name, system_fingerprint=self.fingerprint)
 
         def chunk(delta: Delta, finish=None, entries=None) -> ChatCompletionChunk:
             lp = ChoiceLogprobs(content=self._entries(entries)) if row.logprobs and entries is not None else None
@@ -189,11 +197,11 @@ def fit_context(rows: list[Row], context: int | None) -> list[list[Row]]:
     return groups
 
 
-def _new_id() -> str:
+def new_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:24]
 
 
-def _context_length(model) -> int | None:
+def context_length(model) -> int | None:
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         v = getattr(cfg, name, None)

@@ -43,9 +43,11 @@ class Row:
     stops: list[str] = field(default_factory=list)
     seed: int | None = None
     on_event: Callable[[dict], None] | None = None
+    confidence: bool = False  # record (logprob of the chosen token, entropy) per step for routing
     # state and results
     tokens: list[int] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
+    steps: list[tuple[float, float]] = field(default_factory=list)
     prefix_len: list[int] = field(default_factory=list)
     text: str | None = None
     finish: str | None = None
@@ -63,6 +65,10 @@ class Row:
         """The completion's ids (up to the stop string; with the end-of-sequence token if one ended it)."""
         return self.tokens[: self.kept]
 
+    def kept_steps(self) -> list[tuple[float, float]]:
+        """``(logprob, entropy)`` of each kept token (recorded when ``confidence`` is set)."""
+        return self.steps[: self.kept]
+
 
 class RowController(LogitsProcessor):
     """Records logprobs and chooses every row's next token (see the module docstring)."""
@@ -73,8 +79,11 @@ class RowController(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         live = [i for i, r in enumerate(self.rows) if not r.done and not r.cancelled.is_set()]
-        want_lp = any(self.rows[i].logprobs for i in live)
+        want_conf = any(self.rows[i].confidence for i in live)
+        want_lp = want_conf or any(self.rows[i].logprobs for i in live)
         lp = torch.log_softmax(scores.float(), dim=-1) if want_lp else None
+        if want_conf:  # entropy of the distribution the model put on this step (untempered)
+            entropy = (-(lp.exp() * lp.clamp_min(-1e30)).sum(dim=-1)).tolist()
         chosen = scores.argmax(dim=-1)
         for i in live:
             r = self.rows[i]
@@ -91,6 +100,8 @@ class RowController(LogitsProcessor):
         for i in live:
             r = self.rows[i]
             entry = None
+            if r.confidence:
+                r.steps.append((picked[i], entropy[i]))
             if r.logprobs:
                 tops = list(zip(idx[i][: r.k], vals[i][: r.k])) if r.k else []
                 entry = (chosen_cpu[i], picked[i], tops)

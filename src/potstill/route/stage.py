@@ -1,0 +1,112 @@
+"""The route stage: calibrate the student → teacher cascade and check it on the held-out splits.
+
+The student answers the calibration split (``route.split``, default validation) and every
+evaluation split as the gateway would (:mod:`.answers`); the task scorer grades each answer and
+the teacher's. On the calibration split the stage fits the router (a single signal, or a
+logistic regression), draws the routing curve and picks the threshold for the target; it then
+applies that threshold to each evaluation split. Files: ``route.json`` (what ``potstill serve
+--route`` loads: the router, the student and teacher, the target, the calibration and every
+check with intervals, APGR, cost per query at the chosen point), ``curves.json`` (the curve of
+every split) and ``answers/<split>.jsonl`` (per query: both scores, the features, the router
+score and the decision).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import RunConfig
+from ..evaluate.scorers import build_scorer, scorer_name
+from ..io import write_json, write_jsonl
+from ..progress import say
+from .answers import answer_with_confidence
+from .calibrate import apgr, check, choose, curve, fit_logistic
+from .features import Router
+
+
+def pick_student(cfg: RunConfig) -> str:
+    """``route.student``, else ``kd`` when trained, else the first method."""
+    if cfg.route.student:
+        return cfg.route.student
+    return "kd" if "kd" in cfg.train.methods else cfg.train.methods[0]
+
+
+def cascade_cost(costs: dict, student: str, share: float) -> dict | None:
+    """USD per query of the cascade: the student always answers; a share of queries also pays the teacher."""
+    if not costs or student not in costs or "teacher" not in costs:
+        return None
+    s, t = costs[student]["cost_per_query_usd"], costs["teacher"]["cost_per_query_usd"]
+    cascade = s + share * t
+    return {"student_usd": s, "teacher_usd": t, "cascade_usd": cascade,
+            "saving_vs_teacher": 1 - cascade / t if t else None}
+
+
+def run_route(cfg: RunConfig, student: str, student_dir: Path, splits: dict[str, list[dict]],
+              teacher_answers: dict[str, list[dict]], costs: dict | None, out: Path, work: Path) -> dict:
+    """Calibrate on ``cfg.route.split`` and check on the other ``splits`` ({split: records}).
+
+    ``teacher_answers``: {split: [{"id", "text"}]} in record order. ``costs``: the report's
+    per-model cost summary (None: no cost figures). Returns the route file's content.
+    """
+    rc = cfg.route
+    score_fn = build_scorer(cfg.eval.scorer)
+    max_new = rc.max_new_tokens or cfg.eval.max_new_tokens
+    per_split = {}
+    for split, records in splits.items():
+        answers = answer_with_confidence(student_dir, records, max_new, rc.batch_size, dtype=cfg.student.dtype,
+                                         cache=work / f"{split}.jsonl", label=f"route {student}/{split}")
+        refs = [t["text"] for t in teacher_answers[split]]
+        per_split[split] = {
+            "records": records, "answers": answers,
+            "student": [score_fn(a["text"], r, ref) for a, r, ref in zip(answers, records, refs)],
+            "teacher": [score_fn(ref, r, ref) for r, ref in zip(records, refs)],
+        }
+    calib = per_split[rc.split]
+    notes = []
+    router_spec = {"signal": rc.signal}
+    if rc.signal == "logistic":
+        try:
+            router_spec = fit_logistic([a["features"] for a in calib["answers"]], calib["student"], calib["teacher"],
+                                       seed=cfg.seed)
+        except ValueError as e:
+            notes.append(f"logistic router not fitted: {e}; used mean_logprob instead")
+            router_spec = {"signal": "mean_logprob"}
+    router = Router({**router_spec, "threshold": 0.0})
+    for data in per_split.values():
+        data["scores"] = [router.score(a["features"]) for a in data["answers"]]
+    points = curve(calib["scores"], calib["student"], calib["teacher"])
+    chosen = choose(points, rc.target_quality, rc.max_teacher_share)
+    if not chosen["met"]:
+        notes.append(f"target not reached on {rc.split}: {100 * chosen['quality'] / max(points[-1]['quality'], 1e-12):.1f}% "
+                     f"of the teacher at a {100 * chosen['share']:.1f}% teacher share")
+    threshold = chosen["threshold"]
+    router_spec["threshold"] = threshold
+    samples = cfg.eval.bootstrap_samples
+    checks, curves = {}, {}
+    for split, data in per_split.items():
+        pts = curve(data["scores"], data["student"], data["teacher"])
+        curves[split] = {"points": pts, "apgr": apgr(pts)}
+        checks[split] = {**check(data["scores"], data["student"], data["teacher"], threshold, samples, cfg.seed),
+                         "apgr": curves[split]["apgr"], "calibration": split == rc.split}
+        checks[split]["cost"] = cascade_cost(costs, student, checks[split]["share"])
+        rows = [{"id": r["id"], "student_text": a["text"], "student_score": s, "teacher_score": t, "route_score": sc,
+                 "to_teacher": sc < threshold, "features": a["features"]}
+                for r, a, s, t, sc in zip(data["records"], data["answers"], data["student"], data["teacher"], data["scores"])]
+        write_jsonl(out / "answers" / f"{split}.jsonl", rows)
+    route = {
+        "version": 1, "router": router_spec, "student": {"method": student, "path": str(student_dir)},
+        "teacher": {"model": cfg.teacher.model}, "scorer": scorer_name(cfg.eval.scorer),
+        "target": {"quality_pct_of_teacher": rc.target_quality, "max_teacher_share": rc.max_teacher_share,
+                   "split": rc.split, "met": chosen["met"]},
+        "chosen": {"share": chosen["share"], "quality": chosen["quality"], "threshold": threshold},
+        "checks": checks, "notes": notes,
+    }
+    write_json(out / "route.json", route)
+    write_json(out / "curves.json", curves)
+    for split, c in checks.items():
+        say(f"  route {split}: {100 * c['share']:.1f}% to the teacher → {c['pct_of_teacher']:.1f}% of the teacher's "
+            f"quality (student alone {c['student_pct_of_teacher']:.1f}%)" if c["pct_of_teacher"] is not None
+            else f"  route {split}: {100 * c['share']:.1f}% to the teacher")
+    for n in notes:
+        say(f"  [yellow]note[/]: {n}")
+    return route

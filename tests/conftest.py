@@ -210,7 +210,8 @@ def make_pairs(tiny_tokenizer_dir):
 @pytest.fixture(scope="session")
 def serve_model():
     """Factory ``serve_model(model_dir, name="tiny", api_key=None, **backend_kw) -> (url, backend)``:
-    ``potstill serve``'s app for a local model, run by uvicorn in a background thread on a free port."""
+    ``potstill serve``'s app for a local model, run by uvicorn in a background thread on a free port.
+    ``backend=`` serves a ready backend (e.g. a routing gateway) instead of ``model_dir``."""
     import socket
     import threading
     import time
@@ -221,8 +222,9 @@ def serve_model():
 
     servers = []
 
-    def start(model_dir, name="tiny", api_key=None, max_body_bytes=4 * 1024 * 1024, **backend_kw):
-        backend = HFBackend.from_dir(model_dir, model_name=name, **backend_kw)
+    def start(model_dir=None, name="tiny", api_key=None, max_body_bytes=4 * 1024 * 1024, backend=None, **backend_kw):
+        if backend is None:
+            backend = HFBackend.from_dir(model_dir, model_name=name, **backend_kw)
         app = create_app(backend, api_key=api_key, max_body_bytes=max_body_bytes)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))

@@ -50,7 +50,7 @@ def test_run_end_to_end_then_rerun_skips(project):
     proc = potstill(project, "run", "c.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = project / "run"
-    for stage in ("prompts", "generate", "students/sft", "students/kd", "eval", "measure", "report"):
+    for stage in ("prompts", "generate", "students/sft", "students/kd", "eval", "measure", "route", "report"):
         prov = read_json(run / stage / "_provenance.json")
         assert prov["stage"] == stage and len(prov["inputs_hash"]) == 64
     assert (run / "config.yaml").is_file()
@@ -67,14 +67,27 @@ def test_run_end_to_end_then_rerun_skips(project):
         assert m["params"] > 0 and m["latency_p50_s"] > 0 and m["cost_per_query_usd"] > 0
     assert report["splits"]["test"]["teacher"]["pct_of_teacher"] == pytest.approx(100.0)
     assert (run / "report" / "report.html").stat().st_size > 1000
+    routing = report["routing"]
+    assert set(routing["checks"]) == {"validation", "test", "ood"} and routing["student"]["method"] == "kd"
+    assert routing["checks"]["validation"]["calibration"] and routing["target"]["quality_pct_of_teacher"] == 98.0
+    assert "Routing: student with teacher fallback" in (run / "report" / "report.md").read_text()
 
     again = potstill(project, "run", "c.yaml")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("up to date, skipped") == 7
+    assert again.stderr.count("up to date, skipped") == 8
 
     forced = potstill(project, "run", "c.yaml", "--force", "report")
     assert forced.returncode == 0
-    assert forced.stderr.count("up to date, skipped") == 6
+    assert forced.stderr.count("up to date, skipped") == 7
+
+    cal = potstill(project, "route", "calibrate", "c.yaml", "--max-teacher-share", "0.5", "--signal", "mean_logprob",
+                   "-o", "r.json")
+    assert cal.returncode == 0, cal.stderr[-3000:]
+    assert "eval: up to date, skipped" in cal.stderr and "% to the teacher" in cal.stderr
+    assert "▶ route" in cal.stderr and "▶ report" not in cal.stderr
+    r = read_json(project / "r.json")
+    assert r["router"]["signal"] == "mean_logprob" and r["target"]["max_teacher_share"] == 0.5
+    assert r["checks"]["validation"]["share"] <= 0.5 and r["target"]["met"]
 
     changed = potstill(project, "run", "c.yaml", "eval.max_new_tokens=4")
     assert changed.returncode == 0, changed.stderr[-3000:]

@@ -44,16 +44,12 @@ def evaluate(config, overrides=(), force=()) -> str:
 
 
 def route(config, overrides=(), force=()) -> dict:
-    """Measure speed/memory, then calibrate the student → teacher cascade; returns ``route.json``'s content."""
+    """Every stage up to routing (skipping those done), then calibrate the student → teacher cascade;
+    returns ``route.json``'s content and its ``path``."""
     from .io import read_json
 
     p = _pipeline(config, overrides, force)
-    p.measure()
-    if not p.cfg.route.enabled:
-        from .errors import UserError
-
-        raise UserError("route.enabled is false in this config")
-    p.route()
+    p.run_all(until="route")
     path = p.run_dir.path("route") / "route.json"
     return {**read_json(path), "path": str(path)}
 

@@ -298,18 +298,26 @@ class Pipeline:
         perf = read_json(self.run_dir.path("measure") / "perf.json")["models"]
         return cost_summary(self.cfg.prices, perf, {n: m["role"] for n, m in results["models"].items()})
 
-    def route(self) -> str | None:
-        """Calibrate the student → teacher cascade (:mod:`potstill.route.stage`); None when ``route.enabled`` is off."""
+    def route(self, required: bool = False) -> str | None:
+        """Calibrate the student → teacher cascade (:mod:`potstill.route.stage`).
+
+        None when ``route.enabled`` is off, or (unless ``required``) when the calibration split is
+        empty: a run without validation prompts still finishes, with a warning and no routing.
+        """
         from .route.stage import pick_student, run_route
 
         cfg = self.cfg
-        if not cfg.route.enabled:
+        if not cfg.route.enabled and not required:
             return None
         student = pick_student(cfg)
         if student not in cfg.train.methods:
             raise UserError(f"route.student '{student}' is not a trained method (train.methods: {', '.join(cfg.train.methods)})")
         split = cfg.route.split
         calib = read_jsonl(self.run_dir.path("prompts") / f"{split}.jsonl")
+        if not calib and not required:
+            say(f"  [yellow]warning[/]: route: skipped, the calibration split '{split}' has no prompts "
+                "(set prompts.validation above 0, or route.split)")
+            return None
         if not calib:
             raise UserError(f"route.split '{split}' has no prompts in this run (set prompts.validation above 0, "
                             "or route.split to another split)")
@@ -354,8 +362,9 @@ class Pipeline:
         inputs = {"eval": self._need("eval"), "measure": self._need("measure"),
                   "prices": cfg.prices.model_dump(mode="json"), "name": cfg.name}
         routing = None
-        if cfg.route.enabled:
-            inputs["route"] = self._need("route")
+        route_hash = self.hashes.get("route") or (self.run_dir.done_hash("route") if cfg.route.enabled else None)
+        if route_hash:
+            inputs["route"] = route_hash
             routing = {**read_json(self.run_dir.path("route") / "route.json"),
                        "curves": read_json(self.run_dir.path("route") / "curves.json")}
         results = read_json(self.run_dir.path("eval") / "results.json")
@@ -405,7 +414,8 @@ class Pipeline:
             check_kd_tokenizers(cfg)
         self.terms = preflight_terms(cfg, self.run_dir.root, teacher_hash=teacher_hash, say=say, decision=decision)
 
-    def run_all(self) -> dict:
+    def run_all(self, until: str = "report") -> dict | None:
+        """Every stage (skipping those done); ``until="route"`` stops after a required route stage."""
         self.preflight()
         self.prompts()
         self.generate()
@@ -413,6 +423,9 @@ class Pipeline:
             self.train(method)
         self.evaluate()
         self.measure()
+        if until == "route":
+            self.route(required=True)
+            return None
         self.route()
         return self.report()
 

@@ -5,9 +5,11 @@
 1. Round 1 is the demo run with its route stage (``make demo``; ``potstill route calibrate`` if the
    run predates routing). Its route file and KD student are served by the routing gateway
    (:class:`potstill.route.gateway.RoutingBackend`, in-process, with the shipped teacher).
-2. Production traffic: fresh helpdesk queries (``queries.generate`` with seed 11; OOD-style and
-   test-style), minus any prompt that is also in the evaluation splits. Every query the gateway sends
-   to the teacher is appended to ``<round2>/fallbacks.jsonl``.
+2. Production traffic: fresh noisy helpdesk queries (``queries.generate(kb, "augment", n, seed=11)``:
+   typos, chit-chat, two questions in one, mixed and reworded, over the *training* phrasings), minus
+   any prompt that is also in an evaluation split. Every query the gateway sends to the teacher is
+   appended to ``<round2>/fallbacks.jsonl``. (Traffic drawn from the test phrasings would put near
+   copies of the test prompts into training; the eval stage's contamination check refuses that.)
 3. Round 2 is ``potstill run`` on the demo config with that log added to ``prompts.sources``.
 4. The measure: on the evaluation splits' queries that *fell back* under round 1's router (the
    ``to_teacher`` rows of round 1's route stage), round 1's KD student vs round 2's, with a paired
@@ -30,6 +32,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from potstill import api  # noqa: E402
+from potstill.errors import UserError  # noqa: E402
 from potstill.evaluate.stats import paired_diff_ci  # noqa: E402
 from potstill.io import read_json, read_jsonl  # noqa: E402
 from potstill.route.features import Router  # noqa: E402
@@ -41,9 +44,8 @@ from potstill.tasks.helpdesk.queries import generate  # noqa: E402
 
 
 def traffic(n: int, exclude: set[str], seed: int = 11) -> list[str]:
-    """Fresh queries: 3/4 OOD-style, 1/4 test-style, none equal to an evaluation prompt."""
-    kb = load_kb(None)
-    rows = generate(kb, "ood", 3 * n // 4, seed=seed) + generate(kb, "test", n - 3 * n // 4, seed=seed)
+    """Fresh noisy queries over the training phrasings, none equal to an evaluation prompt."""
+    rows = generate(load_kb(None), "augment", n, seed=seed)
     seen, out = set(exclude), []
     for r in rows:
         if r["prompt"] not in seen:
@@ -92,7 +94,10 @@ def main() -> None:
     counts = asyncio.run(serve_traffic(args.round1, prompts, log))
     print(f"round 1 gateway: {len(prompts)} queries, {counts['teacher']} answered by the teacher, logged to {log}")
     sources = json.dumps([{"path": "data/train.jsonl"}, {"path": str(log.resolve())}])
-    api.run(HERE / "config.yaml", [f"run_dir={args.round2.resolve()}", f"prompts.sources={sources}"])
+    try:
+        api.run(HERE / "config.yaml", [f"run_dir={args.round2.resolve()}", f"prompts.sources={sources}"])
+    except UserError as e:
+        sys.exit(f"iterate: error: {e}")
     result = {"traffic": len(prompts), "fallbacks": counts["teacher"],
               "splits": {s: compare(args.round1, args.round2, s) for s in ("test", "ood")}}
     for split, r in result["splits"].items():

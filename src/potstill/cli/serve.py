@@ -136,8 +136,9 @@ def bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port``, or a one-line error (port in use, bad address)."""
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(info[0], socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock = socket.socket(info[0], socket.SOCK_STREAM, info[2])  # IPPROTO_TCP: asyncio then sets TCP_NODELAY
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)                          # on each connection
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(info[4])
         sock.listen(128)
     except OSError as e:

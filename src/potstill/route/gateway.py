@@ -120,7 +120,7 @@ class RoutingBackend:
 
     def stats(self) -> dict:
         return {**self.counts, "threshold": self.router.threshold, "signal": self.router.signal,
-                "fallback_log": str(self.log.path) if self.log else None, "student": self.student.stats()}
+                "fallback_log": str(self.log.path) if self.log else None, "student_backend": self.student.stats()}
 
     async def aclose(self) -> None:
         await self.student.aclose()

@@ -43,7 +43,7 @@ class Row:
     stops: list[str] = field(default_factory=list)
     seed: int | None = None
     on_event: Callable[[dict], None] | None = None
-    confidence: bool = False  # record (logprob of the chosen token, entropy) per step for routing
+    confidence: bool = False  # record (logprob of the chosen token, entropy) per step for routing (after the batch)
     # state and results
     tokens: list[int] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
@@ -76,19 +76,20 @@ class RowController(LogitsProcessor):
     def __init__(self, rows: list[Row], tokenizer, eos_ids: set[int]):
         self.rows, self.tok, self.eos = rows, tokenizer, eos_ids
         self.k = max([r.k for r in rows if r.logprobs] + [0])
+        self.confidence = any(r.confidence for r in rows)
+        self.conf: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         live = [i for i, r in enumerate(self.rows) if not r.done and not r.cancelled.is_set()]
-        want_conf = any(self.rows[i].confidence for i in live)
-        want_lp = want_conf or any(self.rows[i].logprobs for i in live)
+        want_lp = any(self.rows[i].logprobs for i in live)
         lp = torch.log_softmax(scores.float(), dim=-1) if want_lp else None
-        if want_conf:  # entropy of the distribution the model put on this step (untempered)
-            entropy = (-(lp.exp() * lp.clamp_min(-1e30)).sum(dim=-1)).tolist()
         chosen = scores.argmax(dim=-1)
         for i in live:
             r = self.rows[i]
             if r.temperature > 0:
                 chosen[i] = sample(scores[i].float(), r.temperature, r.top_p, r.generator)
+        if self.confidence and live:
+            self.conf.append(confidence_step(scores, chosen))
         forced = torch.full_like(scores, float("-inf"))
         forced[torch.arange(scores.shape[0], device=scores.device), chosen] = 0.0
         chosen_cpu = chosen.tolist()
@@ -100,13 +101,32 @@ class RowController(LogitsProcessor):
         for i in live:
             r = self.rows[i]
             entry = None
-            if r.confidence:
-                r.steps.append((picked[i], entropy[i]))
             if r.logprobs:
                 tops = list(zip(idx[i][: r.k], vals[i][: r.k])) if r.k else []
                 entry = (chosen_cpu[i], picked[i], tops)
             advance(r, chosen_cpu[i], entry, self.tok, self.eos)
         return forced
+
+    def settle_confidence(self) -> None:
+        """Hand each confidence row its ``(logprob, entropy)`` steps (one host copy for the whole batch).
+
+        Every row of a batch starts at step 0 and is live for a contiguous run of steps, so row
+        ``i``'s ``j``-th token was chosen at step ``j``."""
+        if not self.conf:
+            return
+        steps = torch.stack(self.conf).tolist()  # [steps, rows, 2]
+        for i, r in enumerate(self.rows):
+            if r.confidence:
+                r.steps = [tuple(steps[j][i]) for j in range(len(r.tokens))]
+
+
+def confidence_step(scores: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """``[rows, 2]``: log-probability of each row's chosen token and the entropy (nats) of its step's
+    distribution, both of the untempered scores; stays on the device (no sync per step)."""
+    x = scores.float()
+    lse = torch.logsumexp(x, dim=-1)
+    entropy = lse - (torch.softmax(x, dim=-1) * x.clamp_min(-1e30)).sum(-1)
+    return torch.stack([x.gather(1, chosen[:, None])[:, 0] - lse, entropy], dim=1)
 
 
 class RowsDone(StoppingCriteria):
@@ -209,13 +229,15 @@ def generate_rows(model, tokenizer, eos_ids: set[int], rows: list[Row], device) 
         attention[i, width - len(r.prompt):] = 1
         if r.seed is not None and r.temperature > 0:
             r.generator = torch.Generator(device=device).manual_seed(r.seed)
+    controller = RowController(rows, tokenizer, eos_ids)
     model.generate(
         input_ids=input_ids.to(device), attention_mask=attention.to(device),
         max_new_tokens=max(r.max_tokens for r in rows), do_sample=False,
         temperature=None, top_p=None, top_k=None, pad_token_id=pad, eos_token_id=sorted(eos_ids),
-        logits_processor=LogitsProcessorList([RowController(rows, tokenizer, eos_ids)]),
+        logits_processor=LogitsProcessorList([controller]),
         stopping_criteria=StoppingCriteriaList([RowsDone(rows)]),
     )
+    controller.settle_confidence()
     for r in rows:
         if r.text is None or r.on_event is not None:
             finalize(r, tokenizer, eos_ids)

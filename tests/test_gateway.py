@@ -170,6 +170,19 @@ def test_fallback_log_is_the_next_rounds_prompt_source(tmp_path):
     assert [r["messages"] for r in records] == convos
     assert len({r["id"] for r in records}) == 5 and all(r["id"].startswith("fallback-") for r in records)
 
+    # next round: the log beside the old prompts, train_only: none of it lands in validation
+    from potstill.data.stage import PromptsConfig, run_prompts
+    from potstill.io import read_jsonl
+
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"prompt": f"old prompt {i} about seats and trials"}) + "\n"
+                                                  for i in range(40)))
+    cfg = PromptsConfig(sources=[{"path": "train.jsonl"}, {"path": "fallbacks.jsonl", "train_only": True}],
+                        validation=0.5, test_fraction=0.0, dedup=False)
+    run_prompts(cfg, tmp_path, tmp_path / "out")
+    train = {r["id"] for r in read_jsonl(tmp_path / "out" / "train.jsonl")}
+    val = read_jsonl(tmp_path / "out" / "validation.jsonl")
+    assert {r["id"] for r in records} <= train and val and not any(r["id"].startswith("fallback-") for r in val)
+
 
 def test_cli_gateway_arguments(tmp_path, tiny_student_dir, capsys):
     assert cli_main(["serve", "--student", str(tiny_student_dir)]) == 2

@@ -10,7 +10,8 @@
    any prompt that is also in an evaluation split. Every query the gateway sends to the teacher is
    appended to ``<round2>/fallbacks.jsonl``. (Traffic drawn from the test phrasings would put near
    copies of the test prompts into training; the eval stage's contamination check refuses that.)
-3. Round 2 is ``potstill run`` on the demo config with that log added to ``prompts.sources``.
+3. Round 2 is ``potstill run`` on the demo config with that log added to ``prompts.sources``
+   (``train_only: true``: unlabeled production prompts are for training, not for validation).
 4. The measure: on the evaluation splits' queries that *fell back* under round 1's router (the
    ``to_teacher`` rows of round 1's route stage), round 1's KD student vs round 2's, with a paired
    bootstrap 95% interval on the difference; also the whole splits. None of these queries is in the
@@ -93,7 +94,7 @@ def main() -> None:
     log = args.round2 / "fallbacks.jsonl"
     counts = asyncio.run(serve_traffic(args.round1, prompts, log))
     print(f"round 1 gateway: {len(prompts)} queries, {counts['teacher']} answered by the teacher, logged to {log}")
-    sources = json.dumps([{"path": "data/train.jsonl"}, {"path": str(log.resolve())}])
+    sources = json.dumps([{"path": "data/train.jsonl"}, {"path": str(log.resolve()), "train_only": True}])
     try:
         api.run(HERE / "config.yaml", [f"run_dir={args.round2.resolve()}", f"prompts.sources={sources}"])
     except UserError as e:

@@ -35,6 +35,8 @@ class SourceSpec(BaseModel):
     category_field: str | None = Field("category", description="Column holding the prompt's category, if any.")
     system_prompt: str | None = Field(None, description="System message prepended to chats that do not start with one.")
     limit: int | None = Field(None, ge=1, description="Read at most this many rows from the source.")
+    train_only: bool = Field(False, description="Every row goes to the train split, none to validation/test (e.g. a "
+                             "gateway's fallback log: unlabeled production prompts for the next round).")
 
 
 def resolve_format(spec: SourceSpec, path: Path) -> str:

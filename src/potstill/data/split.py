@@ -37,6 +37,7 @@ def make_splits(records: list[dict], validation: float = 0.1, test: float = 0.1,
                 ood_records: list[dict] | None = None) -> tuple[dict[str, list[dict]], int]:
     """Split ``records`` by a seeded hash of their ids; keep source order within each split.
 
+    Records marked ``train_only`` (from a ``train_only`` source) always go to train.
     ``test_records``, when given (even empty), replace the random test split and ``test`` is
     ignored. ``ood_records`` always form the OOD split and never reach train. Test and OOD
     records whose normalised text equals a train record's are dropped.
@@ -46,7 +47,8 @@ def make_splits(records: list[dict], validation: float = 0.1, test: float = 0.1,
     explicit_test = test_records is not None
     out: dict[str, list[dict]] = {name: [] for name in SPLITS}
     for r in records:
-        out[assign_split(r["id"], validation, 0.0 if explicit_test else test, seed)].append(r)
+        split = "train" if r.get("train_only") else assign_split(r["id"], validation, 0.0 if explicit_test else test, seed)
+        out[split].append(r)
     if explicit_test:
         out["test"] = list(test_records)
     out["test"], n_test = drop_contaminated(out["train"], out["test"])

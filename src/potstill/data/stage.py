@@ -45,6 +45,9 @@ def _load_group(specs: list[SourceSpec], cfg: PromptsConfig, base_dir: Path,
         if spec.system_prompt is None and cfg.system_prompt is not None:
             spec = spec.model_copy(update={"system_prompt": cfg.system_prompt})
         recs, origins = read_source(spec, base_dir)
+        if spec.train_only:
+            for r in recs:
+                r["train_only"] = True
         for r, (path, where, generated) in zip(recs, origins):
             if generated:
                 r["id"] = unique_id(r["id"], owners)

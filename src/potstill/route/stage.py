@@ -16,12 +16,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RunConfig
+from ..errors import UserError
 from ..evaluate.scorers import build_scorer, scorer_name
 from ..io import write_json, write_jsonl
 from ..progress import say
 from .answers import answer_with_confidence
 from .calibrate import apgr, check, choose, curve, fit_logistic
 from .features import Router
+
+
+def scorable(score_fn, record: dict, reference: str) -> bool:
+    """Whether the task scorer can grade this record (a reference-based scorer needs its labels)."""
+    try:
+        score_fn(reference, record, reference)
+    except (KeyError, ValueError, TypeError):
+        return False
+    return True
 
 
 def pick_student(cfg: RunConfig) -> str:
@@ -51,18 +61,26 @@ def run_route(cfg: RunConfig, student: str, student_dir: Path, splits: dict[str,
     rc = cfg.route
     score_fn = build_scorer(cfg.eval.scorer)
     max_new = rc.max_new_tokens or cfg.eval.max_new_tokens
-    per_split = {}
+    per_split, notes = {}, []
     for split, records in splits.items():
+        refs = {r["id"]: t["text"] for r, t in zip(records, teacher_answers[split])}
+        records = [r for r in records if scorable(score_fn, r, refs[r["id"]])]
+        if len(records) < len(refs):
+            notes.append(f"{split}: {len(refs) - len(records)} of {len(refs)} prompts cannot be graded by the task "
+                         f"scorer (e.g. unlabeled prompts from a fallback log) and are left out")
+        if not records:
+            continue
         answers = answer_with_confidence(student_dir, records, max_new, rc.batch_size, dtype=cfg.student.dtype,
                                          cache=work / f"{split}.jsonl", label=f"route {student}/{split}")
-        refs = [t["text"] for t in teacher_answers[split]]
         per_split[split] = {
             "records": records, "answers": answers,
-            "student": [score_fn(a["text"], r, ref) for a, r, ref in zip(answers, records, refs)],
-            "teacher": [score_fn(ref, r, ref) for r, ref in zip(records, refs)],
+            "student": [score_fn(a["text"], r, refs[r["id"]]) for a, r in zip(answers, records)],
+            "teacher": [score_fn(refs[r["id"]], r, refs[r["id"]]) for r in records],
         }
+    if rc.split not in per_split:
+        raise UserError(f"route.split '{rc.split}': none of its prompts can be graded by the task scorer "
+                        f"({scorer_name(cfg.eval.scorer)})")
     calib = per_split[rc.split]
-    notes = []
     router_spec = {"signal": rc.signal}
     if rc.signal == "logistic":
         try:

@@ -14,7 +14,7 @@ from potstill.errors import UserError
 from potstill.models import load_model, load_tokenizer
 from potstill.train import append_card_section, train_student
 from potstill.train.data import Collator, build_features, encode_prompt
-from potstill.train.trainer import latest_checkpoint, training_arguments
+from potstill.train.args import latest_checkpoint, training_arguments
 from potstill.train.trainer import DistillTrainer
 
 

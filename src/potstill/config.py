@@ -23,10 +23,20 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+class VLLMSettings(Section):
+    """vLLM engine settings for a ``vllm:DIR`` teacher (generation and signal capture)."""
+
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model instance is split over.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of each GPU's memory vLLM may take.")
+    max_model_len: int | None = Field(None, ge=1, description="Context length (default: the model's).")
+    enforce_eager: bool = Field(False, description="Skip CUDA graph capture (faster start, slower decode).")
+
+
 class TeacherConfig(Section):
     """Who answers the training prompts: a local model, or an API (with the engine settings below)."""
 
-    model: str = Field(description="Local Hugging Face model directory (AutoModelForCausalLM), or an API teacher: "
+    model: str = Field(description="Local Hugging Face model directory (AutoModelForCausalLM), 'vllm:DIR' (the same "
+                       "model run by vLLM: pip install potstill[vllm], GPU), or an API teacher: "
                        "'openai:MODEL' (any OpenAI-compatible endpoint) or 'anthropic:MODEL' (Messages API).")
     batch_size: int = Field(16, ge=1, description="Prompts generated together (left padding, KV cache).")
     max_new_tokens: int = Field(64, ge=1, le=8192, description="Most tokens generated per answer.")
@@ -55,6 +65,7 @@ class TeacherConfig(Section):
                                   "stored as token ids (for KD); without it as token strings (top_logprobs_text).")
     cache: str | None = Field(None, description="SQLite answer cache of API teachers (default <run_dir>/.cache/teacher-api.sqlite); "
                               "share one file between runs to never pay twice for an answer.")
+    vllm: VLLMSettings = Field(default_factory=lambda: VLLMSettings(), description="Engine settings of a 'vllm:DIR' teacher.")
 
     @field_validator("model")
     @classmethod
@@ -98,6 +109,8 @@ class LoraSettings(Section):
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: list[str] | str = Field("all-linear", description="Modules to adapt.")
+    quantize: Literal["none", "4bit", "8bit"] = Field("none", description="QLoRA: load the frozen base student quantized "
+                                                      "with bitsandbytes (NF4 for 4bit; CUDA only; pip install potstill[qlora]).")
 
 
 class KDSettings(Section):
@@ -124,9 +137,21 @@ class KDSettings(Section):
     skew_alpha: float = Field(0.1, ge=0, lt=1, description="Skew KLs only: weight a of the skewed distribution in the mixture; 0 is the plain KL.")
     chunk_size: int = Field(256, ge=1, le=1_000_000, description="Tokens per chunk of the loss computed from final hidden states "
                             "(scratch memory ~ 5 * chunk_size * vocab floats, flat in sequence length).")
+    cross_tokenizer: Literal["sft", "uld"] = Field("sft", description="When teacher and student tokenizers differ (see "
+                                                   "`potstill check`): sft trains the kd student on the teacher's text "
+                                                   "(cross-entropy only); uld adds Universal Logit Distillation (sorted-"
+                                                   "probability L1, Boizard et al. 2024; signal 'live').")
+    on_policy_ratio: float = Field(0.0, ge=0, le=1, description="GKD (Agarwal et al. 2024): share lambda of training "
+                                   "sequences whose response the student samples itself, scored by the live teacher "
+                                   "(divergence only); 0 is plain off-policy KD.")
+    on_policy_temperature: float = Field(1.0, gt=0, description="Sampling temperature of the student's on-policy responses.")
+    on_policy_max_new_tokens: int = Field(64, ge=1, description="Most tokens of an on-policy response.")
 
     @model_validator(mode="after")
     def _divergence_needs_live_teacher(self):
+        if self.signal != "live" and (self.on_policy_ratio > 0 or self.cross_tokenizer == "uld"):
+            what = "on_policy_ratio > 0" if self.on_policy_ratio > 0 else "cross_tokenizer 'uld'"
+            raise ValueError(f"{what} needs the live teacher (signal 'live'), not signal '{self.signal}'")
         if self.signal != "live" and self.divergence != "forward_kl":
             raise ValueError(f"divergence '{self.divergence}' needs the teacher's full distribution (signal 'live'); "
                              f"signal '{self.signal}' supports forward_kl only")
@@ -148,6 +173,8 @@ class TrainConfig(Section):
     save_steps: int = Field(100, ge=1, description="Checkpoint every N optimizer steps (resume point).")
     logging_steps: int = Field(20, ge=1, description="Log every N steps.")
     report_to: list[str] = Field(["none"], description="Trainer integrations (tensorboard, wandb, ...).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (less memory, ~30% slower).")
+    bf16: bool = Field(False, description="bfloat16 mixed precision (GPUs with bf16 support, or CPUs).")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     kd: KDSettings = Field(default_factory=KDSettings)
 

@@ -137,8 +137,15 @@ def _topk_rows(pair: dict, n: int, vocab: int) -> tuple[list[list[int]], list[li
     return ids, lps
 
 
+def _fit(prompt: list[int], resp: list[int], max_seq_len: int) -> tuple[list[int], list[int]]:
+    """Cut the response to ``max_seq_len - 1`` tokens, then the prompt from the left to fit."""
+    resp = resp[: max_seq_len - 1]
+    return prompt[-(max_seq_len - len(resp)):], resp
+
+
 def build_features(
-    pairs: list[dict], tokenizer, max_seq_len: int, reuse_teacher_ids: bool, topk: bool = False, targets=None
+    pairs: list[dict], tokenizer, max_seq_len: int, reuse_teacher_ids: bool, topk: bool = False, targets=None,
+    teacher_tokenizer=None,
 ) -> list[dict]:
     """Tokenize pairs into training features (prompt masked out of the labels).
 
@@ -152,15 +159,17 @@ def build_features(
     each feature then gets a lazy ``target_ref`` (rows are read at collate time). Every pair must
     be in the source with one row per response token, and a store's sequence hash must match the
     pair's prompt + response ids (else UserError: the store is from other data).
+
+    ``teacher_tokenizer`` (cross-tokenizer KD): each feature also gets the teacher's view of the
+    same pair, ``t_input_ids`` / ``t_labels`` (the teacher's own response ids, prompt through the
+    teacher's chat template, cut the same way).
     """
     feats, dropped = [], 0
     vocab = len(tokenizer)
     for pair in pairs:
         prompt, full_resp = pair_ids(tokenizer, pair, reuse_teacher_ids)
-        full_prompt, resp = prompt, full_resp
-        n_full = len(resp)
-        resp = resp[: max_seq_len - 1]
-        prompt = prompt[-(max_seq_len - len(resp)) :]
+        full_prompt, n_full = prompt, len(full_resp)
+        prompt, resp = _fit(prompt, full_resp, max_seq_len)
         if not resp:
             dropped += 1
             continue
@@ -170,6 +179,9 @@ def build_features(
             feat["topk_ids"], feat["topk_logprobs"] = ids[: len(resp)], lps[: len(resp)]
         if targets is not None:
             feat["target_ref"] = _target_ref(targets, pair, full_prompt, full_resp, len(resp))
+        if teacher_tokenizer is not None:
+            t_prompt, t_resp = _fit(*pair_ids(teacher_tokenizer, pair, True), max_seq_len)
+            feat["t_input_ids"], feat["t_labels"] = t_prompt + t_resp, [IGNORE_INDEX] * len(t_prompt) + t_resp
         feats.append(feat)
     if dropped:
         log.warning("dropped %d pair(s) with an empty response", dropped)
@@ -189,9 +201,10 @@ class Collator:
     no ``target_ids``: column ``j`` is token ``j``.
     """
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, teacher_pad_id: int | None = None):
         self.pad_id = pad_token_id
         self.multiple = pad_to_multiple_of
+        self.teacher_pad_id = pad_token_id if teacher_pad_id is None else teacher_pad_id
 
     def __call__(self, feats: list[dict]) -> dict[str, torch.Tensor]:
         n = max(len(f["input_ids"]) for f in feats)
@@ -207,6 +220,16 @@ class Collator:
             att[i, :m] = 1
             labels[i, :m] = torch.tensor(f["labels"])
         batch = {"input_ids": ids, "attention_mask": att, "labels": labels}
+        if "t_input_ids" in feats[0]:  # the teacher's tokenization of the same pairs (cross-tokenizer KD)
+            tn = max(len(f["t_input_ids"]) for f in feats)
+            batch["t_input_ids"] = torch.full((b, tn), self.teacher_pad_id, dtype=torch.long)
+            batch["t_attention_mask"] = torch.zeros((b, tn), dtype=torch.long)
+            batch["t_labels"] = torch.full((b, tn), IGNORE_INDEX, dtype=torch.long)
+            for i, f in enumerate(feats):
+                m = len(f["t_input_ids"])
+                batch["t_input_ids"][i, :m] = torch.tensor(f["t_input_ids"])
+                batch["t_attention_mask"][i, :m] = 1
+                batch["t_labels"][i, :m] = torch.tensor(f["t_labels"])
         if "topk_ids" in feats[0]:
             k = max(len(r) for f in feats for r in f["topk_ids"])
             tid = torch.zeros((b, n, k), dtype=torch.long)

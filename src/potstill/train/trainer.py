@@ -11,24 +11,18 @@ tensor of the student (or of a live teacher) is materialised. Models whose logit
 ``hidden @ lm_head.weight.T (+ bias)`` (logit soft-capping or scaling, an adapted or quantized
 lm_head, no ``logits_to_keep``) are detected and use the full-logit path instead, with the same loss.
 
-Also here: :func:`training_arguments` (``TrainingArguments`` from ``cfg.train``) and the resume
-helpers :func:`latest_checkpoint` / :func:`resume_point` for ``work_dir``'s ``checkpoint-*``.
+``TrainingArguments`` and the resume helpers live in :mod:`potstill.train.args`.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import logging
-import re
-import shutil
-from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
-from ..io import read_json, write_json
 from ..losses import (
     DEFAULT_CHUNK_SIZE,
     IGNORE_INDEX,
@@ -39,7 +33,6 @@ from ..losses import (
 )
 
 log = logging.getLogger(__name__)
-RESUME_KEY_FILE = "resume_key.json"
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -78,6 +71,14 @@ class DistillTrainer(Trainer):
             offline signals support ``forward_kl`` only).
         chunk_size: tokens per chunk of the loss.
         chunked: False forces the full-logit path (same loss; for comparisons).
+        cross_tokenizer: ``"uld"`` when the teacher has another tokenizer: the KD term is
+            :func:`potstill.losses.uld.uld_loss` between the student's logits on its own tokens and
+            the live teacher's on the teacher's tokens (batches carry ``t_input_ids``,
+            ``t_attention_mask``, ``t_labels`` from :func:`potstill.train.data.add_teacher_view`).
+        teacher_vocab_size: the teacher tokenizer's size (ULD ignores the teacher's padded rows).
+        on_policy_ratio, on_policy_temperature, on_policy_max_new_tokens: GKD
+            (:mod:`potstill.train.onpolicy`); needs the live teacher and a shared tokenizer.
+        eos_token_ids: the student's end-of-sequence ids (on-policy sampling stops there).
         Other arguments go to :class:`transformers.Trainer`.
     """
 
@@ -94,10 +95,28 @@ class DistillTrainer(Trainer):
         skew_alpha: float = 0.1,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         chunked: bool = True,
+        cross_tokenizer: str | None = None,
+        teacher_vocab_size: int | None = None,
+        on_policy_ratio: float = 0.0,
+        on_policy_temperature: float = 1.0,
+        on_policy_max_new_tokens: int = 64,
+        eos_token_ids: set[int] | None = None,
         **kwargs,
     ):
         check_divergence(divergence, beta, skew_alpha)
+        if (cross_tokenizer or on_policy_ratio > 0) and (method != "kd" or teacher is None):
+            raise ValueError("cross_tokenizer and on_policy_ratio need method 'kd' with a live teacher")
+        if cross_tokenizer not in (None, "uld"):
+            raise ValueError(f"unknown cross_tokenizer {cross_tokenizer!r} (expected 'uld')")
+        if cross_tokenizer and on_policy_ratio > 0:
+            raise ValueError("on-policy KD needs a shared tokenizer (the teacher scores the student's own tokens)")
         super().__init__(*args, **kwargs)
+        self.cross_tokenizer, self.teacher_vocab_size = cross_tokenizer, teacher_vocab_size
+        self.on_policy_ratio, self.on_policy_temperature = float(on_policy_ratio), float(on_policy_temperature)
+        self.on_policy_max_new_tokens = int(on_policy_max_new_tokens)
+        self.eos_token_ids = set(eos_token_ids or ())
+        self.on_policy_batches = 0
+        self._coin = torch.Generator().manual_seed(int(self.args.seed) + 7919)
         self.method, self.alpha, self.temperature, self.vocab_size = method, alpha, temperature, vocab_size
         self.divergence, self.beta, self.skew_alpha = divergence, beta, skew_alpha
         self.chunk_size, self.chunked = int(chunk_size), chunked
@@ -147,6 +166,16 @@ class DistillTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Sum of per-token losses over response tokens / response tokens in the global batch."""
         inputs = dict(inputs)
+        weight = 1.0  # an on-policy micro-batch keeps the weight its off-policy tokens had in the global batch
+        alpha = self.alpha
+        if self.on_policy_ratio > 0 and model.training and float(torch.rand(1, generator=self._coin)) < self.on_policy_ratio:
+            n_orig = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+            inputs = self._on_policy_inputs(model, inputs)
+            n_new = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+            weight, alpha = n_orig / max(n_new, 1), 1.0
+            self.on_policy_batches += 1
+        if self.cross_tokenizer == "uld":
+            return self._uld_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         topk_ids = inputs.pop("topk_ids", None)
         topk_lps = inputs.pop("topk_logprobs", None)
@@ -159,7 +188,7 @@ class DistillTrainer(Trainer):
         # Position t predicts token t + 1 (labels[:, 0] is always a prompt token, so nothing is lost).
         targets = labels[:, 1:]
         common = dict(
-            alpha=self.alpha, temperature=self.temperature, vocab_size=self.vocab_size, ignore_index=IGNORE_INDEX,
+            alpha=alpha, temperature=self.temperature, vocab_size=self.vocab_size, ignore_index=IGNORE_INDEX,
             divergence=self.divergence, beta=self.beta, skew_alpha=self.skew_alpha,
         )
         chunked = self.chunked and not return_outputs
@@ -196,6 +225,11 @@ class DistillTrainer(Trainer):
             elif kd:
                 kw["teacher_ids"], kw["teacher_logprobs"] = topk_ids[:, 1:], topk_lps[:, 1:]
             total, n_local, parts = distillation_loss(outputs.logits[:, :-1], targets, **common, **kw)
+        loss = self._normalize(total * weight if weight != 1.0 else total, n_local, parts, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def _normalize(self, total, n_local, parts: dict, num_items_in_batch):
+        """``total`` / response tokens of the global batch (DDP-aware); accumulates the logged parts."""
         denom = num_items_in_batch if num_items_in_batch is not None else n_local
         if torch.is_tensor(denom):
             denom = denom.to(total.device)
@@ -205,7 +239,37 @@ class DistillTrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         for key, value in parts.items():  # kept as tensors: no device sync per micro-batch
             self._parts[key] = self._parts.get(key, 0) + value
-        self._part_tokens = self._part_tokens + n_local.detach()
+        self._part_tokens = self._part_tokens + (n_local.detach() if torch.is_tensor(n_local) else n_local)
+        return loss
+
+    def _on_policy_inputs(self, model, inputs: dict) -> dict:
+        """The micro-batch rebuilt from its prompts and the student's own sampled responses (GKD)."""
+        from .onpolicy import on_policy_batch, sample_responses, split_prompts
+
+        pad = self.processing_class.pad_token_id
+        prompts = split_prompts(inputs["input_ids"], inputs["labels"])
+        responses = sample_responses(self.accelerator.unwrap_model(model), prompts, pad, self.eos_token_ids,
+                                     self.on_policy_max_new_tokens, self.on_policy_temperature)
+        return on_policy_batch(prompts, responses, pad)
+
+    def _uld_loss(self, model, inputs: dict, return_outputs: bool, num_items_in_batch):
+        """``(1 - alpha) * CE + alpha * ULD`` on full logits (teacher on its own tokenization)."""
+        from ..losses import cross_entropy
+        from ..losses.uld import uld_loss
+
+        labels = inputs["labels"]
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False)
+        logits = outputs.logits if self.vocab_size is None else outputs.logits[..., : self.vocab_size]
+        ce = cross_entropy(logits[:, :-1], labels[:, 1:]).sum()
+        with torch.no_grad():
+            t_logits = self.teacher(input_ids=inputs["t_input_ids"], attention_mask=inputs["t_attention_mask"],
+                                    use_cache=False).logits
+        if self.teacher_vocab_size is not None:
+            t_logits = t_logits[..., : self.teacher_vocab_size]
+        uld, _ = uld_loss(logits, labels, t_logits, inputs["t_labels"], self.temperature)
+        total = (1.0 - self.alpha) * ce + self.alpha * uld
+        n_local = (labels[:, 1:] != IGNORE_INDEX).sum()
+        loss = self._normalize(total, n_local, {"ce": ce.detach(), "uld": uld.detach()}, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
@@ -216,73 +280,3 @@ class DistillTrainer(Trainer):
             logs = {**logs, **{k: round(v, 6) for k, v in self.last_parts.items()}}
             self._parts, self._part_tokens = {}, 0
         super().log(logs, *args, **kwargs)
-
-
-def _warmup(ratio: float) -> dict:
-    # transformers 5 dropped warmup_ratio: a float warmup_steps < 1 is a ratio of the total steps.
-    if "warmup_ratio" in inspect.signature(TrainingArguments).parameters:
-        return {"warmup_ratio": ratio}
-    return {"warmup_steps": ratio}
-
-
-def training_arguments(cfg, work_dir: Path, **overrides) -> TrainingArguments:
-    """``TrainingArguments`` from ``cfg.train`` (no evaluation, no hub, checkpoints in ``work_dir``)."""
-    t = cfg.train
-    kwargs = dict(
-        output_dir=str(work_dir),
-        num_train_epochs=t.epochs,
-        learning_rate=t.lr,
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        **_warmup(t.warmup_ratio),
-        weight_decay=t.weight_decay,
-        lr_scheduler_type=t.lr_scheduler,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=2,
-        logging_steps=t.logging_steps,
-        report_to=t.report_to,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        remove_unused_columns=False,
-        eval_strategy="no",
-        push_to_hub=False,
-        dataloader_num_workers=0,
-    )
-    kwargs.update(overrides)
-    return TrainingArguments(**kwargs)
-
-
-def latest_checkpoint(work_dir: Path) -> Path | None:
-    """The newest complete ``checkpoint-N`` (its trainer_state.json, written last, reads back)."""
-    found = []
-    for p in Path(work_dir).glob("checkpoint-*"):
-        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-        if m and p.is_dir():
-            found.append((int(m.group(1)), p))
-    for step, p in sorted(found, reverse=True):
-        try:
-            if json.loads((p / "trainer_state.json").read_text())["global_step"] == step:
-                return p
-        except (OSError, ValueError, KeyError):
-            log.warning("ignoring incomplete checkpoint %s", p)
-    return None
-
-
-def resume_point(work_dir: Path, key: str) -> Path | None:
-    """The checkpoint to resume from, if ``work_dir`` was written by a compatible run.
-
-    Checkpoints of a run with a different resume key (other pairs, batch shape, model, method...)
-    are removed: resuming them would silently mix two trainings.
-    """
-    work_dir.mkdir(parents=True, exist_ok=True)
-    key_file = work_dir / RESUME_KEY_FILE
-    old = read_json(key_file).get("key") if key_file.exists() else None
-    if old is not None and old != key:
-        stale = list(work_dir.glob("checkpoint-*"))
-        if stale:
-            log.warning("%s: checkpoints from a different training setup; starting over", work_dir)
-        for p in stale:
-            shutil.rmtree(p, ignore_errors=True)
-    write_json(key_file, {"key": key})
-    return latest_checkpoint(work_dir)

@@ -22,7 +22,8 @@ from ..progress import say
 from ..teachers.api import parse_teacher
 from .card import write_model_card
 from .data import Collator, build_features
-from .trainer import DistillTrainer, resume_point, training_arguments
+from .args import resume_point, training_arguments
+from .trainer import DistillTrainer
 
 log = logging.getLogger(__name__)
 

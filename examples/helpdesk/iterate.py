@@ -44,6 +44,10 @@ from potstill.tasks.helpdesk.kb import load_kb  # noqa: E402
 from potstill.tasks.helpdesk.queries import generate  # noqa: E402
 
 
+# Round 2 trains only the KD student the gateway serves, and skips what the comparison does not use.
+ROUND2 = ["train.methods=[kd]", "eval.judge=false", "eval.include_floor=false", "route.enabled=false"]
+
+
 def traffic(n: int, exclude: set[str], seed: int = 11) -> list[str]:
     """Fresh noisy queries over the training phrasings, none equal to an evaluation prompt."""
     rows = generate(load_kb(None), "augment", n, seed=seed)
@@ -96,7 +100,7 @@ def main() -> None:
     print(f"round 1 gateway: {len(prompts)} queries, {counts['teacher']} answered by the teacher, logged to {log}")
     sources = json.dumps([{"path": "data/train.jsonl"}, {"path": str(log.resolve()), "train_only": True}])
     try:
-        api.run(HERE / "config.yaml", [f"run_dir={args.round2.resolve()}", f"prompts.sources={sources}"])
+        api.run(HERE / "config.yaml", [f"run_dir={args.round2.resolve()}", f"prompts.sources={sources}", *ROUND2])
     except UserError as e:
         sys.exit(f"iterate: error: {e}")
     result = {"traffic": len(prompts), "fallbacks": counts["teacher"],

@@ -68,10 +68,21 @@ def test_unknown_force_stage(workdir):
     one_line_error(potstill("run", "c.yaml", "--force", "genrate", cwd=workdir), "unknown stage 'genrate'")
 
 
-def test_kd_with_mismatched_tokenizers_fails_before_any_stage(workdir, make_tiny_llama, tiny_teacher_dir):
+def test_kd_topk_with_mismatched_tokenizers_fails_before_any_stage(workdir, make_tiny_llama, tiny_teacher_dir):
     student = make_tiny_llama(workdir / "other_student", hidden=16, tokenizer="other")
     proc = potstill("run", "c.yaml", f"teacher.model={tiny_teacher_dir}", f"student.model={student}",
-                    "train.methods=[kd]", cwd=workdir)
-    line = one_line_error(proc, "kd needs the teacher and student to share a tokenizer", "'sft'")
+                    "train.methods=[kd]", "train.kd.signal=topk", cwd=workdir)
+    line = one_line_error(proc, "train.kd.signal", "token-level", "signal 'live'", "'sft'")
     assert str(student) in line
     assert not (workdir / "run" / "prompts").exists()
+
+
+def test_kd_with_mismatched_tokenizers_trains_text_level(workdir, make_tiny_llama, tiny_teacher_dir):
+    student = make_tiny_llama(workdir / "other_student", hidden=16, tokenizer="other")
+    over = [f"teacher.model={tiny_teacher_dir}", f"student.model={student}", "train.methods=[kd]",
+            "teacher.max_new_tokens=4", "train.epochs=1", "train.batch_size=8"]
+    for cmd in (["prompts"], ["generate"], ["train", "--method", "kd"]):
+        proc = potstill(*cmd[:1], "c.yaml", *over, *cmd[1:], cwd=workdir)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "kd: tokenizers differ → text-level distillation (SFT on the teacher's answers)" in proc.stderr
+    assert json.loads((workdir / "run" / "students" / "kd" / "training.json").read_text())["kd_path"] == "sft"

@@ -185,17 +185,18 @@ def test_lora_is_merged_into_a_plain_model(tmp_path, tiny_student_dir, tiny_teac
     assert "merged" in card
 
 
-def test_kd_with_mismatched_tokenizer_is_a_user_error(tmp_path, tiny_teacher_dir, make_tiny_llama, make_pairs):
+def test_kd_with_mismatched_tokenizer_trains_text_level(tmp_path, tiny_teacher_dir, make_tiny_llama, make_pairs):
     student = make_tiny_llama(tmp_path / "other_student", tokenizer="other")
-    cfg = make_cfg(tmp_path, student, tiny_teacher_dir, epochs=1)
+    topk = make_cfg(tmp_path, student, tiny_teacher_dir, epochs=1, kd={"signal": "topk"})
     out, work = dirs(tmp_path, "kd")
-    with pytest.raises(UserError) as info:
-        train_student("kd", cfg, make_pairs(4), out, work)
+    with pytest.raises(UserError) as info:  # top-k ids are the teacher's token ids: token-level only
+        train_student("kd", topk, make_pairs(4), out, work)
     msg = str(info.value)
-    assert "'sft'" in msg and "tokenizer" in msg and "\n" not in msg
+    assert "'sft'" in msg and "token-level" in msg and "\n" not in msg
     assert not out.exists()
-    m = train_student("sft", cfg, make_pairs(4), *dirs(tmp_path))  # text-level distillation works
-    assert m["response_ids"] == "re-tokenized"
+    cfg = make_cfg(tmp_path, student, tiny_teacher_dir, epochs=1)
+    m = train_student("kd", cfg, make_pairs(4), out, work)  # text-level distillation (train.kd.cross_tokenizer: sft)
+    assert m["kd_path"] == "sft" and m["response_ids"] == "re-tokenized" and set(m["final_parts"]) == {"ce_per_token"}
 
 
 def test_topk_without_logprobs_is_a_user_error(tmp_path, tiny_student_dir, tiny_teacher_dir, make_pairs):

@@ -24,7 +24,7 @@ class Section(BaseModel):
 
 
 class VLLMSettings(Section):
-    """vLLM engine settings for a ``vllm:DIR`` teacher (generation and signal capture)."""
+    """vLLM engine settings for a ``vllm:DIR`` teacher (generation and signal capture; set teacher.dtype: bfloat16)."""
 
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model instance is split over.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of each GPU's memory vLLM may take.")
@@ -372,6 +372,15 @@ class RunConfig(Section):
     @property
     def run_path(self) -> Path:
         return self.resolve(self.run_dir)
+
+    def teacher_dir(self) -> Path | None:
+        """The local teacher's model directory (``DIR`` of ``vllm:DIR`` too), resolved against the
+        config file; None for an API teacher (``openai:``/``anthropic:``)."""
+        model = self.teacher.model
+        prefix, sep, rest = model.partition(":")
+        if sep and prefix in ("openai", "anthropic"):
+            return None
+        return self.resolve(rest if sep and prefix == "vllm" else model)
 
 
 # ----------------------------------------------------------------------------------------------

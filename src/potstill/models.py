@@ -48,13 +48,55 @@ def load_tokenizer(path: str | Path, padding_side: str = "left"):
     return tok
 
 
-def load_model(path: str | Path, dtype: str = "float32", init: str = "pretrained", seed: int = 0, device: str | None = None):
-    """Load a causal LM; ``init='random'`` builds it from config.json with a seeded random init."""
+QLORA_HINT = "pip install 'potstill[qlora]'"
+
+
+def check_quantize(quantize: str) -> None:
+    """One-line UserError unless bitsandbytes and a CUDA GPU are there for ``train.lora.quantize``."""
+    if quantize == "none":
+        return
+    import importlib.util
+
+    missing = [what for what, ok in (("bitsandbytes", importlib.util.find_spec("bitsandbytes") is not None),
+                                     ("a CUDA GPU", torch.cuda.is_available())) if not ok]
+    if missing:
+        raise UserError(f"train.lora.quantize={quantize} (QLoRA) needs the bitsandbytes package ({QLORA_HINT}) and a "
+                        f"CUDA GPU; missing here: {', '.join(missing)}", where="train.lora.quantize")
+
+
+def bnb_config(quantize: str):
+    """The ``BitsAndBytesConfig`` of a QLoRA student: ``4bit`` is NF4 with double quantization,
+    bfloat16 compute (and bfloat16 storage, which FSDP needs to shard it); ``8bit`` is LLM.int8()."""
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"unknown quantize {quantize!r} (expected '4bit' or '8bit')")
+
+
+def load_model(path: str | Path, dtype: str = "float32", init: str = "pretrained", seed: int = 0, device: str | None = None,
+               quantize: str = "none"):
+    """Load a causal LM; ``init='random'`` builds it from config.json with a seeded random init;
+    ``quantize`` ``4bit`` / ``8bit`` loads the weights with bitsandbytes (:func:`bnb_config`) onto
+    this process's GPU (``LOCAL_RANK`` under a launcher)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = check_model_dir(path, need_weights=(init == "pretrained"))
+    if quantize != "none":
+        if init != "pretrained":
+            raise UserError("train.lora.quantize needs pretrained student weights (student.init: pretrained)",
+                            where="student.init")
+        check_quantize(quantize)
     try:
-        if init == "random":
+        if quantize != "none":
+            import os
+
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], quantization_config=bnb_config(quantize),
+                                                         device_map={"": int(os.environ.get("LOCAL_RANK", "0"))})
+        elif init == "random":
             config = AutoConfig.from_pretrained(str(path))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
@@ -71,8 +113,8 @@ def load_model(path: str | Path, dtype: str = "float32", init: str = "pretrained
 
 
 def count_params(model) -> int:
-    """Parameters as instantiated (tied weights counted once)."""
-    return sum(p.numel() for p in model.parameters())
+    """Parameters as instantiated (tied weights counted once; DeepSpeed ZeRO-3's partitioned ones in full)."""
+    return sum(getattr(p, "ds_numel", None) or p.numel() for p in model.parameters())
 
 
 def tokenizer_fingerprint(tok) -> str:

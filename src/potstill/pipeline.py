@@ -10,6 +10,7 @@ import platform
 from pathlib import Path
 
 from .config import RunConfig, dump_config
+from .distributed import is_main_process
 from .errors import UserError
 from .io import read_json, read_jsonl, sha256_dir, sha256_file, write_text
 from .models import check_model_dir
@@ -43,7 +44,8 @@ class Pipeline:
             raise UserError(f"unknown stage '{sorted(bad)[0]}' for --force (stages: {', '.join(STAGES)})")
         self.cfg = cfg
         self.run_dir = RunDir(cfg.run_path, force)
-        write_text(self.run_dir.root / "config.yaml", dump_config(cfg))
+        if is_main_process():  # under a multi-process launch only rank 0 writes the run directory
+            write_text(self.run_dir.root / "config.yaml", dump_config(cfg))
         self.hashes: dict[str, str] = {}
         self.terms = None
         from .teachers.api import parse_teacher
@@ -73,7 +75,12 @@ class Pipeline:
 
         if self.api:
             return teacher_identity(self.api[0], self.api[1], self.cfg.teacher.base_url)
-        return model_hash(self.cfg.resolve(self.cfg.teacher.model))
+        return model_hash(self.teacher_dir())
+
+    def teacher_dir(self) -> Path | None:
+        """The local teacher's model directory, resolved against the config file (DIR of ``vllm:DIR``);
+        None for an API teacher."""
+        return self.cfg.teacher_dir()
 
     def teacher_config(self):
         """The teacher section with paths resolved against the config file."""
@@ -86,14 +93,17 @@ class Pipeline:
         from .teachers.stage import run_generate
 
         cfg = self.cfg
-        teacher = None if self.api else cfg.resolve(cfg.teacher.model)
+        teacher = self.teacher_dir()
         cache = None
         if self.api:  # one answer cache per run: a rerun never pays twice for the same request
             cache = cfg.resolve(cfg.teacher.cache) if cfg.teacher.cache else self.run_dir.root / ".cache" / "teacher-api.sqlite"
         prices = (cfg.prices.teacher.usd_per_1m_input_tokens, cfg.prices.teacher.usd_per_1m_output_tokens)
         return run_generate(teacher_cfg, teacher, records, out, work, cfg.seed, prices=prices, cache_path=cache)
 
-    def generate(self) -> str:
+    def generate(self, shard: tuple[int, int] | None = None) -> str:
+        """The generate stage; with ``shard=(I, N)`` only that data-parallel part of it
+        (:func:`potstill.teachers.stage.run_generate_shard`): the stage is written by a later run
+        without ``shard``, which merges the finished parts."""
         from .teachers.stage import hashed_teacher_config
 
         cfg = self.cfg
@@ -105,9 +115,24 @@ class Pipeline:
         inputs = {"config": hashed_teacher_config(cfg.teacher), "teacher": self.teacher_ident(),
                   "prompts": self._need("prompts"), "seed": cfg.seed}
         records = read_jsonl(self.run_dir.path("prompts") / "train.jsonl")
+        if shard is not None:
+            return self._generate_shard(inputs, records, shard)
         self.hashes["generate"] = self.run_dir.run(
             "generate", inputs, lambda out, work: self._generate(self.teacher_config(), records, out, work))
         return self.hashes["generate"]
+
+    def _generate_shard(self, inputs: dict, records: list[dict], shard: tuple[int, int]) -> str:
+        from .io import sha256_json
+        from .teachers.stage import run_generate_shard
+
+        h = sha256_json(inputs)
+        if "generate" not in self.run_dir.force and self.run_dir.done_hash("generate") == h:
+            say("[green]✓[/] generate: up to date, skipped")
+            return h
+        s = run_generate_shard(self.teacher_config(), self.teacher_dir(), records, self.run_dir.work("generate", h),
+                               shard, self.cfg.seed)
+        say(f"  generate: shard {s['shard']}: {s['records']} answers ({s['generated']} generated now) in {s['path']}")
+        return h
 
     def train(self, method: str) -> str:
         from .terms.gate import terms_provenance
@@ -129,16 +154,16 @@ class Pipeline:
 
                     run_capture(cfg, self.run_dir.force)
                     inputs["signals"] = self.run_dir.done_hash("signals")
-        teacher_name = cfg.teacher.model if self.api else str(cfg.resolve(cfg.teacher.model))
+        teacher_name = cfg.teacher.model if self.api else str(self.teacher_dir())
         provenance = {"teacher": teacher_name, "teacher_hash": self.teacher_ident(),
                       "student_base": str(student), "student_base_hash": inputs["student_hash"],
                       "prompts_hash": self._need("prompts"), "generations_hash": inputs["generate"],
                       "terms": terms_provenance(cfg, getattr(self, "terms", None))}
 
-        def build(out: Path, work: Path) -> dict:
+        def build(out: Path | None, work: Path) -> dict:  # out: None on the helper ranks of a multi-process launch
             return train_student(method, cfg, self.pairs(), out, work, provenance=provenance)
 
-        self.hashes[stage] = self.run_dir.run(stage, inputs, build)
+        self.hashes[stage] = self.run_dir.run(stage, inputs, build, all_ranks=True)  # every rank trains
         return self.hashes[stage]
 
     def pairs(self) -> list[dict]:
@@ -153,7 +178,7 @@ class Pipeline:
     def models(self) -> dict[str, dict]:
         """The models compared at evaluation: teacher first, then each student, then the floor."""
         cfg = self.cfg
-        teacher_path = cfg.teacher.model if self.api else cfg.resolve(cfg.teacher.model)
+        teacher_path = cfg.teacher.model if self.api else self.teacher_dir()  # evaluated with transformers
         models = {"teacher": {"path": teacher_path, "role": "teacher", "method": None, "dtype": cfg.teacher.dtype,
                               "api": bool(self.api)}}
         for m in cfg.train.methods:
@@ -350,7 +375,7 @@ class Pipeline:
         from .teachers.hf import LocalGenerator
 
         cfg = self.cfg
-        gen = LocalGenerator(cfg.resolve(cfg.teacher.model), dtype=cfg.teacher.dtype, seed=cfg.seed)
+        gen = LocalGenerator(self.teacher_dir(), dtype=cfg.teacher.dtype, seed=cfg.seed)
         settings = GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, seed=cfg.seed)
         return answer_split(gen, records, settings, work / f"teacher__{split}.jsonl", f"route teacher/{split}")
 
@@ -399,7 +424,8 @@ class Pipeline:
 
     # -- the whole run --------------------------------------------------------------------
     def preflight(self) -> None:
-        """Checks that need no stage to run: the teacher and student exist; kd's shared tokenizer; the
+        """Checks that need no stage to run: the teacher and student exist; the path kd takes (printed:
+        :func:`potstill.vocab.kd_path`, shared tokenizer, text-level or ULD); the
         teacher's terms allow the configured use (:mod:`potstill.terms`: a blocked run stops here, the
         verdict and obligations are printed and written to ``<run_dir>/terms.json``, kept on ``self.terms``)."""
         from .terms.gate import gate, preflight_terms
@@ -411,7 +437,7 @@ class Pipeline:
         if "kd" in cfg.train.methods:
             from .train.stage import check_kd_tokenizers
 
-            check_kd_tokenizers(cfg)
+            say(check_kd_tokenizers(cfg)[1])  # which path kd takes: token-level, text-level (sft) or ULD
         self.terms = preflight_terms(cfg, self.run_dir.root, teacher_hash=teacher_hash, say=say, decision=decision)
 
     def run_all(self, until: str = "report") -> dict | None:

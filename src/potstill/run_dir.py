@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
+from .distributed import is_main_process, launched, world_size
+from .errors import UserError
 from .io import atomic_dir, read_json, sha256_json, write_json
 from .progress import say
 
@@ -51,18 +53,32 @@ class RunDir:
         prov = self.provenance(stage)
         return prov.get("inputs_hash") if prov else None
 
-    def run(self, stage: str, inputs: dict, build: Callable[[Path, Path], dict | None]) -> str:
+    def run(self, stage: str, inputs: dict, build: Callable[[Path | None, Path], dict | None],
+            all_ranks: bool = False) -> str:
         """Run ``build(tmp_dir, work_dir)`` unless the stage is done with the same inputs.
 
         ``build`` writes its artifacts into ``tmp_dir`` (renamed onto the stage folder on
         success) and may keep resumable progress in ``work_dir``. Returns the inputs hash,
         which downstream stages include in their own inputs.
+
+        Under a multi-process launch (:mod:`potstill.distributed`) only ``all_ranks`` stages run
+        (training: every rank runs ``build``, the non-main ranks with ``tmp_dir=None``, and only the
+        main process writes the stage folder and its provenance); any other stage must be up to date.
         """
         inputs_hash = sha256_json(inputs)
         forced = stage in self.force or stage.split("/")[0] in self.force
         if not forced and self.done_hash(stage) == inputs_hash:
-            say(f"[green]✓[/] {stage}: up to date, skipped")
+            if is_main_process():
+                say(f"[green]✓[/] {stage}: up to date, skipped")
             return inputs_hash
+        if launched():
+            if not all_ranks:
+                raise UserError(f"stage '{stage}' is not up to date; a multi-process launch (WORLD_SIZE="
+                                f"{world_size()}) only trains: run the earlier stages in one process first "
+                                "(potstill prompts / generate / capture CONFIG)")
+            if not is_main_process():  # a helper rank: trains with the others, writes nothing here
+                build(None, self.work(stage, inputs_hash))
+                return inputs_hash
         say(f"[cyan]▶[/] {stage}")
         work = self.work(stage, inputs_hash)
         started = time.time()

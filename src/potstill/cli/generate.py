@@ -2,12 +2,19 @@
 
 Two forms:
 
-* ``potstill generate CONFIG [KEY=VALUE...] [--force STAGE]``: the pipeline's generate stage
+* ``potstill generate CONFIG [KEY=VALUE...] [--force STAGE] [--shard I/N]``: the pipeline's generate stage
   (needs the prompts stage done in the same run directory).
 * ``potstill generate --teacher openai:NAME --base-url URL --prompts FILE --out DIR
   [--concurrency N] [--rpm N] [--tpm N] [--max-cost USD] ...``: no config file; writes
   ``DIR/generations.jsonl``, ``DIR/failed.jsonl`` and ``DIR/stats.json``, keeping its answer
   cache in ``DIR/cache.sqlite`` (rerun the same command to resume or retry failures).
+
+``--shard I/N`` (local and ``vllm:`` teachers): data-parallel generation. Process ``I`` of ``N``
+answers its share of the prompts (by a hash of each id) into the stage's work folder and writes no
+stage; run ``N`` of them on one or several machines sharing the run directory, then the same
+command without ``--shard`` merges the finished parts, generates whatever is missing and writes the
+stage. Under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1) with no ``--shard``, each
+process takes ``RANK/WORLD_SIZE``.
 
 Exit codes: 0 done (failed prompts, if any, are in failed.jsonl); 2 a user error in one line
 (bad file, unreachable URL, bad key, unknown model); 3 stopped by ``--max-cost``.
@@ -15,6 +22,7 @@ Exit codes: 0 done (failed prompts, if any, are in failed.jsonl); 2 a user error
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -41,6 +49,8 @@ def add_parser(sub) -> None:
     p.add_argument("config", nargs="?", help="the run's YAML config file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. teacher.concurrency=32")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo STAGE even if its inputs did not change")
+    p.add_argument("--shard", metavar="I/N", help="answer only part I of N of the prompts (data-parallel; "
+                   "rerun without --shard to merge); default RANK/WORLD_SIZE under torchrun")
     p.set_defaults(func=main)
     g = p.add_argument_group("without a config file")
     g.add_argument("--teacher", metavar="MODEL", help="openai:NAME, anthropic:NAME, or a local model directory")
@@ -72,6 +82,15 @@ def main(args) -> int:
     if args.teacher is None and args.prompts is None and args.out is None:
         if args.config is None:
             raise UserError("give a CONFIG file, or --teacher, --prompts and --out")
+        shard = shard_arg(args)
+        if shard is not None:
+            from ..config import load_config
+            from ..pipeline import Pipeline
+
+            Pipeline(load_config(args.config, list(args.overrides)), set(args.force)).generate(shard=shard)
+            say(f"generate: shard {shard[0]}/{shard[1]} done; once every shard is done, run "
+                f"`potstill generate {args.config}` without --shard to merge them")
+            return 0
         api.generate(args.config, args.overrides, args.force)
         say("generate: done")
         return 0
@@ -81,8 +100,24 @@ def main(args) -> int:
     if missing:
         raise UserError(f"missing {', '.join(missing)} (or give a CONFIG file)")
     stats = direct(args)
+    if "shard" in stats:
+        say(f"generate: shard {stats['shard']}: {stats['records']} answers ({stats['generated']} generated now); "
+            "rerun without --shard to merge")
+        return 0
     say(f"generate: {stats['answered']} answered, {stats['failed']} failed → {args.out}")
     return 0
+
+
+def shard_arg(args) -> tuple[int, int] | None:
+    """``--shard I/N``, else ``(RANK, WORLD_SIZE)`` under torchrun / accelerate launch, else None."""
+    from ..teachers.stage import parse_shard
+
+    if args.shard is not None:
+        return parse_shard(args.shard)
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        return parse_shard(f"{os.environ.get('RANK', '0')}/{world}", what="RANK/WORLD_SIZE")
+    return None
 
 
 def teacher_config(args):
@@ -104,7 +139,8 @@ def teacher_config(args):
 def direct(args) -> dict:
     """The config-less form: load prompts, answer them, write DIR/generations.jsonl and DIR/failed.jsonl."""
     from ..data.load import SourceSpec, drop_empty, load_source
-    from ..teachers.stage import run_generate
+    from ..teachers.stage import run_generate, run_generate_shard
+    from ..teachers.vllm import parse_vllm
 
     cfg = teacher_config(args)
     for name in ("price_in", "price_out"):
@@ -117,12 +153,15 @@ def direct(args) -> dict:
         raise UserError("no prompts", args.prompts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    teacher_dir = None if cfg.model.partition(":")[0] in ("openai", "anthropic") else Path(cfg.model)
+    teacher_dir = None if cfg.model.partition(":")[0] in ("openai", "anthropic") else Path(parse_vllm(cfg.model) or cfg.model)
     if teacher_dir is not None:
         from ..models import check_model_dir
 
         check_model_dir(teacher_dir)
     work = out / ".work"
     work.mkdir(exist_ok=True)
+    shard = shard_arg(args)
+    if shard is not None:
+        return run_generate_shard(cfg, teacher_dir, records, work, shard, args.seed)
     return run_generate(cfg, teacher_dir, records, out, work, args.seed, prices=(args.price_in, args.price_out),
                         cache_path=Path(args.cache) if args.cache else out / "cache.sqlite")

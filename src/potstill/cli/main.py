@@ -11,7 +11,7 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import capture, demo, generate, report, route, run, serve, stages, terms, train
+from . import capture, check, demo, generate, report, route, run, serve, stages, terms, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_parser(sub)
     serve.add_parser(sub)
     terms.add_parser(sub)
+    check.add_parser(sub)
     return parser
 
 

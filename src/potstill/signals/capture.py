@@ -128,6 +128,7 @@ def capture_signals(
     shard_mb: float = 64.0,
     teacher_hash: str | None = None,
     model=None,
+    vllm=None,
 ) -> dict:
     """Run the teacher over ``pairs`` and write a signal store to ``out_dir``; returns its manifest.
 
@@ -150,6 +151,9 @@ def capture_signals(
         teacher_hash: the teacher's model hash for the provenance (default: computed, which reads
             the weights once).
         model: an already loaded teacher (tests, notebooks).
+        vllm: run the teacher with vLLM, with these engine settings (``teacher.vllm``,
+            :func:`potstill.teachers.vllm.capture_scorer`): one prefill per sequence with prompt
+            log-probs; ``topk`` at ``temperature`` 1 only (vLLM returns the T=1 top-k, not the logits).
     """
     teacher_dir = Path(teacher_dir)
     out_dir = Path(out_dir)
@@ -159,6 +163,9 @@ def capture_signals(
     k = int(k) if fmt == "topk" else None
     draws = int(draws) if fmt == "sampled" else None
     check_settings(fmt, vocab, k, draws, temperature, sampling)
+    if vllm is not None and (fmt != "topk" or float(temperature) != 1.0):
+        raise UserError(f"capture with vLLM stores top-k log-probs at T=1 only (got {fmt} at T={temperature}): "
+                        "use store_format topk and temperature 1, or a plain model directory as the teacher")
 
     from ..train.data import pair_ids  # late: train imports transformers' Trainer
 
@@ -190,7 +197,8 @@ def capture_signals(
         "seed": int(seed),
     }
     provenance = {
-        "teacher": {"path": str(teacher_dir), "model_hash": teacher_hash, "dtype": dtype},
+        "teacher": {"path": str(teacher_dir), "model_hash": teacher_hash, "dtype": dtype,
+                    **({"engine": "vllm"} if vllm is not None else {})},
         "tokenizer": {
             "path": str(tokenizer_dir or teacher_dir),
             "fingerprint": tokenizer_fingerprint(tok),
@@ -227,13 +235,19 @@ def capture_signals(
         log.info("capture: %d of %d shards already done", len(plan) - len(todo), len(plan))
 
     if todo:
-        device = device or default_device()
-        if model is None:
-            model = load_model(teacher_dir, dtype=dtype)
-        model.to(device).eval()
-        rows_model = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else vocab
-        if rows_model < vocab:
-            raise UserError(f"the teacher has {rows_model} output rows for a {vocab}-token tokenizer", str(teacher_dir))
+        score = None
+        if vllm is not None:  # vLLM gives the top-k rows directly (no logits)
+            from ..teachers.vllm import capture_scorer
+
+            score = capture_scorer(teacher_dir, vllm, k, vocab, seed=seed, dtype=dtype)
+        else:
+            device = device or default_device()
+            if model is None:
+                model = load_model(teacher_dir, dtype=dtype)
+            model.to(device).eval()
+            rows_model = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else vocab
+            if rows_model < vocab:
+                raise UserError(f"the teacher has {rows_model} output rows for a {vocab}-token tokenizer", str(teacher_dir))
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         total = sum(1 for si in todo for i in plan[si] if examples[i][2])
         with track(total, "capture") as bar:
@@ -248,7 +262,12 @@ def capture_signals(
                             rows[i] = F.empty_rows(fmt, vocab, k)
                     if not chunk:
                         continue
-                    outs = teacher_response_logits(model, [(examples[i][1], examples[i][2]) for i in chunk], pad, device)
+                    pairs_ids = [(examples[i][1], examples[i][2]) for i in chunk]
+                    if score is not None:
+                        rows.update(zip(chunk, score(pairs_ids)))
+                        bar.advance(len(chunk), tokens=sum(len(examples[i][2]) for i in chunk))
+                        continue
+                    outs = teacher_response_logits(model, pairs_ids, pad, device)
                     for i, logits in zip(chunk, outs):
                         rng = _example_rng(seed, examples[i][0]) if fmt == "sampled" else None
                         rows[i] = F.encode_rows(fmt, logits[:, :vocab], temperature, k=k, draws=draws,

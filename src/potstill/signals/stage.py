@@ -41,8 +41,8 @@ def run_capture(cfg: RunConfig, force=(), **overrides) -> Path:
     from ..run_dir import RunDir
     from .capture import capture_signals
 
-    teacher = cfg.resolve(cfg.teacher.model)
-    if not (teacher / "config.json").is_file():
+    teacher = cfg.teacher_dir()
+    if teacher is None or not (teacher / "config.json").is_file():
         raise UserError("capture needs the teacher as a local model directory (an API teacher's signals are "
                         "its top_logprobs: use train.kd.signal=topk)", str(cfg.teacher.model))
     s = capture_settings(cfg, **overrides)
@@ -57,7 +57,7 @@ def run_capture(cfg: RunConfig, force=(), **overrides) -> Path:
         m = capture_signals(
             teacher, pipe.pairs(), out, fmt=s["fmt"], k=s["k"], draws=s["draws"], temperature=s["temperature"],
             batch_size=s["batch_size"], seed=cfg.seed, sampling=s["sampling"], dtype=s["dtype"], work_dir=work,
-            teacher_hash=t_hash,
+            teacher_hash=t_hash, vllm=cfg.teacher.vllm if cfg.teacher.model.startswith("vllm:") else None,
         )
         say(f"  signals: {m['format']} store, {m['examples']} examples, {m['positions']} tokens, "
             f"{m['bytes_per_token']} bytes/token")

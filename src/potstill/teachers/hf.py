@@ -28,6 +28,10 @@ class LocalGenerator:
         self.model.to(self.device).eval()
         self.params = count_params(self.model)
         self.eos_ids = self._eos_ids()
+        # Embedding rows past the tokenizer (padded to a multiple of 64, ...) are not tokens: never emitted.
+        self.vocab = len(self.tokenizer)
+        rows = self.model.get_output_embeddings().weight.shape[0] if self.model.get_output_embeddings() is not None else self.vocab
+        self.padding_ids = list(range(self.vocab, rows))
 
     def _eos_ids(self) -> set[int]:
         ids = set()
@@ -57,6 +61,8 @@ class LocalGenerator:
             return_dict_in_generate=True,
             output_logits=settings.top_logprobs > 0,
         )
+        if self.padding_ids:
+            kwargs["suppress_tokens"] = self.padding_ids
         if settings.do_sample:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
         else:
@@ -65,7 +71,7 @@ class LocalGenerator:
         new = out.sequences[:, width:].cpu()
         top = None
         if settings.top_logprobs > 0:
-            logits = torch.stack(out.logits, dim=1).float()  # [batch, new, vocab]
+            logits = torch.stack(out.logits, dim=1).float()[..., : self.vocab]  # [batch, new, vocab]: real tokens only
             lp = torch.log_softmax(logits, dim=-1)
             vals, idx = lp.topk(min(settings.top_logprobs, lp.shape[-1]), dim=-1)
             top = (idx.cpu(), vals.cpu())

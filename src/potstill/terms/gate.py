@@ -189,7 +189,9 @@ def gate(cfg) -> Decision:
     if t.use == "evaluation":
         raise UserError(f"terms.use is 'evaluation', but this run trains students on the teacher's outputs "
                         f"(train.methods: {', '.join(cfg.train.methods)}): set terms.use to 'train_model' or 'research'")
-    d = evaluate(cfg.teacher.model, t.use, t.commercial, t.acceptance, base_dir=cfg.base_dir, base_url=cfg.teacher.base_url)
+    local = cfg.teacher_dir()  # a vllm:DIR teacher's terms are those of DIR
+    d = evaluate(str(local) if local is not None else cfg.teacher.model, t.use, t.commercial, t.acceptance,
+                 base_dir=cfg.base_dir, base_url=cfg.teacher.base_url)
     if d.blocked:
         raise UserError(d.message())
     d.warnings += name_warnings(d, cfg.name)

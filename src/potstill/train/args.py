@@ -16,6 +16,7 @@ from pathlib import Path
 
 from transformers import TrainingArguments
 
+from ..errors import UserError
 from ..io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,37 @@ def _warmup(ratio: float) -> dict:
     return {"warmup_steps": ratio}
 
 
+def _precision(bf16: bool) -> dict:
+    """bfloat16 autocast on a GPU that has it, else on the CPU (transformers wants ``use_cpu`` there)."""
+    if not bf16:
+        return {"bf16": False}
+    import torch
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    if is_torch_bf16_gpu_available():
+        return {"bf16": True}
+    if torch.cuda.is_available():
+        raise UserError("train.bf16: this GPU has no bfloat16 support (set train.bf16: false)", where="train.bf16")
+    return {"bf16": True, "use_cpu": True}
+
+
+def _checkpointing(on: bool) -> dict:
+    # Non-reentrant recomputation: works with frozen inputs (LoRA, QLoRA) and under FSDP / DeepSpeed.
+    # transformers 5.x renamed gradient_checkpointing* to activation_checkpointing* (old names deprecated).
+    new = "activation_checkpointing" in inspect.signature(TrainingArguments).parameters
+    name = "activation_checkpointing" if new else "gradient_checkpointing"
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
+
+
 def training_arguments(cfg, work_dir: Path, **overrides) -> TrainingArguments:
-    """``TrainingArguments`` from ``cfg.train`` (no evaluation, no hub, checkpoints in ``work_dir``)."""
+    """``TrainingArguments`` from ``cfg.train`` (no evaluation, no hub, checkpoints in ``work_dir``).
+
+    ``batch_size`` is per device: under ``accelerate launch --num_processes N`` the global batch of an
+    optimizer step is ``batch_size x N x grad_accum`` (the Trainer gives each process every N-th
+    batch of one seeded permutation, ``data_seed``), the same examples as one process with
+    ``batch_size x N``. ``train.bf16`` is bfloat16 mixed precision (autocast; the weights stay in
+    ``student.dtype``); ``train.gradient_checkpointing`` recomputes activations (non-reentrant).
+    """
     t = cfg.train
     kwargs = dict(
         output_dir=str(work_dir),
@@ -52,6 +82,8 @@ def training_arguments(cfg, work_dir: Path, **overrides) -> TrainingArguments:
         eval_strategy="no",
         push_to_hub=False,
         dataloader_num_workers=0,
+        **_precision(t.bf16),
+        **_checkpointing(t.gradient_checkpointing),
     )
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)

@@ -119,11 +119,13 @@ class DistillTrainer(Trainer):
         self._coin = torch.Generator().manual_seed(int(self.args.seed) + 7919)
         self.method, self.alpha, self.temperature, self.vocab_size = method, alpha, temperature, vocab_size
         self.divergence, self.beta, self.skew_alpha = divergence, beta, skew_alpha
-        self.chunk_size, self.chunked = int(chunk_size), chunked
-        self.teacher = teacher
-        if teacher is not None:
-            teacher.eval().requires_grad_(False)
-            teacher.to(self.args.device)
+        from ..distributed import prepare_teacher, sharded
+
+        # FSDP / ZeRO-3 shard the lm_head weights outside forward: the chunked loss cannot read them.
+        self.chunk_size, self.chunked = int(chunk_size), chunked and sharded(self.accelerator) is None
+        # The live teacher: eval mode, no grads, on this rank's device, never DDP-wrapped (sharded
+        # for inference under FSDP2 / DeepSpeed ZeRO-3): potstill.distributed.prepare_teacher.
+        self.teacher = None if teacher is None else prepare_teacher(teacher, self.accelerator)
         # Always have the Trainer count target tokens over the global batch (num_items_in_batch);
         # with it, training_step treats our loss as already scaled for gradient accumulation.
         self.model_accepts_loss_kwargs = True
@@ -273,7 +275,14 @@ class DistillTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        """Add the per-token means of the loss parts (``ce``, ``kd``) since the last log."""
+        """Add the per-token means of the loss parts (``ce``, ``kd``) since the last log (summed over
+        the processes of a multi-process run: every rank logs at the same steps)."""
+        if self.accelerator.num_processes > 1 and self._parts:
+            keys = sorted(self._parts)
+            local = [torch.as_tensor(v).detach().double().reshape(()).cpu() for v in (*map(self._parts.get, keys),
+                                                                                   self._part_tokens)]
+            total = self.accelerator.reduce(torch.stack(local).to(self.accelerator.device), "sum").cpu()
+            self._parts, self._part_tokens = dict(zip(keys, total[:-1])), total[-1]
         n = int(self._part_tokens)
         if n:
             self.last_parts = {f"{k}_per_token": float(v) / n for k, v in self._parts.items()}

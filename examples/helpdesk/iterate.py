@@ -89,6 +89,8 @@ def main() -> None:
     ap.add_argument("--round1", type=Path, default=ROOT / "runs" / "helpdesk-demo")
     ap.add_argument("--round2", type=Path, default=ROOT / "runs" / "helpdesk-round2")
     ap.add_argument("--traffic", type=int, default=600)
+    ap.add_argument("--control", type=Path, default=None,
+                    help="also train a control round in this run dir on as many random traffic prompts as fell back")
     args = ap.parse_args()
     if not (args.round1 / "route" / "route.json").is_file():
         sys.exit(f"iterate: no route file in {args.round1}; run `make demo` first")
@@ -105,6 +107,23 @@ def main() -> None:
         sys.exit(f"iterate: error: {e}")
     result = {"traffic": len(prompts), "fallbacks": counts["teacher"],
               "splits": {s: compare(args.round1, args.round2, s) for s in ("test", "ood")}}
+    if args.control is not None:  # same amount of extra data, drawn at random from the traffic
+        import random
+
+        args.control.mkdir(parents=True, exist_ok=True)
+        picked = random.Random(0).sample(prompts, counts["teacher"])
+        extra = args.control / "random.jsonl"
+        extra.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in picked))
+        control = json.dumps([{"path": "data/train.jsonl"}, {"path": str(extra.resolve()), "train_only": True}])
+        try:
+            api.run(HERE / "config.yaml", [f"run_dir={args.control.resolve()}", f"prompts.sources={control}", *ROUND2])
+        except UserError as e:
+            sys.exit(f"iterate: error: {e}")
+        result["control"] = {s: compare(args.round1, args.control, s) for s in ("test", "ood")}
+        for split, r in result["control"].items():
+            for name, c in r.items():
+                print(f"control {split} {name} (n={c['n']}): round 1 {c['round1']:.3f} → random extra data "
+                      f"{c['round2']:.3f}, difference 95% CI {c['diff_ci95']}")
     for split, r in result["splits"].items():
         for name, c in r.items():
             print(f"{split} {name} (n={c['n']}): round 1 {c['round1']:.3f} → round 2 {c['round2']:.3f}, "

@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--round1", type=Path, default=ROOT / "runs" / "helpdesk-demo")
     ap.add_argument("--round2", type=Path, default=ROOT / "runs" / "helpdesk-round2")
     ap.add_argument("--traffic", type=int, default=600)
+    ap.add_argument("--reserve", action="store_true", help="serve the traffic again even if the fallback log exists")
     ap.add_argument("--control", type=Path, default=None,
                     help="also train a control round in this run dir on as many random traffic prompts as fell back")
     args = ap.parse_args()
@@ -98,8 +99,12 @@ def main() -> None:
              for r in read_jsonl(args.round1 / "prompts" / f"{s}.jsonl")}
     prompts = traffic(args.traffic, evals)
     log = args.round2 / "fallbacks.jsonl"
-    counts = asyncio.run(serve_traffic(args.round1, prompts, log))
-    print(f"round 1 gateway: {len(prompts)} queries, {counts['teacher']} answered by the teacher, logged to {log}")
+    if log.is_file() and not args.reserve:  # a rerun keeps the log, so round 2's finished stages stay valid
+        counts = {"teacher": len(log.read_text().splitlines())}
+        print(f"round 1 gateway: reusing {log} ({counts['teacher']} fallbacks; --reserve to serve the traffic again)")
+    else:
+        counts = asyncio.run(serve_traffic(args.round1, prompts, log))
+        print(f"round 1 gateway: {len(prompts)} queries, {counts['teacher']} answered by the teacher, logged to {log}")
     sources = json.dumps([{"path": "data/train.jsonl"}, {"path": str(log.resolve()), "train_only": True}])
     try:
         api.run(HERE / "config.yaml", [f"run_dir={args.round2.resolve()}", f"prompts.sources={sources}", *ROUND2])

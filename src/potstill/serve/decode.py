@@ -77,10 +77,12 @@ class RowController(LogitsProcessor):
         self.rows, self.tok, self.eos = rows, tokenizer, eos_ids
         self.k = max([r.k for r in rows if r.logprobs] + [0])
         self.confidence = any(r.confidence for r in rows)
+        self.vocab = len(tokenizer)  # embedding rows past the tokenizer are padding: never chosen, not in logprobs
         self.conf: list[torch.Tensor] = []
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, full_scores: torch.FloatTensor) -> torch.FloatTensor:
         live = [i for i, r in enumerate(self.rows) if not r.done and not r.cancelled.is_set()]
+        scores = full_scores[:, : self.vocab]
         want_lp = any(self.rows[i].logprobs for i in live)
         lp = torch.log_softmax(scores.float(), dim=-1) if want_lp else None
         chosen = scores.argmax(dim=-1)
@@ -90,7 +92,7 @@ class RowController(LogitsProcessor):
                 chosen[i] = sample(scores[i].float(), r.temperature, r.top_p, r.generator)
         if self.confidence and live:
             self.conf.append(confidence_step(scores, chosen))
-        forced = torch.full_like(scores, float("-inf"))
+        forced = torch.full_like(full_scores, float("-inf"))
         forced[torch.arange(scores.shape[0], device=scores.device), chosen] = 0.0
         chosen_cpu = chosen.tolist()
         if want_lp:

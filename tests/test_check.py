@@ -309,6 +309,7 @@ def test_kd_with_different_tokenizers_trains_exactly_like_sft(pairs_dir, make_pa
     assert kd["kd_path"] == "sft" and kd["method"] == "kd" and kd["response_ids"] == "re-tokenized"
     assert set(kd["final_parts"]) == {"ce_per_token"} and kd["loss_curve"] == sft["loss_curve"]
     assert json.loads((tmp_path / "kd" / "training.json").read_text())["kd_path"] == "sft"
+    assert "trained text-level" in (tmp_path / "kd" / "README.md").read_text()  # the model card says so
     a, b = load_model(tmp_path / "kd"), load_model(tmp_path / "sft")
     for (name, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(x, y), name
@@ -322,6 +323,7 @@ def test_kd_with_different_tokenizers_and_uld_trains_with_the_uld_term(pairs_dir
     m = train_student("kd", cfg, make_pairs(4), tmp_path / "uld", tmp_path / "wuld")
     assert m["kd_path"] == "uld" and set(m["final_parts"]) == {"ce_per_token", "uld_per_token"}
     assert m["final_parts"]["uld_per_token"] > 0
+    assert "ULD (L1 between sorted" in (tmp_path / "uld" / "README.md").read_text()
     assert "ULD" in capsys.readouterr().err
 
 

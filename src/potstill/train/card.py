@@ -15,8 +15,17 @@ from ..io import write_text
 
 METHOD_TEXT = {
     "sft": "hard-label SFT: cross-entropy on the teacher's answers (text-level distillation)",
-    "kd": "soft-label KD: alpha * T^2 * KL(p_teacher^T || p_student^T) + (1 - alpha) * cross-entropy",
+    "kd": "soft-label KD: alpha * T^2 * D(p_teacher^T, p_student^T) + (1 - alpha) * cross-entropy",
+    "kd/sft": "kd with a teacher of another tokenizer, trained text-level: cross-entropy on the teacher's answers",
+    "kd/uld": "kd across tokenizers: alpha * ULD (L1 between sorted teacher and student probabilities, "
+              "Boizard et al. 2024) + (1 - alpha) * cross-entropy",
 }
+
+
+def _variant(method: str, metrics: dict) -> str:
+    """``kd``, or ``kd/sft`` / ``kd/uld`` when the kd student's teacher had another tokenizer."""
+    path = metrics.get("kd_path")
+    return f"kd/{path}" if method == "kd" and path in ("sft", "uld") else method
 
 
 def _fmt(value) -> str:
@@ -107,7 +116,7 @@ def render_model_card(method: str, cfg, metrics: dict, provenance: dict | None =
     ]
     hp = [
         ("Teacher", cfg.teacher.model),
-        ("Method", f"`{method}`: {METHOD_TEXT.get(method, method)}"),
+        ("Method", f"`{method}`: {METHOD_TEXT.get(_variant(method, metrics), method)}"),
         ("Epochs", t.epochs),
         ("Learning rate", t.lr),
         ("Batch size x grad accum", f"{t.batch_size} x {t.grad_accum}"),
@@ -116,8 +125,11 @@ def render_model_card(method: str, cfg, metrics: dict, provenance: dict | None =
         ("Weight decay", t.weight_decay),
         ("Seed", cfg.seed),
     ]
-    if method == "kd":
-        hp += [("KD temperature T", t.kd.temperature), ("KD alpha", t.kd.alpha), ("KD signal", t.kd.signal)]
+    if _variant(method, metrics) == "kd":
+        hp += [("KD temperature T", t.kd.temperature), ("KD alpha", t.kd.alpha), ("KD signal", t.kd.signal),
+               ("KD divergence", t.kd.divergence)]
+        if t.kd.on_policy_ratio > 0:
+            hp += [("On-policy ratio (GKD)", t.kd.on_policy_ratio), ("On-policy batches", metrics.get("on_policy_batches"))]
     hp += [
         ("Optimizer steps", metrics.get("steps")),
         ("Final train loss", metrics.get("train_loss")),

@@ -324,60 +324,17 @@ class Pipeline:
         return cost_summary(self.cfg.prices, perf, {n: m["role"] for n, m in results["models"].items()})
 
     def route(self, required: bool = False) -> str | None:
-        """Calibrate the student → teacher cascade (:mod:`potstill.route.stage`).
+        """Calibrate the student → teacher cascade (:func:`potstill.route.stage.route_stage`).
 
         None when ``route.enabled`` is off, or (unless ``required``) when the calibration split is
         empty: a run without validation prompts still finishes, with a warning and no routing.
         """
-        from .route.stage import pick_student, run_route
+        from .route.stage import route_stage
 
-        cfg = self.cfg
-        if not cfg.route.enabled and not required:
-            return None
-        student = pick_student(cfg)
-        if student not in cfg.train.methods:
-            raise UserError(f"route.student '{student}' is not a trained method (train.methods: {', '.join(cfg.train.methods)})")
-        split = cfg.route.split
-        calib = read_jsonl(self.run_dir.path("prompts") / f"{split}.jsonl")
-        if not calib and not required:
-            say(f"  [yellow]warning[/]: route: skipped, the calibration split '{split}' has no prompts "
-                "(set prompts.validation above 0, or route.split)")
-            return None
-        if not calib:
-            raise UserError(f"route.split '{split}' has no prompts in this run (set prompts.validation above 0, "
-                            "or route.split to another split)")
-        inputs = {"route": cfg.route.model_dump(mode="json"), "eval": self._need("eval"), "measure": self._need("measure"),
-                  "student": self._need(f"students/{student}"), "scorer": cfg.eval.scorer.model_dump(mode="json"),
-                  "prices": cfg.prices.model_dump(mode="json"), "seed": cfg.seed}
-
-        def build(out: Path, work: Path) -> dict:
-            splits = {split: calib, **{s: r for s, r in self.eval_splits().items() if s != split}}
-            teacher = {s: self._teacher_answers(s, recs, work) for s, recs in splits.items()}
-            route = run_route(cfg, student, self.run_dir.path(f"students/{student}"), splits, teacher,
-                              self.costs(), out, work)
-            return {"threshold": route["chosen"]["threshold"], "share": route["chosen"]["share"]}
-
-        self.hashes["route"] = self.run_dir.run("route", inputs, build)
-        return self.hashes["route"]
-
-    def _teacher_answers(self, split: str, records: list[dict], work: Path) -> list[dict]:
-        """The teacher's answers on a split: the eval stage's when it answered it, else generated now."""
-        from .evaluate.stage import answer_split
-        from .teachers.base import GenerationSettings
-
-        done = self.run_dir.path("eval") / "answers" / f"teacher__{split}.jsonl"
-        if done.exists():
-            rows = {r["id"]: r for r in read_jsonl(done)}
-            if all(r["id"] in rows for r in records):
-                return [rows[r["id"]] for r in records]
-        if self.api:
-            return self._api_answers({split: records}, work)[split]
-        from .teachers.hf import LocalGenerator
-
-        cfg = self.cfg
-        gen = LocalGenerator(self.teacher_dir(), dtype=cfg.teacher.dtype, seed=cfg.seed)
-        settings = GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, seed=cfg.seed)
-        return answer_split(gen, records, settings, work / f"teacher__{split}.jsonl", f"route teacher/{split}")
+        h = route_stage(self, required)
+        if h is not None:
+            self.hashes["route"] = h
+        return h
 
     def report(self) -> dict:
         from .evaluate.cost import break_even

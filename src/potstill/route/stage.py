@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import RunConfig
 from ..errors import UserError
 from ..evaluate.scorers import build_scorer, scorer_name
-from ..io import write_json, write_jsonl
+from ..io import read_jsonl, write_json, write_jsonl
 from ..progress import say
 from .answers import answer_with_confidence
 from .calibrate import apgr, check, choose, curve, fit_logistic
@@ -128,3 +128,55 @@ def run_route(cfg: RunConfig, student: str, student_dir: Path, splits: dict[str,
     for n in notes:
         say(f"  [yellow]note[/]: {n}")
     return route
+
+
+def route_stage(pipe, required: bool = False) -> str | None:
+    """The route stage of a :class:`potstill.pipeline.Pipeline` (skipped when done); its hash, or None
+    when routing is off or (unless ``required``) the calibration split is empty (a warning)."""
+    cfg = pipe.cfg
+    if not cfg.route.enabled and not required:
+        return None
+    student = pick_student(cfg)
+    if student not in cfg.train.methods:
+        raise UserError(f"route.student '{student}' is not a trained method (train.methods: {', '.join(cfg.train.methods)})")
+    split = cfg.route.split
+    calib = read_jsonl(pipe.run_dir.path("prompts") / f"{split}.jsonl")
+    if not calib and not required:
+        say(f"  [yellow]warning[/]: route: skipped, the calibration split '{split}' has no prompts "
+            "(set prompts.validation above 0, or route.split)")
+        return None
+    if not calib:
+        raise UserError(f"route.split '{split}' has no prompts in this run (set prompts.validation above 0, "
+                        "or route.split to another split)")
+    inputs = {"route": cfg.route.model_dump(mode="json"), "eval": pipe._need("eval"), "measure": pipe._need("measure"),
+              "student": pipe._need(f"students/{student}"), "scorer": cfg.eval.scorer.model_dump(mode="json"),
+              "prices": cfg.prices.model_dump(mode="json"), "seed": cfg.seed}
+
+    def build(out: Path, work: Path) -> dict:
+        splits = {split: calib, **{s: r for s, r in pipe.eval_splits().items() if s != split}}
+        teacher = {s: teacher_answers(pipe, s, recs, work) for s, recs in splits.items()}
+        route = run_route(cfg, student, pipe.run_dir.path(f"students/{student}"), splits, teacher, pipe.costs(), out, work)
+        return {"threshold": route["chosen"]["threshold"], "share": route["chosen"]["share"]}
+
+    return pipe.run_dir.run("route", inputs, build)
+
+
+def teacher_answers(pipe, split: str, records: list[dict], work: Path) -> list[dict]:
+    """The teacher's answers on a split: the eval stage's when it answered it, else generated now
+    (an API teacher through the generate stage's engine and cache, a local one greedily)."""
+    from ..evaluate.stage import answer_split
+    from ..teachers.base import GenerationSettings
+
+    done = pipe.run_dir.path("eval") / "answers" / f"teacher__{split}.jsonl"
+    if done.exists():
+        rows = {r["id"]: r for r in read_jsonl(done)}
+        if all(r["id"] in rows for r in records):
+            return [rows[r["id"]] for r in records]
+    if pipe.api:
+        return pipe._api_answers({split: records}, work)[split]
+    from ..teachers.hf import LocalGenerator
+
+    cfg = pipe.cfg
+    gen = LocalGenerator(pipe.teacher_dir(), dtype=cfg.teacher.dtype, seed=cfg.seed)
+    settings = GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, seed=cfg.seed)
+    return answer_split(gen, records, settings, work / f"teacher__{split}.jsonl", f"route teacher/{split}")

@@ -41,7 +41,6 @@ class FallbackLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
-        self.count = 0
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
@@ -51,7 +50,6 @@ class FallbackLog:
                 os.write(fd, line)
             finally:
                 os.close(fd)
-            self.count += 1
 
 
 def fallback_record(messages: list[dict], student_model: str, student_text: str, score: float, feats: dict,
@@ -141,22 +139,21 @@ class RoutingBackend:
         if not self.router.to_teacher(score):
             self.counts["student"] += 1
             return completion, info
-        messages = req.wire_messages()
+        ans = None
         try:
             ans = await asyncio.wait_for(self.teacher.answer(req), self.teacher_timeout)
         except Exception as e:  # noqa: BLE001 - any teacher failure: the student's answer, flagged
+            info["teacher_error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        if self.log:  # every fallback, answered or not, is material for the next round
+            self.log.append(fallback_record(req.wire_messages(), self.student.model_name, rows[0].text, score, feats,
+                                            self.router.threshold, self.teacher.model_name,
+                                            ans and ans["text"], info["teacher_error"]))
+        if ans is None:
             self.counts["teacher_errors"] += 1
             self.counts["student"] += 1
-            info["teacher_error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-            if self.log:
-                self.log.append(fallback_record(messages, self.student.model_name, rows[0].text, score, feats,
-                                                self.router.threshold, self.teacher.model_name, None, info["teacher_error"]))
             return completion, info
         self.counts["teacher"] += 1
         info["routed_to"] = "teacher"
-        if self.log:
-            self.log.append(fallback_record(messages, self.student.model_name, rows[0].text, score, feats,
-                                            self.router.threshold, self.teacher.model_name, ans["text"], None))
         p, c = ans["usage"]["prompt_tokens"], ans["usage"]["completion_tokens"]
         teacher = ChatCompletion(id=new_id(), created=int(time.time()), model=self.teacher.model_name,
                                  choices=[Choice(index=0, message=AssistantMessage(content=ans["text"]),

@@ -30,8 +30,8 @@ class LocalGenerator:
         self.eos_ids = self._eos_ids()
         # Embedding rows past the tokenizer (padded to a multiple of 64, ...) are not tokens: never emitted.
         self.vocab = len(self.tokenizer)
-        rows = self.model.get_output_embeddings().weight.shape[0] if self.model.get_output_embeddings() is not None else self.vocab
-        self.padding_ids = list(range(self.vocab, rows))
+        head = self.model.get_output_embeddings()
+        self.padding_ids = list(range(self.vocab, head.weight.shape[0] if head is not None else self.vocab))
 
     def _eos_ids(self) -> set[int]:
         ids = set()

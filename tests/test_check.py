@@ -316,7 +316,7 @@ def test_kd_with_different_tokenizers_trains_exactly_like_sft(pairs_dir, make_pa
 
 
 def test_kd_with_different_tokenizers_and_uld_trains_with_the_uld_term(pairs_dir, make_pairs, tmp_path, capsys):
-    from potstill.train.stage import check_kd_tokenizers
+    from potstill.train.student import check_kd_tokenizers
 
     cfg = _cfg(tmp_path, pairs_dir["unigram"], pairs_dir["teacher"], kd={"cross_tokenizer": "uld"})
     assert check_kd_tokenizers(cfg)[0] == "uld"

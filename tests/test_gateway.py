@@ -171,7 +171,7 @@ def test_fallback_log_is_the_next_rounds_prompt_source(tmp_path):
     assert len({r["id"] for r in records}) == 5 and all(r["id"].startswith("fallback-") for r in records)
 
     # next round: the log beside the old prompts, train_only: none of it lands in validation
-    from potstill.data.stage import PromptsConfig, run_prompts
+    from potstill.data import PromptsConfig, run_prompts
     from potstill.io import read_jsonl
 
     (tmp_path / "train.jsonl").write_text("".join(json.dumps({"prompt": f"old prompt {i} about seats and trials"}) + "\n"

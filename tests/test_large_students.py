@@ -109,7 +109,7 @@ def test_qlora_without_bitsandbytes_or_cuda_is_a_user_error(tmp_path, tiny_stude
 
 def test_qlora_needs_pretrained_weights_and_no_sharding(tmp_path, tiny_student_dir, monkeypatch):
     from potstill.models import load_model as load
-    from potstill.train.stage import _check_large_student
+    from potstill.train.student import _check_large_student
 
     with pytest.raises(UserError, match="needs pretrained student weights"):
         load(tiny_student_dir, init="random", quantize="4bit")
@@ -142,8 +142,8 @@ def test_4bit_config_is_nf4_double_quant_bf16():
 @pytest.mark.parametrize("lora", [False, True])
 def test_rebuild_from_a_gathered_state_dict(tiny_student_dir, lora):
     from potstill.config import LoraSettings
-    from potstill.distributed import rebuild_from_state_dict
-    from potstill.train.stage import _apply_lora
+    from potstill.train.export import rebuild_from_state_dict
+    from potstill.train.export import apply_lora as _apply_lora
 
     model = load_model(tiny_student_dir)
     settings = LoraSettings(enabled=True, r=4) if lora else None
@@ -175,7 +175,7 @@ def test_qlora_export_merges_the_adapters_into_a_full_precision_base(tmp_path, t
 
     from accelerate.utils import DistributedType
 
-    from potstill.train.stage import _apply_lora, _final_model
+    from potstill.train.export import apply_lora as _apply_lora, final_model as _final_model
 
     cfg = make_cfg(tmp_path, tiny_student_dir, tiny_teacher_dir, lora={"enabled": True, "r": 4, "quantize": "4bit"})
     trained = _apply_lora(load_model(tiny_student_dir), cfg.train.lora.model_copy(update={"quantize": "none"}))

@@ -271,7 +271,7 @@ def test_preflight_writes_terms_json(tmp_path):
     teacher = _fake_model(tmp_path / "llama31-ft", name_or_path="meta-llama/Llama-3.1-8B-Instruct")
     cfg = _cfg(tmp_path, str(teacher))
     said = []
-    d = preflight_terms(cfg, tmp_path / "run", teacher_hash="f" * 64, say=said.append)
+    d = preflight_terms(cfg, None, tmp_path / "run", teacher_hash="f" * 64, say=said.append)
     rec = json.loads((tmp_path / "run" / "terms.json").read_text())
     assert rec["verdict"] == "allowed_with_obligations" and rec["entry_id"] == "llama-3.1"
     assert rec["registry_version"] == REG.version and rec["entry"]["source_url"].startswith("https://")

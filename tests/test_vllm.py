@@ -312,7 +312,7 @@ def run_shard(cfg_path: Path, shard):
 
 def test_shards_then_merge_equal_an_unsharded_run(monkeypatch, tmp_path, tiny_teacher_dir, tiny_student_dir):
     from potstill.teachers import hf
-    from potstill.teachers.stage import shard_of
+    from potstill.teachers.generate import shard_of
 
     # no top log-probs: those differ in the 6th decimal with the batch shapes (as after a resume)
     whole = generations(write_project(tmp_path, str(tiny_teacher_dir), tiny_student_dir, "run_whole", extra=NO_TOP))
@@ -363,7 +363,7 @@ def test_merge_generates_what_the_shards_left(tmp_path, tiny_teacher_dir, tiny_s
 def test_direct_form_shards_and_api_teacher_refused(tmp_path, tiny_teacher_dir, monkeypatch):
     from potstill.cli.main import main
     from potstill.config import TeacherConfig
-    from potstill.teachers.stage import parse_shard, run_generate_shard
+    from potstill.teachers.generate import parse_shard, run_generate_shard
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"d{i}", "prompt": f"hello {i}"}) + "\n" for i in range(6)))

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .data.stage import PromptsConfig
+from .data.config import PromptsConfig
 from .errors import UserError
 
 
@@ -237,8 +237,10 @@ class EvalConfig(Section):
     batch_size: int = Field(32, ge=1, description="Prompts answered together.")
     include_floor: bool = Field(True, description="Also evaluate the untrained student (the floor of 'gap recovered').")
     max_examples: int | None = Field(None, ge=1, description="Evaluate at most N prompts per split.")
-    judge: bool | JudgeSettings = Field(True, description="Pairwise LLM judge of every student (and the floor) against the "
-                                        "teacher: true (the run's teacher judges), false, or judge settings.")
+    judge: bool | Literal["auto"] | JudgeSettings = Field(
+        "auto", description="Pairwise LLM judge of every student (and the floor) against the teacher: auto (on when the "
+        "judge - the run's teacher - is an API model or a local model at least 10x the students' parameters; else off, "
+        "saying why), true, false, or judge settings (which turn it on).")
     teacher_forced: bool = Field(True, description="Top-1 token agreement and mean KL(teacher ‖ student) on the teacher's "
                                  "held-out answers (needs a local teacher and a shared tokenizer; others are skipped).")
     bootstrap_samples: int = Field(10_000, ge=100, le=1_000_000, description="Paired bootstrap resamples for the 95% "
@@ -257,6 +259,8 @@ class EvalConfig(Section):
             return False
         if isinstance(v, str):
             word = v.strip().lower()
+            if word == "auto":
+                return "auto"
             if word in ("true", "yes", "on", "1", "false", "no", "off", "0"):
                 return word in ("true", "yes", "on", "1")
         if isinstance(v, dict):
@@ -271,12 +275,12 @@ class EvalConfig(Section):
                     raise ValueError(f"unknown key '{key}'{hint}") from None
                 raise ValueError(f"'{key}': {e['msg']}") from None
         if not isinstance(v, (bool, JudgeSettings)):
-            raise ValueError("must be true, false or a mapping of judge settings")
+            raise ValueError("must be auto, true, false or a mapping of judge settings")
         return v
 
     def judge_settings(self) -> JudgeSettings | None:
-        """The judge's settings, or None when the judge is off."""
-        if self.judge is True:
+        """The judge's settings (``auto`` too: the eval stage decides), or None when the judge is off."""
+        if self.judge is True or self.judge == "auto":
             return JudgeSettings()
         return self.judge or None
 

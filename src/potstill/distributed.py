@@ -145,33 +145,3 @@ def gather_full_state_dict(trainer) -> dict | None:
     if sharded(accelerator) is None:
         return None
     return accelerator.get_state_dict(trainer.model_wrapped)
-
-
-def rebuild_from_state_dict(model_dir, state_dict: dict, dtype: str = "float32", lora=None):
-    """A CPU copy of the student (its ``config.json`` architecture, LoRA adapters when ``lora`` is
-    given) holding ``state_dict`` — on the main process, to merge and export what sharded training
-    gathered. Built outside DeepSpeed's ``zero.Init`` (this process alone builds it)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.integrations import deepspeed as hf_ds
-
-    from .models import DTYPES
-
-    saved = hf_ds._hf_deepspeed_config_weak_ref
-    hf_ds._hf_deepspeed_config_weak_ref = None
-    try:  # parameters on the meta device (replaced by the gathered tensors below), buffers computed on the CPU
-        with init_empty_weights(include_buffers=False):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_dir)), dtype=DTYPES[dtype])
-    finally:
-        hf_ds._hf_deepspeed_config_weak_ref = saved
-    if lora is not None:
-        from .train.stage import _apply_lora
-
-        model = _apply_lora(model, lora)
-    _, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    missing = [n for n, p in model.named_parameters() if p.is_meta]
-    if missing or unexpected:
-        raise RuntimeError(f"gathered weights do not fit {model_dir}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return model

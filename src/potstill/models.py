@@ -9,9 +9,20 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .io import sha256_dir, sha256_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
+MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.jinja")
+
+
+def model_hash(path: str | Path, init: str = "pretrained") -> str:
+    """What stands for a local model in stage hashes: the sha256 of its files (of the file, for a GGUF)."""
+    path = Path(path)
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        return sha256_file(path)
+    check_model_dir(path, need_weights=(init == "pretrained"))
+    return sha256_dir(path, MODEL_FILES)
 
 
 def check_model_dir(path: str | Path, need_weights: bool = True) -> Path:
@@ -110,6 +121,23 @@ def load_model(path: str | Path, dtype: str = "float32", init: str = "pretrained
     if device:
         model.to(device)
     return model
+
+
+def param_count(path: str | Path) -> int | None:
+    """Parameters of a saved model, read from its safetensors headers (nothing is loaded); None if unknown."""
+    import struct
+
+    total, files = 0, sorted(Path(path).glob("*.safetensors"))
+    for f in files:
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        for name, t in header.items():
+            if name != "__metadata__":
+                n = 1
+                for d in t["shape"]:
+                    n *= d
+                total += n
+    return total or None
 
 
 def count_params(model) -> int:

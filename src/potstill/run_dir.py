@@ -54,7 +54,7 @@ class RunDir:
         return prov.get("inputs_hash") if prov else None
 
     def run(self, stage: str, inputs: dict, build: Callable[[Path | None, Path], dict | None],
-            all_ranks: bool = False) -> str:
+            all_ranks: bool = False, force_name: str | None = None) -> str:
         """Run ``build(tmp_dir, work_dir)`` unless the stage is done with the same inputs.
 
         ``build`` writes its artifacts into ``tmp_dir`` (renamed onto the stage folder on
@@ -64,9 +64,10 @@ class RunDir:
         Under a multi-process launch (:mod:`potstill.distributed`) only ``all_ranks`` stages run
         (training: every rank runs ``build``, the non-main ranks with ``tmp_dir=None``, and only the
         main process writes the stage folder and its provenance); any other stage must be up to date.
+        ``force_name``: the name ``--force`` uses for this folder (``train`` for ``students/kd``).
         """
         inputs_hash = sha256_json(inputs)
-        forced = stage in self.force or stage.split("/")[0] in self.force
+        forced = stage in self.force or stage.split("/")[0] in self.force or force_name in self.force
         if not forced and self.done_hash(stage) == inputs_hash:
             if is_main_process():
                 say(f"[green]✓[/] {stage}: up to date, skipped")

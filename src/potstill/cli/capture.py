@@ -1,6 +1,6 @@
 """``potstill capture CONFIG``: run the teacher once over the training pairs and store its soft labels."""
 
-from ..config import load_config
+from .. import api
 from ..progress import say
 from ..signals.formats import FORMATS, SAMPLING
 from .common import add_config_args
@@ -25,10 +25,8 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from ..signals.stage import run_capture
-
-    cfg = load_config(args.config, args.overrides)
-    path = run_capture(cfg, args.force, fmt=args.fmt, k=args.k, draws=args.draws, temperature=args.temperature,
+    force = ["signals" if f == "capture" else f for f in args.force]
+    path = api.capture(args.config, args.overrides, force, fmt=args.fmt, k=args.k, draws=args.draws, temperature=args.temperature,
                        batch_size=args.batch_size, sampling=args.sampling)
     say(f"capture: done ({path})")
     return 0

@@ -84,10 +84,7 @@ def main(args) -> int:
             raise UserError("give a CONFIG file, or --teacher, --prompts and --out")
         shard = shard_arg(args)
         if shard is not None:
-            from ..config import load_config
-            from ..pipeline import Pipeline
-
-            Pipeline(load_config(args.config, list(args.overrides)), set(args.force)).generate(shard=shard)
+            api.generate_shard(args.config, shard, args.overrides, args.force)
             say(f"generate: shard {shard[0]}/{shard[1]} done; once every shard is done, run "
                 f"`potstill generate {args.config}` without --shard to merge them")
             return 0
@@ -110,7 +107,7 @@ def main(args) -> int:
 
 def shard_arg(args) -> tuple[int, int] | None:
     """``--shard I/N``, else ``(RANK, WORLD_SIZE)`` under torchrun / accelerate launch, else None."""
-    from ..teachers.stage import parse_shard
+    from ..teachers.generate import parse_shard
 
     if args.shard is not None:
         return parse_shard(args.shard)
@@ -139,8 +136,8 @@ def teacher_config(args):
 def direct(args) -> dict:
     """The config-less form: load prompts, answer them, write DIR/generations.jsonl and DIR/failed.jsonl."""
     from ..data.load import SourceSpec, drop_empty, load_source
-    from ..teachers.stage import run_generate, run_generate_shard
-    from ..teachers.vllm import parse_vllm
+    from ..teachers.generate import run_generate, run_generate_shard
+    from ..teachers.spec import teacher_spec
 
     cfg = teacher_config(args)
     for name in ("price_in", "price_out"):
@@ -153,15 +150,15 @@ def direct(args) -> dict:
         raise UserError("no prompts", args.prompts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    teacher_dir = None if cfg.model.partition(":")[0] in ("openai", "anthropic") else Path(parse_vllm(cfg.model) or cfg.model)
-    if teacher_dir is not None:
-        from ..models import check_model_dir
+    spec = teacher_spec(cfg, lambda p: Path(p).expanduser().resolve())
+    if spec.is_local:
+        from ..models import model_hash
 
-        check_model_dir(teacher_dir)
+        model_hash(spec.path)  # one-line error unless it is a model
     work = out / ".work"
     work.mkdir(exist_ok=True)
     shard = shard_arg(args)
     if shard is not None:
-        return run_generate_shard(cfg, teacher_dir, records, work, shard, args.seed)
-    return run_generate(cfg, teacher_dir, records, out, work, args.seed, prices=(args.price_in, args.price_out),
+        return run_generate_shard(cfg, spec, records, work, shard, args.seed)
+    return run_generate(cfg, spec, records, out, work, args.seed, prices=(args.price_in, args.price_out),
                         cache_path=Path(args.cache) if args.cache else out / "cache.sqlite")

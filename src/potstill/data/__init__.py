@@ -3,7 +3,8 @@
 from .dedup import dedup, normalise
 from .load import SourceSpec, drop_empty, is_empty, load_source, read_source, user_text
 from .split import assign_split, drop_contaminated, make_splits, split_point
-from .stage import PromptsConfig, run_prompts
+from .config import PromptsConfig
+from .prompts import run_prompts
 
 __all__ = [
     "PromptsConfig", "SourceSpec", "assign_split", "dedup", "drop_contaminated", "drop_empty",

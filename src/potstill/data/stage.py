@@ -1,106 +1,31 @@
-"""The prompts stage: load sources, drop empty and duplicate prompts, split, write JSONL."""
+"""The prompts stage: ``RUN/prompts/{train,validation,test,ood}.jsonl`` and ``stats.json`` from the sources.
+
+Its hash covers the prompts section (values set away from their defaults) and the content of every
+source file: editing a source reruns it, renaming the run does not.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from ..errors import UserError
-from ..io import write_json, write_jsonl
-from .dedup import dedup
-from .load import SourceSpec, drop_empty, read_source, unique_id
-from .split import SPLITS, make_splits
+from ..context import RunContext, Stage, file_hash, hashed
+from ..progress import say
+from .prompts import run_prompts
 
 
-class PromptsConfig(BaseModel):
-    """Configuration of the prompts stage."""
+class PromptsStage(Stage):
+    name = "prompts"
 
-    model_config = ConfigDict(extra="forbid")
+    def inputs(self, ctx: RunContext, folder: str) -> dict:
+        p = ctx.cfg.prompts
+        files = [s.path for s in (*p.sources, *p.test, *p.ood)]
+        return {"config": hashed(p), "files": {f: file_hash(ctx.cfg.resolve(f)) for f in files}}
 
-    sources: list[SourceSpec] = Field(
-        min_length=1, description="Prompt sources split into train/validation (and test unless `test` is set).")
-    test: list[SourceSpec] = Field(
-        default_factory=list, description="Explicit test sources; when set they replace the random test split.")
-    ood: list[SourceSpec] = Field(
-        default_factory=list, description="Out-of-distribution sources; always their own split, never in train.")
-    validation: float = Field(0.1, ge=0.0, le=0.5, description="Fraction of `sources` held out for validation.")
-    test_fraction: float = Field(
-        0.1, ge=0.0, le=0.5, description="Fraction of `sources` held out for test (ignored when `test` is set).")
-    dedup: bool = Field(True, description="Drop exact and near-duplicate prompts (first occurrence kept).")
-    near_dup_threshold: float = Field(
-        0.9, ge=0.5, le=1.0, description="Estimated Jaccard similarity of word 3-shingles above which two prompts are near duplicates.")
-    max_prompts: int | None = Field(
-        None, ge=1, description="Keep at most this many prompts from `sources` (after dedup, in source order).")
-    seed: int = Field(0, description="Seed of the hash-based split and of MinHash.")
-    system_prompt: str | None = Field(
-        None, description="System message for sources that set none of their own.")
+    def build(self, ctx: RunContext, folder: str, out: Path, work: Path) -> dict:
+        stats = run_prompts(ctx.cfg.prompts, ctx.cfg.base_dir, out)
+        say("  prompts: " + ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, int))
+            + "; dropped " + ", ".join(f"{k}={v}" for k, v in stats.get("dropped", {}).items()))
+        return stats
 
 
-def _load_group(specs: list[SourceSpec], cfg: PromptsConfig, base_dir: Path,
-                owners: dict[str, str]) -> tuple[list[dict], int]:
-    """Load ``specs`` in order, checking ids are unique across every group; return records and #rows."""
-    records = []
-    for spec in specs:
-        if spec.system_prompt is None and cfg.system_prompt is not None:
-            spec = spec.model_copy(update={"system_prompt": cfg.system_prompt})
-        recs, origins = read_source(spec, base_dir)
-        if spec.train_only:
-            for r in recs:
-                r["train_only"] = True
-        for r, (path, where, generated) in zip(recs, origins):
-            if generated:
-                r["id"] = unique_id(r["id"], owners)
-            elif r["id"] in owners:
-                raise UserError(f"{where}: id {r['id']!r} already used at {owners[r['id']]}"
-                                " (ids must be unique across all sources)", path)
-            owners[r["id"]] = f"{path} {where}"
-        records += recs
-    return records, len(records)
-
-
-def _clean(records: list[dict], cfg: PromptsConfig, dropped: dict[str, int]) -> list[dict]:
-    records, n_empty = drop_empty(records)
-    dropped["empty"] += n_empty
-    if cfg.dedup:
-        records, counts = dedup(records, threshold=cfg.near_dup_threshold, seed=cfg.seed)
-        for k, v in counts.items():
-            dropped[k] += v
-    return records
-
-
-def run_prompts(cfg: PromptsConfig, base_dir: Path, out_dir: Path) -> dict:
-    """Run the prompts stage and write ``{train,validation,test,ood}.jsonl`` and ``stats.json``.
-
-    Sources are read relative to ``base_dir``. Returns the stats written to ``stats.json``:
-    ``{"loaded": n, "train": n, "validation": n, "test": n, "ood": n, "dropped": {...}}`` where
-    ``loaded`` equals the split counts plus every ``dropped`` count. Prints nothing.
-    """
-    base_dir, out_dir = Path(base_dir), Path(out_dir)
-    dropped = dict.fromkeys(("empty", "exact_duplicate", "near_duplicate", "contaminated", "over_max_prompts"), 0)
-    owners: dict[str, str] = {}
-    pool, loaded = _load_group(cfg.sources, cfg, base_dir, owners)
-    test, n_test = _load_group(cfg.test, cfg, base_dir, owners)
-    ood, n_ood = _load_group(cfg.ood, cfg, base_dir, owners)
-    pool = _clean(pool, cfg, dropped)
-    where = ", ".join(str(base_dir / s.path) for s in cfg.sources)
-    if not pool:
-        n_dup = dropped["exact_duplicate"] + dropped["near_duplicate"]
-        raise UserError(f"no prompts left after dropping {dropped['empty']} empty and {n_dup} duplicate "
-                        f"prompts (of {loaded} read)", where)
-    if cfg.max_prompts is not None and len(pool) > cfg.max_prompts:
-        dropped["over_max_prompts"] = len(pool) - cfg.max_prompts
-        pool = pool[:cfg.max_prompts]
-    test = _clean(test, cfg, dropped) if cfg.test else None
-    ood = _clean(ood, cfg, dropped)
-    splits, dropped["contaminated"] = make_splits(
-        pool, cfg.validation, cfg.test_fraction, cfg.seed, test_records=test, ood_records=ood)
-    if not splits["train"]:
-        raise UserError(f"all {len(pool)} prompts fell into validation/test; add prompts or lower "
-                        "validation/test_fraction", where)
-    stats: dict = {"loaded": loaded + n_test + n_ood}
-    for name in SPLITS:
-        stats[name] = write_jsonl(out_dir / f"{name}.jsonl", splits[name])
-    stats["dropped"] = dropped
-    write_json(out_dir / "stats.json", stats)
-    return stats
+PROMPTS = PromptsStage()

@@ -7,9 +7,11 @@ Prices are :class:`potstill.config.Price` objects (anything with ``usd_per_hour`
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
+from ..io import read_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import Price, PricesConfig
@@ -87,3 +89,10 @@ def break_even(distill_cost_usd: float, teacher_cost_per_query: float, student_c
         out["queries"] = queries
         out["days"] = queries / queries_per_day
     return out
+
+
+def run_costs(prices: PricesConfig, eval_dir: Path, measure_dir: Path) -> dict:
+    """Cost per query of every measured model of a run (its eval results, measured perf and the prices)."""
+    results = read_json(Path(eval_dir) / "results.json")
+    perf = read_json(Path(measure_dir) / "perf.json")["models"]
+    return cost_summary(prices, perf, {n: m["role"] for n, m in results["models"].items()})

@@ -250,11 +250,12 @@ def local_judge(path: str | Path, *, dtype: str = "float32", max_new_tokens: int
     return judge
 
 
-def api_judge(teacher_cfg, work_dir: str | Path, *, seed: int = 0, prices: tuple = (None, None),
+def api_judge(teacher_cfg, spec, work_dir: str | Path, *, seed: int = 0, prices: tuple = (None, None),
               cache_path: str | Path | None = None) -> JudgeFn:
-    """A judge served by an API teacher config (``openai:``/``anthropic:``), through the engine and its cache."""
+    """A judge served by an API model (``spec``, a :class:`~potstill.teachers.spec.ModelSpec`; its request
+    settings from ``teacher_cfg``), through the teacher's engine and answer cache."""
     from ..io import read_jsonl
-    from ..teachers.stage import run_generate
+    from ..teachers.generate import run_generate
 
     work = Path(work_dir)
     calls = {"n": 0}
@@ -263,7 +264,7 @@ def api_judge(teacher_cfg, work_dir: str | Path, *, seed: int = 0, prices: tuple
         calls["n"] += 1
         out = work / f"judge-{calls['n']}"
         records = [{"id": f"j{i}", "messages": m} for i, m in enumerate(prompts)]
-        run_generate(teacher_cfg, None, records, out, work / f"judge-{calls['n']}.work", seed, prices=prices,
+        run_generate(teacher_cfg, spec, records, out, work / f"judge-{calls['n']}.work", seed, prices=prices,
                      cache_path=Path(cache_path) if cache_path else None)
         rows = {g["id"]: g["text"] for g in read_jsonl(out / "generations.jsonl")}
         return [rows.get(f"j{i}", "") for i in range(len(prompts))]  # a failed request: no verdict

@@ -1,334 +1,153 @@
-"""The eval stage: the teacher, each student and the untrained floor answer the held-out splits.
+"""The eval and measure stages: teacher vs students on the held-out splits, then speed, memory and cost.
 
-Every model answers every split (greedy, batched); answers are kept per model and split under the
-stage's work folder so a killed evaluation resumes. Per model and split (``results.json``):
+``eval`` (``RUN/eval/``): every model answers every evaluation split, the task's scorer and the
+statistics compare them (:func:`.compare.run_eval`), with the judge when it is on. Answers are kept
+in ``RUN/.cache/answers/`` keyed by (model, split, generation settings): a change of scorer, judge or
+bootstrap reruns the stage from the kept answers without generating again.
 
-* the task's own (primary) scorer: mean ``score``, ``ci95`` (paired bootstrap), student as
-  ``pct_of_teacher`` and ``gap_recovered`` = (student - floor) / (teacher - floor), each with an
-  interval, ``diff_vs_teacher`` with ``diff_ci95``, and McNemar's test against the teacher when the
-  scores are binary (``mcnemar_p`` exact, ``mcnemar_midp``); per category: mean, n and interval;
-* agreement with the teacher's answer: ``rouge_l``, ``chrf`` and ``agreement`` (normalized match);
-  extra configured scorers under ``scorers``;
-* degeneration: ``repetition`` (share of repeated word 3-grams), ``length_ratio`` (words vs the
-  teacher's), ``finish_length_rate``, ``empty_rate``, ``mean_words``;
-* teacher-forced on the teacher's held-out answers: ``top1_agreement``, ``kl`` (KL(teacher||student));
-* ``judge``: win / tie / loss against the teacher from a pairwise LLM judge, with its parse rates.
-
-Top level: ``warnings`` (OOD retention more than 10 points below ID retention, a judge that rarely
-states a verdict, forced contamination), ``notes`` (measures that could not be computed and why),
-``contamination``, ``judge`` and ``bootstrap`` settings. See :mod:`.stats`, :mod:`.judge`,
-:mod:`.teacher_forced`, :mod:`.degeneration`, :mod:`.contamination`.
+``measure`` (``RUN/measure/perf.json``): latency, throughput and peak memory of each local model in
+a fresh subprocess (an API teacher is priced from its token counts instead).
 """
 
 from __future__ import annotations
 
-import shutil
-import time
+import os
+import platform
+from dataclasses import replace
 from pathlib import Path
-from statistics import mean
 
-from ..config import EvalConfig, ScorerSpec
-from ..io import read_jsonl, write_json, write_jsonl
-from ..progress import say, track
-from ..teachers.base import GenerationSettings
-from ..teachers.hf import LocalGenerator
-from .degeneration import degeneration_summary
-from .scorers import build_scorer, scorer_name
-from .stats import is_binary, mcnemar, paired_bootstrap, rounded
+from ..context import RunContext, Stage, hashed
+from ..io import read_json, read_jsonl, write_json
+from ..models import param_count
+from ..progress import say
+from ..teachers.spec import parse_model
+from ..teachers.stage import api_answers
+from .compare import run_eval
+from .contamination import check_contamination, contamination_report
+from .judge import api_judge, local_judge
+from .judging import auto_judge
+from .measure import measure_model
 
-OOD_RETENTION_POINTS = 10.0  # warn when OOD % of teacher is more than this many points below ID
-JUDGE_PARSE_WARN = 0.5  # warn when the judge stated a verdict in fewer than this share of replies
-
-
-def answer_split(gen: LocalGenerator, records: list[dict], settings: GenerationSettings, path: Path, label: str) -> list[dict]:
-    """Answers of one model on one split, cached in ``path`` once complete."""
-    if path.exists():
-        rows = read_jsonl(path)
-        if len(rows) == len(records):
-            return rows
-    by_id = {}
-    with track(len(records), label) as bar:
-        for rec in gen.generate(records, settings):
-            by_id[rec["id"]] = {"id": rec["id"], "text": rec["text"], "finish_reason": rec["finish_reason"],
-                                "prompt_tokens": rec["usage"]["prompt_tokens"],
-                                "completion_tokens": rec["usage"]["completion_tokens"]}
-            bar.advance(1, tokens=rec["usage"]["completion_tokens"])
-    rows = [by_id[r["id"]] for r in records]
-    write_jsonl(path, rows)
-    return rows
+def judge_spec(ctx: RunContext):
+    """The judge as a :class:`~potstill.teachers.spec.ModelSpec` (default: the run's teacher), or None when off."""
+    js = ctx.cfg.eval.judge_settings()
+    if js is None:
+        return None
+    if js.model is None:
+        return ctx.teacher
+    spec = parse_model(js.model, ctx.cfg.resolve, where="eval.judge.model")
+    if spec.is_api:  # the teacher's endpoint and key when it is the same provider
+        same = ctx.teacher.provider == spec.provider
+        spec = replace(spec, base_url=js.base_url or (ctx.teacher.base_url if same else None),
+                       api_key_env=js.api_key_env or (ctx.teacher.api_key_env if same else None))
+    return spec
 
 
-def ratio(a: float, b: float) -> float | None:
-    return a / b if b else None
+def judge_is_on(ctx: RunContext) -> bool:
+    """Whether the judge runs: ``eval.judge`` true / settings, or ``auto`` decided by :func:`.judging.auto_judge`."""
+    spec = judge_spec(ctx)
+    if spec is None:
+        return False
+    if ctx.cfg.eval.judge != "auto":
+        return True
+    students = [param_count(ctx.path(f"students/{m}")) for m in ctx.cfg.train.methods]
+    on, why = auto_judge(spec.is_api, None if spec.is_api else param_count(spec.model_dir()), students)
+    say(f"  {why}")
+    return on
 
 
-def _sig(x, digits: int = 6):
-    """``x`` to ``digits`` significant digits (p-values can be tiny); None stays None."""
-    return float(f"{x:.{digits}g}") if isinstance(x, (int, float)) else None
+def build_judge(ctx: RunContext, work: Path):
+    """``(JudgeFn, name)`` for the eval stage; an API judge goes through the teacher's engine and answer cache."""
+    cfg, js, spec = ctx.cfg, ctx.cfg.eval.judge_settings(), judge_spec(ctx)
+    if spec.is_api:
+        tcfg = ctx.teacher_config().model_copy(update={"model": spec.raw, "top_logprobs": 0, "do_sample": False,
+                                                       "max_new_tokens": js.max_new_tokens, "tokenizer": None})
+        return api_judge(tcfg, spec, work / "judge-api", seed=cfg.seed, prices=ctx.teacher_prices(),
+                         cache_path=ctx.api_cache()), spec.display
+    dtype = cfg.teacher.dtype if spec is ctx.teacher else "float32"
+    return local_judge(spec.model_dir(), dtype=dtype, max_new_tokens=js.max_new_tokens, batch_size=js.batch_size,
+                       seed=cfg.seed), str(spec.path)
 
 
-def summarize(scores: dict[str, list[float]], roles: dict[str, str], records: list[dict],
-              rouge: dict[str, list[float]], *, samples: int = 10_000, seed: int = 0) -> dict:
-    """Per model: mean score, % of teacher, gap recovered, ROUGE-L, per-category means, and the statistics.
+class EvalStage(Stage):
+    name = "eval"
 
-    Statistics (paired over the prompts, see :mod:`.stats`): ``ci95`` of the score,
-    ``diff_vs_teacher`` and ``diff_ci95``, ``pct_of_teacher_ci95``, ``gap_recovered_ci95``,
-    ``binary``, ``mcnemar_p`` / ``mcnemar_midp`` / ``mcnemar_discordant`` against the teacher (binary
-    scores only), and ``per_category_n`` / ``per_category_ci95``.
-    """
-    teacher = next(n for n, r in roles.items() if r == "teacher")
-    floor = next((n for n, r in roles.items() if r == "floor"), None)
-    floor = floor if floor in scores else None
-    means = {n: mean(s) if s else 0.0 for n, s in scores.items()}
-    boot = paired_bootstrap(scores, teacher, floor, samples=samples, seed=seed)
-    binary = {n: is_binary(s) for n, s in scores.items()}
-    out = {}
-    cats = [r.get("category") for r in records]
-    for name, values in scores.items():
-        per_cat: dict[str, list[float]] = {}
-        for c, v in zip(cats, values):
-            if c is not None:
-                per_cat.setdefault(str(c), []).append(v)
-        pct = ratio(means[name], means[teacher])
-        gap = ratio(means[name] - means[floor], means[teacher] - means[floor]) if floor else None
-        b = boot[name]
-        test = None
-        if name != teacher and binary[name] and binary[teacher]:
-            test = mcnemar(values, scores[teacher])
-        cat_ci = {}
-        for i, (c, v) in enumerate(sorted(per_cat.items())):
-            cat_ci[c] = rounded(paired_bootstrap({"x": v}, "x", samples=samples, seed=seed + 1 + i)["x"]["score"])
-        out[name] = {
-            "score": round(means[name], 6),
-            "pct_of_teacher": round(100 * pct, 3) if pct is not None else None,
-            "gap_recovered": round(gap, 6) if gap is not None else None,
-            "rouge_l": round(mean(rouge[name]), 6) if rouge[name] else None,
-            "per_category": {c: round(mean(v), 6) for c, v in sorted(per_cat.items())},
-            "n": len(values),
-            "ci95": rounded(b["score"]),
-            "diff_vs_teacher": round(means[name] - means[teacher], 6),
-            "diff_ci95": rounded(b["diff_vs_teacher"]),
-            "pct_of_teacher_ci95": rounded(b["pct_of_teacher"], 3),
-            "gap_recovered_ci95": rounded(b["gap_recovered"]),
-            "binary": binary[name],
-            "mcnemar_p": _sig(test and test["p_exact"]),
-            "mcnemar_midp": _sig(test and test["p_midp"]),
-            "mcnemar_discordant": test["discordant"] if test else None,
-            "per_category_n": {c: len(v) for c, v in sorted(per_cat.items())},
-            "per_category_ci95": cat_ci,
-        }
-    return out
+    def inputs(self, ctx: RunContext, folder: str) -> dict:
+        cfg = ctx.cfg
+        inputs = {"config": cfg.eval.model_dump(mode="json", exclude={"latency"}, exclude_defaults=True),
+                  "prompts": ctx.need("prompts"), "students": {m: ctx.need(f"students/{m}") for m in cfg.train.methods},
+                  "teacher": ctx.teacher.identity(), "floor": ctx.floor_identity(), "seed": cfg.seed}
+        spec = judge_spec(ctx)
+        if spec is not None and spec is not ctx.teacher:
+            inputs["judge"] = spec.identity()
+        return inputs
+
+    def build(self, ctx: RunContext, folder: str, out: Path, work: Path) -> dict:
+        cfg = ctx.cfg
+        splits = ctx.eval_splits()
+        contamination = contamination_report(splits, ctx.train_prompts())
+        lines = check_contamination(contamination, cfg.eval.contamination_threshold, cfg.eval.force_contaminated)
+        for line in lines:
+            say(f"  [yellow]warning[/]: contamination: {line}")
+        answers = {"teacher": api_answers(ctx, splits, work, cfg.eval.max_new_tokens)} if ctx.teacher.is_api else {}
+        eval_cfg = cfg.eval
+        judge = judge_name = None
+        if judge_is_on(ctx):
+            judge, judge_name = build_judge(ctx, work)
+        elif eval_cfg.judge_settings() is not None:
+            eval_cfg = eval_cfg.model_copy(update={"judge": False})
+        results = run_eval(eval_cfg, ctx.models(), splits, out, work, cfg.seed, answers=answers, judge=judge,
+                           judge_model=judge_name, contamination=contamination, warnings=lines,
+                           cache_dir=ctx.run_dir.root / ".cache" / "answers")
+        for w in results["warnings"]:
+            say(f"  [yellow]warning[/]: {w['message']}")
+        return {"splits": list(results["splits"]), "warnings": len(results["warnings"])}
 
 
-def retention_warnings(split_results: dict[str, dict], roles: dict[str, str]) -> list[dict]:
-    """A warning per student whose OOD % of teacher is more than 10 points below its ID % of teacher.
+def machine() -> str:
+    """A short description of this machine for the report."""
+    import torch  # defers torch
 
-    The ID split is ``test`` (else ``validation``); OOD is ``ood``.
-    """
-    id_split = next((s for s in ("test", "validation") if s in split_results), None)
-    if id_split is None or "ood" not in split_results:
-        return []
-    out = []
-    for name, role in roles.items():
-        if role != "student":
-            continue
-        a = split_results[id_split]["models"].get(name, {}).get("pct_of_teacher")
-        b = split_results["ood"]["models"].get(name, {}).get("pct_of_teacher")
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a - b > OOD_RETENTION_POINTS:
-            out.append({"kind": "ood_retention", "model": name, "id_split": id_split, "ood_split": "ood",
-                        "id_pct_of_teacher": a, "ood_pct_of_teacher": b, "points": round(a - b, 3),
-                        "message": f"{name}: OOD retention {b:.1f}% of the teacher is {a - b:.1f} points below its "
-                                   f"{id_split} retention {a:.1f}% (more than {OOD_RETENTION_POINTS:.0f} points): "
-                                   "the student holds up worse off-distribution than the ID numbers suggest"})
-    return out
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {dev}, torch {torch.__version__}"
 
 
-def _judge_fn(cfg: EvalConfig, models: dict[str, dict], seed: int):
-    """The default judge: ``eval.judge.model`` when it is a local directory (relative to the working directory),
-    else the run's local teacher; ``(None, name)`` for an API judge, which the caller must build."""
-    settings = cfg.judge_settings()
-    teacher = next(s for s in models.values() if s["role"] == "teacher")
-    if settings.model is not None:
-        from ..teachers.api import parse_teacher
-
-        if parse_teacher(settings.model):
-            return None, settings.model
-        from .judge import local_judge
-
-        return local_judge(settings.model, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
-                           seed=seed), str(settings.model)
-    if teacher.get("api"):
-        return None, str(teacher["path"])
-    from .judge import local_judge
-
-    return local_judge(teacher["path"], dtype=teacher.get("dtype", "float32"), max_new_tokens=settings.max_new_tokens,
-                       batch_size=settings.batch_size, seed=seed), str(teacher["path"])
+def api_perf(eval_dir: Path) -> dict:
+    """An API teacher is not run here: its cost comes from token prices and its measured token counts."""
+    rows = [r for f in sorted((eval_dir / "answers").glob("teacher__*.jsonl")) for r in read_jsonl(f)]
+    n = max(len(rows), 1)
+    return {"api": True, "params": None, "latency_p50_s": None, "latency_p95_s": None, "latencies_s": [],
+            "tokens_per_s": None, "peak_rss_mb": None, "batched_queries_per_s": None,
+            "mean_prompt_tokens": sum(r.get("prompt_tokens", 0) for r in rows) / n,
+            "mean_completion_tokens": sum(r.get("completion_tokens", 0) for r in rows) / n}
 
 
-def run_judge(cfg: EvalConfig, judge, roles: dict[str, str], splits: dict[str, list[dict]], answers: dict,
-              scores: dict[str, dict[str, list[float]]], out_dir: Path, work_dir: Path, seed: int) -> dict[str, dict[str, dict]]:
-    """Judge each student (and the floor) against the teacher on every split; ``{split: {model: summary}}``."""
-    from ..data.load import user_text
-    from .judge import judge_pairs, judge_summary
+class MeasureStage(Stage):
+    name = "measure"
 
-    settings = cfg.judge_settings()
-    teacher = next(n for n, r in roles.items() if r == "teacher")
-    who = [n for n, r in roles.items() if r == "student" or (r == "floor" and settings.include_floor)]
-    out: dict[str, dict[str, dict]] = {}
-    for split, records in splits.items():
-        n = len(records)
-        k = min(n, settings.max_examples or n)
-        idx = [i * n // k for i in range(k)]  # evenly spaced through the split (all of it when k == n)
-        recs = [records[i] for i in idx]
-        out[split] = {}
-        for name in who:
-            cache = work_dir / f"judge__{name}__{split}.jsonl"
-            rows = read_jsonl(cache) if cache.exists() else []
-            if len(rows) != k:
-                say(f"  judging {name} vs {teacher} on {split} ({k} prompts, both orders)")
-                rows = judge_pairs(judge, [user_text(r) for r in recs], [answers[name][split][i]["text"] for i in idx],
-                                   [answers[teacher][split][i]["text"] for i in idx], ids=[r["id"] for r in recs],
-                                   fallback=settings.fallback)
-                write_jsonl(cache, rows)
-            write_jsonl(out_dir / "judge" / f"{name}__{split}.jsonl", rows)
-            out[split][name] = judge_summary(rows, [scores[split][name][i] for i in idx],
-                                             [scores[split][teacher][i] for i in idx],
-                                             samples=cfg.bootstrap_samples, seed=seed)
-    return out
+    def inputs(self, ctx: RunContext, folder: str) -> dict:
+        return {"latency": ctx.cfg.eval.latency.model_dump(mode="json"), "max_new_tokens": ctx.cfg.eval.max_new_tokens,
+                "eval": ctx.need("eval"), "machine": machine()}
+
+    def build(self, ctx: RunContext, folder: str, out: Path, work: Path) -> dict:
+        cfg = ctx.cfg
+        records = next(iter(ctx.eval_splits().values()))
+        perf = {}
+        for name, spec in ctx.models().items():
+            if spec.get("api"):
+                perf[name] = api_perf(ctx.path("eval"))
+                continue
+            say(f"  measuring {name}")
+            perf[name] = measure_model(spec["path"], init=spec.get("init", "pretrained"), dtype=spec.get("dtype", "float32"),
+                                       seed=cfg.seed, records=records, max_new_tokens=cfg.eval.max_new_tokens,
+                                       queries=cfg.eval.latency.queries, batch_size=cfg.eval.latency.batch_size)
+        write_json(out / "perf.json", {"machine": machine(), "models": perf})
+        return {"models": list(perf)}
 
 
-def run_eval(cfg: EvalConfig, models: dict[str, dict], splits: dict[str, list[dict]], out_dir: Path,
-             work_dir: Path, seed: int = 0, answers: dict[str, dict[str, list[dict]]] | None = None,
-             judge=None, judge_model: str | None = None, contamination: dict | None = None,
-             warnings: list | None = None) -> dict:
-    """Evaluate ``models`` ({name: {path, role, method, init, dtype}}, teacher first) on ``splits``.
-
-    ``answers`` holds answers produced elsewhere ({model: {split: rows}}, e.g. an API teacher's);
-    those models are not loaded. ``judge`` is a :data:`~potstill.evaluate.judge.JudgeFn` (named
-    ``judge_model``); without one and with ``cfg.judge`` on, the run's local teacher judges (an API
-    judge must be passed in: :meth:`potstill.pipeline.Pipeline.evaluate` builds it).
-    ``contamination`` (a :func:`~.contamination.contamination_report`) and ``warnings`` (strings)
-    are stored in ``results.json`` as given.
-    """
-    score = build_scorer(cfg.scorer)
-    rouge = build_scorer(ScorerSpec(type="rouge_l", field="__teacher__"))
-    chrf = build_scorer(ScorerSpec(type="chrf", field="__teacher__"))
-    agree = build_scorer(ScorerSpec(type="agreement"))
-    extra = {scorer_name(s): build_scorer(s) for s in cfg.scorers}
-    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=seed)
-    answers = dict(answers or {})
-    results = {"scorer": scorer_name(cfg.scorer), "models": {}, "splits": {},
-               "warnings": [{"kind": "contamination", "message": w} for w in (warnings or [])], "notes": [],
-               "contamination": contamination,
-               "bootstrap": {"samples": cfg.bootstrap_samples, "seed": seed, "level": 0.95, "method": "paired percentile"},
-               "judge": None}
-    for name, spec in models.items():
-        if name in answers:
-            results["models"][name] = {"role": spec["role"], "method": spec.get("method"), "path": str(spec["path"]),
-                                       "params": None, "eval_seconds": None}
-            continue
-        gen = LocalGenerator(spec["path"], dtype=spec.get("dtype", "float32"), init=spec.get("init", "pretrained"), seed=seed)
-        answers[name] = {}
-        started = time.perf_counter()
-        for split, records in splits.items():
-            answers[name][split] = answer_split(gen, records, settings, work_dir / f"{name}__{split}.jsonl", f"eval {name}/{split}")
-        results["models"][name] = {"role": spec["role"], "method": spec.get("method"), "path": str(spec["path"]),
-                                   "params": gen.params, "eval_seconds": round(time.perf_counter() - started, 3)}
-        del gen
-    roles = {n: m["role"] for n, m in results["models"].items()}
-    teacher = next(n for n, r in roles.items() if r == "teacher")
-
-    all_scores: dict[str, dict[str, list[float]]] = {}
-    per_item: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for split, records in splits.items():
-        refs = [a["text"] for a in answers[teacher][split]]
-        all_scores[split], per_item[split] = {}, {}
-        for name in models:
-            texts = [a["text"] for a in answers[name][split]]
-            all_scores[split][name] = [score(t, r, ref) for t, r, ref in zip(texts, records, refs)]
-            items = {"rouge_l": [rouge(t, r, ref) for t, r, ref in zip(texts, records, refs)],
-                     "chrf": [chrf(t, r, ref) for t, r, ref in zip(texts, records, refs)],
-                     "agreement": [agree(t, r, ref) for t, r, ref in zip(texts, records, refs)]}
-            for sname, fn in extra.items():
-                items[f"scorer:{sname}"] = [fn(t, r, ref) for t, r, ref in zip(texts, records, refs)]
-            per_item[split][name] = items
-
-    tf: dict[str, dict[str, dict]] = {}
-    if cfg.teacher_forced:
-        from .teacher_forced import run_teacher_forced
-
-        say("  teacher-forced measures (top-1 agreement, KL) on the teacher's answers")
-        tf, tf_notes = run_teacher_forced(models, splits, {s: answers[teacher][s] for s in splits},
-                                          batch_size=cfg.batch_size, seed=seed)
-        results["notes"] += tf_notes
-
-    judged: dict[str, dict[str, dict]] = {}
-    jset = cfg.judge_settings()
-    if jset is not None:
-        if judge is None:
-            judge, judge_model = _judge_fn(cfg, models, seed)
-        if judge is None:
-            results["notes"].append(f"judge {judge_model}: an API judge is built by the pipeline; not run here")
-        else:
-            from .judge import TEMPLATE
-
-            judged = run_judge(cfg, judge, roles, splits, answers, all_scores, out_dir, work_dir, seed)
-            results["judge"] = {"model": judge_model, "fallback": jset.fallback, "max_examples": jset.max_examples,
-                                "max_new_tokens": jset.max_new_tokens, "template": TEMPLATE,
-                                "combine": "both orders agree -> that verdict; disagree -> tie; one order only -> it"}
-            if hasattr(judge, "close"):
-                judge.close()
-
-    for split, records in splits.items():
-        summary = summarize(all_scores[split], roles, records, {n: per_item[split][n]["rouge_l"] for n in models},
-                            samples=cfg.bootstrap_samples, seed=seed)
-        for name in models:
-            m, items = summary[name], per_item[split][name]
-            m["chrf"] = round(mean(items["chrf"]), 6) if items["chrf"] else None
-            m["agreement"] = round(mean(items["agreement"]), 6) if items["agreement"] else None
-            if extra:
-                from .stats import bootstrap_ci
-
-                m["scorers"] = {s: {"score": round(mean(items[f"scorer:{s}"]), 6) if records else None,
-                                    "ci95": rounded(bootstrap_ci(items[f"scorer:{s}"], cfg.bootstrap_samples, seed))}
-                                for s in extra}
-            m.update(degeneration_summary(answers[name][split], answers[teacher][split]))
-            t = (tf.get(split) or {}).get(name)
-            m["top1_agreement"] = t["top1_agreement"] if t else None
-            m["kl"] = t["kl"] if t else None
-            m["judge"] = (judged.get(split) or {}).get(name)
-            rows = [{**a, "score": s, "rouge_l": rl, "chrf": round(c, 6), "agreement": ag}
-                    for a, s, rl, c, ag in zip(answers[name][split], all_scores[split][name], items["rouge_l"],
-                                               items["chrf"], items["agreement"])]
-            write_jsonl(out_dir / "answers" / f"{name}__{split}.jsonl", rows)
-        results["splits"][split] = {"n": len(records), "models": summary}
-
-    results["warnings"] += retention_warnings(results["splits"], roles)
-    summaries = [j for by_model in judged.values() for j in by_model.values()]
-    replies = sum(j["replies"] for j in summaries)
-    if replies:
-        def share(key: str) -> float:
-            return sum((j[key] or 0) * j["replies"] for j in summaries) / replies
-
-        agree_n = sum(j["scorer_agreement_n"] for j in summaries)
-        agree = sum((j["scorer_agreement"] or 0) * j["scorer_agreement_n"] for j in summaries) / agree_n if agree_n else None
-        results["judge"]["parse_rate"] = round(share("parse_rate"), 6)
-        results["judge"]["fallback_rate"] = round(share("fallback_rate"), 6)
-        results["judge"]["unparsed_rate"] = round(share("unparsed_rate"), 6)
-        results["judge"]["scorer_agreement"] = round(agree, 6) if agree is not None else None
-        results["judge"]["replies"] = replies
-        if share("parse_rate") < JUDGE_PARSE_WARN:
-            results["warnings"].append({
-                "kind": "judge_reliability", "model": None,
-                "message": f"judge {judge_model}: a verdict was stated in {100 * share('parse_rate'):.0f}% of its {replies} "
-                           f"replies; {100 * share('fallback_rate'):.0f}% were decided by the similarity fallback and "
-                           f"{100 * share('unparsed_rate'):.0f}% stayed unparsed; where the task scorer separates the two "
-                           f"answers it agrees with the scorer {_pct(agree)} of the time ({agree_n} prompts): treat the "
-                           "judge's win rates as weak evidence"})
-    write_json(out_dir / "results.json", results)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    return results
+EVAL = EvalStage()
+MEASURE = MeasureStage()
 
 
-def _pct(x) -> str:
-    return f"{100 * x:.0f}%" if isinstance(x, (int, float)) else "n/a"
+def read_perf(ctx: RunContext) -> dict:
+    return read_json(ctx.path("measure") / "perf.json")["models"]

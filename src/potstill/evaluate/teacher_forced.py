@@ -25,7 +25,7 @@ MAX_TOKENS = 1024  # longest sequence scored (longer ones keep their last MAX_TO
 
 def _sequences(tokenizer, records: Sequence[dict], teacher_rows: Sequence[dict]) -> list[tuple[list[int], int]]:
     """(ids, response start) per prompt; empty answers are skipped."""
-    from ..train.data import pair_ids
+    from ..chat import pair_ids
 
     out = []
     for rec, ans in zip(records, teacher_rows):

@@ -26,7 +26,7 @@ produced nothing for that model)::
           "speedup_p50_vs_teacher": float | null}},    # teacher p50 latency / this model's
       "splits": {SPLIT: {NAME: {"score": float, "pct_of_teacher": float, "gap_recovered": float | null,
                                 "rouge_l": float, "per_category": {CATEGORY: float}, ...}}},
-                                # ... and, from the eval stage (potstill.evaluate.stage): "ci95", "diff_vs_teacher",
+                                # ... and, from the eval stage (potstill.evaluate.compare): "ci95", "diff_vs_teacher",
                                 # "diff_ci95", "pct_of_teacher_ci95", "gap_recovered_ci95", "mcnemar_p",
                                 # "mcnemar_midp", "per_category_n", "per_category_ci95", "chrf", "agreement",
                                 # "repetition", "length_ratio", "top1_agreement", "kl", "judge": {...} | null, ...

@@ -16,8 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RunConfig
+from ..context import RunContext, Stage, hashed
 from ..errors import UserError
+from ..evaluate.compare import answer_split
 from ..evaluate.scorers import build_scorer, scorer_name
+from ..evaluate.cost import run_costs
+from ..teachers.base import GenerationSettings
+from ..teachers.hf import LocalGenerator
+from ..teachers.stage import api_answers
 from ..io import read_jsonl, write_json, write_jsonl
 from ..progress import say
 from .answers import answer_with_confidence
@@ -52,7 +58,8 @@ def cascade_cost(costs: dict, student: str, share: float) -> dict | None:
 
 
 def run_route(cfg: RunConfig, student: str, student_dir: Path, splits: dict[str, list[dict]],
-              teacher_answers: dict[str, list[dict]], costs: dict | None, out: Path, work: Path) -> dict:
+              teacher_answers: dict[str, list[dict]], costs: dict | None, out: Path, work: Path,
+              teacher_name: str = "teacher") -> dict:
     """Calibrate on ``cfg.route.split`` and check on the other ``splits`` ({split: records}).
 
     ``teacher_answers``: {split: [{"id", "text"}]} in record order. ``costs``: the report's
@@ -113,7 +120,7 @@ def run_route(cfg: RunConfig, student: str, student_dir: Path, splits: dict[str,
         write_jsonl(out / "answers" / f"{split}.jsonl", rows)
     route = {
         "version": 1, "router": router_spec, "student": {"method": student, "path": str(student_dir)},
-        "teacher": {"model": cfg.teacher.model}, "scorer": scorer_name(cfg.eval.scorer),
+        "teacher": {"model": teacher_name}, "scorer": scorer_name(cfg.eval.scorer),
         "target": {"quality_pct_of_teacher": rc.target_quality, "max_teacher_share": rc.max_teacher_share,
                    "split": rc.split, "met": chosen["met"]},
         "chosen": {"share": chosen["share"], "quality": chosen["quality"], "threshold": threshold},
@@ -130,53 +137,62 @@ def run_route(cfg: RunConfig, student: str, student_dir: Path, splits: dict[str,
     return route
 
 
-def route_stage(pipe, required: bool = False) -> str | None:
-    """The route stage of a :class:`potstill.pipeline.Pipeline` (skipped when done); its hash, or None
-    when routing is off or (unless ``required``) the calibration split is empty (a warning)."""
-    cfg = pipe.cfg
-    if not cfg.route.enabled and not required:
-        return None
-    student = pick_student(cfg)
-    if student not in cfg.train.methods:
-        raise UserError(f"route.student '{student}' is not a trained method (train.methods: {', '.join(cfg.train.methods)})")
-    split = cfg.route.split
-    calib = read_jsonl(pipe.run_dir.path("prompts") / f"{split}.jsonl")
-    if not calib and not required:
-        say(f"  [yellow]warning[/]: route: skipped, the calibration split '{split}' has no prompts "
-            "(set prompts.validation above 0, or route.split)")
-        return None
-    if not calib:
-        raise UserError(f"route.split '{split}' has no prompts in this run (set prompts.validation above 0, "
-                        "or route.split to another split)")
-    inputs = {"route": cfg.route.model_dump(mode="json"), "eval": pipe._need("eval"), "measure": pipe._need("measure"),
-              "student": pipe._need(f"students/{student}"), "scorer": cfg.eval.scorer.model_dump(mode="json"),
-              "prices": cfg.prices.model_dump(mode="json"), "seed": cfg.seed}
+class RouteStage(Stage):
+    """Off when ``route.enabled`` is off, or (unless ``required``, as for ``potstill route calibrate``) when
+    the calibration split is empty: a run without validation prompts still finishes, with a warning."""
 
-    def build(out: Path, work: Path) -> dict:
-        splits = {split: calib, **{s: r for s, r in pipe.eval_splits().items() if s != split}}
-        teacher = {s: teacher_answers(pipe, s, recs, work) for s, recs in splits.items()}
-        route = run_route(cfg, student, pipe.run_dir.path(f"students/{student}"), splits, teacher, pipe.costs(), out, work)
+    name = "route"
+
+    def __init__(self, required: bool = False):
+        self.required = required
+
+    def folders(self, ctx: RunContext) -> list[str]:
+        cfg = ctx.cfg
+        if not cfg.route.enabled and not self.required:
+            return []
+        student = pick_student(cfg)
+        if student not in cfg.train.methods:
+            raise UserError(f"route.student '{student}' is not a trained method (train.methods: "
+                            f"{', '.join(cfg.train.methods)})")
+        if ctx.split(cfg.route.split):
+            return [self.name]
+        if self.required:
+            raise UserError(f"route.split '{cfg.route.split}' has no prompts in this run (set prompts.validation above "
+                            "0, or route.split to another split)")
+        say(f"  [yellow]warning[/]: route: skipped, the calibration split '{cfg.route.split}' has no prompts "
+            "(set prompts.validation above 0, or route.split)")
+        return []
+
+    def inputs(self, ctx: RunContext, folder: str) -> dict:
+        cfg = ctx.cfg
+        return {"route": hashed(cfg.route), "eval": ctx.need("eval"), "measure": ctx.need("measure"),
+                "student": ctx.need(f"students/{pick_student(cfg)}"), "scorer": hashed(cfg.eval.scorer),
+                "prices": hashed(cfg.prices), "seed": cfg.seed}
+
+    def build(self, ctx: RunContext, folder: str, out: Path, work: Path) -> dict:
+        cfg, split, student = ctx.cfg, ctx.cfg.route.split, pick_student(ctx.cfg)
+        splits = {split: ctx.split(split), **{s: r for s, r in ctx.eval_splits().items() if s != split}}
+        teacher = {s: teacher_answers(ctx, s, recs, work) for s, recs in splits.items()}
+        route = run_route(cfg, student, ctx.path(f"students/{student}"), splits, teacher,
+                          run_costs(cfg.prices, ctx.path("eval"), ctx.path("measure")), out, work,
+                          teacher_name=ctx.teacher.display)
         return {"threshold": route["chosen"]["threshold"], "share": route["chosen"]["share"]}
 
-    return pipe.run_dir.run("route", inputs, build)
+
+ROUTE = RouteStage()
 
 
-def teacher_answers(pipe, split: str, records: list[dict], work: Path) -> list[dict]:
+def teacher_answers(ctx: RunContext, split: str, records: list[dict], work: Path) -> list[dict]:
     """The teacher's answers on a split: the eval stage's when it answered it, else generated now
     (an API teacher through the generate stage's engine and cache, a local one greedily)."""
-    from ..evaluate.stage import answer_split
-    from ..teachers.base import GenerationSettings
-
-    done = pipe.run_dir.path("eval") / "answers" / f"teacher__{split}.jsonl"
+    done = ctx.path("eval") / "answers" / f"teacher__{split}.jsonl"
     if done.exists():
         rows = {r["id"]: r for r in read_jsonl(done)}
         if all(r["id"] in rows for r in records):
             return [rows[r["id"]] for r in records]
-    if pipe.api:
-        return pipe._api_answers({split: records}, work)[split]
-    from ..teachers.hf import LocalGenerator
-
-    cfg = pipe.cfg
-    gen = LocalGenerator(pipe.teacher_dir(), dtype=cfg.teacher.dtype, seed=cfg.seed)
+    cfg = ctx.cfg
+    if ctx.teacher.is_api:
+        return api_answers(ctx, {split: records}, work, cfg.eval.max_new_tokens)[split]
+    gen = LocalGenerator(ctx.teacher.model_dir(), dtype=cfg.teacher.dtype, seed=cfg.seed)
     settings = GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, seed=cfg.seed)
     return answer_split(gen, records, settings, work / f"teacher__{split}.jsonl", f"route teacher/{split}")

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import UserError
 from ..io import read_json, sha256_bytes, sha256_json
-from ..models import default_device, load_model, load_tokenizer, tokenizer_fingerprint
+from ..models import model_hash, default_device, load_model, load_tokenizer, tokenizer_fingerprint
 from ..progress import track
 from . import formats as F
 from .store import MANIFEST, sequence_hash, shard_name, shard_record_ok, write_manifest, write_shard
@@ -135,7 +135,7 @@ def capture_signals(
     Args:
         teacher_dir: the teacher's model directory (``config.json``, weights, tokenizer).
         pairs: training pairs (``id``, ``messages``, ``response_token_ids`` / ``response_text``,
-            ``finish_reason``), e.g. :meth:`potstill.pipeline.Pipeline.pairs`.
+            ``finish_reason``), e.g. :meth:`potstill.context.RunContext.pairs`.
         fmt: ``"dense"``, ``"topk"`` or ``"sampled"``; ``k`` (top-k), ``draws`` (sampled ``N``)
             and ``sampling`` (``"systematic"`` or ``"multinomial"``) as in
             :mod:`potstill.signals.formats`.
@@ -167,7 +167,7 @@ def capture_signals(
         raise UserError(f"capture with vLLM stores top-k log-probs at T=1 only (got {fmt} at T={temperature}): "
                         "use store_format topk and temperature 1, or a plain model directory as the teacher")
 
-    from ..train.data import pair_ids  # late: train imports transformers' Trainer
+    from ..chat import pair_ids
 
     examples, seen = [], set()
     for pair in pairs:
@@ -181,8 +181,6 @@ def capture_signals(
         raise UserError("no pairs to capture")
 
     if teacher_hash is None:
-        from ..pipeline import model_hash
-
         teacher_hash = model_hash(teacher_dir)
     template = getattr(tok, "chat_template", None)
     settings = {

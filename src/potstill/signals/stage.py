@@ -1,22 +1,22 @@
-"""The capture stage: ``RUN/signals/`` from the teacher and the generate stage's answers.
+"""The signals stage: ``RUN/signals/``, the teacher's soft labels over the training pairs, captured once.
 
-Skipped when its inputs (capture settings, teacher hash, generate stage, seed) are unchanged;
-partial shards live in ``RUN/.work/signals/<hash>/`` so a killed capture resumes by shard.
+It runs when the kd student trains from a store (``train.kd.signal: store`` with no ``train.kd.store``
+of its own), or on demand (``potstill capture``, whose options override the config's). Its hash covers
+the capture settings, the teacher's weights, the generate stage and the seed; partial shards live in
+``RUN/.work/signals/<hash>/``, so a killed capture resumes by shard.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import RunConfig
+from ..context import RunContext, Stage
 from ..errors import UserError
 from ..progress import say
+from .capture import capture_signals
 
-STAGE = "signals"
 
-
-def capture_settings(cfg: RunConfig, fmt=None, k=None, draws=None, temperature=None, batch_size=None,
-                     sampling=None) -> dict:
+def capture_settings(cfg, fmt=None, k=None, draws=None, temperature=None, batch_size=None, sampling=None) -> dict:
     """The capture settings: the config's ``train.kd`` (store_format, store_k, store_draws,
     temperature) and ``teacher`` (batch_size, dtype), overridden by the given arguments."""
     kd = cfg.train.kd
@@ -31,38 +31,43 @@ def capture_settings(cfg: RunConfig, fmt=None, k=None, draws=None, temperature=N
     }
 
 
-def run_capture(cfg: RunConfig, force=(), **overrides) -> Path:
-    """Capture the teacher's signals for the run's training pairs into ``RUN/signals``; returns it.
+def store_needed(cfg) -> bool:
+    """Whether a run trains its kd student from the run's own signal store."""
+    return "kd" in cfg.train.methods and cfg.train.kd.signal == "store" and not cfg.train.kd.store
 
-    ``overrides``: ``fmt``, ``k``, ``draws``, ``temperature``, ``batch_size``, ``sampling``
-    (see :func:`capture_settings`). ``force`` containing ``"signals"`` or ``"capture"`` redoes it.
-    """
-    from ..pipeline import Pipeline, model_hash
-    from ..run_dir import RunDir
-    from .capture import capture_signals
 
-    teacher = cfg.teacher_dir()
-    if teacher is None or not (teacher / "config.json").is_file():
-        raise UserError("capture needs the teacher as a local model directory (an API teacher's signals are "
-                        "its top_logprobs: use train.kd.signal=topk)", str(cfg.teacher.model))
-    s = capture_settings(cfg, **overrides)
-    pipe = Pipeline(cfg)
-    gen_hash = pipe._need("generate")
-    t_hash = model_hash(teacher)
-    inputs = {"capture": s, "teacher": t_hash, "generate": gen_hash, "seed": cfg.seed}
-    force = {"signals"} if {"signals", "capture"} & set(force or ()) else set()
-    run_dir = RunDir(cfg.run_path, force)
+class SignalsStage(Stage):
+    """``overrides``: capture settings given on the command line (:func:`capture_settings`);
+    ``always``: run even when no student needs the store (``potstill capture``)."""
 
-    def build(out: Path, work: Path) -> dict:
+    name = "signals"
+
+    def __init__(self, overrides: dict | None = None, always: bool = False):
+        self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        self.always = always
+
+    def folders(self, ctx: RunContext) -> list[str]:
+        return [self.name] if self.always or store_needed(ctx.cfg) else []
+
+    def inputs(self, ctx: RunContext, folder: str) -> dict:
+        if ctx.teacher.kind not in ("local", "gguf", "vllm"):
+            raise UserError("capture needs the teacher as local weights (an API teacher's signals are its "
+                            "top_logprobs: use train.kd.signal=topk)", "teacher.model")
+        return {"capture": capture_settings(ctx.cfg, **self.overrides), "teacher": ctx.teacher.identity(),
+                "generate": ctx.need("generate"), "seed": ctx.cfg.seed}
+
+    def build(self, ctx: RunContext, folder: str, out: Path, work: Path) -> dict:
+        s = capture_settings(ctx.cfg, **self.overrides)
         m = capture_signals(
-            teacher, pipe.pairs(), out, fmt=s["fmt"], k=s["k"], draws=s["draws"], temperature=s["temperature"],
-            batch_size=s["batch_size"], seed=cfg.seed, sampling=s["sampling"], dtype=s["dtype"], work_dir=work,
-            teacher_hash=t_hash, vllm=cfg.teacher.vllm if cfg.teacher.model.startswith("vllm:") else None,
+            ctx.teacher.model_dir(), ctx.pairs(), out, fmt=s["fmt"], k=s["k"], draws=s["draws"],
+            temperature=s["temperature"], batch_size=s["batch_size"], seed=ctx.cfg.seed, sampling=s["sampling"],
+            dtype=s["dtype"], work_dir=work, teacher_hash=ctx.teacher.identity(),
+            vllm=ctx.cfg.teacher.vllm if ctx.teacher.kind == "vllm" else None,
         )
         say(f"  signals: {m['format']} store, {m['examples']} examples, {m['positions']} tokens, "
             f"{m['bytes_per_token']} bytes/token")
         return {"format": m["format"], "examples": m["examples"], "positions": m["positions"],
                 "bytes_per_token": m["bytes_per_token"]}
 
-    run_dir.run(STAGE, inputs, build)
-    return run_dir.path(STAGE)
+
+SIGNALS = SignalsStage()

@@ -17,11 +17,12 @@ from ..config import TeacherConfig
 from ..errors import UserError
 from ..io import write_json, write_jsonl
 from ..progress import say, track
-from .api import ApiError, make_provider, parse_teacher, preflight_error, resolve_api_key
+from .api import ApiError, make_provider, preflight_error, resolve_api_key
 from .cache import AnswerCache, cache_key
 from .engine import Engine, EngineSettings, Job, estimate_tokens
 from .ratelimit import backoff_delay
 from .softlabels import TokenMapper, to_record
+from .spec import ModelSpec
 
 
 class BudgetStop(UserError):
@@ -91,10 +92,10 @@ def _estimate(jobs: list[Job], params: dict, settings: EngineSettings, priced: b
     say(line)
 
 
-def run_api_generate(cfg: TeacherConfig, records: list[dict], out_dir: Path, seed: int = 0,
+def run_api_generate(cfg: TeacherConfig, spec: ModelSpec, records: list[dict], out_dir: Path, seed: int = 0,
                      prices: tuple[float | None, float | None] = (None, None), cache_path: Path | None = None) -> dict:
     """Answer ``records`` with an API teacher; writes the outputs into ``out_dir`` and returns the stats."""
-    provider_name, model = parse_teacher(cfg.model)
+    provider_name, model = spec.provider, spec.name
     params = request_params(cfg, seed, provider_name)
     settings = engine_settings(cfg, prices)
     priced = prices[0] is not None or prices[1] is not None
@@ -103,7 +104,7 @@ def run_api_generate(cfg: TeacherConfig, records: list[dict], out_dir: Path, see
                         "usd_per_1m_output_tokens, or --price-in / --price-out)")
     if cfg.top_logprobs and provider_name == "anthropic":
         say("  [yellow]warning[/]: the Anthropic Messages API returns no log-probabilities; top_logprobs ignored")
-    base_url = cfg.base_url
+    base_url = spec.base_url
     keys = {r["id"]: cache_key(provider_name, model, params, r["messages"]) for r in records}
     cache = AnswerCache(cache_path)
     started = time.perf_counter()

@@ -1,191 +1,71 @@
-"""The generate stage: the teacher answers every training prompt, resumably.
+"""The generate stage: the teacher answers every training prompt (``RUN/generate/``), resumably.
 
-A local teacher (a model directory, or ``vllm:DIR``: the same directory run by vLLM, see
-:mod:`potstill.teachers.vllm`) generates in batches; an API teacher (``openai:MODEL``,
-``anthropic:MODEL``) goes through :func:`potstill.teachers.apistage.run_api_generate`.
-For a local teacher, finished batches are appended to ``work_dir/partial.jsonl`` (flushed and fsynced) as they
-complete, so a killed run resumes where it stopped; a half-written last line is discarded.
-The finished set is written as ``generations.jsonl`` in prompt order, plus ``failed.jsonl``
-(rows that could not be answered) and ``stats.json``.
-
-Data-parallel sharding (:func:`run_generate_shard`, ``potstill generate CONFIG --shard I/N``):
-process ``I`` of ``N`` answers the records whose :func:`shard_of` is ``I`` into
-``work_dir/shard-I-of-N.jsonl`` (appended per batch, resumable like ``partial.jsonl``), on any
-machine that shares the run directory. A later :func:`run_generate` takes every shard part in
-``work_dir`` as already generated, answers only what is missing, and writes the stage. Greedy
-answers do not depend on the split (up to batch-shape numerics); sampled answers of the
-transformers backend do (its random stream follows the batches).
+Its hash covers the generation settings that change an answer, the teacher's identity (weights
+hash, or API provider/model/endpoint), the training prompts and the seed. Before anything is
+generated the teacher's terms are checked (:mod:`potstill.terms`). ``potstill generate --shard I/N``
+runs one data-parallel part (:func:`generate_shard`); a later unsharded run merges the parts.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import time
 from pathlib import Path
 
-from ..config import TeacherConfig
+from ..context import RunContext, Stage
 from ..errors import UserError
-from ..io import write_json, write_jsonl
-from ..progress import say, track
-from .api import parse_teacher
-from .base import GenerationSettings
+from ..io import read_jsonl, sha256_json
+from ..progress import say
+from ..terms.gate import preflight_terms
+from .generate import hashed_teacher_config, run_generate, run_generate_shard
 
 
-LOCAL_FIELDS = ("model", "batch_size", "max_new_tokens", "do_sample", "temperature", "top_p", "top_logprobs", "dtype")
-RUN_ONLY_FIELDS = {"batch_size", "dtype", "api_key_env", "concurrency", "rpm", "tpm", "timeout_s", "max_attempts",
-                   "backoff_base_s", "backoff_max_s", "max_cost", "cache"}
+def check_terms(ctx: RunContext) -> None:
+    """The terms gate, once per process (``potstill run`` asks it in its preflight already)."""
+    if ctx.terms is None:
+        ctx.terms = preflight_terms(ctx.cfg, ctx.teacher, ctx.run_dir.root, teacher_hash=ctx.teacher.identity(), say=say)
 
 
-def hashed_teacher_config(cfg: TeacherConfig) -> dict:
-    """The teacher settings that decide the answers (the generate stage's config input).
+class GenerateStage(Stage):
+    name = "generate"
 
-    A local teacher hashes exactly the fields it always had (old run directories stay valid), and so
-    does a ``vllm:DIR`` teacher (its ``model`` differs; its engine settings change no answer);
-    an API teacher leaves out how the answers are fetched (concurrency, limits, retries, key,
-    budget, cache), which change no answer.
-    """
-    if parse_teacher(cfg.model):
-        return cfg.model_dump(mode="json", exclude=RUN_ONLY_FIELDS)
-    return cfg.model_dump(mode="json", include=set(LOCAL_FIELDS))
+    def inputs(self, ctx: RunContext, folder: str) -> dict:
+        return {"config": hashed_teacher_config(ctx.cfg.teacher, ctx.teacher), "teacher": ctx.teacher.identity(),
+                "prompts": ctx.need(ctx.train_prompts_stage()), "seed": ctx.cfg.seed}
 
-
-def settings_from(cfg: TeacherConfig, seed: int) -> GenerationSettings:
-    return GenerationSettings(
-        max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
-        top_p=cfg.top_p, top_logprobs=cfg.top_logprobs, batch_size=cfg.batch_size, seed=seed,
-    )
+    def build(self, ctx: RunContext, folder: str, out: Path, work: Path) -> dict:
+        check_terms(ctx)
+        return run_generate(ctx.teacher_config(), ctx.teacher, ctx.train_prompts(), out, work, ctx.cfg.seed,
+                            prices=ctx.teacher_prices(), cache_path=ctx.api_cache() if ctx.teacher.is_api else None)
 
 
-def read_partial(path: Path) -> dict[str, dict]:
-    """Records already generated; a torn last line (killed mid-write) is ignored."""
-    done: dict[str, dict] = {}
-    if not path.exists():
-        return done
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[rec["id"]] = rec
-    return done
+GENERATE = GenerateStage()
 
 
-def shard_of(record_id: str, n: int) -> int:
-    """The shard (``0 .. n-1``) that answers a record: sha256 of its id mod ``n`` (the same on every machine)."""
-    return int(hashlib.sha256(str(record_id).encode("utf-8")).hexdigest()[:16], 16) % n
+def generate_shard(ctx: RunContext, shard: tuple[int, int]) -> str:
+    """Part ``I`` of ``N`` of the generate stage into its work folder (written by a later unsharded run)."""
+    check_terms(ctx)
+    h = sha256_json(GENERATE.inputs(ctx, GENERATE.name))
+    if "generate" not in ctx.run_dir.force and ctx.run_dir.done_hash("generate") == h:
+        say("[green]✓[/] generate: up to date, skipped")
+        return h
+    s = run_generate_shard(ctx.teacher_config(), ctx.teacher, ctx.train_prompts(), ctx.run_dir.work("generate", h),
+                           shard, ctx.cfg.seed)
+    say(f"  generate: shard {s['shard']}: {s['records']} answers ({s['generated']} generated now) in {s['path']}")
+    return h
 
 
-def shard_path(work_dir: Path, shard: tuple[int, int]) -> Path:
-    return Path(work_dir) / f"shard-{shard[0]}-of-{shard[1]}.jsonl"
-
-
-def parse_shard(text: str, what: str = "--shard") -> tuple[int, int]:
-    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``; a one-line :class:`UserError` naming ``what`` otherwise."""
-    try:
-        i, n = (int(x) for x in str(text).split("/"))
-    except ValueError:
-        raise UserError(f"{what} expects I/N, e.g. 0/4 (got {text!r})") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise UserError(f"{what} I/N needs 0 <= I < N (got {text!r})")
-    return i, n
-
-
-def _answer(cfg: TeacherConfig, teacher_dir: Path, todo: list[dict], seed: int, path: Path, done: dict) -> None:
-    """Generate ``todo`` with the local or vLLM teacher, appending each finished batch to ``path``
-    (flushed and fsynced) and to ``done``."""
-    from .vllm import parse_vllm
-
-    if parse_vllm(cfg.model) is not None:
-        from .vllm import VLLMGenerator
-
-        gen = VLLMGenerator(teacher_dir, cfg.vllm, seed=seed, dtype=cfg.dtype, max_logprobs=cfg.top_logprobs)
-    else:
-        from .hf import LocalGenerator
-
-        gen = LocalGenerator(teacher_dir, dtype=cfg.dtype, seed=seed)
-    with open(path, "a", encoding="utf-8") as f, track(len(todo), "generate") as bar:
-        def flush(batch: list[dict]) -> None:
-            for rec in batch:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-            bar.advance(len(batch), tokens=sum(r["usage"]["completion_tokens"] for r in batch))
-
-        for rec in gen.generate(todo, settings_from(cfg, seed), on_batch=flush):
-            done[rec["id"]] = rec
-
-
-def run_generate_shard(cfg: TeacherConfig, teacher_dir: Path, records: list[dict], work_dir: Path,
-                       shard: tuple[int, int], seed: int = 0) -> dict:
-    """Answer shard ``I`` of ``N`` of ``records`` into ``work_dir/shard-I-of-N.jsonl``; returns counts.
-
-    Resumable: a rerun generates only the shard's records not in the file yet (none once it is
-    done). The stage itself is written by :func:`run_generate`, which merges the parts.
-    """
-    if parse_teacher(cfg.model):
-        raise UserError("--shard is for local and vllm: teachers (an API teacher is already concurrent: "
-                        "raise teacher.concurrency)")
-    mine = [r for r in records if shard_of(r["id"], shard[1]) == shard[0]]
-    path = shard_path(work_dir, shard)
-    done = read_partial(path)
-    todo = [r for r in mine if r["id"] not in done]
-    if todo:
-        _answer(cfg, teacher_dir, todo, seed, path, done)
-    return {"shard": f"{shard[0]}/{shard[1]}", "records": len(mine), "generated": len(todo), "path": str(path)}
-
-
-def read_shards(work_dir: Path) -> dict[str, dict]:
-    """Records in every shard part (``shard-*-of-*.jsonl``) of ``work_dir``."""
-    done: dict[str, dict] = {}
-    for path in sorted(Path(work_dir).glob("shard-*-of-*.jsonl")):
-        done.update(read_partial(path))
-    return done
-
-
-def run_generate(cfg: TeacherConfig, teacher_dir: Path | None, records: list[dict], out_dir: Path,
-                 work_dir: Path, seed: int = 0, prices: tuple[float | None, float | None] = (None, None),
-                 cache_path: Path | None = None) -> dict:
-    """Answer ``records`` with the teacher; returns the stats written to ``stats.json``.
-
-    ``teacher_dir`` is the local model directory (also of a ``vllm:DIR`` teacher; None for an API
-    teacher); ``prices`` are the API's USD per million input/output tokens and ``cache_path`` its
-    answer cache (API only). Finished shard parts in ``work_dir`` count as generated.
-    """
-    if parse_teacher(cfg.model):
-        from .apistage import run_api_generate
-
-        return run_api_generate(cfg, records, out_dir, seed=seed, prices=prices,
-                                cache_path=cache_path or Path(work_dir) / "cache.sqlite")
-    partial = work_dir / "partial.jsonl"
-    shards = read_shards(work_dir)
-    done = {**shards, **read_partial(partial)}
-    todo = [r for r in records if r["id"] not in done]
-    if shards:
-        say(f"  merging {len(shards)} answers from shard parts")
-    if done:
-        say(f"  resuming: {len(done)} of {len(records)} answers already generated")
-    started = time.perf_counter()
-    if todo:
-        _answer(cfg, teacher_dir, todo, seed, partial, done)
-    elapsed = time.perf_counter() - started
-    rows = [done[r["id"]] for r in records if r["id"] in done]
-    write_jsonl(out_dir / "generations.jsonl", rows)
-    write_jsonl(out_dir / "failed.jsonl", [])
-    n_len = sum(r["finish_reason"] == "length" for r in rows)
-    if n_len:
-        say(f"  [yellow]warning[/]: {n_len} of {len(rows)} answers hit max_new_tokens (finish_reason=length)")
-    stats = {
-        "answered": len(rows),
-        "failed": 0,
-        "finish_length": n_len,
-        "completion_tokens": sum(r["usage"]["completion_tokens"] for r in rows),
-        "prompt_tokens": sum(r["usage"]["prompt_tokens"] for r in rows),
-        "generation_seconds": round(elapsed, 3),
-    }
-    if shards:  # answered by `--shard` processes: their time is not in generation_seconds
-        stats["from_shards"] = sum(r["id"] in shards for r in records)
-    write_json(out_dir / "stats.json", stats)
-    return stats
+def api_answers(ctx: RunContext, splits: dict[str, list[dict]], work: Path, max_new_tokens: int) -> dict[str, list[dict]]:
+    """An API teacher's greedy answers on evaluation splits, through the generate stage's engine and cache."""
+    cfg = ctx.teacher_config().model_copy(update={"top_logprobs": 0, "max_new_tokens": max_new_tokens})
+    answers = {}
+    for split, records in splits.items():
+        out = work / f"api-{split}"
+        run_generate(cfg, ctx.teacher, records, out, work / f"api-{split}.work", ctx.cfg.seed,
+                     prices=ctx.teacher_prices(), cache_path=ctx.api_cache())
+        rows = {g["id"]: g for g in read_jsonl(out / "generations.jsonl")}
+        missing = [r["id"] for r in records if r["id"] not in rows]
+        if missing:
+            raise UserError(f"the API teacher did not answer {len(missing)} {split} prompts (first: {missing[0]}); "
+                            f"see {out / 'failed.jsonl'} and rerun")
+        answers[split] = [{"id": r["id"], "text": rows[r["id"]]["text"], "finish_reason": rows[r["id"]]["finish_reason"],
+                           **rows[r["id"]]["usage"]} for r in records]
+    return answers

@@ -30,6 +30,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import UserError
 from ..io import sha256_dir, write_json
+from ..teachers.spec import teacher_spec
 from .registry import Entry, Registry, load_registry, match_teacher
 
 VERDICTS = ("allowed", "allowed_with_obligations", "accepted", "blocked", "unknown")
@@ -181,36 +182,37 @@ def name_warnings(decision: Decision, name: str) -> list[str]:
     return []
 
 
-def gate(cfg) -> Decision:
+def gate(cfg, spec=None) -> Decision:
     """The decision for a run config (:class:`potstill.config.RunConfig`); raises the one-line
     :class:`UserError` when the run is blocked, or when ``terms.use`` is ``evaluation`` (a pipeline
-    run trains students on the teacher's outputs)."""
+    run trains students on the teacher's outputs). ``spec``: the run's teacher
+    (:class:`potstill.teachers.spec.ModelSpec`; a ``vllm:DIR`` teacher's terms are those of DIR)."""
     t = cfg.terms
     if t.use == "evaluation":
         raise UserError(f"terms.use is 'evaluation', but this run trains students on the teacher's outputs "
                         f"(train.methods: {', '.join(cfg.train.methods)}): set terms.use to 'train_model' or 'research'")
-    local = cfg.teacher_dir()  # a vllm:DIR teacher's terms are those of DIR
-    d = evaluate(str(local) if local is not None else cfg.teacher.model, t.use, t.commercial, t.acceptance,
-                 base_dir=cfg.base_dir, base_url=cfg.teacher.base_url)
+    spec = spec or teacher_spec(cfg.teacher, cfg.resolve)
+    d = evaluate(spec.display, t.use, t.commercial, t.acceptance, base_dir=cfg.base_dir, base_url=spec.base_url)
     if d.blocked:
         raise UserError(d.message())
     d.warnings += name_warnings(d, cfg.name)
     return d
 
 
-def preflight_terms(cfg, run_root: str | Path | None = None, teacher_hash: str | None = None, say=None,
+def preflight_terms(cfg, spec=None, run_root: str | Path | None = None, teacher_hash: str | None = None, say=None,
                     decision: Decision | None = None) -> Decision:
     """The gate before any stage runs: stop a blocked run; print the verdict, obligations and
     warnings (with ``say``); write ``<run_root>/terms.json`` (atomically). ``decision``: the
     :func:`gate`'s answer when already asked."""
-    d = decision if decision is not None else gate(cfg)
+    spec = spec or teacher_spec(cfg.teacher, cfg.resolve)
+    d = decision if decision is not None else gate(cfg, spec)
     if say is not None:
         from rich.markup import escape
 
         for line in d.lines():
             say(escape(line))
     info = dict(d.teacher_info)
-    info["id"] = cfg.teacher.model
+    info["id"] = spec.display
     if teacher_hash:
         info["weights_hash" if d.teacher_info.get("kind") == "local" else "identity_hash"] = teacher_hash
     tok = cfg.resolve(cfg.teacher.tokenizer) if cfg.teacher.tokenizer else (Path(info["path"]) if info.get("path") else None)
@@ -225,8 +227,8 @@ def preflight_terms(cfg, run_root: str | Path | None = None, teacher_hash: str |
     return d
 
 
-def terms_provenance(cfg, decision: Decision | None = None) -> dict:
+def terms_provenance(cfg, spec=None, decision: Decision | None = None) -> dict:
     """What a student's provenance records about the teacher's terms (the preflight's decision,
     or the gate's answer now when no preflight ran, e.g. ``potstill train`` on its own)."""
-    d = decision if decision is not None else gate(cfg)
+    d = decision if decision is not None else gate(cfg, spec)
     return json.loads(json.dumps(d.to_dict(), default=str))

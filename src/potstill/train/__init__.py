@@ -11,7 +11,7 @@ __all__ = ["append_card_section", "train_student", "write_model_card"]
 
 def __getattr__(name: str):
     if name == "train_student":
-        from .stage import train_student
+        from .student import train_student
 
         return train_student
     if name in ("write_model_card", "append_card_section"):

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from ..io import write_text
+from ..teachers.spec import teacher_spec
 
 METHOD_TEXT = {
     "sft": "hard-label SFT: cross-entropy on the teacher's answers (text-level distillation)",
@@ -107,6 +108,7 @@ def render_terms_section(terms: dict | None, name: str) -> str:
 def render_model_card(method: str, cfg, metrics: dict, provenance: dict | None = None) -> str:
     """The card's markdown: model details, how it was distilled, data and provenance."""
     t, prov = cfg.train, provenance or {}
+    teacher = prov.get("teacher") or teacher_spec(cfg.teacher, cfg.resolve).display
     details = [
         ("Student (base)", cfg.student.model),
         ("Initialisation", cfg.student.init),
@@ -115,7 +117,7 @@ def render_model_card(method: str, cfg, metrics: dict, provenance: dict | None =
         ("LoRA", f"r={t.lora.r}, alpha={t.lora.alpha}, merged into the weights" if t.lora.enabled else "no (full fine-tune)"),
     ]
     hp = [
-        ("Teacher", cfg.teacher.model),
+        ("Teacher", teacher),
         ("Method", f"`{method}`: {METHOD_TEXT.get(_variant(method, metrics), method)}"),
         ("Epochs", t.epochs),
         ("Learning rate", t.lr),
@@ -151,7 +153,7 @@ def render_model_card(method: str, cfg, metrics: dict, provenance: dict | None =
             "",
             f"# {cfg.name}: {method} student",
             "",
-            f"Distilled by potstill from `{cfg.teacher.model}` into `{cfg.student.model}`.",
+            f"Distilled by potstill from `{teacher}` into `{cfg.student.model}`.",
             "",
             "## Model details",
             "",

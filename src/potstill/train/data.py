@@ -22,38 +22,11 @@ import math
 import numpy as np
 import torch
 
-from ..chat import encode_prompt  # noqa: F401 - re-exported for the train stage
+from ..chat import encode_prompt, encode_response, pair_ids  # noqa: F401 - re-exported (tests, train stage)
 from ..errors import UserError
 from ..losses import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
-
-
-def encode_response(tokenizer, pair: dict, reuse_teacher_ids: bool) -> list[int]:
-    """Response ids: the teacher's own ids when the tokenizers match, else ``response_text`` re-tokenized.
-
-    Re-tokenized answers get the student's EOS appended unless the teacher was cut off
-    (``finish_reason == "length"``), so the student learns to stop where the teacher stopped.
-    """
-    if reuse_teacher_ids and pair.get("response_token_ids") is not None:
-        return [int(i) for i in pair["response_token_ids"]]
-    ids = list(tokenizer(pair.get("response_text") or "", add_special_tokens=False).input_ids)
-    if pair.get("finish_reason", "stop") != "length" and tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return ids
-
-
-def pair_ids(tokenizer, pair: dict, reuse_teacher_ids: bool = True) -> tuple[list[int], list[int]]:
-    """The full (untruncated) prompt ids and response ids of a pair, as training sees them.
-
-    An empty prompt becomes one BOS (or EOS) token. The signal capture uses the same ids, and a
-    store's :func:`~potstill.signals.store.sequence_hash` is checked against them.
-    """
-    prompt = encode_prompt(tokenizer, pair.get("messages") or [])
-    resp = encode_response(tokenizer, pair, reuse_teacher_ids)
-    if not prompt:
-        prompt = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
-    return prompt, resp
 
 
 class TargetRef:

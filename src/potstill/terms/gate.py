@@ -161,8 +161,9 @@ def _declared_license_warnings(m, reg: Registry, use: str, commercial: bool) -> 
     for where, li in m.names.licenses:
         e = reg.match_license(li)
         if e is not None and e.id != m.entry.id and blocking_reasons(e, use, commercial):
-            out.append(f"the model also declares license '{li}' ({where}: entry '{e.id}', {e.license}), which would "
-                       f"block this use; it was identified as '{m.entry.id}' from {m.matched_by}: check which terms apply")
+            out.append(f"the model also declares license '{li}' ({where}: entry '{e.id}', {e.license}), which "
+                       f"would block this use; it was identified as '{m.entry.id}' from {m.matched_by}: check which "
+                       "terms apply")
     return out
 
 

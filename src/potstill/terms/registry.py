@@ -178,7 +178,7 @@ class TeacherNames:
     licenses: list[tuple[str, str]] = field(default_factory=list)  # (where it came from, license id)
     fallback: list[tuple[str, str]] = field(default_factory=list)  # local: its directory/file name, tried last
     metadata: dict | None = None                   # local: what potstill.terms.metadata.model_metadata read
-    path: str | None = None                        # a local teacher's resolved directory
+    path: str | None = None                        # a local teacher's resolved directory or file
     provider: str | None = None                    # api: "openai" / "anthropic"
     official_endpoint: bool = False                # api: the provider's own endpoint (no base_url)
     revision: str | None = None                    # a Hugging Face cache snapshot's commit, when the path shows one

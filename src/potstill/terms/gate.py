@@ -73,7 +73,10 @@ class Decision:
         if self.entry is None:
             return f"teacher '{self.teacher}' matches no entry of potstill's terms registry (version {self.registry_version})"
         e = self.entry
-        return f"teacher '{self.teacher}' matches '{e.id}' ({e.license}, checked {e.checked.isoformat()})"
+        head = f"teacher '{self.teacher}' matches '{e.id}' ({e.license}, checked {e.checked.isoformat()})"
+        if self.teacher_info.get("kind") == "local" and self.matched_by:
+            head += f", identified from {self.matched_by}"
+        return head
 
     def message(self) -> str:
         """The one line of a blocked run: what forbids it, the clause, and how to proceed."""
@@ -151,21 +154,40 @@ def blocking_reasons(entry: Entry, use: str, commercial: bool) -> list[str]:
     return reasons
 
 
+def _declared_license_warnings(m, reg: Registry, use: str, commercial: bool) -> list[str]:
+    """A local model whose name allowed the use but whose declared license would not: say so."""
+    if m.entry is None or blocking_reasons(m.entry, use, commercial):
+        return []
+    out = []
+    for where, li in m.names.licenses:
+        e = reg.match_license(li)
+        if e is not None and e.id != m.entry.id and blocking_reasons(e, use, commercial):
+            out.append(f"the model also declares license '{li}' ({where}: entry '{e.id}', {e.license}), which "
+                       f"would block this use; it was identified as '{m.entry.id}' from {m.matched_by}: check which "
+                       "terms apply")
+    return out
+
+
 def evaluate(teacher: str, use: str = "train_model", commercial: bool = True, acceptance=None, *,
              base_dir: str | Path | None = None, base_url: str | None = None, registry: Registry | None = None) -> Decision:
-    """The verdict for ``teacher`` (an API ``provider:MODEL``, a model directory, or a name) under ``use``."""
+    """The verdict for ``teacher`` (an API ``provider:MODEL``, a model directory or ``.gguf`` file, or a name)
+    under ``use``."""
     if use not in USES:
         raise UserError(f"unknown terms use '{use}' (one of: {', '.join(USES)})")
     reg = registry or load_registry()
     m = match_teacher(teacher, base_dir=base_dir, base_url=base_url, registry=reg)
     acc = _acceptance_dict(acceptance)
+    meta = m.names.metadata
+    own = ({k: meta[k] for k in ("format", "name", "license", "license_name", "base_model", "source") if meta[k]}
+           if meta else None)
     info = {k: v for k, v in {"kind": m.names.kind, "path": m.names.path, "provider": m.names.provider,
-                               "revision": m.names.revision}.items() if v is not None}
+                               "revision": m.names.revision, "metadata": own or None}.items() if v is not None}
     d = Decision(teacher=str(teacher), verdict="unknown", entry=m.entry, matched_by=m.matched_by, tried=m.names.tried(),
                  use=use, commercial=bool(commercial), registry_version=reg.version, acceptance=acc, teacher_info=info)
     if m.entry is None:
         return d
     d.reasons = blocking_reasons(m.entry, use, commercial)
+    d.warnings += _declared_license_warnings(m, reg, use, commercial)
     if d.reasons:
         d.verdict = "accepted" if acc else "blocked"
     else:

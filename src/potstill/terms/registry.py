@@ -1,12 +1,14 @@
 """The teacher-terms registry (``registry.yaml``, shipped in the package): load, validate, match.
 
 A teacher is matched by name: an API model name (``gpt-4o``), a Hugging Face id
-(``meta-llama/Llama-3.1-8B-Instruct``), or, for a local model directory, what the directory says
-about itself (see :func:`teacher_names`). Entries are tried in file order and the first whose
-``match`` regex (case-insensitive ``re.search``) finds a name, and no ``exclude`` regex does,
-wins; the file lists specific entries before general ones (Llama 3.1 before Llama 3). ``paths``
-are globs over a local teacher's resolved directory; ``license_ids`` are the README front
-matter's ``license:`` / ``license_name:`` values, tried only once no name matched.
+(``meta-llama/Llama-3.1-8B-Instruct``), or, for a local model (a directory or a ``.gguf`` file),
+what the model's own metadata says about it (see :func:`teacher_names`). Entries are tried in file
+order and the first whose ``match`` regex (case-insensitive ``re.search``, over the name with runs
+of whitespace read as ``-``) finds a name, and no ``exclude`` regex does, wins; the file lists
+specific entries before general ones (Llama 3.1 before Llama 3). ``paths`` are globs over a local
+teacher's resolved path; ``license_ids`` are declared license ids (README front matter's
+``license:`` / ``license_name:``, GGUF ``general.license``), tried only once no name from the
+model's metadata matched, and before its directory name.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import UserError
+from .metadata import model_metadata, name_of, read_json
 
 REGISTRY_PATH = Path(__file__).with_name("registry.yaml")
 
@@ -123,8 +126,9 @@ class Registry(BaseModel):
         raise KeyError(entry_id)
 
     def match_name(self, name: str) -> Entry | None:
-        """The first entry (in file order) whose patterns match ``name``."""
-        name = str(name).strip()
+        """The first entry (in file order) whose patterns match ``name`` (whitespace read as ``-``:
+        a GGUF header's ``Qwen2 72B Instruct`` is ``Qwen2-72B-Instruct``)."""
+        name = re.sub(r"\s+", "-", str(name).strip())
         if not name:
             return None
         return next((e for e in self.entries if e.matches(name)), None)
@@ -169,73 +173,34 @@ class TeacherNames:
     """Everything that may name a teacher, in the order it is tried."""
 
     teacher: str                                   # as configured
-    kind: Literal["api", "local", "name"]          # api: provider:MODEL; local: an existing directory; name: anything else
+    kind: Literal["api", "local", "name"]          # api: provider:MODEL; local: a directory or .gguf file; name: else
     names: list[tuple[str, str]] = field(default_factory=list)     # (where it came from, name)
     licenses: list[tuple[str, str]] = field(default_factory=list)  # (where it came from, license id)
-    path: str | None = None                        # a local teacher's resolved directory
+    fallback: list[tuple[str, str]] = field(default_factory=list)  # local: its directory/file name, tried last
+    metadata: dict | None = None                   # local: what potstill.terms.metadata.model_metadata read
+    path: str | None = None                        # a local teacher's resolved directory or file
     provider: str | None = None                    # api: "openai" / "anthropic"
     official_endpoint: bool = False                # api: the provider's own endpoint (no base_url)
     revision: str | None = None                    # a Hugging Face cache snapshot's commit, when the path shows one
     reference: bool = False                        # config.json says potstill_reference: true
 
     def tried(self) -> list[str]:
-        return [n for _, n in self.names] + [f"license {li}" for _, li in self.licenses]
-
-
-def _front_matter(readme: Path) -> dict:
-    try:
-        text = readme.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return {}
-    if not text.startswith("---"):
-        return {}
-    end = text.find("\n---", 3)
-    if end < 0:
-        return {}
-    try:
-        data = yaml.safe_load(text[3:end])
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _as_list(v) -> list[str]:
-    if v is None:
-        return []
-    if isinstance(v, (list, tuple)):
-        return [str(x) for x in v if x is not None and str(x).strip()]
-    return [str(v)] if str(v).strip() else []
-
-
-def _looks_like_path(name: str) -> bool:
-    n = name.replace("\\", "/")
-    return n.startswith(("/", "./", "../", "~")) or bool(re.match(r"^[A-Za-z]:/", n))
-
-
-def _name_of(name: str) -> str:
-    """A name as matched: a filesystem path stands for its model, not its parent folders (a user or
-    folder called ``gemma`` must not decide the terms): ``ORG/NAME`` of a Hugging Face cache path
-    (``models--ORG--NAME``), else the path's last component; a Hugging Face id stays as it is."""
-    n = str(name).strip().replace("\\", "/")
-    if not _looks_like_path(n):
-        return n
-    m = re.search(r"models--([^/]+?)--([^/]+)", n)
-    if m:
-        return f"{m.group(1)}/{m.group(2)}"
-    parts = [x for x in n.rstrip("/").split("/") if x not in ("", ".", "..", "~")]
-    return parts[-1] if parts else n
+        return ([n for _, n in self.names] + [f"license {li}" for _, li in self.licenses]
+                + [n for _, n in self.fallback])
 
 
 def teacher_names(teacher: str, base_dir: str | Path | None = None, base_url: str | None = None) -> TeacherNames:
-    """The names (and license ids) a teacher goes by.
+    """The names (and license ids) a teacher goes by, in the order they are tried.
 
-    ``provider:MODEL`` (an API teacher) is named by MODEL. An existing directory (relative to
-    ``base_dir``) is named by its config.json ``_name_or_path``, its README front matter's
-    ``base_model``, and its own directory name, in that order, then its README ``license`` /
-    ``license_name``; its resolved path is matched against the entries' ``paths``. Anything else
-    is taken as a name (a Hugging Face id or bare model name). A name that is a filesystem path
-    counts by its last component (or ``ORG/NAME`` of a Hugging Face cache path), never by the
-    folders above it.
+    ``provider:MODEL`` (an API teacher) is named by MODEL. A local model (an existing directory or
+    ``.gguf`` file, relative to ``base_dir``) is named first by its own metadata
+    (:func:`~potstill.terms.metadata.model_metadata`: a GGUF header's ``general.*`` keys, or
+    config.json ``_name_or_path`` and the README front matter's ``base_model``), then by its Hugging
+    Face cache path (``models--ORG--NAME``); its resolved path is matched against the entries'
+    ``paths``; then its declared license (GGUF ``general.license``, README ``license`` /
+    ``license_name``); and only then by its directory or file name. Anything else is taken as a name
+    (a Hugging Face id or bare model name). A name that is a filesystem path counts by its last
+    component (or ``ORG/NAME`` of a Hugging Face cache path), never by the folders above it.
     """
     from ..teachers.api import parse_teacher
 
@@ -247,29 +212,25 @@ def teacher_names(teacher: str, base_dir: str | Path | None = None, base_url: st
     p = Path(teacher).expanduser()
     if base_dir is not None and not p.is_absolute():
         p = Path(base_dir) / p
-    if not p.is_dir():
-        return TeacherNames(teacher, "name", names=[("name", _name_of(teacher))])
+    if not (p.is_dir() or (p.is_file() and p.suffix.lower() == ".gguf")):
+        return TeacherNames(teacher, "name", names=[("name", name_of(teacher))])
     p = p.resolve()
-    info = TeacherNames(teacher, "local", path=str(p))
-    m = re.search(r"/snapshots/([0-9a-f]{40})(/|$)", str(p).replace("\\", "/"))
+    meta = model_metadata(p)
+    info = TeacherNames(teacher, "local", path=str(p), metadata=meta)
+    posix = str(p).replace("\\", "/")
+    m = re.search(r"/snapshots/([0-9a-f]{40})(/|$)", posix)
     info.revision = m.group(1) if m else None
-    cfg_file = p / "config.json"
-    if cfg_file.is_file():
-        try:
-            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            cfg = {}
-        if isinstance(cfg, dict):
-            info.reference = cfg.get("potstill_reference") is True
-            info.names += [("config.json _name_or_path", _name_of(n)) for n in _as_list(cfg.get("_name_or_path"))]
-    fm = _front_matter(p / "README.md")
-    info.names += [("README base_model", _name_of(n)) for n in _as_list(fm.get("base_model"))]
-    m = re.search(r"models--([^/]+?)--([^/]+)/snapshots/", str(p).replace("\\", "/"))
+    info.reference = p.is_dir() and read_json(p / "config.json").get("potstill_reference") is True
+    info.names += [tuple(x) for x in meta["names"]]
+    m = re.search(r"models--([^/]+?)--([^/]+)/snapshots/", posix)
     if m:  # a Hugging Face cache snapshot: models--ORG--NAME/snapshots/SHA
         info.names.append(("Hugging Face cache", f"{m.group(1)}/{m.group(2)}"))
-    info.names.append(("directory name", p.name))
-    info.licenses += [("README license", li.lower()) for li in _as_list(fm.get("license")) if li.lower() != "other"]
-    info.licenses += [("README license_name", li.lower()) for li in _as_list(fm.get("license_name"))]
+    src = meta["source"]
+    if meta["license"] and meta["license"] != "other":
+        info.licenses.append((src["license"], meta["license"]))
+    if meta["license_name"]:
+        info.licenses.append((src["license_name"], meta["license_name"]))
+    info.fallback.append(("file name" if p.is_file() else "directory name", p.stem if p.is_file() else p.name))
     return info
 
 
@@ -287,10 +248,13 @@ def match_teacher(teacher: str, base_dir: str | Path | None = None, base_url: st
     info = teacher_names(teacher, base_dir, base_url)
     if info.reference:
         return Match(reg.get("potstill-reference"), "config.json potstill_reference: true", info)
+    meta = info.metadata or {}
+    lic = meta.get("license") if meta.get("license") != "other" else meta.get("license_name")
+    declared = f", license {lic}" if lic else ""  # what a local model declares, for the record
     for where, name in info.names:
         e = reg.match_name(name)
         if e:
-            return Match(e, f"{where} '{name}'", info)
+            return Match(e, f"{where} '{name}'{declared}", info)
     if info.path:
         e = reg.match_path(info.path)
         if e:
@@ -299,6 +263,10 @@ def match_teacher(teacher: str, base_dir: str | Path | None = None, base_url: st
         e = reg.match_license(li)
         if e:
             return Match(e, f"{where} '{li}'", info)
+    for where, name in info.fallback:
+        e = reg.match_name(name)
+        if e:
+            return Match(e, f"{where} '{name}'{declared}", info)
     if info.kind == "api" and info.official_endpoint and info.provider in ("openai", "anthropic"):
         e = reg.get(f"{info.provider}-api")
         return Match(e, f"{info.provider}'s own endpoint (model name not in the registry)", info)

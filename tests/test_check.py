@@ -329,7 +329,7 @@ def test_kd_with_different_tokenizers_and_uld_trains_with_the_uld_term(pairs_dir
 
 def test_run_preflight_says_which_path_kd_takes(pairs_dir, tmp_path, capsys):
     """`potstill run`'s preflight, then prompts → generate → train kd (text-level) on tiny data."""
-    from potstill.pipeline import Pipeline
+    from potstill.pipeline import open_run, preflight as run_preflight, run_stages
 
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"question {i} about plan {i * 7}"})
                                               + "\n" for i in range(12)))
@@ -340,9 +340,9 @@ def test_run_preflight_says_which_path_kd_takes(pairs_dir, tmp_path, capsys):
     def preflight(student, **kd):
         cfg = config_from_dict({**base, "student": {"model": str(student), "init": "random"},
                                 "train": {**base["train"], "kd": kd}}, base_dir=tmp_path)
-        p = Pipeline(cfg)
-        p.preflight()
-        return p, capsys.readouterr().err
+        ctx = open_run(cfg)
+        run_preflight(ctx)
+        return ctx, capsys.readouterr().err
 
     _, err = preflight(pairs_dir["student"])
     assert "kd: teacher and student share a tokenizer (padded embeddings: logits truncated to " \
@@ -353,9 +353,7 @@ def test_run_preflight_says_which_path_kd_takes(pairs_dir, tmp_path, capsys):
     line = ("kd: tokenizers differ → text-level distillation (SFT on the teacher's answers); "
             "set train.kd.cross_tokenizer=uld for Universal Logit Distillation")
     assert line in err
-    p.prompts()
-    p.generate()
-    p.train("kd")
+    run_stages(p, ["prompts", "generate", "train"])
     m = json.loads((tmp_path / "run" / "students" / "kd" / "training.json").read_text())
     assert m["method"] == "kd" and m["kd_path"] == "sft" and set(m["final_parts"]) == {"ce_per_token"}
 

@@ -97,7 +97,7 @@ def test_helpdesk_splits_pass_the_default_threshold():
 def test_pipeline_eval_refuses_before_loading_models(tmp_path, tiny_teacher_dir, tiny_student_dir):
     """`potstill eval` stops with a one-line error naming the override when test prompts copy training prompts."""
     from potstill.config import load_config
-    from potstill.pipeline import Pipeline
+    from potstill.pipeline import open_run, run_stages
 
     train = [f"please tell me about the price of plan number {i} for teams and families" for i in range(12)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps({"id": f"t{i}", "prompt": p}) + "\n" for i, p in enumerate(train)))
@@ -108,10 +108,10 @@ def test_pipeline_eval_refuses_before_loading_models(tmp_path, tiny_teacher_dir,
            "teacher": {"model": str(tiny_teacher_dir)}, "student": {"model": str(tiny_student_dir), "init": "random"},
            "train": {"methods": ["sft"]}, "eval": {"splits": ["test"]}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    p = Pipeline(load_config(tmp_path / "c.yaml"))
-    p.prompts()
+    p = open_run(load_config(tmp_path / "c.yaml"))
+    run_stages(p, ["prompts"])
     (tmp_path / "run" / "students" / "sft").mkdir(parents=True)  # a stand-in for a trained student
     (tmp_path / "run" / "students" / "sft" / "_provenance.json").write_text(json.dumps({"inputs_hash": "x" * 64}))
     with pytest.raises(UserError, match=r"test: 4 of 4 evaluation prompts .* eval.force_contaminated=true"):
-        p.evaluate()
+        run_stages(p, ["eval"])
     assert not (tmp_path / "run" / "eval").exists()

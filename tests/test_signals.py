@@ -209,7 +209,7 @@ def test_capture_end_to_end_matches_the_teacher(tmp_path, tiny_teacher_dir, make
     pairs[2]["response_token_ids"] = pairs[2]["response_token_ids"] * 3  # uneven lengths: left padding
     m = capture_signals(tiny_teacher_dir, pairs, tmp_path / "dense", fmt="dense", temperature=2.0, batch_size=3)
     tok = load_tokenizer(tiny_teacher_dir)
-    from potstill.pipeline import model_hash
+    from potstill.models import model_hash
 
     assert m["format"] == "dense" and m["temperature"] == 2.0 and m["vocab_size"] == len(tok) and m["k"] == len(tok)
     assert m["teacher"]["model_hash"] == model_hash(tiny_teacher_dir)
@@ -415,10 +415,10 @@ def test_cli_capture_writes_run_signals_and_skips_when_done(tmp_path, tiny_teach
     sig = tmp_path / "run" / "signals"
     m = read_json(sig / "manifest.json")
     assert m["format"] == "sampled" and m["draws"] == 20 and (sig / "_provenance.json").is_file()
-    from potstill.pipeline import Pipeline
     from potstill.config import load_config
+    from potstill.pipeline import open_run
 
-    pairs = Pipeline(load_config(tmp_path / "c.yaml")).pairs()
+    pairs = open_run(load_config(tmp_path / "c.yaml")).pairs()
     tok = load_tokenizer(tiny_student_dir, padding_side="right")
     store = open_signal_store(sig, tok, 1.0)
     assert set(store.example_ids()) == {p["id"] for p in pairs}

@@ -288,18 +288,18 @@ def test_preflight_writes_terms_json(tmp_path):
 
 
 def test_pipeline_preflight_blocks_accepts_and_records(tmp_path):
-    from potstill.pipeline import Pipeline
+    from potstill.pipeline import open_run, preflight
 
     readme = "---\nlicense: llama3\n---\n# fine-tune\n"
     teacher = _fake_model(tmp_path / "my-teacher", readme=readme)
-    p = Pipeline(_cfg(tmp_path, str(teacher)))
+    p = open_run(_cfg(tmp_path, str(teacher)))
     with pytest.raises(UserError) as err:
-        p.preflight()
+        preflight(p)
     # a local teacher's verdict says which of its own fields identified it
     assert "matches 'llama-3'" in str(err.value) and "identified from README license 'llama3'" in str(err.value)
     assert not (tmp_path / "run" / "terms.json").exists()
-    p = Pipeline(_cfg(tmp_path, str(teacher), acceptance=dict(ACCEPT)))
-    p.preflight()
+    p = open_run(_cfg(tmp_path, str(teacher), acceptance=dict(ACCEPT)))
+    preflight(p)
     assert p.terms.verdict == "accepted"
     rec = json.loads((tmp_path / "run" / "terms.json").read_text())
     assert rec["verdict"] == "accepted" and rec["acceptance"] == ACCEPT and rec["matched_by"] == "README license 'llama3'"

@@ -185,11 +185,10 @@ def write_project(root: Path, teacher: str, student: Path, run_dir: str = "run",
 
 
 def generations(cfg_path: Path) -> list[dict]:
-    from potstill.pipeline import Pipeline
+    from potstill.pipeline import open_run, run_stages
 
-    p = Pipeline(load_config(cfg_path))
-    p.prompts()
-    p.generate()
+    p = open_run(load_config(cfg_path))
+    run_stages(p, ["prompts", "generate"])
     return [json.loads(x) for x in (p.run_dir.path("generate") / "generations.jsonl").read_text().splitlines()]
 
 
@@ -210,7 +209,8 @@ def assert_same_answers(a: list[dict], b: list[dict], shift_ok: bool = False) ->
 
 
 def test_vllm_teacher_generate_stage_matches_transformers(fake_vllm, tmp_path, tiny_teacher_dir, tiny_student_dir):
-    from potstill.pipeline import Pipeline, model_hash
+    from potstill.models import model_hash
+    from potstill.pipeline import open_run
 
     rel = os.path.relpath(tiny_teacher_dir, tmp_path)  # resolved against the config's directory
     settings = {"vllm": {"tensor_parallel_size": 2, "enforce_eager": True}}
@@ -221,10 +221,11 @@ def test_vllm_teacher_generate_stage_matches_transformers(fake_vllm, tmp_path, t
     assert made["tensor_parallel_size"] == 2 and made["enforce_eager"] and made["dtype"] == "float32"
     assert [r["id"] for r in vl] == [r["id"] for r in hf] and len(vl) == 24
     assert_same_answers(vl, hf, shift_ok=True)
-    pipe = Pipeline(load_config(tmp_path / "run_vllm.yaml"))
+    pipe = open_run(load_config(tmp_path / "run_vllm.yaml"))
     prov = json.loads((pipe.run_dir.path("generate") / "_provenance.json").read_text())
-    assert prov["inputs"]["teacher"] == model_hash(tiny_teacher_dir) == pipe.teacher_ident()
-    assert prov["inputs"]["config"]["model"] == f"vllm:{rel}" and "vllm" not in prov["inputs"]["config"]
+    assert pipe.teacher.kind == "vllm" and pipe.teacher.path == tiny_teacher_dir.resolve()
+    assert prov["inputs"]["teacher"] == model_hash(tiny_teacher_dir) == pipe.teacher.identity()
+    assert "model" not in prov["inputs"]["config"] and "vllm" not in prov["inputs"]["config"]
 
 
 def test_vllm_teacher_without_vllm_stops_the_stage_with_one_line(monkeypatch, capsys, tmp_path, tiny_teacher_dir, tiny_student_dir):
@@ -302,11 +303,12 @@ def test_real_vllm_generation_and_capture(real_vllm, tmp_path_factory, make_tiny
 
 
 def run_shard(cfg_path: Path, shard):
-    from potstill.pipeline import Pipeline
+    from potstill.pipeline import open_run, run_stages
+    from potstill.teachers.stage import generate_shard
 
-    p = Pipeline(load_config(cfg_path))
-    p.prompts()
-    p.generate(shard=shard)
+    p = open_run(load_config(cfg_path))
+    run_stages(p, ["prompts"])
+    generate_shard(p, shard)
     return p
 
 
@@ -379,5 +381,8 @@ def test_direct_form_shards_and_api_teacher_refused(tmp_path, tiny_teacher_dir, 
     for bad in ("4/4", "-1/2", "1", "a/b", "0/0"):
         with pytest.raises(UserError, match="--shard"):
             parse_shard(bad)
+    from potstill.teachers.spec import teacher_spec
+
     with pytest.raises(UserError, match="API teacher"):
-        run_generate_shard(TeacherConfig(model="openai:gpt-4o-mini"), None, [], tmp_path, (0, 2))
+        cfg = TeacherConfig(model="openai:gpt-4o-mini")
+        run_generate_shard(cfg, teacher_spec(cfg, Path), [], tmp_path, (0, 2))

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from .data.config import PromptsConfig
 from .errors import UserError
+from .teachers.spec import teacher_spec
 
 
 class Section(BaseModel):
@@ -67,23 +68,14 @@ class TeacherConfig(Section):
                               "share one file between runs to never pay twice for an answer.")
     vllm: VLLMSettings = Field(default_factory=lambda: VLLMSettings(), description="Engine settings of a 'vllm:DIR' teacher.")
 
-    @field_validator("model")
-    @classmethod
-    def _model_named(cls, v: str) -> str:
-        prefix, sep, name = v.partition(":")
-        if sep and prefix in ("openai", "anthropic") and not name.strip():
-            raise ValueError(f"names no model (expected '{prefix}:MODEL')")
-        return v
-
-    @field_validator("base_url")
-    @classmethod
-    def _base_url(cls, v: str | None, info: ValidationInfo) -> str | None:
-        prefix, sep, _ = str(info.data.get("model", "")).partition(":")
-        if v is not None and not (sep and prefix in ("openai", "anthropic")):
-            raise ValueError("base_url is only for API teachers (model 'openai:MODEL' or 'anthropic:MODEL')")
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError("base_url must start with http:// or https://")
-        return v
+    @model_validator(mode="after")
+    def _spec(self):
+        """The model spec parses (:mod:`potstill.teachers.spec`: an API model names a model; base_url is for APIs)."""
+        try:
+            teacher_spec(self, Path)
+        except UserError as e:
+            raise ValueError(str(e).split(": ", 1)[-1]) from None
+        return self
 
     @field_validator("backoff_max_s")
     @classmethod
@@ -376,15 +368,6 @@ class RunConfig(Section):
     @property
     def run_path(self) -> Path:
         return self.resolve(self.run_dir)
-
-    def teacher_dir(self) -> Path | None:
-        """The local teacher's model directory (``DIR`` of ``vllm:DIR`` too), resolved against the
-        config file; None for an API teacher (``openai:``/``anthropic:``)."""
-        model = self.teacher.model
-        prefix, sep, rest = model.partition(":")
-        if sep and prefix in ("openai", "anthropic"):
-            return None
-        return self.resolve(rest if sep and prefix == "vllm" else model)
 
 
 # ----------------------------------------------------------------------------------------------

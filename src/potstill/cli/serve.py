@@ -119,17 +119,19 @@ def load_router(path: Path):
 def make_teacher(args, local):
     """The fallback teacher: an API model (``openai:``/``anthropic:``) or a local model directory."""
     from ..route.gateway import ApiTeacher, LocalTeacher
-    from ..teachers.api import make_provider, parse_teacher, resolve_api_key
+    from ..teachers.api import make_provider, resolve_api_key
+    from ..teachers.spec import parse_model
 
-    api = parse_teacher(args.fallback)
-    if api:
-        key = resolve_api_key(api[0], args.fallback_key_env, args.fallback_base_url)
-        return ApiTeacher(make_provider(api[0], api[1], args.fallback_base_url, key, args.fallback_timeout, 32),
+    spec = parse_model(args.fallback, base_url=args.fallback_base_url, api_key_env=args.fallback_key_env,
+                       where="--fallback")
+    if spec.is_api:
+        key = resolve_api_key(spec.provider, spec.api_key_env, spec.base_url)
+        return ApiTeacher(make_provider(spec.provider, spec.name, spec.base_url, key, args.fallback_timeout, 32),
                           default_max_tokens=args.max_tokens)
-    from ..models import check_model_dir
+    from ..models import model_hash
 
-    check_model_dir(args.fallback)
-    return LocalTeacher(local(args.fallback))
+    model_hash(spec.path)  # one-line error unless it is a model
+    return LocalTeacher(local(str(spec.model_dir())))
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -32,14 +32,6 @@ RETRYABLE = {"rate_limit", "server", "timeout", "connection", "malformed"}
 FATAL = {"auth", "not_found", "unavailable"}
 
 
-def parse_teacher(model: str) -> tuple[str, str] | None:
-    """``("openai", "gpt-4o-mini")`` for ``"openai:gpt-4o-mini"``; ``None`` for a local model directory."""
-    prefix, sep, name = str(model).partition(":")
-    if sep and prefix in PROVIDERS:
-        return prefix, name
-    return None
-
-
 def teacher_identity(provider: str, model: str, base_url: str | None) -> str:
     """What stands for an API teacher's weights in stage hashes: provider, model and endpoint."""
     return sha256_json({"provider": provider, "model": model, "base_url": (base_url or PROVIDERS[provider]["url"]).rstrip("/")})

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import UserError
 from .metadata import model_metadata, name_of, read_json
+from ..teachers.spec import parse_model
 
 REGISTRY_PATH = Path(__file__).with_name("registry.yaml")
 
@@ -202,12 +203,10 @@ def teacher_names(teacher: str, base_dir: str | Path | None = None, base_url: st
     (a Hugging Face id or bare model name). A name that is a filesystem path counts by its last
     component (or ``ORG/NAME`` of a Hugging Face cache path), never by the folders above it.
     """
-    from ..teachers.api import parse_teacher
-
     teacher = str(teacher)
-    api = parse_teacher(teacher)
-    if api:
-        return TeacherNames(teacher, "api", names=[("API model name", api[1])], provider=api[0],
+    spec = parse_model(teacher, where="teacher")
+    if spec.is_api:
+        return TeacherNames(teacher, "api", names=[("API model name", spec.name)], provider=spec.provider,
                             official_endpoint=base_url is None)
     p = Path(teacher).expanduser()
     if base_dir is not None and not p.is_absolute():

@@ -10,7 +10,7 @@ import pytest
 from potstill.config import EvalConfig, ScorerSpec
 from potstill.evaluate.degeneration import degeneration_summary, length_ratio, repetition_rate
 from potstill.evaluate.scorers import build_scorer
-from potstill.evaluate.stage import retention_warnings, run_eval
+from potstill.evaluate.compare import retention_warnings, run_eval
 
 
 def test_chrf_and_agreement_scorers():

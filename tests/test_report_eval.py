@@ -12,7 +12,7 @@ from potstill.config import Price, PricesConfig
 from potstill.evaluate.contamination import contamination_report
 from potstill.evaluate.cost import break_even, cost_summary
 from potstill.evaluate.judge import judge_summary
-from potstill.evaluate.stage import retention_warnings, summarize
+from potstill.evaluate.compare import retention_warnings, summarize
 from potstill.report import build_report
 from potstill.report.sections import make_plots
 from potstill.train.card import append_card_section

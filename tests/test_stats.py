@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from potstill.evaluate.stage import summarize
+from potstill.evaluate.compare import summarize
 from potstill.evaluate.stats import (bootstrap_ci, is_binary, mcnemar, paired_bootstrap, paired_diff_ci,
                                      resampled_means)
 

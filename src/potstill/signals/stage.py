@@ -51,8 +51,8 @@ class SignalsStage(Stage):
 
     def inputs(self, ctx: RunContext, folder: str) -> dict:
         if ctx.teacher.kind not in ("local", "gguf", "vllm"):
-            raise UserError("capture needs the teacher as local weights (an API teacher's signals are its "
-                            "top_logprobs: use train.kd.signal=topk)", "teacher.model")
+            raise UserError("capture needs the teacher as a local model directory or GGUF file (an API teacher's "
+                            "signals are its top_logprobs: use train.kd.signal=topk)", "teacher.model")
         return {"capture": capture_settings(ctx.cfg, **self.overrides), "teacher": ctx.teacher.identity(),
                 "generate": ctx.need("generate"), "seed": ctx.cfg.seed}
 

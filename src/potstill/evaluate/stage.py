@@ -11,8 +11,6 @@ a fresh subprocess (an API teacher is priced from its token counts instead).
 
 from __future__ import annotations
 
-import os
-import platform
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,12 +19,12 @@ from ..io import read_json, read_jsonl, write_json
 from ..models import param_count
 from ..progress import say
 from ..teachers.spec import parse_model
-from ..teachers.stage import api_answers
+from ..teachers.generate import api_answers
 from .compare import run_eval
 from .contamination import check_contamination, contamination_report
 from .judge import api_judge, local_judge
 from .judging import auto_judge
-from .measure import measure_model
+from .measure import machine, measure_model
 
 def judge_spec(ctx: RunContext):
     """The judge as a :class:`~potstill.teachers.spec.ModelSpec` (default: the run's teacher), or None when off."""
@@ -102,14 +100,6 @@ class EvalStage(Stage):
         for w in results["warnings"]:
             say(f"  [yellow]warning[/]: {w['message']}")
         return {"splits": list(results["splits"]), "warnings": len(results["warnings"])}
-
-
-def machine() -> str:
-    """A short description of this machine for the report."""
-    import torch  # defers torch
-
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {dev}, torch {torch.__version__}"
 
 
 def api_perf(eval_dir: Path) -> dict:

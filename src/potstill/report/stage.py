@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..context import RunContext, Stage, hashed
 from ..evaluate.cost import break_even, run_costs
-from ..evaluate.stage import machine
+from ..evaluate.measure import machine
 from ..io import read_json
 from .build import build_report
 

@@ -23,7 +23,7 @@ from ..evaluate.scorers import build_scorer, scorer_name
 from ..evaluate.cost import run_costs
 from ..teachers.base import GenerationSettings
 from ..teachers.hf import LocalGenerator
-from ..teachers.stage import api_answers
+from ..teachers.generate import api_answers
 from ..io import read_jsonl, write_json, write_jsonl
 from ..progress import say
 from .answers import answer_with_confidence

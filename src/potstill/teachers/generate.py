@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..config import TeacherConfig
 from ..errors import UserError
-from ..io import write_json, write_jsonl
+from ..io import read_jsonl, write_json, write_jsonl
 from ..progress import say, track
 from .base import GenerationSettings
 from .spec import ModelSpec
@@ -191,3 +191,22 @@ def run_generate(cfg: TeacherConfig, spec: ModelSpec, records: list[dict], out_d
         stats["from_shards"] = sum(r["id"] in shards for r in records)
     write_json(out_dir / "stats.json", stats)
     return stats
+
+
+def api_answers(ctx, splits: dict[str, list[dict]], work: Path, max_new_tokens: int) -> dict[str, list[dict]]:
+    """An API teacher's greedy answers on evaluation splits, through the generate stage's engine and cache
+    (``ctx``: the :class:`~potstill.context.RunContext` of the run)."""
+    cfg = ctx.teacher_config().model_copy(update={"top_logprobs": 0, "max_new_tokens": max_new_tokens})
+    answers = {}
+    for split, records in splits.items():
+        out = work / f"api-{split}"
+        run_generate(cfg, ctx.teacher, records, out, work / f"api-{split}.work", ctx.cfg.seed,
+                     prices=ctx.teacher_prices(), cache_path=ctx.api_cache())
+        rows = {g["id"]: g for g in read_jsonl(out / "generations.jsonl")}
+        missing = [r["id"] for r in records if r["id"] not in rows]
+        if missing:
+            raise UserError(f"the API teacher did not answer {len(missing)} {split} prompts (first: {missing[0]}); "
+                            f"see {out / 'failed.jsonl'} and rerun")
+        answers[split] = [{"id": r["id"], "text": rows[r["id"]]["text"], "finish_reason": rows[r["id"]]["finish_reason"],
+                           **rows[r["id"]]["usage"]} for r in records]
+    return answers

@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..context import RunContext, Stage
-from ..errors import UserError
-from ..io import read_jsonl, sha256_json
+from ..io import sha256_json
 from ..progress import say
 from ..terms.gate import preflight_terms
 from .generate import hashed_teacher_config, run_generate, run_generate_shard
@@ -51,21 +50,3 @@ def generate_shard(ctx: RunContext, shard: tuple[int, int]) -> str:
                            shard, ctx.cfg.seed)
     say(f"  generate: shard {s['shard']}: {s['records']} answers ({s['generated']} generated now) in {s['path']}")
     return h
-
-
-def api_answers(ctx: RunContext, splits: dict[str, list[dict]], work: Path, max_new_tokens: int) -> dict[str, list[dict]]:
-    """An API teacher's greedy answers on evaluation splits, through the generate stage's engine and cache."""
-    cfg = ctx.teacher_config().model_copy(update={"top_logprobs": 0, "max_new_tokens": max_new_tokens})
-    answers = {}
-    for split, records in splits.items():
-        out = work / f"api-{split}"
-        run_generate(cfg, ctx.teacher, records, out, work / f"api-{split}.work", ctx.cfg.seed,
-                     prices=ctx.teacher_prices(), cache_path=ctx.api_cache())
-        rows = {g["id"]: g for g in read_jsonl(out / "generations.jsonl")}
-        missing = [r["id"] for r in records if r["id"] not in rows]
-        if missing:
-            raise UserError(f"the API teacher did not answer {len(missing)} {split} prompts (first: {missing[0]}); "
-                            f"see {out / 'failed.jsonl'} and rerun")
-        answers[split] = [{"id": r["id"], "text": rows[r["id"]]["text"], "finish_reason": rows[r["id"]]["finish_reason"],
-                           **rows[r["id"]]["usage"]} for r in records]
-    return answers

@@ -1,0 +1,1 @@
+"""Routing between the student and the teacher: confidence signals, threshold calibration, the gateway."""

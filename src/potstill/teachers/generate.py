@@ -94,15 +94,25 @@ def parse_shard(text: str, what: str = "--shard") -> tuple[int, int]:
     return i, n
 
 
-def local_generator(cfg: TeacherConfig, spec: ModelSpec, seed: int):
-    """The generator of a local teacher: vLLM for a ``vllm:DIR`` spec, else transformers."""
-    if spec.kind == "vllm":
-        from .vllm import VLLMGenerator  # defers vllm (optional, CUDA)
+def _vllm_generator(cfg: TeacherConfig, spec: ModelSpec, seed: int):
+    from .vllm import VLLMGenerator  # defers vllm (optional, CUDA)
 
-        return VLLMGenerator(spec.model_dir(), cfg.vllm, seed=seed, dtype=cfg.dtype, max_logprobs=cfg.top_logprobs)
+    return VLLMGenerator(spec.model_dir(), cfg.vllm, seed=seed, dtype=cfg.dtype, max_logprobs=cfg.top_logprobs)
+
+
+def _hf_generator(cfg: TeacherConfig, spec: ModelSpec, seed: int):
     from .hf import LocalGenerator  # defers torch/transformers
 
     return LocalGenerator(spec.model_dir(), dtype=cfg.dtype, seed=seed)
+
+
+# How each kind of local model spec (potstill.teachers.spec.KINDS) generates; others use transformers.
+GENERATORS = {"vllm": _vllm_generator}
+
+
+def local_generator(cfg: TeacherConfig, spec: ModelSpec, seed: int):
+    """The generator of a local teacher: its kind's entry in :data:`GENERATORS`, else transformers."""
+    return GENERATORS.get(spec.kind, _hf_generator)(cfg, spec, seed)
 
 
 def _answer(cfg: TeacherConfig, spec: ModelSpec, todo: list[dict], seed: int, path: Path, done: dict) -> None:

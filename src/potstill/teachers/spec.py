@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import UserError
+from ..io import sha256_json
+from .api import teacher_identity
 
 API_PROVIDERS = ("openai", "anthropic")
 
@@ -64,17 +66,19 @@ class ModelSpec:
     def identity(self) -> str:
         """What stands for this model in stage hashes: its files' hash, or an API's provider/model/endpoint."""
         if self.is_api:
-            from .api import teacher_identity
-
             return teacher_identity(self.provider, self.name, self.base_url)
-        from ..models import model_hash
+        if self.path is None:  # a kind without files (e.g. a test's toy kind): its kind and name
+            return sha256_json({"kind": self.kind, "name": self.name})
+        from ..models import model_hash  # defers torch
 
         return model_hash(self.path)
 
     @property
     def display(self) -> str:
         """How reports, model cards and the terms gate name it: ``provider:model`` or the path."""
-        return f"{self.provider}:{self.name}" if self.is_api else str(self.path)
+        if self.is_api:
+            return f"{self.provider}:{self.name}"
+        return str(self.path) if self.path is not None else f"{self.kind}:{self.name}"
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ class MethodSettings(Section):
 class RuleSettings(MethodSettings):
     """A rule-based perturbation of the last user message."""
 
-    rate: float = Field(0.1, ge=0, le=1, description="Share of the eligible words (or marks) changed; 0 changes nothing.")
+    rate: float = Field(0.1, ge=0, le=1, description="Share of the eligible words changed (at least one when > 0); "
+                        "0 changes nothing.")
 
 
 class CasingSettings(RuleSettings):
@@ -112,7 +113,8 @@ class ComposeSettings(MethodSettings):
 class Instruction(Section):
     """One writer instruction; ``{prompt}`` is replaced by the seed prompt's last user message."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Short name, kept in each rewrite's meta.")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="Short name, kept in each rewrite's meta.")
     method: Literal["paraphrase", "evolve"] = Field(description="paraphrase: same request in other words; "
                                                     "evolve: a changed request (more casual, specific, constrained).")
     template: str = Field(min_length=1, description="The message sent to the writer; must contain {prompt}.")
@@ -132,7 +134,8 @@ def _default_instructions() -> list[Instruction]:
 class WriterSettings(MethodSettings):
     """A writer model rewrites seed prompts (paraphrase / evolve), cached and resumable like teacher answers."""
 
-    enabled: bool = Field(False, description="Run the writer (needs `model`, or a `cache_file` that covers every seed).")
+    enabled: bool = Field(False, description="Run the writer (needs `model`, or a `cache_file` that covers "
+                          "every seed).")
     share: float = Field(0.5, ge=0, le=1, description="Share of the training prompts rewritten.")
     copies: int | None = Field(None, ge=1, le=32, description="Instructions applied per chosen prompt, drawn without "
                                "repeats (none: all of them).")
@@ -179,7 +182,7 @@ class WriterSettings(MethodSettings):
 
 
 class ExpandConfig(Section):
-    """The expand stage: grow the training prompts (train only) with perturbed, wrapped, composed and rewritten copies."""
+    """The expand stage: grow the training prompts (train only) with perturbed, wrapped, composed, rewritten copies."""
 
     enabled: bool = Field(False, description="Run the expand stage between prompts and generate.")
     seed: int | None = Field(None, description="Seed of every random choice (default: the run's seed).")
@@ -190,7 +193,8 @@ class ExpandConfig(Section):
     protect: str = Field(r"\d", description="Regex: words in which it matches are never changed by typo, swap and "
                          "dropout (default: words with digits, e.g. codes, prices, versions).")
     typo: RuleSettings = Field(default_factory=lambda: RuleSettings(share=0.3),
-                               description="Keyboard typos (nlpaug KeyboardAug): one neighbouring key per changed word.")
+                               description="Keyboard typos (nlpaug KeyboardAug): a neighbouring key in each changed "
+                               "word.")
     swap: RuleSettings = Field(default_factory=lambda: RuleSettings(share=0.2),
                                description="Swapped adjacent characters (nlpaug RandomCharAug swap).")
     dropout: RuleSettings = Field(default_factory=lambda: RuleSettings(share=0.2),

@@ -120,8 +120,9 @@ def resolve_model(model: str, base_dir: str | Path) -> Path | None:
     return p if p.is_absolute() else (Path(base_dir) / p).resolve()
 
 
-def teacher_config(cfg: WriterSettings):
-    """The writer's settings as a :class:`potstill.config.TeacherConfig` (what ``run_generate`` takes)."""
+def teacher_config(cfg: WriterSettings, engine: dict | None = None):
+    """The writer's settings as a :class:`potstill.config.TeacherConfig` (what ``run_generate`` takes);
+    ``engine`` adds other teacher settings (e.g. rpm, timeout_s, max_attempts, backoff_base_s)."""
     from pydantic import ValidationError
 
     from ..config import TeacherConfig
@@ -130,7 +131,7 @@ def teacher_config(cfg: WriterSettings):
         return TeacherConfig(model=cfg.model, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
                              do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p, dtype=cfg.dtype,
                              base_url=cfg.base_url, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-                             max_cost=cfg.max_cost)
+                             max_cost=cfg.max_cost, **(engine or {}))
     except ValidationError as e:
         err = e.errors()[0]
         raise UserError(f"expand.writer.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
@@ -151,11 +152,13 @@ def writer_identity(cfg: WriterSettings, base_dir: str | Path = ".") -> dict:
 
 
 def make_writer_runner(cfg: WriterSettings, base_dir: str | Path = ".", cache_path: Path | None = None,
-                       prices: tuple[float | None, float | None] = (None, None), seed: int = 0) -> WriterRunner:
+                       prices: tuple[float | None, float | None] = (None, None), seed: int = 0,
+                       engine: dict | None = None) -> WriterRunner:
     """A runner that answers instruction records with ``cfg.model`` through ``run_generate``.
 
     ``base_dir`` resolves a local model path; ``cache_path`` is an API writer's answer cache (default
-    ``work_dir/cache.sqlite``); ``prices`` its USD per million input/output tokens (for ``max_cost``).
+    ``work_dir/cache.sqlite``); ``prices`` its USD per million input/output tokens (for ``max_cost``);
+    ``engine`` more :class:`~potstill.config.TeacherConfig` settings of an API writer (rate limits, retries).
     """
     def run(records: list[dict], out_dir: Path, work_dir: Path) -> list[dict]:
         from ..teachers.stage import run_generate
@@ -165,8 +168,8 @@ def make_writer_runner(cfg: WriterSettings, base_dir: str | Path = ".", cache_pa
                             "expand.writer.model is set to write them")
         model_dir = resolve_model(cfg.model, base_dir)
         Path(work_dir).mkdir(parents=True, exist_ok=True)
-        run_generate(teacher_config(cfg), model_dir, records, Path(out_dir), Path(work_dir), seed, prices=prices,
-                     cache_path=cache_path or Path(work_dir) / "cache.sqlite")
+        run_generate(teacher_config(cfg, engine), model_dir, records, Path(out_dir), Path(work_dir), seed,
+                     prices=prices, cache_path=cache_path or Path(work_dir) / "cache.sqlite")
         return read_jsonl(Path(out_dir) / "generations.jsonl")
 
     return run

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +73,29 @@ def test_nlpaug_perturbations_leave_protected_words_alone(method):
     for s in range(10):
         out = PERTURBATIONS[method](text, settings, s, r"\d")
         assert "4417" in out.split() and "INV-2024" in out.split()
+
+
+def sample(texts: list[str]) -> dict:
+    """Every rule and conversational expansion of ``texts`` at seed 7 (run here and in a subprocess)."""
+    from potstill.expand.chat import compose, wrap
+    from potstill.expand.rules import PERTURBATIONS
+
+    cfg = ExpandConfig()
+    out = {m: [f(t, getattr(cfg, m), 7, cfg.protect) for t in texts] for m, f in PERTURBATIONS.items()}
+    out["wrap"] = [wrap(t, cfg.wrap, 7) for t in texts]
+    out["compose"] = compose(texts, cfg.compose.model_copy(update={"max_parts": 4}), 7)
+    return out
+
+
+def test_same_output_in_another_process_with_another_hash_seed():
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent / "src"), str(here)]),
+           "PYTHONHASHSEED": str(int(os.environ.get("PYTHONHASHSEED", "0") or 0) + 1)}
+    code = "import json, sys, test_expand; print(json.dumps(test_expand.sample(json.loads(sys.argv[1]))))"
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(TEXTS)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == sample(TEXTS)
 
 
 def test_seeded_restores_the_global_random_streams():

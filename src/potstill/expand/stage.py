@@ -113,6 +113,20 @@ def _composes(cfg: ExpandConfig, train: list[dict], seed: int) -> list[dict]:
     return out
 
 
+def _keep_out_of_eval(candidates: list[dict], splits: dict[str, list[dict]]) -> tuple[list[dict], Counter, list]:
+    """The candidates that copy no evaluation prompt, the count of the others by split, and a few examples."""
+    guard, clean, contaminated, examples = EvalGuard(splits), [], Counter(), []
+    for c in candidates:
+        hit = guard.match(c)
+        if hit is None:
+            clean.append(c)
+            continue
+        contaminated[hit[0]] += 1
+        if len(examples) < 5:
+            examples.append({"id": c["id"], "split": hit[0], "eval_id": hit[1]})
+    return clean, contaminated, examples
+
+
 def _dedup(train: list[dict], candidates: list[dict], threshold: float, seed: int,
            dropped: Counter) -> list[dict]:
     """Candidates that are not exact or near duplicates of an original or an earlier candidate.
@@ -168,15 +182,7 @@ def run_expand(cfg: ExpandConfig, train_records: list[dict], eval_records_by_spl
             candidates.append(expansion(r, text, ins.method, [r["id"]], r.get("category"), **extra))
     made = Counter(c["meta"]["method"] for c in candidates)
 
-    guard, clean, contaminated, examples = EvalGuard(eval_records_by_split), [], Counter(), []
-    for c in candidates:
-        hit = guard.match(c)
-        if hit is None:
-            clean.append(c)
-            continue
-        contaminated[hit[0]] += 1
-        if len(examples) < 5:
-            examples.append({"id": c["id"], "split": hit[0], "eval_id": hit[1]})
+    clean, contaminated, examples = _keep_out_of_eval(candidates, eval_records_by_split)
     dropped["contaminated"] = sum(contaminated.values())
     kept = _dedup(train_records, clean, cfg.near_dup_threshold, seed, dropped)
     if cfg.max_total is not None and len(kept) > cfg.max_total:

@@ -17,11 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from .data.config import PromptsConfig
 from .errors import UserError
+from .expand.config import ExpandConfig
+from .section import Section
 from .teachers.spec import teacher_spec
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
 class VLLMSettings(Section):
@@ -350,6 +348,7 @@ class RunConfig(Section):
     run_dir: str = Field("runs/run", description="Where every stage writes its artifacts (relative to the config file).")
     seed: int = Field(0, description="Seed for training and sampling.")
     prompts: PromptsConfig
+    expand: ExpandConfig = Field(default_factory=ExpandConfig)
     teacher: TeacherConfig
     student: StudentConfig
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -122,8 +122,7 @@ class RunContext:
     # -- data -----------------------------------------------------------------------------
     def train_prompts_stage(self) -> str:
         """Where the training prompts come from: the expand stage's output when it ran, else the prompts stage's."""
-        expand = getattr(self.cfg, "expand", None)
-        return "expand" if expand is not None and expand.enabled else "prompts"
+        return "expand" if self.cfg.expand.enabled else "prompts"
 
     def train_prompts(self) -> list[dict]:
         return read_jsonl(self.path(self.train_prompts_stage()) / "train.jsonl")

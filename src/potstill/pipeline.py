@@ -14,6 +14,7 @@ from .data.stage import PROMPTS
 from .distributed import is_main_process
 from .errors import UserError
 from .evaluate.stage import EVAL, MEASURE
+from .expand.stage import EXPAND
 from .io import write_text
 from .models import model_hash
 from .progress import say
@@ -27,6 +28,7 @@ from .train.student import check_kd_tokenizers
 
 STAGES: tuple[Stage, ...] = (
     PROMPTS,    # sources -> train / validation / test / ood
+    EXPAND,     # more training prompts: perturbed, wrapped, composed, rewritten (expand.enabled)
     GENERATE,   # the teacher answers the training prompts
     SIGNALS,    # the teacher's soft labels, captured once (train.kd.signal: store)
     TRAIN,      # one student per method

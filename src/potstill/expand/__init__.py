@@ -8,7 +8,7 @@ Expansions are deduplicated and kept out of the evaluation splits. See :func:`ru
 
 from .config import ExpandConfig, hashed_expand_config
 from .rewrites import export_rewrites, read_cache_file
-from .stage import run_expand
+from .run import run_expand
 from .writer import WriterRunner, make_writer_runner, writer_identity
 
 __all__ = ["ExpandConfig", "WriterRunner", "export_rewrites", "hashed_expand_config", "make_writer_runner",

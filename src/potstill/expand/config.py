@@ -9,15 +9,11 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from ..section import Section
 
 from .phrases import CONTEXTS, DEFAULT_INSTRUCTIONS, GREETINGS, INTROS, JOINERS, POLITENESS, SIGNOFFS
-
-
-class Section(BaseModel):
-    """A config section: unknown keys are errors (same settings as :class:`potstill.config.Section`)."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
 def check_weights(weights: dict) -> dict:
@@ -225,4 +221,5 @@ def hashed_expand_config(cfg: ExpandConfig) -> dict:
     """The settings that decide the stage's output (its config input): the writer's run-only settings
     (key, concurrency, budget, the cache file's path) change no rewrite and are left out; hash the
     cache file's content separately."""
-    return cfg.model_dump(mode="json", exclude={"writer": RUN_ONLY_WRITER_FIELDS})
+    return cfg.model_dump(mode="json", exclude={"enabled": True, "writer": RUN_ONLY_WRITER_FIELDS},
+                          exclude_defaults=True)

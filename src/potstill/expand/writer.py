@@ -1,7 +1,7 @@
 """Writer-model rewrites of seed prompts (Self-Instruct / Evol-Instruct style): which seeds get which
 instruction, the instruction records, the generate call, and cleaning the writer's answers.
 
-The writer is run by :func:`potstill.teachers.stage.run_generate`, exactly like the teacher: a local
+The writer is run by :func:`potstill.teachers.generate.run_generate`, exactly like the teacher: a local
 writer appends finished batches to ``work_dir/partial.jsonl``, an API writer commits every answer to
 its SQLite cache, so an interrupted stage resumes without asking for a rewrite twice. A rewrite is
 keyed by its seed prompt's id and the instruction's hash (:func:`instruction_sha`); the instruction
@@ -18,13 +18,14 @@ from pathlib import Path
 from ..data.dedup import normalise
 from ..data.split import split_point
 from ..errors import UserError
-from ..io import read_jsonl, sha256_dir, sha256_json
+from ..io import read_jsonl, sha256_json
+from ..teachers.generate import run_generate
+from ..teachers.spec import parse_model
 from .config import Instruction, WriterSettings
 
 # (instruction records, out_dir, work_dir) -> generation records ({"id", "text", "finish_reason", ...})
 WriterRunner = Callable[[list[dict], Path, Path], list[dict]]
 
-MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.jinja")  # as pipeline.model_hash
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "`": "`", "«": "»", "„": "“"}
 _PREAMBLE = re.compile(r"^(?:sure|certainly|of course|okay|ok|here(?:'s| is| are)?)\b.*[:!.]$", re.IGNORECASE)
 _LIST = re.compile(r"^(?:[-*•]\s+|\d+[.)]\s+)")
@@ -109,15 +110,10 @@ def reject_reason(text: str, more: bool, finish_reason: str | None, seed: str, i
     return None
 
 
-def resolve_model(model: str, base_dir: str | Path) -> Path | None:
-    """The writer's local model directory (DIR of ``vllm:DIR``) against ``base_dir``; None for an API writer."""
-    from ..teachers.api import parse_teacher
-
-    if parse_teacher(model):
-        return None
-    prefix, sep, rest = model.partition(":")
-    p = Path(rest if sep and prefix == "vllm" else model).expanduser()
-    return p if p.is_absolute() else (Path(base_dir) / p).resolve()
+def writer_spec(cfg: WriterSettings, base_dir: str | Path = "."):
+    """The writer's model as a :class:`~potstill.teachers.spec.ModelSpec` (paths against ``base_dir``)."""
+    return parse_model(cfg.model, lambda p: (Path(base_dir) / Path(p).expanduser()).resolve(), base_url=cfg.base_url,
+                       api_key_env=cfg.api_key_env, where="expand.writer.model")
 
 
 def teacher_config(cfg: WriterSettings, engine: dict | None = None):
@@ -140,15 +136,10 @@ def teacher_config(cfg: WriterSettings, engine: dict | None = None):
 def writer_identity(cfg: WriterSettings, base_dir: str | Path = ".") -> dict:
     """What stands for the writer in hashes and provenance: its name and a hash of its files (local) or of
     provider, model and endpoint (API)."""
-    from ..teachers.api import parse_teacher, teacher_identity
-
-    api = parse_teacher(cfg.model)
-    if api:
-        return {"model": cfg.model, "base_url": cfg.base_url, "sha256": teacher_identity(api[0], api[1], cfg.base_url)}
-    path = resolve_model(cfg.model, base_dir)
-    if not path.is_dir():
-        raise UserError("writer model directory not found", str(path))
-    return {"model": cfg.model, "sha256": sha256_dir(path, MODEL_FILES)}
+    spec = writer_spec(cfg, base_dir)
+    if spec.is_local and not spec.path.exists():
+        raise UserError("writer model not found", str(spec.path))
+    return {"model": cfg.model, **({"base_url": cfg.base_url} if spec.is_api else {}), "sha256": spec.identity()}
 
 
 def make_writer_runner(cfg: WriterSettings, base_dir: str | Path = ".", cache_path: Path | None = None,
@@ -161,14 +152,11 @@ def make_writer_runner(cfg: WriterSettings, base_dir: str | Path = ".", cache_pa
     ``engine`` more :class:`~potstill.config.TeacherConfig` settings of an API writer (rate limits, retries).
     """
     def run(records: list[dict], out_dir: Path, work_dir: Path) -> list[dict]:
-        from ..teachers.stage import run_generate
-
         if not cfg.model:
             raise UserError(f"{len(records)} rewrites are missing from expand.writer.cache_file and no "
                             "expand.writer.model is set to write them")
-        model_dir = resolve_model(cfg.model, base_dir)
         Path(work_dir).mkdir(parents=True, exist_ok=True)
-        run_generate(teacher_config(cfg, engine), model_dir, records, Path(out_dir), Path(work_dir), seed,
+        run_generate(teacher_config(cfg, engine), writer_spec(cfg, base_dir), records, Path(out_dir), Path(work_dir), seed,
                      prices=prices, cache_path=cache_path or Path(work_dir) / "cache.sqlite")
         return read_jsonl(Path(out_dir) / "generations.jsonl")
 

@@ -278,7 +278,7 @@ def test_kd_loss_truncates_padded_logits(pairs_dir, make_pairs, tmp_path, teache
     feats = build_features(make_pairs(4), tok, 64, True)
     batch = Collator(tok.pad_token_id)(feats)
     trainer = DistillTrainer(model=s_model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[]),
-                             train_dataset=feats, method="kd", teacher=t_model, alpha=alpha, temperature=T,
+                             train_dataset=feats, method="kd", teacher=t_model, kd=KDSettings(alpha=alpha, temperature=T),
                              vocab_size=n, chunked=chunked)
     loss = trainer.compute_loss(s_model, batch)
     with torch.no_grad():

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from potstill.config import KDSettings
 from potstill.losses import (
     DIVERGENCES,
     IGNORE_INDEX,
@@ -323,8 +324,9 @@ def _sgd_step(student_dir, feats, batch, accum, tmp, **kw):
         save_strategy="no", disable_tqdm=True, report_to=[], remove_unused_columns=False, seed=0,
         dataloader_num_workers=0, use_cpu=True,
     )
+    kd = {k: kw.pop(k) for k in ("chunk_size", "divergence", "beta", "skew_alpha") if k in kw}
     trainer = DistillTrainer(model=model, args=args, train_dataset=feats, data_collator=Collator(tok.pad_token_id),
-                             vocab_size=len(tok), temperature=2.0, alpha=0.5, **kw)
+                             vocab_size=len(tok), kd=KDSettings(temperature=2.0, alpha=0.5, **kd), **kw)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     trainer.train()
     return {k: v.detach() - before[k] for k, v in model.named_parameters()}, trainer

@@ -15,7 +15,8 @@ import pytest
 from pydantic import ValidationError
 
 from potstill.evaluate.contamination import contamination_report
-from potstill.expand import ExpandConfig, hashed_expand_config, run_expand
+from potstill.expand.config import ExpandConfig, hashed_expand_config
+from potstill.expand.run import run_expand
 from potstill.expand.chat import compose, lower_first, wrap
 from potstill.expand.config import ComposeSettings, Instruction, WrapSettings, WriterSettings
 from potstill.expand.guard import EvalGuard

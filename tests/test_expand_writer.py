@@ -12,7 +12,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from faultserver import FaultServer  # noqa: E402
 
 from potstill.errors import UserError  # noqa: E402
-from potstill.expand import ExpandConfig, make_writer_runner, read_cache_file, run_expand  # noqa: E402
+from potstill.expand.config import ExpandConfig  # noqa: E402
+from potstill.expand.rewrites import read_cache_file  # noqa: E402
+from potstill.expand.run import run_expand  # noqa: E402
+from potstill.expand.writer import make_writer_runner  # noqa: E402
 from potstill.expand.config import Instruction, WriterSettings  # noqa: E402
 from potstill.expand.rewrites import main as export_main  # noqa: E402
 from potstill.expand.writer import clean_rewrite, instruction_sha, reject_reason, writer_jobs  # noqa: E402

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from potstill.config import KDSettings
 from potstill.losses import distillation_loss
 from potstill.losses.uld import uld_loss
 from potstill.models import load_model, load_tokenizer
@@ -60,7 +61,7 @@ def test_gkd_step_is_the_divergence_on_the_students_own_tokens(tmp_path, tiny_st
     monkeypatch.setattr(onpolicy, "sample_responses", fake_sampler)
     teacher = load_model(tiny_teacher_dir)
     got, trainer = sgd_step(cfg, tiny_student_dir, feats, tmp_path / "a", Collator(tok.pad_token_id), teacher=teacher,
-                            alpha=0.5, temperature=2.0, divergence="jsd", beta=0.5, on_policy_ratio=1.0,
+                            kd=KDSettings(alpha=0.5, temperature=2.0, divergence="jsd", beta=0.5, on_policy_ratio=1.0),
                             eos_token_ids={tok.eos_token_id})
     assert trainer.on_policy_batches == 1
     batch = Collator(tok.pad_token_id)(feats)
@@ -90,11 +91,11 @@ def test_gkd_mixes_on_and_off_policy_batches_with_real_sampling(tmp_path, tiny_s
                               disable_tqdm=True)
     trainer = DistillTrainer(model=model, args=args, train_dataset=feats, data_collator=Collator(tok.pad_token_id),
                              method="kd", processing_class=tok, vocab_size=len(tok), teacher=load_model(tiny_teacher_dir),
-                             on_policy_ratio=0.5, on_policy_max_new_tokens=5, eos_token_ids={tok.eos_token_id})
+                             kd=KDSettings(on_policy_ratio=0.5, on_policy_max_new_tokens=5), eos_token_ids={tok.eos_token_id})
     result = trainer.train()
     assert 0 < trainer.on_policy_batches < 8 and torch.isfinite(torch.tensor(result.training_loss))
     with pytest.raises(ValueError, match="live teacher"):
-        DistillTrainer(model=model, args=args, train_dataset=feats, method="kd", on_policy_ratio=0.5)
+        DistillTrainer(model=model, args=args, train_dataset=feats, method="kd", kd=KDSettings(on_policy_ratio=0.5))
 
 
 def test_uld_step_matches_by_hand_loss(tmp_path, tiny_student_dir, make_tiny_llama, make_pairs):
@@ -110,8 +111,9 @@ def test_uld_step_matches_by_hand_loss(tmp_path, tiny_student_dir, make_tiny_lla
     assert all(f["t_labels"][-len(p["response_token_ids"]):] == p["response_token_ids"] for f, p in zip(feats, pairs))
     collator = Collator(tok.pad_token_id, teacher_pad_id=t_tok.pad_token_id)
     teacher = load_model(other)
-    got, trainer = sgd_step(cfg, tiny_student_dir, feats, tmp_path / "a", collator, teacher=teacher, alpha=0.5,
-                            temperature=1.0, cross_tokenizer="uld", teacher_vocab_size=len(t_tok))
+    got, trainer = sgd_step(cfg, tiny_student_dir, feats, tmp_path / "a", collator, teacher=teacher,
+                            kd=KDSettings(alpha=0.5, temperature=1.0, cross_tokenizer="uld"), uld=True,
+                            teacher_vocab_size=len(t_tok))
     batch = collator(feats)
 
     def loss(model):

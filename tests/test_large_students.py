@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from potstill.config import KDSettings
 from potstill.config import config_from_dict
 from potstill.errors import UserError
 from potstill.models import load_model, load_tokenizer
@@ -30,7 +31,7 @@ def one_sgd_step(cfg, student_dir, feats, method, teacher, out):
     args = training_arguments(cfg, out, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", max_grad_norm=0.0,
                               max_steps=1, save_strategy="no", disable_tqdm=True)
     trainer = DistillTrainer(model=model, args=args, train_dataset=feats, data_collator=Collator(tok.pad_token_id),
-                             method=method, teacher=teacher, alpha=0.5, temperature=2.0, vocab_size=len(tok))
+                             method=method, teacher=teacher, kd=KDSettings(alpha=0.5, temperature=2.0), vocab_size=len(tok))
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     result = trainer.train()
     return result.training_loss, {k: v.detach() - before[k] for k, v in model.named_parameters()}, model

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from potstill.config import KDSettings
 from potstill.config import config_from_dict
 from potstill.errors import UserError
 from potstill.models import load_model, load_tokenizer
@@ -96,7 +97,7 @@ def _one_sgd_step(cfg, student_dir, feats, batch, accum, method, teacher=None, t
     )
     trainer = DistillTrainer(
         model=model, args=args, train_dataset=feats, data_collator=Collator(tok.pad_token_id), method=method,
-        teacher=teacher, alpha=0.5, temperature=2.0, vocab_size=len(tok),
+        teacher=teacher, kd=KDSettings(alpha=0.5, temperature=2.0), vocab_size=len(tok),
     )
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     trainer.train()

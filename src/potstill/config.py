@@ -107,7 +107,10 @@ class KDSettings(Section):
     """Soft-label distillation: loss = alpha * T^2 * D(teacher_T, student_T) + (1 - alpha) * CE, per response token.
 
     A mean over the response tokens of each optimizer step (potstill.losses); D is `divergence`.
+    Frozen: the trainer passes this object as it is down to the loss.
     """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), frozen=True)
 
     temperature: float = Field(1.0, gt=0, description="Softmax temperature T applied to both models.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the soft (KD) term; 1 - alpha goes to cross-entropy.")

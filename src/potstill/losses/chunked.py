@@ -364,6 +364,7 @@ def chunked_distillation_loss(
     beta: float = 0.5,
     skew_alpha: float = 0.1,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    kd=None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Summed ``alpha * T^2 * D(p^T, q^T) + (1 - alpha) * CE`` over target tokens, from hidden states.
 
@@ -394,11 +395,17 @@ def chunked_distillation_loss(
             (:data:`~potstill.losses.divergence.DIVERGENCES`).
         chunk_size: tokens per chunk; the scratch memory is ``5 * chunk_size * Vs`` floats (flat
             in the number of tokens), plus the fp32 gradient of ``weight``.
+        kd: the run's KD settings in one object (e.g. a frozen :class:`potstill.config.KDSettings`;
+            anything with ``alpha``, ``temperature``, ``divergence``, ``beta``, ``skew_alpha``): when
+            given, it replaces those five keywords.
+
     Returns:
         ``(sum_loss, n_tokens, parts)`` as :func:`~potstill.losses.divergence.distillation_loss`:
         the scalar sum (divide by the global batch's target-token count), the local number of
         target tokens, and detached sums ``{"ce", "kd"}`` (``kd`` only with a teacher).
     """
+    if kd is not None:  # the KD settings object, as the trainer passes it down from the config
+        alpha, temperature, divergence, beta, skew_alpha = kd.alpha, kd.temperature, kd.divergence, kd.beta, kd.skew_alpha
     check_divergence(divergence, beta, skew_alpha)
     chunk_size = _check_chunk(chunk_size)
     if not 0.0 <= alpha <= 1.0:
@@ -435,7 +442,8 @@ def chunked_distillation_loss(
     mode = "dense" if dense else "sparse" if sparse else "none"
     kd_w = alpha * temperature**2 if mode != "none" else 0.0
     ce_w = 1.0 - alpha if mode != "none" else 1.0
-    spec = _Spec(mode, divergence, beta, skew_alpha, temperature, kd_w, ce_w, v, chunk_size)
+    spec = _Spec(mode=mode, divergence=divergence, beta=beta, skew_alpha=skew_alpha, temperature=temperature,
+                 kd_weight=kd_w, ce_weight=ce_w, vocab_size=v, chunk_size=chunk_size)
     loss, sums = _ChunkedLoss.apply(h, weight, bias, ht, teacher_weight, teacher_bias, y, ids, probs, spec)
     parts = {"ce": sums[1]}
     if sparse:  # cross-entropy -> KL: add the targets' sum pi log pi (a constant)
@@ -481,7 +489,8 @@ def chunked_sparse_target_loss(
     v = weight.shape[0] if vocab_size is None else min(int(vocab_size), weight.shape[0])
     if ids is not None and ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < v:
         raise ValueError(f"target_ids must be in [0, {v}) (the vocabulary)")
-    spec = _Spec("sparse", "forward_kl", 0.5, 0.1, temperature, 1.0, 0.0, v, chunk_size)
+    spec = _Spec(mode="sparse", divergence="forward_kl", beta=0.5, skew_alpha=0.1, temperature=temperature,
+                 kd_weight=1.0, ce_weight=0.0, vocab_size=v, chunk_size=chunk_size)
     loss, _ = _ChunkedLoss.apply(h, weight, bias, None, None, None, None, ids, probs, spec)
     return loss
 

@@ -377,6 +377,7 @@ def distillation_loss(
     divergence: str = "forward_kl",
     beta: float = 0.5,
     skew_alpha: float = 0.1,
+    kd=None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Summed ``alpha * T^2 * D(p^T, q^T) + (1 - alpha) * CE`` over the target tokens (full logits).
 
@@ -402,11 +403,17 @@ def distillation_loss(
         vocab_size: if given, the KD term only sees the first ``vocab_size`` logits (the
             tokenizer's vocabulary; rows beyond it are embedding padding).
         divergence, beta, skew_alpha: the KD divergence ``D`` (see :func:`divergence`).
+        kd: the run's KD settings in one object (e.g. a frozen :class:`potstill.config.KDSettings`;
+            anything with ``alpha``, ``temperature``, ``divergence``, ``beta``, ``skew_alpha``): when
+            given, it replaces those five keywords.
+
     Returns:
         ``(sum_loss, n_tokens, parts)``: the scalar *sum* over target tokens (divide it by the
         token count of the whole global batch), the local number of target tokens, and a dict of
         detached per-term sums: ``ce``, and ``kd`` (the divergence without ``alpha``/``T**2``) for KD.
     """
+    if kd is not None:  # the KD settings object, as the trainer passes it down from the config
+        alpha, temperature, divergence, beta, skew_alpha = kd.alpha, kd.temperature, kd.divergence, kd.beta, kd.skew_alpha
     check_divergence(divergence, beta, skew_alpha)
     mask = labels != ignore_index
     n_tokens = mask.sum()

@@ -184,17 +184,11 @@ def train_student(
         callbacks=[counter],
         method="sft" if kd_route == "sft" else method,  # text-level kd trains exactly like sft
         teacher=teacher,
-        alpha=t.kd.alpha,
-        temperature=t.kd.temperature,
+        kd=t.kd if kd_route == "kd" else t.kd.model_copy(update={"on_policy_ratio": 0.0}),  # GKD: shared tokenizer
         vocab_size=len(tok),
-        divergence=t.kd.divergence,
-        beta=t.kd.beta,
-        skew_alpha=t.kd.skew_alpha,
-        chunk_size=t.kd.chunk_size,
-        **(dict(cross_tokenizer="uld", teacher_vocab_size=len(teacher_tok)) if uld else {}),
-        **(dict(on_policy_ratio=t.kd.on_policy_ratio, on_policy_temperature=t.kd.on_policy_temperature,
-                on_policy_max_new_tokens=t.kd.on_policy_max_new_tokens, eos_token_ids={tok.eos_token_id})
-           if kd_route == "kd" and teacher is not None and t.kd.on_policy_ratio > 0 else {}),
+        uld=uld,
+        teacher_vocab_size=len(teacher_tok) if uld else None,
+        eos_token_ids={tok.eos_token_id},
     )
     if resume:
         say(f"  resuming {method} training from {resume.name}")

@@ -23,14 +23,11 @@ from typing import Literal
 import torch
 from transformers import Trainer
 
-from ..losses import (
-    DEFAULT_CHUNK_SIZE,
-    IGNORE_INDEX,
-    check_divergence,
-    chunked_distillation_loss,
-    distillation_loss,
-    topk_target_probs,
-)
+from ..config import KDSettings
+from ..distributed import prepare_teacher, sharded
+from ..losses import IGNORE_INDEX, check_divergence, chunked_distillation_loss, cross_entropy, distillation_loss, topk_target_probs
+from ..losses.uld import uld_loss
+from . import onpolicy
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +62,18 @@ class DistillTrainer(Trainer):
             gradients and moved to the training device. ``None`` for ``sft`` and offline KD (the
             batches then carry ``topk_ids`` / ``topk_logprobs`` (renormalised at T) or a sparse
             target ``target_ids`` / ``target_probs`` already at T, from the collator).
-        alpha, temperature: KD mix (weight of the KD term) and temperature.
+        kd: the run's :class:`potstill.config.KDSettings` (frozen), read as it is down to the loss:
+            ``alpha``, ``temperature``, ``divergence`` / ``beta`` / ``skew_alpha`` (offline signals
+            support ``forward_kl`` only), ``chunk_size``, and GKD's ``on_policy_ratio`` /
+            ``on_policy_temperature`` / ``on_policy_max_new_tokens`` (:mod:`potstill.train.onpolicy`:
+            needs the live teacher and a shared tokenizer). Default: ``KDSettings()``.
         vocab_size: the tokenizer's vocabulary size; the KD term ignores logits beyond it.
-        divergence, beta, skew_alpha: the KD divergence (:data:`potstill.losses.DIVERGENCES`;
-            offline signals support ``forward_kl`` only).
-        chunk_size: tokens per chunk of the loss.
         chunked: False forces the full-logit path (same loss; for comparisons).
-        cross_tokenizer: ``"uld"`` when the teacher has another tokenizer: the KD term is
-            :func:`potstill.losses.uld.uld_loss` between the student's logits on its own tokens and
-            the live teacher's on the teacher's tokens (batches carry ``t_input_ids``,
-            ``t_attention_mask``, ``t_labels`` from :func:`potstill.train.data.add_teacher_view`).
+        uld: the teacher has another tokenizer: the KD term is :func:`potstill.losses.uld.uld_loss`
+            between the student's logits on its own tokens and the live teacher's on the teacher's
+            tokens (batches carry ``t_input_ids``, ``t_attention_mask``, ``t_labels`` from
+            :func:`potstill.train.data.add_teacher_view`).
         teacher_vocab_size: the teacher tokenizer's size (ULD ignores the teacher's padded rows).
-        on_policy_ratio, on_policy_temperature, on_policy_max_new_tokens: GKD
-            (:mod:`potstill.train.onpolicy`); needs the live teacher and a shared tokenizer.
         eos_token_ids: the student's end-of-sequence ids (on-policy sampling stops there).
         Other arguments go to :class:`transformers.Trainer`.
     """
@@ -87,42 +83,29 @@ class DistillTrainer(Trainer):
         *args,
         method: Literal["sft", "kd"] = "sft",
         teacher: torch.nn.Module | None = None,
-        alpha: float = 0.5,
-        temperature: float = 1.0,
+        kd: KDSettings | None = None,
         vocab_size: int | None = None,
-        divergence: str = "forward_kl",
-        beta: float = 0.5,
-        skew_alpha: float = 0.1,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
         chunked: bool = True,
-        cross_tokenizer: str | None = None,
+        uld: bool = False,
         teacher_vocab_size: int | None = None,
-        on_policy_ratio: float = 0.0,
-        on_policy_temperature: float = 1.0,
-        on_policy_max_new_tokens: int = 64,
         eos_token_ids: set[int] | None = None,
         **kwargs,
     ):
-        check_divergence(divergence, beta, skew_alpha)
-        if (cross_tokenizer or on_policy_ratio > 0) and (method != "kd" or teacher is None):
-            raise ValueError("cross_tokenizer and on_policy_ratio need method 'kd' with a live teacher")
-        if cross_tokenizer not in (None, "uld"):
-            raise ValueError(f"unknown cross_tokenizer {cross_tokenizer!r} (expected 'uld')")
-        if cross_tokenizer and on_policy_ratio > 0:
+        kd = kd if kd is not None else KDSettings()
+        check_divergence(kd.divergence, kd.beta, kd.skew_alpha)
+        if (uld or kd.on_policy_ratio > 0) and method == "kd" and teacher is None:
+            raise ValueError("cross-tokenizer (ULD) and on-policy KD need method 'kd' with a live teacher")
+        if uld and kd.on_policy_ratio > 0:
             raise ValueError("on-policy KD needs a shared tokenizer (the teacher scores the student's own tokens)")
         super().__init__(*args, **kwargs)
-        self.cross_tokenizer, self.teacher_vocab_size = cross_tokenizer, teacher_vocab_size
-        self.on_policy_ratio, self.on_policy_temperature = float(on_policy_ratio), float(on_policy_temperature)
-        self.on_policy_max_new_tokens = int(on_policy_max_new_tokens)
+        self.method, self.kd, self.vocab_size = method, kd, vocab_size
+        self.uld, self.teacher_vocab_size = uld and method == "kd", teacher_vocab_size
+        self.on_policy_ratio = kd.on_policy_ratio if method == "kd" else 0.0
         self.eos_token_ids = set(eos_token_ids or ())
         self.on_policy_batches = 0
         self._coin = torch.Generator().manual_seed(int(self.args.seed) + 7919)
-        self.method, self.alpha, self.temperature, self.vocab_size = method, alpha, temperature, vocab_size
-        self.divergence, self.beta, self.skew_alpha = divergence, beta, skew_alpha
-        from ..distributed import prepare_teacher, sharded
-
         # FSDP / ZeRO-3 shard the lm_head weights outside forward: the chunked loss cannot read them.
-        self.chunk_size, self.chunked = int(chunk_size), chunked and sharded(self.accelerator) is None
+        self.chunked = chunked and sharded(self.accelerator) is None
         # The live teacher: eval mode, no grads, on this rank's device, never DDP-wrapped (sharded
         # for inference under FSDP2 / DeepSpeed ZeRO-3): potstill.distributed.prepare_teacher.
         self.teacher = None if teacher is None else prepare_teacher(teacher, self.accelerator)
@@ -169,14 +152,14 @@ class DistillTrainer(Trainer):
         """Sum of per-token losses over response tokens / response tokens in the global batch."""
         inputs = dict(inputs)
         weight = 1.0  # an on-policy micro-batch keeps the weight its off-policy tokens had in the global batch
-        alpha = self.alpha
+        kd_spec = self.kd
         if self.on_policy_ratio > 0 and model.training and float(torch.rand(1, generator=self._coin)) < self.on_policy_ratio:
             n_orig = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
             inputs = self._on_policy_inputs(model, inputs)
             n_new = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
-            weight, alpha = n_orig / max(n_new, 1), 1.0
+            weight, kd_spec = n_orig / max(n_new, 1), self.kd.model_copy(update={"alpha": 1.0})  # divergence only
             self.on_policy_batches += 1
-        if self.cross_tokenizer == "uld":
+        if self.uld:
             return self._uld_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         topk_ids = inputs.pop("topk_ids", None)
@@ -189,10 +172,7 @@ class DistillTrainer(Trainer):
             raise RuntimeError("kd needs a live teacher, top-k log-probs or sparse targets in the batch")
         # Position t predicts token t + 1 (labels[:, 0] is always a prompt token, so nothing is lost).
         targets = labels[:, 1:]
-        common = dict(
-            alpha=alpha, temperature=self.temperature, vocab_size=self.vocab_size, ignore_index=IGNORE_INDEX,
-            divergence=self.divergence, beta=self.beta, skew_alpha=self.skew_alpha,
-        )
+        common = dict(kd=kd_spec, vocab_size=self.vocab_size, ignore_index=IGNORE_INDEX)
         chunked = self.chunked and not return_outputs
         teacher = student = None
         if chunked and kd and self.teacher is not None:
@@ -211,9 +191,9 @@ class DistillTrainer(Trainer):
             elif kd and target_probs is not None:
                 kw = dict(target_ids=None if target_ids is None else target_ids[:, 1:], target_probs=target_probs[:, 1:])
             elif kd:
-                kw = dict(target_ids=topk_ids[:, 1:], target_probs=topk_target_probs(topk_lps[:, 1:], self.temperature))
+                kw = dict(target_ids=topk_ids[:, 1:], target_probs=topk_target_probs(topk_lps[:, 1:], kd_spec.temperature))
             total, n_local, parts = chunked_distillation_loss(
-                hidden[:, :-1], head.weight, targets, bias=head.bias, chunk_size=self.chunk_size, **common, **kw
+                hidden[:, :-1], head.weight, targets, bias=head.bias, chunk_size=kd_spec.chunk_size, **common, **kw
             )
         else:
             outputs = model(input_ids=ids, attention_mask=att, use_cache=False)
@@ -246,19 +226,14 @@ class DistillTrainer(Trainer):
 
     def _on_policy_inputs(self, model, inputs: dict) -> dict:
         """The micro-batch rebuilt from its prompts and the student's own sampled responses (GKD)."""
-        from .onpolicy import on_policy_batch, sample_responses, split_prompts
-
         pad = self.processing_class.pad_token_id
-        prompts = split_prompts(inputs["input_ids"], inputs["labels"])
-        responses = sample_responses(self.accelerator.unwrap_model(model), prompts, pad, self.eos_token_ids,
-                                     self.on_policy_max_new_tokens, self.on_policy_temperature)
-        return on_policy_batch(prompts, responses, pad)
+        prompts = onpolicy.split_prompts(inputs["input_ids"], inputs["labels"])
+        responses = onpolicy.sample_responses(self.accelerator.unwrap_model(model), prompts, pad, self.eos_token_ids,
+                                     self.kd.on_policy_max_new_tokens, self.kd.on_policy_temperature)
+        return onpolicy.on_policy_batch(prompts, responses, pad)
 
     def _uld_loss(self, model, inputs: dict, return_outputs: bool, num_items_in_batch):
         """``(1 - alpha) * CE + alpha * ULD`` on full logits (teacher on its own tokenization)."""
-        from ..losses import cross_entropy
-        from ..losses.uld import uld_loss
-
         labels = inputs["labels"]
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False)
         logits = outputs.logits if self.vocab_size is None else outputs.logits[..., : self.vocab_size]
@@ -268,8 +243,8 @@ class DistillTrainer(Trainer):
                                     use_cache=False).logits
         if self.teacher_vocab_size is not None:
             t_logits = t_logits[..., : self.teacher_vocab_size]
-        uld, _ = uld_loss(logits, labels, t_logits, inputs["t_labels"], self.temperature)
-        total = (1.0 - self.alpha) * ce + self.alpha * uld
+        uld, _ = uld_loss(logits, labels, t_logits, inputs["t_labels"], self.kd.temperature)
+        total = (1.0 - self.kd.alpha) * ce + self.kd.alpha * uld
         n_local = (labels[:, 1:] != IGNORE_INDEX).sum()
         loss = self._normalize(total, n_local, {"ce": ce.detach(), "uld": uld.detach()}, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss

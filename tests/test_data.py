@@ -307,7 +307,7 @@ def test_run_prompts_stats_exact(tmp_path):
     files = {n: [json.loads(x) for x in (out / f"{n}.jsonl").read_text().splitlines()]
              for n in ("train", "validation", "test", "ood")}
     assert json.loads((out / "stats.json").read_text()) == stats
-    assert stats["dropped"] == {"empty": 3, "exact_duplicate": 1, "near_duplicate": 1,
+    assert stats["dropped"] == {"empty": 3, "exact_duplicate": 1, "near_duplicate": 1, "too_long": 0,
                                 "contaminated": 1, "over_max_prompts": 0}
     assert stats["loaded"] == 48
     assert {n: stats[n] for n in files} == {n: len(v) for n, v in files.items()}

@@ -61,6 +61,10 @@ class TeacherConfig(Section):
     backoff_max_s: float = Field(60.0, gt=0, le=3600, description="Longest backoff delay between retries.")
     max_cost: float | None = Field(None, ge=0, description="Stop cleanly when this run's API spend (USD, at "
                                    "prices.teacher token prices) would exceed this.")
+    max_failed_share: float = Field(0.01, ge=0, le=1, description="API teachers: largest share of the prompts that "
+                                    "may end in failed.jsonl (after max_attempts) for the run to go on; above it the "
+                                    "generate stage stops and keeps no output (answers stay cached, the failures are "
+                                    "listed in its work folder): rerun to retry them.")
     tokenizer: str | None = Field(None, description="Local tokenizer directory matching the API model: top log-probs are "
                                   "stored as token ids (for KD); without it as token strings (top_logprobs_text).")
     cache: str | None = Field(None, description="SQLite answer cache of API teachers (default <run_dir>/.cache/teacher-api.sqlite); "

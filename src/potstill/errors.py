@@ -16,3 +16,10 @@ class UserError(Exception):
     def __init__(self, message: str, where: str | None = None):
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class Incomplete(UserError):
+    """The command finished short of its goal (``max_cost`` reached, prompts that failed): what was done
+    is kept, and a rerun continues. The CLI prints the one line and exits with code 3."""
+
+    exit_code = 3

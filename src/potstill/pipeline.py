@@ -54,14 +54,17 @@ class Pipeline:
 
     # -- stages ---------------------------------------------------------------------------
     def prompts(self) -> str:
-        from .data.stage import run_prompts
+        from .data.stage import hashed_prompts_config, run_prompts
+        from .teachers.context import prompt_limit
 
         cfg = self.cfg
+        limit = prompt_limit(cfg)
         sources = [s.path for s in (*cfg.prompts.sources, *cfg.prompts.test, *cfg.prompts.ood)]
-        inputs = {"config": cfg.prompts.model_dump(mode="json"), "files": {s: source_hash(cfg, s) for s in sources}}
+        inputs = {"config": hashed_prompts_config(cfg.prompts, limit),
+                  "files": {s: source_hash(cfg, s) for s in sources}}
 
         def build(out: Path, work: Path) -> dict:
-            stats = run_prompts(cfg.prompts, cfg.base_dir, out)
+            stats = run_prompts(cfg.prompts, cfg.base_dir, out, limit)
             say("  prompts: " + ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, int))
                 + "; dropped " + ", ".join(f"{k}={v}" for k, v in stats.get("dropped", {}).items()))
             return stats

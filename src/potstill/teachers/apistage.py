@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..config import TeacherConfig
-from ..errors import UserError
+from ..errors import Incomplete, UserError
 from ..io import write_json, write_jsonl
 from ..progress import say, track
 from .api import ApiError, make_provider, parse_teacher, preflight_error, resolve_api_key
@@ -24,10 +24,8 @@ from .ratelimit import backoff_delay
 from .softlabels import TokenMapper, to_record
 
 
-class BudgetStop(UserError):
-    """The run reached ``max_cost``: what was answered is written, the rest is left for a rerun."""
-
-    exit_code = 3
+class BudgetStop(Incomplete):
+    """The run reached ``max_cost``: what was answered is written, the rest is left for a rerun (exit code 3)."""
 
 
 def request_params(cfg: TeacherConfig, seed: int, provider: str) -> dict:

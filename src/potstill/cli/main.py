@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except UserError as e:
-        for line in str(e).splitlines() or [""]:
+        for line in str(e).split("\n"):
             print(f"potstill: error: {line}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

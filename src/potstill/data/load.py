@@ -123,6 +123,12 @@ def _rows_hf(path: Path, split: str | None):
     return ((f"row {i}", row) for i, row in enumerate(ds, 1))
 
 
+def one_line(value: Any) -> str:
+    """``str(value)`` with line breaks escaped, for error messages (one line each)."""
+    text = str(value)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _messages(value: Any, where: str, path: Path, field: str) -> list[dict]:
     if isinstance(value, str):
         try:
@@ -136,7 +142,7 @@ def _messages(value: Any, where: str, path: Path, field: str) -> list[dict]:
     for i, m in enumerate(value):
         if not (isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in ROLES):
             raise UserError(f"{where}: field {field!r} item {i} must be {{role: system|user|assistant, "
-                            f"content: string}}, got {str(m)[:80]}", str(path))
+                            f"content: string}}, got {one_line(m)[:80]}", str(path))
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -194,10 +200,10 @@ def read_source(spec: SourceSpec, base_dir: str | Path) -> tuple[list[dict], lis
 def _record(row: dict, where: str, path: Path, spec: SourceSpec, name: str, used: set) -> tuple[dict, bool]:
     has_msgs, has_prompt = spec.messages_field in row, spec.prompt_field in row
     if not (has_msgs or has_prompt):
-        cols = ", ".join(map(str, row)) or "none"
+        cols = ", ".join(map(one_line, row)) or "none"
         raise UserError(f"{where}: no {spec.prompt_field!r} or {spec.messages_field!r} field; "
                         f"the row has: {cols}", str(path))
-    if has_msgs and row[spec.messages_field] not in (None, ""):
+    if has_msgs and row[spec.messages_field] not in (None, "", []):  # empty: the prompt field, if any
         messages = _messages(row[spec.messages_field], where, path, spec.messages_field)
     else:
         prompt = row.get(spec.prompt_field)

@@ -181,3 +181,16 @@ def test_utf8_bom_is_accepted(workdir, fmt):
     assert stats["loaded"] == 20 and sum(stats[s] for s in ("train", "validation", "test")) == 20
     train = [json.loads(ln) for ln in (workdir / "run" / "prompts" / "train.jsonl").read_text().splitlines()]
     assert all(r["id"].startswith("b") and r["meta"] == {} for r in train)
+
+
+def test_direct_generate_skips_prompts_past_a_local_teachers_context(workdir, teacher256):
+    add_prompt(workdir, "huge", long_prompt(50_000))
+    proc = potstill("generate", "--teacher", teacher256, "--prompts", "p.jsonl", "--out", "o", "--max-new-tokens", "4",
+                    cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped 1 prompts longer than 252 tokens (the teacher's context 256" in proc.stderr
+    ids = [json.loads(ln)["id"] for ln in (workdir / "o" / "generations.jsonl").read_text().splitlines()]
+    assert len(ids) == 40 and "huge" not in ids
+    (workdir / "afile").write_text("x")
+    proc = potstill("generate", "--teacher", teacher256, "--prompts", "p.jsonl", "--out", "afile", cwd=workdir)
+    one_line_error(proc, "--out is an existing file")

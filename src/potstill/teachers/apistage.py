@@ -144,7 +144,7 @@ def _write_outputs(cfg, records, keys, answers, result, out_dir: Path, elapsed: 
         say(f"  [yellow]warning[/]: {n_len} of {len(rows)} answers hit max_new_tokens (finish_reason=length)")
     if failed:
         say(f"  [yellow]warning[/]: {len(failed)} prompts failed after retries (see failed.jsonl); "
-            "rerun to retry only them (answers are cached)")
+            "a rerun asks only for them (answers are cached; a written stage needs --force generate)")
     if cfg.top_logprobs and rows and not any(r.get("top_logprobs") or r.get("top_logprobs_text") for r in rows):
         say("  [yellow]warning[/]: the API returned no log-probabilities")
     elif mapper and any(r.get("top_logprobs_text") for r in rows):

@@ -408,8 +408,8 @@ def failing_run(tmp_path: Path, srv: FaultServer, **teacher) -> str:
     import yaml
 
     cfg = {"run_dir": "run", "prompts": {"sources": [{"path": "train.jsonl"}], "test_fraction": 0.0, "validation": 0.0},
-           "teacher": {"model": "openai:test-model", "base_url": srv.base_url, "max_attempts": 2, "backoff_base_s": 0.01,
-                       "backoff_max_s": 0.02, "max_new_tokens": 5, **teacher},
+           "teacher": {"model": "openai:test-model", "base_url": srv.base_url, "max_attempts": 2,
+                       "backoff_base_s": 0.01, "backoff_max_s": 0.02, "max_new_tokens": 5, **teacher},
            "student": {"model": "unused"}, "train": {"methods": ["sft"]}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     return str(tmp_path / "c.yaml")

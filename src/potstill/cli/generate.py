@@ -106,8 +106,8 @@ def main(args) -> int:
         cfg = load_config(args.config, list(args.overrides))
         api.generate(cfg, force=args.force)
         stage = cfg.run_path / "generate"
-        failed_exit(read_json(stage / "stats.json"), stage / "failed.jsonl",
-                    f"`potstill generate {args.config} --force generate`")
+        again = " ".join(["potstill generate", args.config, *args.overrides, "--force generate"])
+        failed_exit(read_json(stage / "stats.json"), stage / "failed.jsonl", f"`{again}`")
         say("generate: done")
         return 0
     if args.config is not None:
@@ -177,7 +177,8 @@ def direct(args) -> dict:
     records, n_empty = drop_empty(load_source(SourceSpec(path=str(Path(args.prompts).resolve())), Path.cwd()))
     if n_empty:
         say(f"  [yellow]warning[/]: skipped {n_empty} empty prompts")
-    teacher_dir = None if cfg.model.partition(":")[0] in ("openai", "anthropic") else Path(parse_vllm(cfg.model) or cfg.model)
+    api_teacher = cfg.model.partition(":")[0] in ("openai", "anthropic")
+    teacher_dir = None if api_teacher else Path(parse_vllm(cfg.model) or cfg.model)
     if teacher_dir is not None:
         from ..models import check_model_dir
 

@@ -392,3 +392,88 @@ def test_potstill_serve_as_teacher(tmp_path, tiny_teacher_dir):
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+# -- failed prompts: exit code 3, teacher.max_failed_share (issue #13) ----------------------------
+
+
+def error_lines(capsys) -> list[str]:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [ln for ln in err.splitlines() if ln.startswith("potstill: error:")]
+
+
+def failing_run(tmp_path: Path, srv: FaultServer, **teacher) -> str:
+    """A config whose 20 prompts all go to train; returns its path."""
+    import yaml
+
+    cfg = {"run_dir": "run", "prompts": {"sources": [{"path": "train.jsonl"}], "test_fraction": 0.0, "validation": 0.0},
+           "teacher": {"model": "openai:test-model", "base_url": srv.base_url, "max_attempts": 2,
+                       "backoff_base_s": 0.01, "backoff_max_s": 0.02, "max_new_tokens": 5, **teacher},
+           "student": {"model": "unused"}, "train": {"methods": ["sft"]}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    return str(tmp_path / "c.yaml")
+
+
+def test_failed_prompts_within_share_exit_3_then_forced_rerun_retries_them(tmp_path, capsys):
+    from potstill import api
+
+    rows = write_prompts(tmp_path / "train.jsonl", 20)
+    bad = rows[3]["prompt"]
+    with FaultServer(always_fail={bad}) as srv:
+        config = failing_run(tmp_path, srv, max_failed_share=0.1)
+        api.prompts(config)
+        capsys.readouterr()
+        assert main(["generate", config]) == 3
+        (line,) = error_lines(capsys)
+        assert "generate finished, 1 of 20 prompts failed" in line and "--force generate" in line
+        stage = tmp_path / "run" / "generate"
+        assert str(stage / "failed.jsonl") in line
+        assert [r["id"] for r in read_jsonl(stage / "failed.jsonl")] == ["q3"]
+        assert json.loads((stage / "stats.json").read_text())["failed"] == 1
+        assert json.loads((stage / "_provenance.json").read_text())["outputs"]["failed"] == 1
+        assert main(["generate", config]) == 3  # up to date: still says so
+        srv.always_fail.clear()
+        n = len(srv.log)
+        assert main(["generate", config, "--force", "generate"]) == 0
+        assert [e["prompt"] for e in srv.log[n:]] == ["ping", bad]  # answered prompts come from the cache
+        assert read_jsonl(stage / "failed.jsonl") == [] and len(read_jsonl(stage / "generations.jsonl")) == 20
+
+
+def test_failed_prompts_over_share_stop_and_keep_nothing_trusted(tmp_path, capsys, tiny_student_dir):
+    from potstill import api
+
+    rows = write_prompts(tmp_path / "train.jsonl", 20)
+    bad = rows[3]["prompt"]
+    with FaultServer(always_fail={bad}) as srv:
+        config = failing_run(tmp_path, srv)  # default teacher.max_failed_share 0.01: 0 of 20 may fail
+        api.prompts(config)
+        capsys.readouterr()
+        for cmd in (["generate", config], ["run", config, f"student.model={tiny_student_dir}"]):
+            assert main(cmd) == 2
+            (line,) = error_lines(capsys)
+            assert "1 of 20 prompts failed after retries, over teacher.max_failed_share 0.01" in line
+            assert not (tmp_path / "run" / "generate").exists() and not (tmp_path / "run" / "students").exists()
+            (kept,) = (tmp_path / "run" / ".work" / "generate").glob("*/failed.jsonl")
+            assert str(kept) in line and [r["id"] for r in read_jsonl(kept)] == ["q3"]
+        srv.always_fail.clear()
+        n = len(srv.log)
+        assert main(["generate", config]) == 0  # a plain rerun retries: the stage was never written
+        assert [e["prompt"] for e in srv.log[n:]] == ["ping", bad]
+        assert not kept.exists()
+
+
+def test_direct_form_failed_prompts_exit_3(tmp_path, capsys):
+    rows = write_prompts(tmp_path / "p.jsonl", 20)
+    out = tmp_path / "out"
+    with FaultServer(always_fail={rows[5]["prompt"]}) as srv:
+        fast = ["--max-attempts", "2", "--backoff-base", "0.01", "--backoff-max", "0.02"]
+        assert cli(*gen_args(srv, tmp_path / "p.jsonl", out, *fast, "--max-failed-share", "0.1")) == 3
+        (line,) = error_lines(capsys)
+        assert "generate finished, 1 of 20 prompts failed" in line and str(out / "failed.jsonl") in line
+        assert "rerun the same command" in line
+        assert cli(*gen_args(srv, tmp_path / "p.jsonl", out, *fast)) == 2
+        assert "over teacher.max_failed_share 0.01" in error_lines(capsys)[0]
+        srv.always_fail.clear()
+        assert cli(*gen_args(srv, tmp_path / "p.jsonl", out, *fast)) == 0
+    check_exactly_once(srv, rows, out)

@@ -307,7 +307,7 @@ def test_run_prompts_stats_exact(tmp_path):
     files = {n: [json.loads(x) for x in (out / f"{n}.jsonl").read_text().splitlines()]
              for n in ("train", "validation", "test", "ood")}
     assert json.loads((out / "stats.json").read_text()) == stats
-    assert stats["dropped"] == {"empty": 3, "exact_duplicate": 1, "near_duplicate": 1,
+    assert stats["dropped"] == {"empty": 3, "exact_duplicate": 1, "near_duplicate": 1, "too_long": 0,
                                 "contaminated": 1, "over_max_prompts": 0}
     assert stats["loaded"] == 48
     assert {n: stats[n] for n in files} == {n: len(v) for n, v in files.items()}
@@ -360,3 +360,63 @@ def test_prompts_config_validation():
     with pytest.raises(ValidationError):
         PromptsConfig(sources=[{"path": "a.jsonl"}], shuffle=True)
     assert all(f.description for f in PromptsConfig.model_fields.values())
+
+
+# -- prompt length (issue #13) ------------------------------------------------------------------
+
+
+def test_length_estimate_and_drop_policies():
+    from potstill.data.length import drop_too_long, estimate_tokens
+
+    assert estimate_tokens([{"role": "user", "content": "one two three"}]) == 3 + 4 + 4  # 13 chars -> 4 > 3 words
+    assert estimate_tokens([{"role": "user", "content": "a b c d e f"}]) == 3 + 6 + 4  # 6 words > 11 chars / 4
+    recs = [{"id": f"r{n}", "messages": [{"role": "user", "content": "x" * n}]} for n in (4, 40, 400)]
+    assert drop_too_long(recs, None, None) == (recs, 0)
+    kept, n = drop_too_long(recs, None, 20)
+    assert [r["id"] for r in kept] == ["r4", "r40"] and n == 1
+    msg = user_error(drop_too_long, recs, None, 20, "error", {"r400": "f.jsonl line 3"})
+    assert msg.startswith("f.jsonl line 3: prompt 'r400' has 107 tokens, over the limit of 20")
+
+
+def test_length_counted_with_the_teachers_tokenizer(tmp_path, tiny_tokenizer_dir):
+    from potstill.chat import encode_prompt
+    from potstill.data.length import drop_too_long, prompt_tokens
+    from potstill.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_tokenizer_dir)
+    rec = {"id": "a", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}]}
+    n = prompt_tokens(rec, tok)
+    assert n == len(encode_prompt(tok, rec["messages"])) and n > 5  # the chat template is counted
+    assert drop_too_long([rec], tok, n)[1] == 0 and drop_too_long([rec], tok, n - 1)[1] == 1
+
+
+def test_prompt_limit_from_the_teacher(tmp_path, make_tiny_llama):
+    from potstill.config import config_from_dict
+    from potstill.data.prompts import hashed_prompts_config
+    from potstill.teachers.limits import prompt_limit, teacher_context_limit
+
+    teacher = make_tiny_llama(tmp_path / "t", max_positions=300)
+    base = {"prompts": {"sources": [{"path": "p.jsonl"}]}, "teacher": {"model": str(teacher), "max_new_tokens": 50},
+            "student": {"model": "s"}}
+    cfg = config_from_dict(base, tmp_path)
+    assert teacher_context_limit(cfg) == 250
+    limit = prompt_limit(cfg)
+    assert (limit.max_tokens, limit.policy, limit.tokenizer) == (250, "drop", str(teacher))
+    assert "300 (max_position_embeddings) less teacher.max_new_tokens 50" in limit.why
+    hashed = hashed_prompts_config(cfg.prompts, limit)
+    assert hashed["max_prompt_tokens"] == 250 and len(hashed["counted_with"]) == 64
+    vllm = config_from_dict({**base, "teacher": {"model": f"vllm:{teacher}", "vllm": {"max_model_len": 100}}}, tmp_path)
+    assert teacher_context_limit(vllm) == 100 - 64
+    with pytest.raises(UserError, match="teacher.max_new_tokens 300 leaves no room"):
+        teacher_context_limit(config_from_dict({**base, "teacher": {"model": str(teacher), "max_new_tokens": 300}},
+                                               tmp_path))
+    api = config_from_dict({**base, "teacher": {"model": "openai:m"}}, tmp_path)
+    assert teacher_context_limit(api) is None and prompt_limit(api).max_tokens is None
+    # a config without a limit hashes as before max_prompt_tokens / too_long existed
+    assert hashed_prompts_config(api.prompts, prompt_limit(api)) == api.prompts.model_dump(
+        mode="json", exclude={"max_prompt_tokens", "too_long"}, exclude_defaults=True)
+    capped = config_from_dict({**base, "teacher": {"model": "openai:m"}, "prompts": {
+        "sources": [{"path": "p.jsonl"}], "max_prompt_tokens": 30, "too_long": "error"}}, tmp_path)
+    limit = prompt_limit(capped)
+    assert (limit.max_tokens, limit.policy, limit.tokenizer) == (30, "error", None)
+    assert hashed_prompts_config(capped.prompts, limit)["counted_with"] == "estimate"

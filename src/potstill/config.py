@@ -60,6 +60,10 @@ class TeacherConfig(Section):
     backoff_max_s: float = Field(60.0, gt=0, le=3600, description="Longest backoff delay between retries.")
     max_cost: float | None = Field(None, ge=0, description="Stop cleanly when this run's API spend (USD, at "
                                    "prices.teacher token prices) would exceed this.")
+    max_failed_share: float = Field(0.01, ge=0, le=1, description="API teachers: largest share of the prompts that "
+                                    "may end in failed.jsonl (after max_attempts) for the run to go on; above it the "
+                                    "generate stage stops and keeps no output (answers stay cached, the failures are "
+                                    "listed in its work folder): rerun to retry them.")
     tokenizer: str | None = Field(None, description="Local tokenizer directory matching the API model: top log-probs are "
                                   "stored as token ids (for KD); without it as token strings (top_logprobs_text).")
     cache: str | None = Field(None, description="SQLite answer cache of API teachers (default <run_dir>/.cache/teacher-api.sqlite); "
@@ -425,9 +429,29 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line naming the first bad key, with a suggestion for unknown keys."""
-    e = err.errors()[0]
+def _field_depth(loc: tuple) -> int:
+    """How many leading parts of ``loc`` name real config keys (or list indices); the rest are
+    pydantic's tags for the members of a union (``list[str]``, ``str``) or an unknown key."""
+    model: Any = RunConfig
+    for depth, part in enumerate(loc):
+        if isinstance(part, int):
+            continue
+        fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
+        if part not in fields:
+            return depth
+        model = _nested_model(fields[part].annotation) or _list_item_model(fields[part].annotation)
+    return len(loc)
+
+
+def _list_item_model(ann) -> type[BaseModel] | None:
+    for cand in getattr(ann, "__args__", ()):
+        inner = _nested_model(cand)
+        if inner is not None:
+            return inner
+    return None
+
+
+def _format_one(e: dict, source: str) -> str:
     loc = tuple(e["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     if e["type"] == "extra_forbidden":
@@ -440,6 +464,33 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         return f"{source}: missing required config key '{key}'"
     msg = e["msg"].removeprefix("Value error, ")
     return f"{source}: config key '{key}': {msg} (got {e.get('input')!r})"
+
+
+def format_validation_errors(err: ValidationError, source: str) -> list[str]:
+    """One line per bad key (every one, in the order pydantic found them), with a suggestion for
+    unknown keys. A value that fits no member of a union (``list[str] | str``) is one line naming
+    what was expected, not one line per member."""
+    lines: list[str] = []
+    unions: dict[str, int] = {}  # key -> index in lines of a value that fits no member of a union
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        depth = _field_depth(loc)
+        if e["type"] == "extra_forbidden" or depth == len(loc):
+            lines.append(_format_one(e, source))
+            continue
+        key = ".".join(str(p) for p in loc[:depth])
+        tag = ".".join(str(p) for p in loc[depth:])
+        if key in unions:
+            lines[unions[key]] = lines[unions[key]].replace(" (got ", f" or {tag} (got ", 1)
+            continue
+        unions[key] = len(lines)
+        lines.append(f"{source}: config key '{key}': expected {tag} (got {e.get('input')!r})")
+    return lines
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line naming the first bad key, with a suggestion for unknown keys."""
+    return format_validation_errors(err, source)[0]
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -463,7 +514,7 @@ def config_from_dict(data: dict, base_dir: Path, overrides: list[str] | None = N
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as err:
-        raise UserError(format_validation_error(err, source)) from None
+        raise UserError("\n".join(format_validation_errors(err, source))) from None
     cfg.base_dir = Path(base_dir)
     return cfg
 

@@ -68,22 +68,35 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file; a malformed line is a :class:`UserError` naming file and line."""
+    return [row for _, row in iter_jsonl(path)]
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file.
+
+    A UTF-8 byte-order mark (spreadsheet exports write one; ``cat`` of such files puts one inside)
+    is ignored at the start of any line. A line that is not a JSON object is a
+    :class:`UserError` naming file and line; bytes that are not UTF-8 raise ``UnicodeDecodeError``.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError("file not found", str(path))
-    rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
+            line = line.removeprefix("\ufeff")
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"line {lineno}: malformed JSON ({e.msg})", str(path)) from None
+            except RecursionError:
+                raise UserError(f"line {lineno}: JSON nested too deeply", str(path)) from None
+            except ValueError:  # Python refuses integers of more than 4300 digits
+                raise UserError(f"line {lineno}: a JSON number too long to read", str(path)) from None
             if not isinstance(row, dict):
                 raise UserError(f"line {lineno}: expected a JSON object", str(path))
-            rows.append(row)
-    return rows
+            yield lineno, row
 
 
 @contextmanager

@@ -28,7 +28,12 @@ class RunDir:
 
     def __init__(self, root: Path, force: set[str] | None = None):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError("run_dir is an existing file, not a directory; point run_dir at a folder", str(self.root))
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a parent is a file, no permission, read-only disk...
+            raise UserError(f"cannot create the run directory ({e.strerror or e})", str(self.root)) from None
         self.force = set(force or ())
 
     def path(self, stage: str) -> Path:

@@ -16,8 +16,14 @@ command without ``--shard`` merges the finished parts, generates whatever is mis
 stage. Under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1) with no ``--shard``, each
 process takes ``RANK/WORLD_SIZE``.
 
-Exit codes: 0 done (failed prompts, if any, are in failed.jsonl); 2 a user error in one line
-(bad file, unreachable URL, bad key, unknown model); 3 stopped by ``--max-cost``.
+Prompts longer than the teacher's context less ``max_new_tokens`` are dropped (config form: see
+``prompts.max_prompt_tokens`` / ``prompts.too_long``; direct form: a warning counts them).
+
+Exit codes: 0 done, every prompt answered; 2 a user error in one line (bad file, unreachable URL,
+bad key, unknown model, more failed prompts than ``teacher.max_failed_share``: nothing kept but the
+answer cache and the failures' list); 3 finished short, one line says why and a rerun continues:
+stopped by ``--max-cost``, or "N prompts failed" (after ``max_attempts``; they are in
+``failed.jsonl``: rerun to retry only them, answers are cached).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .. import api
-from ..errors import UserError
+from ..errors import Incomplete, UserError
 from ..progress import say
 
 HELP = "the teacher answers the training prompts (local model: batched; API: concurrent, cached, resumable)"
@@ -39,13 +45,14 @@ FLAGS = {
     "rpm": "rpm", "tpm": "tpm", "max_cost": "max_cost", "timeout": "timeout_s", "max_attempts": "max_attempts",
     "max_new_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p",
     "top_logprobs": "top_logprobs", "tokenizer": "tokenizer", "batch_size": "batch_size",
-    "backoff_base": "backoff_base_s", "backoff_max": "backoff_max_s",
+    "backoff_base": "backoff_base_s", "backoff_max": "backoff_max_s", "max_failed_share": "max_failed_share",
 }
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help=HELP, description=HELP,
-                       epilog="Give a CONFIG, or --teacher, --prompts and --out. Exit codes: 2 user error, 3 max-cost reached.")
+                       epilog="Give a CONFIG, or --teacher, --prompts and --out. Exit codes: 2 user error, "
+                       "3 finished short (max-cost reached, or prompts failed: rerun to retry them).")
     p.add_argument("config", nargs="?", help="the run's YAML config file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. teacher.concurrency=32")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo STAGE even if its inputs did not change")
@@ -68,6 +75,8 @@ def add_parser(sub) -> None:
     g.add_argument("--backoff-base", metavar="S", type=float, help="first retry delay in seconds (default 1; doubles, with jitter)")
     g.add_argument("--backoff-max", metavar="S", type=float, help="longest retry delay in seconds (default 60)")
     g.add_argument("--max-attempts", metavar="N", type=int, help="attempts per prompt before failed.jsonl (default 6)")
+    g.add_argument("--max-failed-share", metavar="S", type=float, help="stop (exit 2) when more than this share "
+                   "of the prompts failed (default 0.01; fewer: exit 3)")
     g.add_argument("--max-new-tokens", metavar="N", type=int, help="most tokens per answer (default 64)")
     g.add_argument("--temperature", metavar="T", type=float, help="sample at this temperature (default: greedy)")
     g.add_argument("--top-p", metavar="P", type=float, help="nucleus mass when sampling")
@@ -88,7 +97,14 @@ def main(args) -> int:
             say(f"generate: shard {shard[0]}/{shard[1]} done; once every shard is done, run "
                 f"`potstill generate {args.config}` without --shard to merge them")
             return 0
-        api.generate(args.config, args.overrides, args.force)
+        from ..config import load_config
+        from ..io import read_json
+
+        cfg = load_config(args.config, list(args.overrides))
+        api.generate(cfg, force=args.force)
+        stage = cfg.run_path / "generate"
+        again = " ".join(["potstill generate", args.config, *args.overrides, "--force generate"])
+        failed_exit(read_json(stage / "stats.json"), stage / "failed.jsonl", f"`{again}`")
         say("generate: done")
         return 0
     if args.config is not None:
@@ -102,7 +118,16 @@ def main(args) -> int:
             "rerun without --shard to merge")
         return 0
     say(f"generate: {stats['answered']} answered, {stats['failed']} failed → {args.out}")
+    failed_exit(stats, Path(args.out) / "failed.jsonl", "the same command")
     return 0
+
+
+def failed_exit(stats: dict, failed_path: Path, rerun: str) -> None:
+    """Exit code 3 (:class:`Incomplete`, one line) when the finished generate stage has failed prompts."""
+    if stats.get("failed"):
+        total = stats["failed"] + stats.get("answered", 0) + stats.get("unanswered", 0)
+        raise Incomplete(f"generate finished, {stats['failed']} of {total} prompts failed (listed with their errors "
+                         f"in {failed_path}); rerun {rerun} to retry them (answered prompts are cached)")
 
 
 def shard_arg(args) -> tuple[int, int] | None:
@@ -127,10 +152,13 @@ def teacher_config(args):
     try:
         return TeacherConfig.model_validate(data)
     except ValidationError as err:
-        e = err.errors()[0]
-        field = str(e["loc"][0]) if e["loc"] else "teacher"
-        flag = next((f for f, fld in FLAGS.items() if fld == field), field)
-        raise UserError(f"--{flag.replace('_', '-')}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})") from None
+        lines = []
+        for e in err.errors():
+            field = str(e["loc"][0]) if e["loc"] else "teacher"
+            flag = next((f for f, fld in FLAGS.items() if fld == field), field)
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"--{flag.replace('_', '-')}: {msg} (got {e.get('input')!r})")
+        raise UserError("\n".join(lines)) from None
 
 
 def direct(args) -> dict:
@@ -146,15 +174,21 @@ def direct(args) -> dict:
     records, n_empty = drop_empty(load_source(SourceSpec(path=str(Path(args.prompts).resolve())), Path.cwd()))
     if n_empty:
         say(f"  [yellow]warning[/]: skipped {n_empty} empty prompts")
-    if not records:
-        raise UserError("no prompts", args.prompts)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     spec = teacher_spec(cfg, lambda p: Path(p).expanduser().resolve())
     if spec.is_local:
         from ..models import model_hash
 
         model_hash(spec.path)  # one-line error unless it is a model
+    records = drop_too_long_direct(cfg, spec, records)
+    if not records:
+        raise UserError("no prompts", args.prompts)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError("--out is an existing file, not a directory", str(out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the --out directory ({e.strerror or e})", str(out)) from None
     work = out / ".work"
     work.mkdir(exist_ok=True)
     shard = shard_arg(args)
@@ -162,3 +196,19 @@ def direct(args) -> dict:
         return run_generate_shard(cfg, spec, records, work, shard, args.seed)
     return run_generate(cfg, spec, records, out, work, args.seed, prices=(args.price_in, args.price_out),
                         cache_path=Path(args.cache) if args.cache else out / "cache.sqlite")
+
+
+def drop_too_long_direct(cfg, spec, records: list[dict]) -> list[dict]:
+    """The prompts that fit a local teacher's context less max_new_tokens (a warning counts the others)."""
+    from ..data.length import drop_too_long
+    from ..teachers.limits import context_limit
+
+    limit, why = context_limit(cfg, spec)
+    if limit is None:
+        return records
+    from ..models import load_tokenizer
+
+    kept, n_long = drop_too_long(records, load_tokenizer(spec.model_dir()), limit, "drop", why=why)
+    if n_long:
+        say(f"  [yellow]warning[/]: skipped {n_long} prompts longer than {limit} tokens ({why})")
+    return kept

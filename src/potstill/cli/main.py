@@ -1,6 +1,7 @@
 """``potstill``: the command-line root. Maps subcommand names to their modules.
 
-User mistakes (:class:`potstill.errors.UserError`) print one line and exit with code 2.
+User mistakes (:class:`potstill.errors.UserError`) print one line (one per problem when several were
+found, e.g. every bad config key) and exit with code 2.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except UserError as e:
-        print(f"potstill: error: {e}", file=sys.stderr)
+        for line in str(e).split("\n"):
+            print(f"potstill: error: {line}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("potstill: interrupted; finished stages are kept, rerun to continue", file=sys.stderr)

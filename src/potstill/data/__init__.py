@@ -1,4 +1,4 @@
-"""The prompts stage: load prompt sources, drop empty and duplicate prompts, split them."""
+"""The prompts stage: load prompt sources, drop empty, duplicate and too-long prompts, split them."""
 
 from .dedup import dedup, normalise
 from .load import SourceSpec, drop_empty, is_empty, load_source, read_source, user_text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from .load import SourceSpec
@@ -29,3 +31,11 @@ class PromptsConfig(BaseModel):
     seed: int = Field(0, description="Seed of the hash-based split and of MinHash.")
     system_prompt: str | None = Field(
         None, description="System message for sources that set none of their own.")
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="Longest prompt in tokens, chat template included (default: a local teacher's "
+        "context, i.e. config.json max_position_embeddings or teacher.vllm.max_model_len, less "
+        "teacher.max_new_tokens; an API teacher: no limit). Counted with the teacher's tokenizer (an API "
+        "teacher's teacher.tokenizer), else estimated as max(words, characters / 4) + 4 per message, + 3.")
+    too_long: Literal["drop", "error"] = Field(
+        "drop", description="A prompt over max_prompt_tokens: drop it (counted in stats.json as dropped.too_long) "
+        "or error (stop, naming the prompt and its length).")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UserError
-from ..io import read_jsonl, sha256_json
+from ..io import iter_jsonl, sha256_json
 
 ROLES = ("system", "user", "assistant")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -52,14 +52,21 @@ def resolve_format(spec: SourceSpec, path: Path) -> str:
     return fmt
 
 
+def _not_utf8(path: Path, e: UnicodeDecodeError) -> UserError:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head in (b"\xff\xfe", b"\xfe\xff"):
+        return UserError("UTF-16 text (a spreadsheet's 'Unicode text' export?); save it as UTF-8 (e.g. 'CSV UTF-8')",
+                         str(path))
+    return UserError(f"not UTF-8 text ({e.reason} at byte {e.start})", str(path))
+
+
 def _rows_jsonl(path: Path):
     try:
-        rows = read_jsonl(path)
-        with open(path, encoding="utf-8") as f:  # same line splitting as read_jsonl
-            linenos = [n for n, line in enumerate(f, 1) if line.strip()]
+        for lineno, row in iter_jsonl(path):
+            yield f"line {lineno}", row
     except UnicodeDecodeError as e:
-        raise UserError(f"not UTF-8 text ({e.reason} at byte {e.start})", str(path)) from None
-    return zip((f"line {n}" for n in linenos), rows)
+        raise _not_utf8(path, e) from None
 
 
 def _rows_csv(path: Path):
@@ -81,7 +88,7 @@ def _rows_csv(path: Path):
     except csv.Error as e:
         raise UserError(f"line {reader.line_num}: CSV parse error ({e})", str(path)) from None
     except UnicodeDecodeError as e:
-        raise UserError(f"not UTF-8 text ({e.reason} at byte {e.start})", str(path)) from None
+        raise _not_utf8(path, e) from None
 
 
 def _rows_parquet(path: Path):
@@ -116,11 +123,17 @@ def _rows_hf(path: Path, split: str | None):
     return ((f"row {i}", row) for i, row in enumerate(ds, 1))
 
 
+def one_line(value: Any) -> str:
+    """``str(value)`` with line breaks escaped, for error messages (one line each)."""
+    text = str(value)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _messages(value: Any, where: str, path: Path, field: str) -> list[dict]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError, a > 4300-digit integer, nesting too deep
             raise UserError(f"{where}: field {field!r} is a string but not a JSON list of messages", str(path)) from None
     if not isinstance(value, list):
         raise UserError(f"{where}: field {field!r} must be a list of {{role, content}}, got {type(value).__name__}",
@@ -129,7 +142,7 @@ def _messages(value: Any, where: str, path: Path, field: str) -> list[dict]:
     for i, m in enumerate(value):
         if not (isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in ROLES):
             raise UserError(f"{where}: field {field!r} item {i} must be {{role: system|user|assistant, "
-                            f"content: string}}, got {str(m)[:80]}", str(path))
+                            f"content: string}}, got {one_line(m)[:80]}", str(path))
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -187,10 +200,10 @@ def read_source(spec: SourceSpec, base_dir: str | Path) -> tuple[list[dict], lis
 def _record(row: dict, where: str, path: Path, spec: SourceSpec, name: str, used: set) -> tuple[dict, bool]:
     has_msgs, has_prompt = spec.messages_field in row, spec.prompt_field in row
     if not (has_msgs or has_prompt):
-        cols = ", ".join(map(str, row)) or "none"
+        cols = ", ".join(map(one_line, row)) or "none"
         raise UserError(f"{where}: no {spec.prompt_field!r} or {spec.messages_field!r} field; "
                         f"the row has: {cols}", str(path))
-    if has_msgs and row[spec.messages_field] not in (None, ""):
+    if has_msgs and row[spec.messages_field] not in (None, "", []):  # empty: the prompt field, if any
         messages = _messages(row[spec.messages_field], where, path, spec.messages_field)
     else:
         prompt = row.get(spec.prompt_field)
@@ -205,8 +218,13 @@ def _record(row: dict, where: str, path: Path, spec: SourceSpec, name: str, used
         messages = [{"role": "system", "content": spec.system_prompt}, *messages]
     cat = row.get(spec.category_field) if spec.category_field else None
     meta = _json_safe({k: v for k, v in row.items() if k not in used})
-    return {"id": rid, "messages": messages, "category": None if cat in (None, "") else str(cat),
-            "meta": meta}, generated
+    record = {"id": rid, "messages": messages, "category": None if cat in (None, "") else str(cat), "meta": meta}
+    try:  # JSON's "\ud800" escapes make strings that no UTF-8 file can hold
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{where}: text that is not valid Unicode (a lone surrogate escape such as \\ud800)",
+                        str(path)) from None
+    return record, generated
 
 
 def load_source(spec: SourceSpec, base_dir: str | Path) -> list[dict]:

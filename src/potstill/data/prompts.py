@@ -1,15 +1,29 @@
-"""Load sources, drop empty and duplicate prompts, split, write JSONL (the prompts stage's work)."""
+"""Load sources, drop empty, duplicate and too-long prompts, split, write JSONL (the prompts stage's work)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
 from ..errors import UserError
 from ..io import write_json, write_jsonl
 from .config import PromptsConfig
 from .dedup import dedup
+from .length import PromptLimit, drop_too_long
 from .load import SourceSpec, drop_empty, read_source, unique_id
 from .split import SPLITS, make_splits
+
+
+def section_limit(cfg: PromptsConfig) -> PromptLimit:
+    """The length limit from the prompts section alone (``max_prompt_tokens``, counted by estimate);
+    :func:`potstill.teachers.limits.prompt_limit` adds the teacher's context and tokenizer."""
+    return PromptLimit(cfg.max_prompt_tokens, cfg.too_long)
+
+
+def hashed_prompts_config(cfg: PromptsConfig, limit: PromptLimit | None = None) -> dict:
+    """The settings the stage's output depends on (the prompts stage's config input): the length
+    settings only when a limit applies, so a config without one keeps the hash it had before
+    ``max_prompt_tokens`` / ``too_long`` existed."""
+    out = cfg.model_dump(mode="json", exclude={"max_prompt_tokens", "too_long"}, exclude_defaults=True)
+    return {**out, **(limit or section_limit(cfg)).inputs()}
 
 
 def _load_group(specs: list[SourceSpec], cfg: PromptsConfig, base_dir: Path,
@@ -34,40 +48,53 @@ def _load_group(specs: list[SourceSpec], cfg: PromptsConfig, base_dir: Path,
     return records, len(records)
 
 
-def _clean(records: list[dict], cfg: PromptsConfig, dropped: dict[str, int]) -> list[dict]:
+def _clean(records: list[dict], cfg: PromptsConfig, dropped: dict[str, int], limit: PromptLimit, tokenizer,
+           owners: dict[str, str]) -> list[dict]:
     records, n_empty = drop_empty(records)
     dropped["empty"] += n_empty
     if cfg.dedup:
         records, counts = dedup(records, threshold=cfg.near_dup_threshold, seed=cfg.seed)
         for k, v in counts.items():
             dropped[k] += v
+    records, n_long = drop_too_long(records, tokenizer, limit.max_tokens, limit.policy, owners, limit.why)
+    dropped["too_long"] += n_long
     return records
 
 
-def run_prompts(cfg: PromptsConfig, base_dir: Path, out_dir: Path) -> dict:
+def run_prompts(cfg: PromptsConfig, base_dir: Path, out_dir: Path, limit: PromptLimit | None = None) -> dict:
     """Run the prompts stage and write ``{train,validation,test,ood}.jsonl`` and ``stats.json``.
 
-    Sources are read relative to ``base_dir``. Returns the stats written to ``stats.json``:
-    ``{"loaded": n, "train": n, "validation": n, "test": n, "ood": n, "dropped": {...}}`` where
-    ``loaded`` equals the split counts plus every ``dropped`` count. Prints nothing.
+    Sources are read relative to ``base_dir``. ``limit``: the prompt length limit
+    (:func:`potstill.teachers.limits.prompt_limit`; default :func:`section_limit`). Returns the
+    stats written to ``stats.json``: ``{"loaded": n, "train": n, "validation": n, "test": n, "ood": n,
+    "dropped": {...}}`` where ``loaded`` equals the split counts plus every ``dropped`` count (and
+    ``"max_prompt_tokens"`` when a limit applied). Prints nothing.
     """
     base_dir, out_dir = Path(base_dir), Path(out_dir)
-    dropped = dict.fromkeys(("empty", "exact_duplicate", "near_duplicate", "contaminated", "over_max_prompts"), 0)
+    limit = limit or section_limit(cfg)
+    dropped = dict.fromkeys(("empty", "exact_duplicate", "near_duplicate", "too_long", "contaminated",
+                             "over_max_prompts"), 0)
     owners: dict[str, str] = {}
     pool, loaded = _load_group(cfg.sources, cfg, base_dir, owners)
     test, n_test = _load_group(cfg.test, cfg, base_dir, owners)
     ood, n_ood = _load_group(cfg.ood, cfg, base_dir, owners)
-    pool = _clean(pool, cfg, dropped)
+    tokenizer = None
+    if limit.max_tokens is not None and limit.tokenizer:
+        from ..models import load_tokenizer
+
+        tokenizer = load_tokenizer(limit.tokenizer)
+    pool = _clean(pool, cfg, dropped, limit, tokenizer, owners)
     where = ", ".join(str(base_dir / s.path) for s in cfg.sources)
     if not pool:
         n_dup = dropped["exact_duplicate"] + dropped["near_duplicate"]
+        too_long = f", {dropped['too_long']} longer than {limit.describe()}" if dropped["too_long"] else ""
         raise UserError(f"no prompts left after dropping {dropped['empty']} empty and {n_dup} duplicate "
-                        f"prompts (of {loaded} read)", where)
+                        f"prompts{too_long} (of {loaded} read)", where)
     if cfg.max_prompts is not None and len(pool) > cfg.max_prompts:
         dropped["over_max_prompts"] = len(pool) - cfg.max_prompts
         pool = pool[:cfg.max_prompts]
-    test = _clean(test, cfg, dropped) if cfg.test else None
-    ood = _clean(ood, cfg, dropped)
+    test = _clean(test, cfg, dropped, limit, tokenizer, owners) if cfg.test else None
+    ood = _clean(ood, cfg, dropped, limit, tokenizer, owners)
     splits, dropped["contaminated"] = make_splits(
         pool, cfg.validation, cfg.test_fraction, cfg.seed, test_records=test, ood_records=ood)
     if not splits["train"]:
@@ -77,5 +104,8 @@ def run_prompts(cfg: PromptsConfig, base_dir: Path, out_dir: Path) -> dict:
     for name in SPLITS:
         stats[name] = write_jsonl(out_dir / f"{name}.jsonl", splits[name])
     stats["dropped"] = dropped
+    if limit.max_tokens is not None:
+        stats["max_prompt_tokens"] = {"limit": limit.max_tokens, "policy": limit.policy, "why": limit.why,
+                                      "counted_with": limit.tokenizer or "estimate"}
     write_json(out_dir / "stats.json", stats)
     return stats

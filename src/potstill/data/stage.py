@@ -1,16 +1,18 @@
 """The prompts stage: ``RUN/prompts/{train,validation,test,ood}.jsonl`` and ``stats.json`` from the sources.
 
-Its hash covers the prompts section (values set away from their defaults) and the content of every
-source file: editing a source reruns it, renaming the run does not.
+Its hash covers the prompts section (values set away from their defaults), the content of every
+source file and the prompt length limit (with the teacher's tokenizer it is counted with):
+editing a source reruns it, renaming the run does not.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..context import RunContext, Stage, file_hash, hashed
+from ..context import RunContext, Stage, file_hash
 from ..progress import say
-from .prompts import run_prompts
+from ..teachers.limits import prompt_limit
+from .prompts import hashed_prompts_config, run_prompts
 
 
 class PromptsStage(Stage):
@@ -19,10 +21,11 @@ class PromptsStage(Stage):
     def inputs(self, ctx: RunContext, folder: str) -> dict:
         p = ctx.cfg.prompts
         files = [s.path for s in (*p.sources, *p.test, *p.ood)]
-        return {"config": hashed(p), "files": {f: file_hash(ctx.cfg.resolve(f)) for f in files}}
+        return {"config": hashed_prompts_config(p, prompt_limit(ctx.cfg, ctx.teacher)),
+                "files": {f: file_hash(ctx.cfg.resolve(f)) for f in files}}
 
     def build(self, ctx: RunContext, folder: str, out: Path, work: Path) -> dict:
-        stats = run_prompts(ctx.cfg.prompts, ctx.cfg.base_dir, out)
+        stats = run_prompts(ctx.cfg.prompts, ctx.cfg.base_dir, out, prompt_limit(ctx.cfg, ctx.teacher))
         say("  prompts: " + ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, int))
             + "; dropped " + ", ".join(f"{k}={v}" for k, v in stats.get("dropped", {}).items()))
         return stats

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..config import TeacherConfig
-from ..errors import UserError
+from ..errors import Incomplete, UserError
 from ..io import write_json, write_jsonl
 from ..progress import say, track
 from .api import ApiError, make_provider, preflight_error, resolve_api_key
@@ -25,10 +25,8 @@ from .softlabels import TokenMapper, to_record
 from .spec import ModelSpec
 
 
-class BudgetStop(UserError):
-    """The run reached ``max_cost``: what was answered is written, the rest is left for a rerun."""
-
-    exit_code = 3
+class BudgetStop(Incomplete):
+    """The run reached ``max_cost``: what was answered is written, the rest is left for a rerun (exit code 3)."""
 
 
 def request_params(cfg: TeacherConfig, seed: int, provider: str) -> dict:
@@ -147,7 +145,7 @@ def _write_outputs(cfg, records, keys, answers, result, out_dir: Path, elapsed: 
         say(f"  [yellow]warning[/]: {n_len} of {len(rows)} answers hit max_new_tokens (finish_reason=length)")
     if failed:
         say(f"  [yellow]warning[/]: {len(failed)} prompts failed after retries (see failed.jsonl); "
-            "rerun to retry only them (answers are cached)")
+            "a rerun asks only for them (answers are cached; a written stage needs --force generate)")
     if cfg.top_logprobs and rows and not any(r.get("top_logprobs") or r.get("top_logprobs_text") for r in rows):
         say("  [yellow]warning[/]: the API returned no log-probabilities")
     elif mapper and any(r.get("top_logprobs_text") for r in rows):

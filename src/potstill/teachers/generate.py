@@ -6,7 +6,8 @@ A local teacher (a model directory, or ``vllm:DIR``: the same directory run by v
 For a local teacher, finished batches are appended to ``work_dir/partial.jsonl`` (flushed and fsynced) as they
 complete, so a killed run resumes where it stopped; a half-written last line is discarded.
 The finished set is written as ``generations.jsonl`` in prompt order, plus ``failed.jsonl``
-(rows that could not be answered) and ``stats.json``.
+(rows that could not be answered) and ``stats.json`` (``"failed"``: their count). More failures
+than ``teacher.max_failed_share`` of the prompts stop the stage (:func:`check_failed_share`).
 
 Data-parallel sharding (:func:`run_generate_shard`, ``potstill generate CONFIG --shard I/N``):
 process ``I`` of ``N`` answers the records whose :func:`shard_of` is ``I`` into
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -35,7 +37,7 @@ from .spec import ModelSpec
 
 LOCAL_FIELDS = ("model", "batch_size", "max_new_tokens", "do_sample", "temperature", "top_p", "top_logprobs", "dtype")
 RUN_ONLY_FIELDS = {"batch_size", "dtype", "api_key_env", "concurrency", "rpm", "tpm", "timeout_s", "max_attempts",
-                   "backoff_base_s", "backoff_max_s", "max_cost", "cache"}
+                   "backoff_base_s", "backoff_max_s", "max_cost", "cache", "max_failed_share"}
 
 
 def hashed_teacher_config(cfg: TeacherConfig, spec: ModelSpec) -> dict:
@@ -127,7 +129,7 @@ def _answer(cfg: TeacherConfig, spec: ModelSpec, todo: list[dict], seed: int, pa
             os.fsync(f.fileno())
             bar.advance(len(batch), tokens=sum(r["usage"]["completion_tokens"] for r in batch))
 
-        for rec in gen.generate(todo, settings_from(cfg, seed), on_batch=flush):
+        for rec in gen.generate(todo, settings_from(cfg, seed), on_batch=flush, check_context=True):
             done[rec["id"]] = rec
 
 
@@ -158,6 +160,20 @@ def read_shards(work_dir: Path) -> dict[str, dict]:
     return done
 
 
+def check_failed_share(cfg: TeacherConfig, failed: int, total: int, failed_path: Path, work_dir: Path) -> None:
+    """Stop (a one-line :class:`UserError`) when more than ``teacher.max_failed_share`` of ``total``
+    prompts failed. The failures' list is copied into ``work_dir``, which outlives the stage's
+    output folder (discarded by the error: nothing a rerun would trust as finished is left)."""
+    if failed <= cfg.max_failed_share * total:
+        return
+    keep = Path(work_dir) / "failed.jsonl"
+    if Path(failed_path).resolve() != keep.resolve():
+        shutil.copyfile(failed_path, keep)
+    raise UserError(f"{failed} of {total} prompts failed after retries, over teacher.max_failed_share "
+                    f"{cfg.max_failed_share:g}; their errors are in {keep}; rerun to retry them (answered prompts "
+                    "are cached, not paid again)")
+
+
 def run_generate(cfg: TeacherConfig, spec: ModelSpec, records: list[dict], out_dir: Path,
                  work_dir: Path, seed: int = 0, prices: tuple[float | None, float | None] = (None, None),
                  cache_path: Path | None = None) -> dict:
@@ -169,8 +185,10 @@ def run_generate(cfg: TeacherConfig, spec: ModelSpec, records: list[dict], out_d
     if spec.is_api:
         from .apistage import run_api_generate
 
-        return run_api_generate(cfg, spec, records, out_dir, seed=seed, prices=prices,
-                                cache_path=cache_path or Path(work_dir) / "cache.sqlite")
+        stats = run_api_generate(cfg, spec, records, out_dir, seed=seed, prices=prices,
+                                 cache_path=cache_path or Path(work_dir) / "cache.sqlite")
+        check_failed_share(cfg, stats["failed"], len(records), Path(out_dir) / "failed.jsonl", Path(work_dir))
+        return stats
     partial = work_dir / "partial.jsonl"
     shards = read_shards(work_dir)
     done = {**shards, **read_partial(partial)}

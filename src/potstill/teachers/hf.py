@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..chat import encode_prompt
+from ..errors import UserError
 from ..models import count_params, default_device, load_model, load_tokenizer
 from .base import GenerationSettings
 
@@ -27,6 +28,7 @@ class LocalGenerator:
         self.model = model if model is not None else load_model(path, dtype=dtype, init=init, seed=seed)
         self.model.to(self.device).eval()
         self.params = count_params(self.model)
+        self.context = getattr(self.model.config, "max_position_embeddings", None)  # None: not stated
         self.eos_ids = self._eos_ids()
         # Embedding rows past the tokenizer (padded to a multiple of 64, ...) are not tokens: never emitted.
         self.vocab = len(self.tokenizer)
@@ -101,12 +103,20 @@ class LocalGenerator:
         return records
 
     def generate(self, records: list[dict], settings: GenerationSettings,
-                 on_batch: Callable[[list[dict]], None] | None = None) -> Iterator[dict]:
-        """Yield one generation record per prompt record, in batches sorted by prompt length."""
+                 on_batch: Callable[[list[dict]], None] | None = None, check_context: bool = False) -> Iterator[dict]:
+        """Yield one generation record per prompt record, in batches sorted by prompt length.
+
+        ``check_context``: before anything is generated, a prompt that leaves no room for
+        ``max_new_tokens`` in the model's context is a one-line :class:`UserError` naming it (the
+        teacher's generate stage: the prompts stage should have dropped it).
+        """
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         encoded = [(r, encode_prompt(self.tokenizer, r["messages"])) for r in records]
         encoded.sort(key=lambda x: len(x[1]))
+        if check_context:
+            lengths = [(r["id"], len(p)) for r, p in encoded]
+            check_context_fits(lengths, settings.max_new_tokens, self.context, self.path)
         for start in range(0, len(encoded), settings.batch_size):
             chunk = encoded[start: start + settings.batch_size]
             outs = self.generate_batch([p for _, p in chunk], settings)
@@ -114,3 +124,16 @@ class LocalGenerator:
             if on_batch:
                 on_batch(batch)
             yield from batch
+
+
+def check_context_fits(lengths: list[tuple[str, int]], max_new_tokens: int, context: int | None, model: Path) -> None:
+    """A one-line :class:`UserError` naming the longest prompt when some ``(id, prompt tokens)`` leave
+    no room for ``max_new_tokens`` in ``context`` (None: not known, nothing checked)."""
+    if not context:
+        return
+    over = [(n, rid) for rid, n in lengths if n + max_new_tokens > context]
+    if over:
+        n, rid = max(over)
+        raise UserError(f"{len(over)} prompt(s) too long for the teacher: the longest, {rid!r}, has {n:,} tokens, and "
+                        f"with teacher.max_new_tokens {max_new_tokens} the context is {context:,}; rerun the prompts "
+                        "stage (--force prompts) to drop them, or set prompts.max_prompt_tokens", str(model))

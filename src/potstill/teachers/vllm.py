@@ -173,6 +173,9 @@ class VLLMGenerator(LocalGenerator):
         self.path = Path(path)
         self.tokenizer = tokenizer or load_tokenizer(path, padding_side="left")
         self.llm = llm if llm is not None else make_engine(path, settings, seed=seed, dtype=dtype, max_logprobs=max_logprobs)
+        from .context import model_context
+
+        self.context = getattr(settings, "max_model_len", None) or model_context(path)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -185,9 +188,10 @@ class VLLMGenerator(LocalGenerator):
         return [record_from_output(o, settings.top_logprobs, self._decode) for o in outs]
 
     def generate(self, records: list[dict], settings: GenerationSettings,
-                 on_batch: Callable[[list[dict]], None] | None = None) -> Iterator[dict]:
+                 on_batch: Callable[[list[dict]], None] | None = None, check_context: bool = False) -> Iterator[dict]:
         """As :meth:`LocalGenerator.generate`, in chunks of at least ``CHUNK`` prompts."""
-        return super().generate(records, replace(settings, batch_size=max(settings.batch_size, CHUNK)), on_batch)
+        return super().generate(records, replace(settings, batch_size=max(settings.batch_size, CHUNK)), on_batch,
+                                check_context)
 
 
 def vllm_response_topk(llm, batch: list[tuple[list[int], list[int]]], k: int, vocab_size: int | None = None,

@@ -42,7 +42,7 @@ class _Tracker:
 
 def clock_text(seconds: float) -> str:
     """``mm:ss`` (``h:mm:ss`` from an hour on)."""
-    s = max(int(round(seconds)), 0)
+    s = max(round(seconds), 0)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
 
 

@@ -185,3 +185,14 @@ def test_unsupported_architecture_is_one_line(tmp_path, tiny_tokenizer_dir, caps
     with pytest.raises(UserError, match="nosucharch"):
         pgguf.gguf_model_dir(odd)
     assert not (pgguf.cache_root() / "gguf" / pgguf.sha256_file(odd)).exists()
+
+
+def test_convert_to_bfloat16(tmp_path, tiny_gguf):
+    from safetensors import safe_open
+
+    out = tmp_path / "bf16"
+    assert cli_main(["convert", str(tiny_gguf), str(out), "--dtype", "bfloat16"]) == 0
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert front_matter(out / "README.md")["converted_from"]["dequantized_to"] == "bfloat16"

@@ -9,6 +9,8 @@
   tokenizer (hidden 16 and 32).
 * ``make_pairs(n=8, teacher_dir=None, top_k=0)`` (factory): toy training pairs in the generate
   stage's format; ``top_logprobs`` come from ``teacher_dir``'s forward pass when ``top_k > 0``.
+* ``potstill_cache`` (session, autouse): ``POTSTILL_CACHE`` (converted GGUF models) points into a
+  session temp folder, so no test writes to ``~/.cache/potstill``.
 """
 
 from __future__ import annotations
@@ -82,6 +84,19 @@ def build_tokenizer(out_dir: Path, corpus: list[str], vocab_size: int, chat_temp
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(out_dir))
     return tok
+
+
+@pytest.fixture(scope="session", autouse=True)
+def potstill_cache(tmp_path_factory) -> Path:
+    """``POTSTILL_CACHE`` in a session temp folder (restored afterwards)."""
+    old = os.environ.get("POTSTILL_CACHE")
+    d = tmp_path_factory.mktemp("potstill_cache")
+    os.environ["POTSTILL_CACHE"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("POTSTILL_CACHE", None)
+    else:
+        os.environ["POTSTILL_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

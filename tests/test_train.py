@@ -234,3 +234,11 @@ def test_lora_resume(tmp_path, tiny_student_dir, tiny_teacher_dir, make_pairs):
     m = train_student("sft", cfg2, pairs, out, work)
     assert m["resumed_from_step"] == 4 and m["steps"] == 6
     _check_export(out, "sft")
+
+
+def test_cpu_training_warns_nothing_about_pin_memory(tmp_path, tiny_student_dir, tiny_teacher_dir, make_pairs, recwarn):
+    """``dataloader_pin_memory`` is on only with CUDA: no "'pin_memory' ... no accelerator" warning per CPU run."""
+    cfg = make_cfg(tmp_path, tiny_student_dir, tiny_teacher_dir, epochs=1)
+    train_student("sft", cfg, make_pairs(4), *dirs(tmp_path))
+    assert not [str(w.message) for w in recwarn if "pin_memory" in str(w.message)]
+    assert training_arguments(cfg, tmp_path / "args").dataloader_pin_memory == torch.cuda.is_available()

@@ -68,7 +68,9 @@ class RunContext:
         """The student's starting point: the configured directory, or the init stage's output (pruned)."""
         if self.cfg.student.init == "prune":
             return self.path("student")
-        return self.cfg.resolve(self.cfg.student.model)
+        from .models import model_path  # defers torch
+
+        return model_path(self.cfg.resolve(self.cfg.student.model))  # a .gguf file: its converted directory
 
     @property
     def student_init(self) -> str:

@@ -1,4 +1,8 @@
-"""Loading local Hugging Face models and tokenizers, with one-line errors for bad paths."""
+"""Loading local Hugging Face models and tokenizers, with one-line errors for bad paths.
+
+Wherever a model directory is taken, a ``.gguf`` file is too: :func:`model_path` turns it into its
+converted, cached Hugging Face directory (:func:`potstill.gguf.gguf_model_dir`).
+"""
 
 from __future__ import annotations
 
@@ -25,13 +29,24 @@ def model_hash(path: str | Path, init: str = "pretrained") -> str:
     return sha256_dir(path, MODEL_FILES)
 
 
-def check_model_dir(path: str | Path, need_weights: bool = True) -> Path:
-    """Fail with one clear line unless ``path`` is a model directory."""
+def model_path(path: str | Path) -> Path:
+    """``path`` as a directory: a ``.gguf`` file becomes its converted directory (converted on first
+    use, then cached by content); anything else is returned as it is."""
     path = Path(path)
+    from .gguf import gguf_model_dir, is_gguf_path
+
+    if is_gguf_path(path) and path.is_file():
+        return gguf_model_dir(path)
+    return path
+
+
+def check_model_dir(path: str | Path, need_weights: bool = True) -> Path:
+    """The model directory ``path`` (a ``.gguf`` file: its converted directory), or one clear line."""
+    path = model_path(path)
     if not path.exists():
         raise UserError("model path does not exist", str(path))
     if not path.is_dir() or not (path / "config.json").is_file():
-        raise UserError("not a model directory (no config.json)", str(path))
+        raise UserError("not a model directory (no config.json) or .gguf file", str(path))
     try:
         json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as e:
@@ -44,7 +59,7 @@ def check_model_dir(path: str | Path, need_weights: bool = True) -> Path:
 def load_tokenizer(path: str | Path, padding_side: str = "left"):
     from transformers import AutoTokenizer
 
-    path = Path(path)
+    path = model_path(path)
     if not path.is_dir():
         raise UserError("tokenizer directory does not exist", str(path))
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):

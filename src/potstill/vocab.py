@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import UserError
-from .models import load_tokenizer, tokenizer_fingerprint
+from .models import load_tokenizer, model_path, tokenizer_fingerprint
 
 Kind = Literal["same", "padded", "different"]
 SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")
@@ -125,7 +125,7 @@ def compare_tokenizers(teacher_dir: str | Path, student_dir: str | Path, *, teac
     ``teacher_tok`` / ``student_tok``: already loaded tokenizers of those directories (saves a load).
     Bad directories are one-line UserErrors (from :func:`potstill.models.load_tokenizer`).
     """
-    t_dir, s_dir = Path(teacher_dir), Path(student_dir)
+    t_dir, s_dir = model_path(teacher_dir), model_path(student_dir)  # a .gguf file: its converted directory
     t_tok = teacher_tok if teacher_tok is not None else load_tokenizer(t_dir)
     s_tok = student_tok if student_tok is not None else load_tokenizer(s_dir)
     t_rows, s_rows = embedding_rows(t_dir), embedding_rows(s_dir)
@@ -189,7 +189,7 @@ def compare_tokenizers(teacher_dir: str | Path, student_dir: str | Path, *, teac
                      "answered prompts in its own)")
 
     return VocabMatch(
-        kind=kind, teacher=str(t_dir), student=str(s_dir),
+        kind=kind, teacher=str(Path(teacher_dir)), student=str(Path(student_dir)),
         teacher_fingerprint=tokenizer_fingerprint(t_tok), student_fingerprint=tokenizer_fingerprint(s_tok),
         vocab_equal=vocab_equal, teacher_vocab=t_len, student_vocab=s_len, teacher_rows=t_rows, student_rows=s_rows,
         usable_vocab=usable, special_tokens_equal=special_equal, chat_template_equal=template_equal,

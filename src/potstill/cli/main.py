@@ -12,7 +12,7 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import capture, check, demo, generate, report, route, run, serve, stages, terms, train
+from . import capture, check, convert, demo, generate, report, route, run, serve, stages, terms, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     terms.add_parser(sub)
     check.add_parser(sub)
+    convert.add_parser(sub)
     return parser
 
 

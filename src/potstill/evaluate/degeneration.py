@@ -10,6 +10,8 @@ student with different tokenizers are compared on one scale).
   prompts; far from 1 means rambling (> 1) or truncated/empty answers (< 1).
 * :func:`degeneration_summary` - both, plus the share of answers that hit ``max_new_tokens``
   (``finish_reason == "length"``) and of empty answers.
+* :func:`degeneration_warnings` - a warning per student and split whose repetition, empty or cut
+  share is far above the teacher's (the thresholds below).
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from collections.abc import Sequence
 
 _WORD = re.compile(r"\w+")
 NGRAM = 3
+# A student's answers on a split are flagged when a share is above its floor AND above TIMES_TEACHER
+# times the teacher's share on the same prompts: (measure, floor, what it is).
+WARN_ABOVE = (("repetition", 0.2, "repeated word 3-grams"), ("empty_rate", 0.05, "empty answers"),
+              ("finish_length_rate", 0.1, "answers cut at max_new_tokens"))
+TIMES_TEACHER = 2.0
 
 
 def words(text: str) -> list[str]:
@@ -63,3 +70,33 @@ def degeneration_summary(rows: Sequence[dict], teacher_rows: Sequence[dict], n: 
 
 def _round(x: float | None, digits: int = 6) -> float | None:
     return None if x is None else round(x, digits)
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def degeneration_warnings(splits: dict[str, dict[str, dict]], roles: dict[str, str]) -> list[dict]:
+    """Warnings for degenerate student answers: ``splits`` is ``{split: {model: measures}}`` (the measures of
+    :func:`degeneration_summary`), ``roles`` ``{model: "teacher" | "student" | "floor"}``.
+
+    One warning per student and split where some measure of :data:`WARN_ABOVE` is above its floor and
+    above :data:`TIMES_TEACHER` x the teacher's (the floor alone when the teacher's is unknown).
+    """
+    teacher = next((n for n, r in roles.items() if r == "teacher"), None)
+    out = []
+    for split, by_model in splits.items():
+        ref = by_model.get(teacher) or {}
+        for name in (n for n, r in roles.items() if r == "student" and by_model.get(n)):
+            flagged, parts = {}, []
+            for key, floor, what in WARN_ABOVE:
+                x, t = by_model[name].get(key), ref.get(key) if _num(ref.get(key)) else None
+                if not _num(x) or x <= floor or (t is not None and x <= TIMES_TEACHER * t):
+                    continue
+                flagged[key] = {"model": x, "teacher": t}
+                parts.append(f"{100 * x:.0f}% {what}" + (f" (teacher {100 * t:.0f}%)" if t is not None else ""))
+            if flagged:
+                out.append({"kind": "degeneration", "model": name, "split": split, "measures": flagged,
+                            "message": f"{name} on {split}: degenerate answers: {', '.join(parts)}; read its "
+                                       "answers before trusting its scores"})
+    return out

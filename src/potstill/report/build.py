@@ -33,7 +33,8 @@ produced nothing for that model)::
       "split_sizes": {SPLIT: int | null},
       "break_even": {...} | null,                      # as given in costs["break_even"]
       "training": {METHOD: {"runtime_s": float, "train_loss": float, ...}},
-      "warnings": [{"kind": str, "message": str, ...}], # OOD retention, judge reliability, contamination
+      "warnings": [{"kind": str, "message": str, ...}], # OOD retention, judge reliability, contamination,
+                                                       # degeneration (potstill.evaluate.degeneration)
       "notes": [str],                                  # measures that could not be computed, and why
       "contamination": {...} | null, "judge": {...} | null, "bootstrap": {...} | null,  # as in results.json
       "routing": {...} | null                          # route.json + "curves" (potstill.route.stage), when routed
@@ -50,6 +51,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..evaluate.degeneration import degeneration_warnings
 from ..io import write_json, write_text
 from .tables import fmt_seconds, split_label
 
@@ -158,6 +160,9 @@ def assemble_report(results: dict, perf: dict, costs: dict, training: dict, cfg_
             return s if isinstance(s, (int, float)) else float("-inf")
 
         best = max(students, key=score)
+    warnings = list(results.get("warnings") or [])
+    if not any(isinstance(w, dict) and w.get("kind") == "degeneration" for w in warnings):
+        warnings += degeneration_warnings(splits, {n: m["role"] for n, m in models.items()})
     report = {
         "schema_version": 1,
         "name": cfg_summary.get("name"), "teacher": cfg_summary.get("teacher"), "student": cfg_summary.get("student"),
@@ -166,7 +171,7 @@ def assemble_report(results: dict, perf: dict, costs: dict, training: dict, cfg_
         "primary_split": primary, "summary": "", "best_student": best,
         "models": models, "splits": splits, "split_sizes": sizes,
         "break_even": break_even, "training": dict(training or {}),
-        "warnings": list(results.get("warnings") or []), "notes": list(results.get("notes") or []),
+        "warnings": warnings, "notes": list(results.get("notes") or []),
         "contamination": results.get("contamination"), "judge": results.get("judge"),
         "bootstrap": results.get("bootstrap"), "routing": routing,
     }

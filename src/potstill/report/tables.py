@@ -242,7 +242,7 @@ def ci_tables(report: dict) -> list[Table]:
 AGREEMENT_COLUMNS = (("rouge_l", "ROUGE-L", "num"), ("chrf", "chrF", "num"), ("agreement", "Same answer", "pct"),
                      ("top1_agreement", "Top-1 agreement", "pct"), ("kl", "KL(teacher||model)", "num"),
                      ("repetition", "Repeated 3-grams", "pct"), ("length_ratio", "Length ratio", "ratio"),
-                     ("finish_length_rate", "Hit max tokens", "pct"))
+                     ("finish_length_rate", "Hit max tokens", "pct"), ("empty_rate", "Empty answers", "pct"))
 
 
 def agreement_table(report: dict) -> Table | None:
@@ -261,7 +261,7 @@ def agreement_table(report: dict) -> Table | None:
     note = ("Against the teacher's answers to the same prompts: ROUGE-L and chrF (surface overlap), same answer "
             "(equal after normalisation); top-1 agreement and KL(teacher||model) in nats per token are teacher-forced on "
             "the teacher's held-out answers. Degeneration: share of repeated word 3-grams within an answer, mean answer "
-            "length relative to the teacher's, share of answers cut at max_new_tokens.")
+            "length relative to the teacher's, shares of answers cut at max_new_tokens and of empty answers.")
     return Table("Agreement with the teacher and degeneration", ["Model", "Split"] + [h for _, h, _ in present], rows,
                  [False, False] + [True] * len(present), note=note)
 
@@ -389,5 +389,5 @@ def training_table(report: dict) -> Table | None:
 
 
 def warning_lines(report: dict) -> list[str]:
-    """The report's warnings as plain lines (OOD retention, judge reliability, contamination)."""
+    """The report's warnings as plain lines (OOD retention, judge reliability, contamination, degeneration)."""
     return [str(w.get("message") if isinstance(w, dict) else w) for w in (report.get("warnings") or [])]

@@ -13,19 +13,19 @@ import torch
 
 from ..chat import encode_prompt
 from ..errors import UserError
-from ..models import count_params, default_device, load_model, load_tokenizer
+from ..models import count_params, default_device, load_model, load_tokenizer, model_path
 from .base import GenerationSettings
 
 
 class LocalGenerator:
-    """Generates answers from a local model directory (or an already loaded model)."""
+    """Generates answers from a local model directory or ``.gguf`` file (or an already loaded model)."""
 
     def __init__(self, path: str | Path, dtype: str = "float32", init: str = "pretrained", seed: int = 0,
                  device: str | None = None, model=None, tokenizer=None):
-        self.path = Path(path)
+        self.path = model_path(path)  # a .gguf file: its converted directory
         self.device = device or default_device()
-        self.tokenizer = tokenizer or load_tokenizer(path, padding_side="left")
-        self.model = model if model is not None else load_model(path, dtype=dtype, init=init, seed=seed)
+        self.tokenizer = tokenizer or load_tokenizer(self.path, padding_side="left")
+        self.model = model if model is not None else load_model(self.path, dtype=dtype, init=init, seed=seed)
         self.model.to(self.device).eval()
         self.params = count_params(self.model)
         self.context = getattr(self.model.config, "max_position_embeddings", None)  # None: not stated

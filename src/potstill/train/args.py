@@ -14,6 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
 from transformers import TrainingArguments
 
 from ..errors import UserError
@@ -82,6 +83,7 @@ def training_arguments(cfg, work_dir: Path, **overrides) -> TrainingArguments:
         eval_strategy="no",
         push_to_hub=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),  # helps GPU copies only; warns on every CPU run
         **_precision(t.bf16),
         **_checkpointing(t.gradient_checkpointing),
     )

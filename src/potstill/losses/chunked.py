@@ -250,7 +250,9 @@ class _ChunkedLoss(torch.autograd.Function):
                 pi_sum = pc.sum(-1)
                 grad = lsz.exp_()  # softmax(z); lsz is consumed
                 if v < vs:
-                    log_mass = torch.log1p(-grad[:, v:].sum(-1))  # 1 - the (small) mass of the padded rows
+                    # log S summed over the KD rows themselves: 1 - (the padded rows' mass) cancels (NaN, or
+                    # digits lost) when the padded rows hold most of the mass. Finite while S is a normal float.
+                    log_mass = grad[:, :v].sum(-1).log()
                     val = pi_sum * log_mass - cross  # -sum pi (log softmax(z)[id] - log S)
                     grad[:, :v].mul_((spec.ce_weight + kd_scale * pi_sum * log_mass.neg().exp()).unsqueeze(1))
                     if spec.ce_weight != 1.0:

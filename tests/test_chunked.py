@@ -560,8 +560,8 @@ def test_chunked_sparse_targets_with_neginf_student_bias(target, temp):
                                    alpha=0.4, temperature=temp, vocab_size=V)
     gr = torch.autograd.grad(ref, leaves)
     leaves2 = [x.clone().requires_grad_() for x in (h, w, b)]
-    got, _, pg = chunked_distillation_loss(leaves2[0], leaves2[1], y, bias=leaves2[2], target_ids=ids, target_probs=probs,
-                                           alpha=0.4, temperature=temp, vocab_size=V, chunk_size=6)
+    got, _, pg = chunked_distillation_loss(leaves2[0], leaves2[1], y, bias=leaves2[2], target_ids=ids,
+                                           target_probs=probs, alpha=0.4, temperature=temp, vocab_size=V, chunk_size=6)
     gg = torch.autograd.grad(got, leaves2)
     assert torch.isfinite(got) and rel(got, ref) <= 1e-10 and rel(pg["kd"], pr["kd"]) <= 1e-10
     for a, c in zip(gg, gr):

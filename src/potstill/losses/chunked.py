@@ -41,7 +41,7 @@ from .divergence import DIVERGENCES, IGNORE_INDEX, check_divergence
 DEFAULT_CHUNK_SIZE = 256
 
 
-def _work(like: torch.Tensor, work: list[torch.Tensor] | None, i: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+def _work(like: torch.Tensor, work: list[torch.Tensor] | None, i: int, dtype: torch.dtype | None = None):
     if work is not None and len(work) > i and work[i] is not None:
         return work[i]
     return torch.empty_like(like, dtype=dtype)

@@ -36,8 +36,9 @@ from .divergence import DIVERGENCES, IGNORE_INDEX, check_divergence
 
 # Tokens per chunk. Chosen by measurement (benchmarks/kd_loss_memory.py; benchmarks/README.md):
 # the scratch space is 5 [chunk, V] float32 buffers, reused by every chunk (5 * 125 KiB per token
-# at V=32000: 156 MiB for 256 tokens), and on CPU 256-token chunks are as fast as 512 or 1024
-# (each lm_head matmul is still [256, H] x [H, V]) while 64-128 lose a little to per-chunk overhead.
+# at V=32000: 156 MiB for 256 tokens; a live teacher adds a [chunk, V] bool one, 7.8 MiB), and on
+# CPU 256-token chunks are as fast as 512 or 1024 (each lm_head matmul is still [256, H] x [H, V])
+# while 64-128 lose a little to per-chunk overhead.
 DEFAULT_CHUNK_SIZE = 256
 
 
@@ -427,7 +428,8 @@ def chunked_distillation_loss(
         divergence, beta, skew_alpha: the divergence ``D``
             (:data:`~potstill.losses.divergence.DIVERGENCES`).
         chunk_size: tokens per chunk; the scratch memory is ``5 * chunk_size * Vs`` floats (flat
-            in the number of tokens), plus the fp32 gradient of ``weight``.
+            in the number of tokens; plus ``chunk_size * Vs`` bytes with a live teacher), plus the fp32
+            gradient of ``weight``.
     Returns:
         ``(sum_loss, n_tokens, parts)`` as :func:`~potstill.losses.divergence.distillation_loss`:
         the scalar sum (divide by the global batch's target-token count), the local number of

@@ -33,7 +33,7 @@ Conventions shared by every function here:
     ``+inf``, not hidden: forward KL with teacher mass where the student is ``-inf``, reverse KL
     with student mass where the teacher is ``-inf`` (likewise ``jsd`` at ``beta`` 0 / 1 and the
     skew KLs at ``alpha = 0``). The gradient of such an infinite value is not meaningful: it is
-    ``q - p`` (finite) for the forward KL, and not finite (NaN) for the reverse KL.
+    ``q - p`` (finite) for the forward KL, and not finite (inf / NaN) for the reverse KL.
 
 The divergences (``name`` for :func:`divergence`):
 

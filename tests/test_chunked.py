@@ -570,3 +570,25 @@ def test_chunked_sparse_targets_with_neginf_student_bias(target, temp):
     sub = chunked_sparse_target_loss(h, w, ids, probs, mask, bias=b, temperature=temp, vocab_size=V, chunk_size=6)
     want = sparse_target_loss((h @ w.T + b)[:, :V], ids, probs, mask, temp).sum()
     assert torch.isfinite(sub) and rel(sub, want) <= 1e-10
+
+
+def test_fused_sparse_path_padded_rows_holding_most_of_the_mass():
+    """T = 1 sparse targets, padded student rows 25 nats above the vocabulary: log S must not come from
+    1 - (padded mass), which is 0 in float32 (NaN before)."""
+    h, w, b, ht, wt, bt, y = make(torch.float32)
+    b = b.clone()
+    b[V:] = 25.0 + (h @ w.T).max()
+    g = torch.Generator().manual_seed(9)
+    ids = torch.randint(0, V, (N, K), generator=g)
+    probs = torch.full((N, K), 1.0 / K)
+    leaves = [x.clone().requires_grad_() for x in (h, w, b)]
+    got, _, parts = chunked_distillation_loss(leaves[0], leaves[1], y, bias=leaves[2], target_ids=ids,
+                                              target_probs=probs, alpha=0.5, vocab_size=V, chunk_size=6)
+    gg = torch.autograd.grad(got, leaves)
+    ref_leaves = [x.double().clone().requires_grad_() for x in (h, w, b)]
+    ref, _, pr = distillation_loss(ref_leaves[0] @ ref_leaves[1].T + ref_leaves[2], y, target_ids=ids,
+                                   target_probs=probs.double(), alpha=0.5, vocab_size=V)
+    gr = torch.autograd.grad(ref, ref_leaves)
+    assert torch.isfinite(got) and rel(parts["kd"], pr["kd"]) <= 1e-5 and rel(got, ref) <= 1e-5
+    for a, c in zip(gg, gr):
+        assert torch.isfinite(a).all() and rel(a, c) <= 1e-4

@@ -422,3 +422,175 @@ def test_lm_head_of_peft_model(tiny_student_dir):
     assert lm_head_of(peft) is head
     adapted = get_peft_model(load_model(tiny_student_dir), LoraConfig(r=2, target_modules=["lm_head"], task_type="CAUSAL_LM"))
     assert lm_head_of(adapted) is None  # an adapted head: full logits
+
+
+# ---------------------------------------------------------------------------------------------
+# -inf logits (a padded or masked vocabulary): issue #13
+
+INF_IDS = [5, 17]  # vocabulary entries masked with a -inf bias
+
+
+@pytest.mark.parametrize("name,kw", VARIANTS)
+def test_closed_form_with_neginf_in_both_vs_support_autograd(name, kw):
+    """kd_value_and_grad: entries -inf in both log-probabilities add 0 and get gradient 0; the rest is autograd's
+    on the support (those entries removed)."""
+    g = torch.Generator().manual_seed(6)
+    s = torch.randn(9, V, generator=g, dtype=torch.float64) * 2
+    t = torch.randn(9, V, generator=g, dtype=torch.float64) * 2
+    s[:, INF_IDS] = t[:, INF_IDS] = float("-inf")
+    s[2, 0] = t[2, 0] = float("-inf")
+    val, g_got = kd_value_and_grad(name, torch.log_softmax(s, -1), torch.log_softmax(t, -1), **kw)
+    assert torch.isfinite(val).all() and torch.isfinite(g_got).all()
+    for r in range(9):
+        keep = torch.isfinite(s[r])
+        x = s[r, keep].clone().requires_grad_()
+        ref = divergence(name, torch.log_softmax(x, -1), torch.log_softmax(t[r, keep], -1), **kw)
+        (g_ref,) = torch.autograd.grad(ref, x)
+        assert rel(val[r], ref) <= 1e-12 and rel(g_got[r, keep], g_ref) <= 1e-10 and (g_got[r, ~keep] == 0).all()
+
+
+def _support_reference(name, kw, h, w, b, ht, wt, bt, y, temp, alpha):
+    """The full-logit float64 loss and its gradients with the KD vocabulary's -inf-in-both entries removed."""
+    leaves = [x.double().clone().requires_grad_() for x in (h, w, b)]
+    logits = leaves[0] @ leaves[1].T + leaves[2]
+    t_logits = ht.double() @ wt.double().T + bt.double()
+    both = torch.isneginf(b[:V]) & torch.isneginf(bt[:V])
+    cols = torch.cat([(~both).nonzero().squeeze(1), torch.arange(V, w.shape[0])])  # + the padded rows (CE only)
+    keep_t = (~both).nonzero().squeeze(1)
+    y_sub = torch.where(y == IGNORE_INDEX, y, torch.searchsorted(cols, y))  # label ids in the support's numbering
+    ref, _, parts = distillation_loss(logits[:, cols], y_sub, teacher_logits=t_logits[:, keep_t], alpha=alpha,
+                                      temperature=temp, vocab_size=len(keep_t), divergence=name, **kw)
+    return ref, parts, torch.autograd.grad(ref, leaves)
+
+
+@pytest.mark.parametrize("name,kw", VARIANTS)
+@pytest.mark.parametrize("temp", [1.0, 2.0])
+def test_chunked_neginf_bias_in_both_heads(name, kw, temp):
+    """A -inf bias entry in both lm_heads (value was NaN): equal to the float64 loss on the support, finite gradients,
+    and 0 gradient for the masked rows of W and b."""
+    h, w, b, ht, wt, bt, y = make(torch.float64)
+    b[INF_IDS] = bt[INF_IDS] = float("-inf")
+    y[torch.isin(y, torch.tensor(INF_IDS))] = 0  # a label on a masked id would be a genuine +inf CE
+    ref, pr, gr = _support_reference(name, kw, h, w, b, ht, wt, bt, y, temp, 0.3)
+    leaves = [x.clone().requires_grad_() for x in (h, w, b)]
+    got, _, parts = chunked_distillation_loss(
+        leaves[0], leaves[1], y, bias=leaves[2], teacher_hidden=ht, teacher_weight=wt, teacher_bias=bt, alpha=0.3,
+        temperature=temp, vocab_size=V, divergence=name, chunk_size=7, **kw,
+    )
+    gg = torch.autograd.grad(got, leaves)
+    assert torch.isfinite(got) and all(torch.isfinite(x).all() for x in gg)
+    assert rel(got, ref) <= 1e-12 and rel(parts["kd"], pr["kd"]) <= 1e-12
+    for a, c in zip(gg, gr):
+        assert rel(a, c) <= 1e-10
+    assert (gg[1][INF_IDS] == 0).all() and (gg[2][INF_IDS] == 0).all()
+
+
+@pytest.mark.parametrize("name,kw", VARIANTS)
+def test_chunked_neginf_bias_float32(name, kw):
+    h, w, b, ht, wt, bt, y = make(torch.float32)
+    b[INF_IDS] = bt[INF_IDS] = float("-inf")
+    y[torch.isin(y, torch.tensor(INF_IDS))] = 0
+    ref, pr, gr = _support_reference(name, kw, h, w, b, ht, wt, bt, y, 2.0, 0.3)
+    leaves = [x.clone().requires_grad_() for x in (h, w, b)]
+    got, _, parts = chunked_distillation_loss(
+        leaves[0], leaves[1], y, bias=leaves[2], teacher_hidden=ht, teacher_weight=wt, teacher_bias=bt, alpha=0.3,
+        temperature=2.0, vocab_size=V, divergence=name, chunk_size=6, **kw,
+    )
+    gg = torch.autograd.grad(got, leaves)
+    assert rel(got, ref) <= 1e-6 and rel(parts["kd"], pr["kd"]) <= 1e-6
+    for a, c in zip(gg, gr):
+        assert torch.isfinite(a).all() and rel(a, c) <= 1e-5
+
+
+@pytest.mark.parametrize("name,kw,side", [("forward_kl", {}, "teacher"), ("reverse_kl", {}, "student"),
+                                          ("jsd", {"beta": 0.5}, "student"), ("jsd", {"beta": 0.5}, "teacher"),
+                                          ("skew_forward_kl", {"skew_alpha": 0.1}, "student"),
+                                          ("skew_reverse_kl", {"skew_alpha": 0.3}, "teacher")])
+def test_chunked_neginf_bias_in_one_head_finite_cases(name, kw, side):
+    """-inf in one head only, where the divergence is finite (was NaN): the limit of a very negative bias."""
+    h, w, b, ht, wt, bt, y = make(torch.float64)
+    (b if side == "student" else bt)[INF_IDS] = float("-inf")
+    y[torch.isin(y, torch.tensor(INF_IDS))] = 0
+    leaves = [x.clone().requires_grad_() for x in (h, w, b)]
+    got, _, _ = chunked_distillation_loss(
+        leaves[0], leaves[1], y, bias=leaves[2], teacher_hidden=ht, teacher_weight=wt, teacher_bias=bt,
+        temperature=2.0, vocab_size=V, divergence=name, chunk_size=7, **kw,
+    )
+    gg = torch.autograd.grad(got, leaves)
+    limit = [x.nan_to_num(neginf=-1e5).requires_grad_() for x in (h, w, b)]
+    logits = limit[0] @ limit[1].T + limit[2]
+    ref = distillation_loss(logits, y, teacher_logits=ht @ wt.T + bt.nan_to_num(neginf=-1e5), temperature=2.0,
+                            vocab_size=V, divergence=name, **kw)[0]
+    gr = torch.autograd.grad(ref, limit)
+    assert torch.isfinite(got) and rel(got, ref) <= 1e-12
+    for a, c in zip(gg, gr):
+        assert torch.isfinite(a).all() and rel(a, c) <= 1e-10
+
+
+def test_chunked_infinite_kl_is_not_hidden():
+    """Teacher mass on an id the student masks with -inf: the forward KL is +inf (not NaN, not finite)."""
+    h, w, b, ht, wt, bt, y = make(torch.float64)
+    b[INF_IDS] = float("-inf")
+    y[torch.isin(y, torch.tensor(INF_IDS))] = 0
+    loss, _, parts = chunked_distillation_loss(h, w, y, bias=b, teacher_hidden=ht, teacher_weight=wt, teacher_bias=bt,
+                                               vocab_size=V, chunk_size=7)
+    assert float(parts["kd"]) == float("inf") and float(loss) == float("inf")
+
+
+@pytest.mark.parametrize("temp", [1.0, 2.0])
+@pytest.mark.parametrize("target", ["dense", "arange", "ids", "topk"])
+def test_chunked_sparse_targets_with_neginf_student_bias(target, temp):
+    """Store / top-k / sampled targets, with student ids masked by a -inf bias where the target has no mass
+    (the dense target at T = 1 gave NaN: 0 * -inf): equal to the full-logit float64 loss."""
+    h, w, b, ht, wt, bt, y = make(torch.float64)
+    b[INF_IDS] = bt[INF_IDS] = float("-inf")
+    y[torch.isin(y, torch.tensor(INF_IDS))] = 0
+    t_logits = ht @ wt[:V].T + bt[:V]
+    g = torch.Generator().manual_seed(8)
+    if target in ("dense", "arange"):
+        probs = torch.softmax(t_logits / temp, -1)  # 0 on the masked ids
+        ids = None if target == "dense" else torch.arange(V).expand(N, V)
+    elif target == "ids":  # sampled: counts / n, padding entries (prob 0) pointing at a masked id
+        ids = torch.multinomial(torch.softmax(t_logits, -1), K, replacement=True, generator=g)
+        probs = torch.full((N, K), 1.0 / K, dtype=torch.float64)
+        ids[:, -1], probs[:, -1] = INF_IDS[0], 0.0
+    else:  # top-k of a teacher whose masked ids fill the tail of a short row
+        lp, ids = torch.log_softmax(t_logits, -1).topk(V - 1, -1)
+        probs = topk_target_probs(lp, temp)
+    leaves = [x.clone().requires_grad_() for x in (h, w, b)]
+    ref, _, pr = distillation_loss(leaves[0] @ leaves[1].T + leaves[2], y, target_ids=ids, target_probs=probs,
+                                   alpha=0.4, temperature=temp, vocab_size=V)
+    gr = torch.autograd.grad(ref, leaves)
+    leaves2 = [x.clone().requires_grad_() for x in (h, w, b)]
+    got, _, pg = chunked_distillation_loss(leaves2[0], leaves2[1], y, bias=leaves2[2], target_ids=ids,
+                                           target_probs=probs, alpha=0.4, temperature=temp, vocab_size=V, chunk_size=6)
+    gg = torch.autograd.grad(got, leaves2)
+    assert torch.isfinite(got) and rel(got, ref) <= 1e-10 and rel(pg["kd"], pr["kd"]) <= 1e-10
+    for a, c in zip(gg, gr):
+        assert torch.isfinite(a).all() and rel(a, c) <= 1e-10
+    mask = y != IGNORE_INDEX
+    sub = chunked_sparse_target_loss(h, w, ids, probs, mask, bias=b, temperature=temp, vocab_size=V, chunk_size=6)
+    want = sparse_target_loss((h @ w.T + b)[:, :V], ids, probs, mask, temp).sum()
+    assert torch.isfinite(sub) and rel(sub, want) <= 1e-10
+
+
+def test_fused_sparse_path_padded_rows_holding_most_of_the_mass():
+    """T = 1 sparse targets, padded student rows 25 nats above the vocabulary: log S must not come from
+    1 - (padded mass), which is 0 in float32 (NaN before)."""
+    h, w, b, ht, wt, bt, y = make(torch.float32)
+    b = b.clone()
+    b[V:] = 25.0 + (h @ w.T).max()
+    g = torch.Generator().manual_seed(9)
+    ids = torch.randint(0, V, (N, K), generator=g)
+    probs = torch.full((N, K), 1.0 / K)
+    leaves = [x.clone().requires_grad_() for x in (h, w, b)]
+    got, _, parts = chunked_distillation_loss(leaves[0], leaves[1], y, bias=leaves[2], target_ids=ids,
+                                              target_probs=probs, alpha=0.5, vocab_size=V, chunk_size=6)
+    gg = torch.autograd.grad(got, leaves)
+    ref_leaves = [x.double().clone().requires_grad_() for x in (h, w, b)]
+    ref, _, pr = distillation_loss(ref_leaves[0] @ ref_leaves[1].T + ref_leaves[2], y, target_ids=ids,
+                                   target_probs=probs.double(), alpha=0.5, vocab_size=V)
+    gr = torch.autograd.grad(ref, ref_leaves)
+    assert torch.isfinite(got) and rel(parts["kd"], pr["kd"]) <= 1e-5 and rel(got, ref) <= 1e-5
+    for a, c in zip(gg, gr):
+        assert torch.isfinite(a).all() and rel(a, c) <= 1e-4

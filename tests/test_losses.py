@@ -367,3 +367,139 @@ def test_topk_target_probs_and_distillation_loss_with_targets(batch):
     assert torch.allclose(a[0], b[0]) and torch.allclose(a[2]["kd"], b[2]["kd"])
     with pytest.raises(ValueError, match="forward_kl"):
         distillation_loss(s, labels, target_ids=ids, target_probs=pi, divergence="jsd")
+
+
+# ---------------------------------------------------------------------------------------------
+# -inf logits (a padded or masked vocabulary): issue #13
+
+
+def ref_div64(name, s, t, temp, beta=0.5, a=0.1):
+    """``[...]`` divergences of float64 logits ``[..., V]``, all *finite*: plain formulas, differentiable.
+
+    The autograd twin of :func:`ref_div` (a gradient reference); on finite log-probabilities none
+    of the ``0 log 0`` care of the library is needed.
+    """
+    lq, lp = torch.log_softmax(s / temp, -1), torch.log_softmax(t / temp, -1)
+    q, p = lq.exp(), lp.exp()
+
+    def kl(x, lx, ly):
+        return (x * (lx - ly)).sum(-1)
+
+    def log_mix(w, lx, ly):  # log(w x + (1 - w) y), 0 < w < 1
+        return torch.logaddexp(lx + math.log(w), ly + math.log1p(-w))
+
+    if name == "forward_kl" or name == "jsd" and beta == 0 or name == "skew_forward_kl" and a == 0:
+        return kl(p, lp, lq)
+    if name == "reverse_kl" or name == "jsd" and beta == 1 or name == "skew_reverse_kl" and a == 0:
+        return kl(q, lq, lp)
+    if name == "jsd":
+        lm = log_mix(beta, lp, lq)
+        return beta * kl(p, lp, lm) + (1 - beta) * kl(q, lq, lm)
+    if name == "skew_forward_kl":
+        return kl(p, lp, log_mix(a, lp, lq))
+    if name == "skew_reverse_kl":
+        return kl(q, lq, log_mix(a, lq, lp))
+    if name == "tvd":
+        return 0.5 * (p - q).abs().sum(-1)
+    raise AssertionError(name)
+
+
+INF_CASES = [("forward_kl", {}), ("reverse_kl", {}), ("jsd", {"beta": 0.5}), ("jsd", {"beta": 0.1}),
+             ("jsd", {"beta": 0.0}), ("jsd", {"beta": 1.0}), ("skew_forward_kl", {"a": 0.1}),
+             ("skew_forward_kl", {"a": 0.0}), ("skew_reverse_kl", {"a": 0.3}), ("skew_reverse_kl", {"a": 0.0}),
+             ("tvd", {})]
+
+
+def kl_kind(name, kw):
+    """"fkl" / "rkl" for the divergences that *are* a plain KL (unbounded), else None."""
+    if name == "forward_kl" or name == "jsd" and kw.get("beta") == 0 or name == "skew_forward_kl" and kw.get("a") == 0:
+        return "fkl"
+    if name == "reverse_kl" or name == "jsd" and kw.get("beta") == 1 or name == "skew_reverse_kl" and kw.get("a") == 0:
+        return "rkl"
+    return None
+
+
+def _logits_and_grad(name, kw, s, t, temp):
+    x = s.clone().requires_grad_()
+    out = divergence_from_logits(name, x, t, None, temp, beta=kw.get("beta", 0.5), skew_alpha=kw.get("a", 0.1))
+    out.sum().backward()
+    return out.detach(), x.grad
+
+
+@pytest.mark.parametrize("temp", [1.0, 2.0])
+@pytest.mark.parametrize("name,kw", INF_CASES)
+def test_neginf_in_both_models_is_outside_the_support(name, kw, temp):
+    """Entries -inf in both models: finite value and gradient, those of the float64 reference with them removed."""
+    g = torch.Generator().manual_seed(13)
+    s, t = torch.randn(2, 8, generator=g) * 2, torch.randn(2, 8, generator=g) * 2
+    s[:, 5] = t[:, 5] = float("-inf")  # the issue's reproduction
+    s[1, 0] = t[1, 0] = float("-inf")  # and one in a single row
+    out, grad = _logits_and_grad(name, kw, s, t, temp)
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+    for r in range(2):
+        keep = torch.isfinite(s[r])
+        xs = s[r, keep].double().requires_grad_()
+        want = ref_div64(name, xs, t[r, keep].double(), temp, **kw)
+        want.backward()
+        want = float(want.detach())
+        assert abs(float(out[r]) - want) <= 1e-6 * max(1.0, want)
+        assert (grad[r, ~keep] == 0).all()
+        assert (grad[r, keep].double() - xs.grad).abs().max() <= 1e-6 * max(1.0, float(xs.grad.abs().max()))
+
+
+@pytest.mark.parametrize("side", ["student", "teacher"])
+@pytest.mark.parametrize("name,kw", INF_CASES)
+def test_neginf_in_one_model_only(name, kw, side):
+    """A zero probability in one model only: the limit of a very negative finite logit, or a genuine +inf.
+
+    Forward KL with teacher mass where the student is -inf (reverse KL: student mass where the
+    teacher is -inf) is infinite and says so; every other combination is finite, with a finite
+    gradient (no NaN), equal to the float64 reference with the -inf logit replaced by -1e5.
+    """
+    g = torch.Generator().manual_seed(14)
+    s, t = torch.randn(3, 8, generator=g) * 2, torch.randn(3, 8, generator=g) * 2
+    (s if side == "student" else t)[:, 3] = float("-inf")
+    infinite = kl_kind(name, kw) == ("fkl" if side == "student" else "rkl")
+    out, grad = _logits_and_grad(name, kw, s, t, 1.5)
+    if infinite:
+        assert (out == float("inf")).all()  # not hidden, and not NaN
+        if kl_kind(name, kw) == "fkl":  # the gradient of -sum p log q stays q - p (over T)
+            want = (torch.softmax(s / 1.5, -1) - torch.softmax(t / 1.5, -1)) / 1.5
+            assert torch.allclose(grad, want, atol=1e-6)
+        return
+    xs = s.double().nan_to_num(neginf=-1e5).requires_grad_()
+    want = ref_div64(name, xs, t.double().nan_to_num(neginf=-1e5), 1.5, **kw)
+    want.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+    want = want.detach()
+    assert (out.double() - want).abs().max() <= 1e-6 * max(1.0, float(want.abs().max()))
+    assert (grad.double() - xs.grad).abs().max() <= 1e-6
+    if side == "student":
+        assert (grad[:, 3] == 0).all()
+
+
+def test_neginf_everywhere_distillation_loss_and_sparse():
+    """distillation_loss (dense teacher, top-k, dense targets) with a -inf vocabulary entry in both models."""
+    g = torch.Generator().manual_seed(15)
+    s, t = torch.randn(B, L, V, generator=g) * 2, torch.randn(B, L, V, generator=g) * 2
+    s[..., 7] = t[..., 7] = float("-inf")
+    labels = torch.randint(0, 7, (B, L), generator=g)  # the same ids with entry 7 removed
+    labels[0, 0] = IGNORE_INDEX
+    keep = torch.ones(V, dtype=torch.bool)
+    keep[7] = False
+    ids, lps = topk_of(t)
+    for kw in ({"teacher_logits": t, "divergence": "jsd", "beta": 0.7}, {"teacher_ids": ids, "teacher_logprobs": lps},
+               {"target_probs": torch.softmax(t, -1)}, {"teacher_logits": t, "divergence": "reverse_kl"}):
+        x = s.clone().requires_grad_()
+        total = distillation_loss(x, labels, alpha=0.5, temperature=1.0, **kw)[0]
+        total.backward()
+        ref_kw = {k: (v[..., keep] if k in ("teacher_logits", "target_probs") else v) for k, v in kw.items()}
+        if "teacher_ids" in kw:  # the top-k ids, in the support's numbering
+            ref_kw["teacher_ids"] = ids - (ids > 7).long()
+        xs = s[..., keep].double().requires_grad_()
+        want = distillation_loss(xs, labels, alpha=0.5, temperature=1.0, **ref_kw)[0]
+        want.backward()
+        total, want = total.detach(), want.detach()
+        assert torch.isfinite(total) and abs(float(total) - float(want)) <= 1e-6 * float(want)
+        assert torch.isfinite(x.grad).all() and (x.grad[..., 7] == 0).all()
+        assert (x.grad[..., keep].double() - xs.grad).abs().max() <= 1e-6

@@ -36,13 +36,33 @@ from .divergence import DIVERGENCES, IGNORE_INDEX, check_divergence
 
 # Tokens per chunk. Chosen by measurement (benchmarks/kd_loss_memory.py; benchmarks/README.md):
 # the scratch space is 5 [chunk, V] float32 buffers, reused by every chunk (5 * 125 KiB per token
-# at V=32000: 156 MiB for 256 tokens), and on CPU 256-token chunks are as fast as 512 or 1024
-# (each lm_head matmul is still [256, H] x [H, V]) while 64-128 lose a little to per-chunk overhead.
+# at V=32000: 156 MiB for 256 tokens; a live teacher adds a [chunk, V] bool one, 7.8 MiB), and on
+# CPU 256-token chunks are as fast as 512 or 1024 (each lm_head matmul is still [256, H] x [H, V])
+# while 64-128 lose a little to per-chunk overhead.
 DEFAULT_CHUNK_SIZE = 256
 
 
-def _work(like: torch.Tensor, work: list[torch.Tensor] | None, i: int) -> torch.Tensor:
-    return work[i] if work is not None else torch.empty_like(like)
+def _work(like: torch.Tensor, work: list[torch.Tensor] | None, i: int, dtype: torch.dtype | None = None):
+    if work is not None and len(work) > i and work[i] is not None:
+        return work[i]
+    return torch.empty_like(like, dtype=dtype)
+
+
+def _zero_where_zero_(x: torch.Tensor, a: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
+    """``x <- 0`` where ``a == 0``, in place (``flag``: bool scratch shaped like ``x``).
+
+    The ``0 log 0 = 0`` convention for a term ``a * x`` whose ``x`` is a difference of
+    log-probabilities: where ``a``'s log-probability is ``-inf``, ``x`` is ``-inf`` or (``-inf``
+    in both models) NaN, and ``0 * x`` would be NaN. Masking ``x`` itself (not only the product)
+    also keeps the gradients that reuse ``x`` finite.
+    """
+    return x.masked_fill_(torch.eq(a, 0, out=flag), 0.0)
+
+
+def _target_dot(pi: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """``sum_j pi_j log_q_j`` per row, where an entry with ``pi_j = 0`` adds 0 even if ``log_q_j = -inf``
+    (a padding entry, or an id the student masks with a ``-inf`` logit: ``0 * -inf`` is NaN)."""
+    return (pi * torch.where(pi > 0, log_q, 0.0)).sum(-1)
 
 
 def _project_(u: torch.Tensor, q: torch.Tensor, u_sum: torch.Tensor | None = None) -> torch.Tensor:
@@ -64,9 +84,11 @@ def kd_value_and_grad(
     """A divergence's per-token value and its closed-form gradient w.r.t. the student's scaled logits.
 
     With ``log_q = log_softmax(s)`` the student's and ``log_p`` the teacher's log-probabilities
-    ``[C, V]`` (finite), returns ``(D [C], dD/ds [C, V])`` for ``D = divergence(name, log_q, log_p)``
-    (see :mod:`potstill.losses.divergence` for the definitions). Writing ``u = dD/d(log q)`` (``q``
-    and ``log q`` varying together), ``dD/ds = u - q * sum(u)``:
+    ``[C, V]``, returns ``(D [C], dD/ds [C, V])`` for ``D = divergence(name, log_q, log_p)``
+    (see :mod:`potstill.losses.divergence` for the definitions). ``-inf`` entries follow the
+    reference's rules: ``0 log 0 = 0``, so an entry ``-inf`` in both is outside the support (adds
+    0, gets gradient 0), and a genuinely infinite KL is ``+inf``. Writing ``u = dD/d(log q)``
+    (``q`` and ``log q`` varying together), ``dD/ds = u - q * sum(u)``:
 
     * forward KL: ``u = -p`` -> ``q - p``;
     * reverse KL: ``u = q (log q - log p + 1)`` -> ``q (log q - log p - D)``;
@@ -77,9 +99,10 @@ def kd_value_and_grad(
       (the ``+1`` sums to 1 and cancels in the projection);
     * tvd: ``u = q sign(q - p) / 2`` (the subgradient autograd also takes).
 
-    Memory: ``log_q`` is left intact, ``log_p`` is overwritten, and ``work`` (two tensors shaped
-    like ``log_q``; allocated if None) is scratch space; the gradient is returned in one of
-    ``log_p`` / ``work``. Tested against autograd on the reference functions (tests/test_chunked.py).
+    Memory: ``log_q`` is left intact, ``log_p`` is overwritten, and ``work`` (two float tensors
+    shaped like ``log_q``, then optionally a bool one; those missing are allocated) is scratch
+    space; the gradient is returned in one of ``log_p`` / ``work``. Tested against autograd on the
+    reference functions (tests/test_chunked.py).
     """
     check_divergence(name, beta, skew_alpha)
     if name == "jsd" and beta == 0.0 or name == "skew_forward_kl" and skew_alpha == 0.0:
@@ -87,15 +110,16 @@ def kd_value_and_grad(
     elif name == "jsd" and beta == 1.0 or name == "skew_reverse_kl" and skew_alpha == 0.0:
         name = "reverse_kl"
     w0, w1 = _work(log_q, work, 0), _work(log_q, work, 1)
+    flag = _work(log_q, work, 2, torch.bool) if name != "tvd" else None
     if name == "forward_kl":
         p = torch.exp(log_p, out=w0)
-        d = torch.sub(log_p, log_q, out=w1)
+        d = _zero_where_zero_(torch.sub(log_p, log_q, out=w1), p, flag)
         val = d.mul_(p).sum(-1)  # sum p (log p - log q)
         g = torch.exp(log_q, out=w1).sub_(p)  # q - p
         return val, g
     if name == "reverse_kl":
         q = torch.exp(log_q, out=w0)
-        d = torch.sub(log_q, log_p, out=w1)
+        d = _zero_where_zero_(torch.sub(log_q, log_p, out=w1), q, flag)
         val = torch.mul(q, d, out=log_p).sum(-1)  # sum q (log q - log p)
         return val, d.sub_(val.unsqueeze(-1)).mul_(q)  # q (log q - log p - D)
     if name == "tvd":
@@ -105,10 +129,12 @@ def kd_value_and_grad(
         return val, _project_(diff.sign_().mul_(q).mul_(0.5), q)
     if name == "jsd":
         log_m = torch.logaddexp(torch.add(log_p, math.log(beta), out=w0), torch.add(log_q, math.log1p(-beta), out=w1), out=w0)
-        kl_pm = torch.sub(log_p, log_m, out=w1).mul_(log_p.exp_()).sum(-1)  # sum p (log p - log m)
+        dp = torch.sub(log_p, log_m, out=w1)
+        p = log_p.exp_()
+        kl_pm = _zero_where_zero_(dp, p, flag).mul_(p).sum(-1)  # sum p (log p - log m)
         dq = torch.sub(log_q, log_m, out=w0)
         q = torch.exp(log_q, out=w1)
-        qdq = torch.mul(q, dq, out=log_p)
+        qdq = torch.mul(q, _zero_where_zero_(dq, q, flag), out=log_p)
         kl_qm = qdq.sum(-1)  # sum q (log q - log m)
         val = beta * kl_pm + (1.0 - beta) * kl_qm
         return val, _project_(qdq.mul_(1.0 - beta), q, kl_qm * (1.0 - beta))
@@ -117,14 +143,16 @@ def kd_value_and_grad(
         log_m = torch.logaddexp(torch.add(log_p, math.log(a), out=w0), torch.add(log_q, math.log1p(-a), out=w1), out=w0)
         d = torch.sub(log_p, log_m, out=w1)  # log p - log m
         u = torch.sub(log_q, log_m, out=w0).add_(log_p).exp_()  # p q / m
-        val = d.mul_(log_p.exp_()).sum(-1)  # sum p (log p - log m)
+        p = log_p.exp_()
+        torch.eq(p, 0, out=flag)  # p = 0: both terms are 0 (NaN where m = 0 too)
+        val = d.masked_fill_(flag, 0.0).mul_(p).sum(-1)  # sum p (log p - log m)
         q = torch.exp(log_q, out=w1)
-        return val, _project_(u.mul_(-(1.0 - a)), q)
+        return val, _project_(u.masked_fill_(flag, 0.0).mul_(-(1.0 - a)), q)
     if name == "skew_reverse_kl":
         a = skew_alpha
         log_m = torch.logaddexp(torch.add(log_q, math.log(a), out=w0), torch.add(log_p, math.log1p(-a), out=w1), out=w0)
-        d = torch.sub(log_q, log_m, out=w0)  # log q - log m
         q = torch.exp(log_q, out=w1)
+        d = _zero_where_zero_(torch.sub(log_q, log_m, out=w0), q, flag)  # log q - log m (0 where q = 0)
         val = torch.mul(q, d, out=log_p).sum(-1)  # sum q (log q - log m)
         u = torch.exp(d, out=log_p).mul_(-a).add_(d).mul_(q)  # q (log q - log m - a q / m)
         return val, _project_(u, q)
@@ -152,13 +180,18 @@ def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
 
 
 class _Workspace:
-    """Flat scratch buffers reused by every chunk (no per-chunk allocation), viewed as ``[rows, cols]``."""
+    """Flat scratch buffers reused by every chunk (no per-chunk allocation), viewed as ``[rows, cols]``:
+    ``count`` of ``dtype``, and one bool buffer if ``flags`` (:meth:`flag`)."""
 
-    def __init__(self, count: int, numel: int, dtype: torch.dtype, device: torch.device):
+    def __init__(self, count: int, numel: int, dtype: torch.dtype, device: torch.device, flags: bool = False):
         self.bufs = [torch.empty(numel, dtype=dtype, device=device) for _ in range(count)]
+        self.flags = torch.empty(numel, dtype=torch.bool, device=device) if flags else None
 
     def __call__(self, i: int, rows: int, cols: int) -> torch.Tensor:
         return self.bufs[i][: rows * cols].view(rows, cols)
+
+    def flag(self, rows: int, cols: int) -> torch.Tensor | None:
+        return None if self.flags is None else self.flags[: rows * cols].view(rows, cols)
 
 
 class _ChunkedLoss(torch.autograd.Function):
@@ -185,8 +218,9 @@ class _ChunkedLoss(torch.autograd.Function):
         kd_scale = spec.kd_weight / temp  # d(w D(z / T))/dz = (w / T) dD/ds; w = alpha T^2 -> alpha T
         rows = max(1, min(spec.chunk_size, n))
         # 0: student logits z (then teacher log-probs); 1: log_softmax(z) for CE, then dL/dz;
-        # 2: scaled logits / teacher logits; 3: student log-probs at T; 2, 4: divergence scratch.
-        ws = _Workspace(5 if spec.mode != "none" else 2, rows * vs, acc, dev)
+        # 2: scaled logits / teacher logits; 3: student log-probs at T; 2, 4 (+ bool): divergence scratch.
+        flags = spec.mode == "dense" and spec.divergence != "tvd"
+        ws = _Workspace(5 if spec.mode != "none" else 2, rows * vs, acc, dev, flags)
         shared_lq = temp == 1.0 and v == vs  # the KD's log q is the CE's log_softmax(z)
         for start in range(0, n, spec.chunk_size):
             end = min(start + spec.chunk_size, n)
@@ -210,14 +244,16 @@ class _ChunkedLoss(torch.autograd.Function):
                 pc, ic = probs[start:end], None if ids is None else ids[start:end]
                 if ic is None:
                     pc = pc[:, : min(pc.shape[1], v)]
-                    cross = (pc * lsz[:, : pc.shape[1]]).sum(-1)
+                    cross = _target_dot(pc, lsz[:, : pc.shape[1]])
                 else:
                     lq = lsz.gather(1, ic)
-                    cross = (pc * torch.where(pc > 0, lq, torch.zeros_like(lq))).sum(-1)
+                    cross = _target_dot(pc, lq)
                 pi_sum = pc.sum(-1)
                 grad = lsz.exp_()  # softmax(z); lsz is consumed
                 if v < vs:
-                    log_mass = torch.log1p(-grad[:, v:].sum(-1))  # 1 - the (small) mass of the padded rows
+                    # log S summed over the KD rows themselves: 1 - (the padded rows' mass) cancels (NaN, or
+                    # digits lost) when the padded rows hold most of the mass. Finite while S is a normal float.
+                    log_mass = grad[:, :v].sum(-1).log()
                     val = pi_sum * log_mass - cross  # -sum pi (log softmax(z)[id] - log S)
                     grad[:, :v].mul_((spec.ce_weight + kd_scale * pi_sum * log_mass.neg().exp()).unsqueeze(1))
                     if spec.ce_weight != 1.0:
@@ -245,9 +281,8 @@ class _ChunkedLoss(torch.autograd.Function):
                     if temp != 1.0:
                         zt.mul_(1.0 / temp)
                     log_p = torch.log_softmax(zt, dim=-1, out=ws(0, c, v))  # z is no longer needed
-                    val, g = kd_value_and_grad(
-                        spec.divergence, log_q, log_p, spec.beta, spec.skew_alpha, work=[ws(2, c, v), ws(4, c, v)]
-                    )
+                    work = [ws(2, c, v), ws(4, c, v), ws.flag(c, v)]
+                    val, g = kd_value_and_grad(spec.divergence, log_q, log_p, spec.beta, spec.skew_alpha, work=work)
                 else:  # sparse targets: CE against pi; gradient q * sum(pi) - pi
                     pc = probs[start:end]
                     if ids is not None:
@@ -256,7 +291,7 @@ class _ChunkedLoss(torch.autograd.Function):
                     else:  # dense targets: pi[:, j] is token j's probability
                         pc = pc[:, : min(pc.shape[1], v)]
                         lq = log_q[:, : pc.shape[1]]
-                    val = -(pc * torch.where(pc > 0, lq, torch.zeros_like(lq))).sum(-1)
+                    val = -_target_dot(pc, lq)
                     if need_grad:
                         g = torch.exp(log_q, out=ws(4, c, v)).mul_(pc.sum(-1, keepdim=True))
                         if ids is not None:
@@ -394,7 +429,8 @@ def chunked_distillation_loss(
         divergence, beta, skew_alpha: the divergence ``D``
             (:data:`~potstill.losses.divergence.DIVERGENCES`).
         chunk_size: tokens per chunk; the scratch memory is ``5 * chunk_size * Vs`` floats (flat
-            in the number of tokens), plus the fp32 gradient of ``weight``.
+            in the number of tokens; plus ``chunk_size * Vs`` bytes with a live teacher), plus the fp32
+            gradient of ``weight``.
         kd: the run's KD settings in one object (e.g. a frozen :class:`potstill.config.KDSettings`;
             anything with ``alpha``, ``temperature``, ``divergence``, ``beta``, ``skew_alpha``): when
             given, it replaces those five keywords.

@@ -21,6 +21,19 @@ Conventions shared by every function here:
   applied by :func:`distillation_loss` (and the chunked loss), not here.
 * If the student and teacher vocabularies differ in size (padded embedding matrices), the
   logits-level functions slice both to the smaller one (or to ``vocab_size``) before the softmax.
+* ``-inf`` logits (a padded or masked vocabulary: padding rows of an output layer, masked ids)
+  are zero probabilities, with ``0 log 0 = 0``:
+
+  - an entry that is ``-inf`` in *both* models is outside the support: it contributes exactly 0
+    and gets exactly 0 gradient, as if it were removed from the vocabulary (never NaN);
+  - an entry that is ``-inf`` in *one* model only keeps its meaning. Where the other model has
+    no mass there either, it adds 0 as above. Where the other model has mass, the bounded
+    divergences (``jsd`` with ``0 < beta < 1``, the skew KLs with ``alpha > 0``, ``tvd``) stay
+    finite with finite gradients, but a plain KL is genuinely infinite and is returned as
+    ``+inf``, not hidden: forward KL with teacher mass where the student is ``-inf``, reverse KL
+    with student mass where the teacher is ``-inf`` (likewise ``jsd`` at ``beta`` 0 / 1 and the
+    skew KLs at ``alpha = 0``). The gradient of such an infinite value is not meaningful: it is
+    ``q - p`` (finite) for the forward KL, and not finite (inf / NaN) for the reverse KL.
 
 The divergences (``name`` for :func:`divergence`):
 
@@ -52,18 +65,32 @@ def _float(x: torch.Tensor) -> torch.Tensor:
 
 
 def _plogp_ratio(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """``sum a (log a - log b)`` over the last dim, with ``0 log 0 = 0`` (``a = exp(log_a)``)."""
+    """``sum a (log a - log b)`` over the last dim, with ``0 log 0 = 0`` (``a = exp(log_a)``).
+
+    Where ``a == 0`` both log-probabilities are replaced by 0 *before* the subtraction: the term is
+    then ``0 * 0``, and its gradient is 0 rather than ``0 * (-inf - -inf) = NaN`` (autograd
+    differentiates both branches of a ``where``). Where ``a > 0`` and ``b == 0`` the term is
+    ``+inf``, a genuinely infinite divergence.
+    """
     a = log_a.exp()
-    return torch.where(a > 0, a * (log_a - log_b), torch.zeros_like(a)).sum(-1)
+    keep = a != 0  # NaN inputs are kept: they show
+    diff = torch.where(keep, log_a, 0.0) - torch.where(keep, log_b, 0.0)
+    return (a * diff).sum(-1)
 
 
 def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, w: float) -> torch.Tensor:
-    """``log(w a + (1 - w) b)`` from log-probabilities, for ``0 <= w <= 1``."""
+    """``log(w a + (1 - w) b)`` from log-probabilities, for ``0 <= w <= 1``.
+
+    Where both are ``-inf`` the mixture is ``-inf`` too; ``logaddexp``'s gradient there would be
+    NaN, so it only sees finite stand-ins (0) at those entries.
+    """
     if w <= 0.0:
         return log_b
     if w >= 1.0:
         return log_a
-    return torch.logaddexp(log_a + math.log(w), log_b + math.log1p(-w))
+    empty = torch.isneginf(log_a) & torch.isneginf(log_b)
+    safe_a, safe_b = torch.where(empty, 0.0, log_a), torch.where(empty, 0.0, log_b)
+    return torch.where(empty, log_a, torch.logaddexp(safe_a + math.log(w), safe_b + math.log1p(-w)))
 
 
 # ---------------------------------------------------------------------------------------------

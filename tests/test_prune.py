@@ -61,13 +61,14 @@ def gqa_teacher(tmp_path_factory, make_tiny_llama) -> Path:
 
 
 def _tiny(tmp_path_factory, tiny_tokenizer_dir, kind: str) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    import transformers as tf
 
     out = tmp_path_factory.mktemp(kind)
     for f in Path(tiny_tokenizer_dir).iterdir():
         shutil.copy(f, out / f.name)
-    tok = AutoTokenizer.from_pretrained(str(out))
-    cls_cfg, cls = (Qwen2Config, Qwen2ForCausalLM) if kind == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+    tok = tf.AutoTokenizer.from_pretrained(str(out))
+    cls_cfg, cls = {"qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM), "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+                    "tied": (tf.LlamaConfig, tf.LlamaForCausalLM)}[kind]
     config = cls_cfg(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=3,
                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -224,6 +225,17 @@ def test_qwen2_with_biases(qwen2_teacher, tmp_path):
     assert torch.allclose(_logits(model, vocab), _logits(_load(teacher), vocab), atol=1e-5)
     _prune(qwen2_teacher, tmp_path / "small", num_layers=2, hidden_size=20, intermediate_size=30)
     assert _load(tmp_path / "small").config.layer_types == ["full_attention"] * 2
+
+
+def test_mistral(tmp_path_factory, tiny_tokenizer_dir, tmp_path):
+    teacher = _tiny(tmp_path_factory, tiny_tokenizer_dir, "mistral")
+    vocab = _vocab(teacher)
+    _prune(teacher, tmp_path / "same")
+    assert torch.allclose(_logits(_load(tmp_path / "same"), vocab), _logits(_load(teacher), vocab), atol=1e-5)
+    _prune(teacher, tmp_path / "s", num_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=24)
+    model = _load(tmp_path / "s")
+    assert model.config.model_type == "mistral" and model.model.layers[1].self_attn.q_proj.weight.shape == (16, 16)
+    assert torch.isfinite(_logits(model, vocab)).all()
 
 
 def test_tied_embeddings_stay_tied(tied_llama, tmp_path):

@@ -185,7 +185,10 @@ def test_cutting_only_dead_parts_keeps_the_function(gqa_teacher, tmp_path):
     teacher = _edit(gqa_teacher, tmp_path / "t", _kill_parts)
     _prune(teacher, tmp_path / "s", num_layers=3, hidden_size=28, intermediate_size=63, rescale_norms=True)
     vocab = _vocab(teacher)
-    assert torch.allclose(_logits(_load(tmp_path / "s"), vocab), _logits(_load(teacher), vocab), atol=1e-4)
+    want = _logits(_load(teacher), vocab)
+    assert torch.allclose(_logits(_load(tmp_path / "s"), vocab), want, atol=1e-4)
+    _prune(teacher, tmp_path / "plain", num_layers=3, hidden_size=28, intermediate_size=63, rescale_norms=False)
+    assert not torch.allclose(_logits(_load(tmp_path / "plain"), vocab), want, atol=1e-3)  # RMS over 28, not 32
 
 
 def test_depth_metric_loss_is_the_loss_increase_when_a_layer_is_skipped(gqa_teacher, tmp_path):

@@ -38,9 +38,10 @@ class PruneSettings(BaseModel):
                                                         "head from its activations: l2_mean = L2 norm over each "
                                                         "sequence's tokens, then the mean over sequences; mean_abs = "
                                                         "mean |activation| over all tokens.")
-    rescale_norms: bool = Field(False, description="When hidden channels are dropped, scale each RMSNorm weight so "
+    rescale_norms: bool = Field(True, description="When hidden channels are dropped, scale each RMSNorm weight so "
                                 "that its output keeps the calibration-mean scale it had over all channels (the RMS is "
-                                "taken over fewer channels after pruning). Not part of Minitron.")
+                                "then taken over fewer, mostly the strongest, channels). Not part of Minitron; false "
+                                "is Minitron's plain slicing.")
     calibration_samples: int = Field(128, ge=1, le=1_000_000, description="Calibration sequences used (a seeded "
                                      "sample when more are given).")
     max_seq_len: int = Field(512, ge=2, le=1_048_576, description="Calibration sequences are cut to this many tokens.")

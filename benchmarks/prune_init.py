@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from potstill.chat import encode_prompt
 from potstill.models import count_params, load_model, load_tokenizer
-from potstill.prune import PruneSettings, prune_model
+from potstill.prune.run import prune_model
+from potstill.prune.settings import PruneSettings
 from potstill.tasks.helpdesk import generate, load_kb, score
 
 TEACHER = ROOT / "examples" / "helpdesk" / "teacher"

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 from potstill.errors import UserError
 from potstill.io import sha256_dir
-from potstill.prune import PruneSettings, prune_model
+from potstill.prune.run import prune_model
+from potstill.prune.settings import PruneSettings
 from potstill.prune.calibration import calibration_hash, calibration_ids
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")

@@ -49,7 +49,7 @@ def count_generate_calls(monkeypatch) -> list:
 
 def test_every_stage_has_the_contract_shape():
     names = [s.name for s in pipeline.STAGES]
-    assert names == ["prompts", "expand", "generate", "signals", "train", "eval", "measure", "route", "report"]
+    assert names == ["prompts", "expand", "generate", "student", "signals", "train", "eval", "measure", "route", "report"]
     for s in pipeline.STAGES:
         assert isinstance(s, Stage) and type(s).inputs is not Stage.inputs and type(s).build is not Stage.build
 
@@ -94,7 +94,7 @@ def test_train_force_signals_recaptures(tmp_path, tiny_teacher_dir, tiny_student
 
 def test_unknown_force_stage_names_the_stages(tmp_path, tiny_teacher_dir, tiny_student_dir):
     cfg = load_config(write_project(tmp_path, str(tiny_teacher_dir), tiny_student_dir))
-    with pytest.raises(UserError, match="stages: prompts, expand, generate, signals, train"):
+    with pytest.raises(UserError, match="stages: prompts, expand, generate, student, signals, train"):
         pipeline.open_run(cfg, {"signal"})
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from .data.config import PromptsConfig
 from .errors import UserError
 from .expand.config import ExpandConfig
+from .prune.settings import PruneSettings
 from .section import Section
 from .teachers.spec import teacher_spec
 
@@ -90,9 +91,20 @@ class TeacherConfig(Section):
 class StudentConfig(Section):
     """The small model that learns from the teacher."""
 
-    model: str = Field(description="Model directory: weights + tokenizer, or config.json + tokenizer with init=random.")
-    init: Literal["pretrained", "random"] = Field("pretrained", description="Start from the weights, or from a random init of config.json.")
+    model: str | None = Field(None, description="Model directory (or .gguf file): weights + tokenizer, or config.json + "
+                              "tokenizer with init=random. Not used with init=prune.")
+    init: Literal["pretrained", "random", "prune"] = Field("pretrained", description="Start from the weights, from a "
+                                                           "random init of config.json, or from the teacher pruned to "
+                                                           "`prune`'s sizes (Minitron: prune, then recover with KD).")
+    prune: PruneSettings = Field(default_factory=PruneSettings, description="Pruning the teacher into the student "
+                                 "(init=prune): target sizes and calibration (potstill.prune).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Training/eval dtype.")
+
+    @model_validator(mode="after")
+    def _model_or_prune(self):
+        if self.init != "prune" and not self.model:
+            raise ValueError("student.model is required unless student.init is 'prune'")
+        return self
 
 
 class LoraSettings(Section):

@@ -18,6 +18,7 @@ from .expand.stage import EXPAND
 from .io import write_text
 from .models import model_hash
 from .progress import say
+from .prune.stage import STUDENT
 from .report.stage import REPORT, read_report
 from .route.stage import ROUTE
 from .signals.stage import SIGNALS
@@ -30,6 +31,7 @@ STAGES: tuple[Stage, ...] = (
     PROMPTS,    # sources -> train / validation / test / ood
     EXPAND,     # more training prompts: perturbed, wrapped, composed, rewritten (expand.enabled)
     GENERATE,   # the teacher answers the training prompts
+    STUDENT,    # the teacher pruned into the student's starting weights (student.init: prune)
     SIGNALS,    # the teacher's soft labels, captured once (train.kd.signal: store)
     TRAIN,      # one student per method
     EVAL,       # teacher vs students on the held-out splits

@@ -10,8 +10,8 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted config overrides, e.g. train.lr=1e-4 eval.splits=[test]")
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
-                   help="redo STAGE even if its inputs did not change (repeatable): prompts, expand, generate, signals, train, eval, "
-                        "measure, route, report")
+                   help="redo STAGE even if its inputs did not change (repeatable): prompts, expand, generate, "
+                        "student, signals, train, eval, measure, route, report")
 
 
 def show_report(report: dict, prefix: str = "") -> None:

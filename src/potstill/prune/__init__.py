@@ -9,10 +9,9 @@ small calibration set, keep the most important ones, then recover the loss with 
 - ``calibration``: chat records / token ids -> batches;
 - ``importance``: forward hooks -> scores (one pass, no gradients);
 - ``slicing``: choose the kept indices, cut the state dict and the config;
-- ``run``: :func:`prune_model`, which writes a plain HF model directory plus ``prune.json``.
+- ``run``: :func:`~.run.prune_model`, which writes a plain HF model directory plus ``prune.json``.
+
+
+The package itself imports nothing (``potstill.config`` reads :mod:`.settings` alone); the stage is
+:mod:`.stage` (the run directory's ``student/`` folder).
 """
-
-from .run import prune_model
-from .settings import PruneSettings, Shape
-
-__all__ = ["PruneSettings", "Shape", "prune_model"]

@@ -9,15 +9,14 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..io import atomic_dir, sha256_dir, write_json
-from ..models import check_model_dir, count_params, default_device, load_model, load_tokenizer
+from ..io import atomic_dir, write_json
+from ..models import check_model_dir, model_hash, count_params, default_device, load_model, load_tokenizer
 from ..progress import say
 from .calibration import calibration_hash, calibration_ids
 from .importance import Importance, measure
 from .settings import PruneSettings, Shape, target_shape
 from .slicing import Kept, check_supported, choose, norm_scales, slice_state_dict, student_config
 
-MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.jinja")  # = potstill.pipeline.model_hash's
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt",
                    "vocab.txt", "spiece.model", "generation_config.json")
@@ -65,7 +64,7 @@ def prune_model(teacher_dir: Path, out_dir: Path, settings: PruneSettings, calib
     record = {
         "format": 1,
         "method": "one-shot activation-importance pruning (Minitron), no gradients",
-        "teacher": {"path": str(teacher_dir.resolve()), "model_hash": sha256_dir(teacher_dir, MODEL_FILES),
+        "teacher": {"path": str(teacher_dir.resolve()), "model_hash": model_hash(teacher_dir),
                     "model_type": config.model_type, "shape": teacher_shape.as_dict(), "params": teacher_params},
         "student": {"shape": target.as_dict(), "params": count_params(student)},
         "settings": settings.model_dump(mode="json"),

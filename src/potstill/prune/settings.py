@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UserError
 
-WHERE = "prune"  # prefix of the key named in a UserError about these settings
+WHERE = "student.prune"  # prefix of the key named in a UserError about these settings
 
 
 class PruneSettings(BaseModel):

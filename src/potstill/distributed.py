@@ -18,6 +18,7 @@ Sharded training (FSDP, DeepSpeed ZeRO-3) needs two more things, both here:
 
 from __future__ import annotations
 
+import copy
 import os
 from datetime import timedelta
 
@@ -56,8 +57,8 @@ def is_main_process() -> bool:
 def state():
     """accelerate's ``PartialState`` (starts the process group on first use under a launcher; the
     Trainer later reuses it)."""
-    from accelerate import PartialState
-    from accelerate.utils import str_to_bool
+    from accelerate import PartialState  # defers accelerate
+    from accelerate.utils import str_to_bool  # defers accelerate
 
     cpu = bool(str_to_bool(os.environ.get("ACCELERATE_USE_CPU", "false")))
     return PartialState(cpu=cpu, timeout=timedelta(seconds=BARRIER_TIMEOUT_S))
@@ -75,7 +76,7 @@ def wait_for_everyone() -> None:
 def sharded(accelerator) -> str | None:
     """``"fsdp"`` or ``"deepspeed"`` when the student's weights are sharded or partitioned across
     ranks (so they cannot be read outside its forward pass), else None (single process, DDP)."""
-    from accelerate.utils import DistributedType
+    from accelerate.utils import DistributedType  # defers accelerate
 
     if accelerator.distributed_type == DistributedType.FSDP:
         return "fsdp"
@@ -100,7 +101,7 @@ def prepare_teacher(teacher, accelerator):
     teacher.requires_grad_(False)
     kind = sharded(accelerator)
     if kind == "fsdp" and getattr(accelerator, "is_fsdp2", False):
-        from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+        from accelerate.utils.fsdp_utils import fsdp2_prepare_model  # defers accelerate
 
         plugin = accelerator.state.fsdp_plugin  # set_auto_wrap_policy resolves the layer classes onto the
         saved = (plugin.transformer_cls_names_to_wrap, plugin.auto_wrap_policy)  # plugin: keep the student's own
@@ -118,9 +119,8 @@ def prepare_teacher(teacher, accelerator):
 
 
 def _deepspeed_inference(model, accelerator):
-    import copy
 
-    import deepspeed
+    import deepspeed  # defers deepspeed (optional)
 
     config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
     zero = config.setdefault("zero_optimization", {})

@@ -266,7 +266,7 @@ def _lock(path: Path):
         raise UserError(f"cannot write the GGUF cache ({e.strerror or e}); set POTSTILL_CACHE to a writable folder",
                         str(path.parent)) from None
     try:
-        import fcntl
+        import fcntl  # defers fcntl (POSIX only; Windows has no flock)
     except ImportError:  # no flock (Windows): the atomic rename still keeps the cache consistent
         yield
         return

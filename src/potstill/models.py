@@ -7,12 +7,16 @@ converted, cached Hugging Face directory (:func:`potstill.gguf.gguf_model_dir`).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
+import struct
 from pathlib import Path
 
 import torch
 
 from .errors import UserError
+from .gguf import gguf_model_dir, is_gguf_path
 from .io import sha256_dir, sha256_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,7 +37,6 @@ def model_path(path: str | Path) -> Path:
     """``path`` as a directory: a ``.gguf`` file becomes its converted directory (converted on first
     use, then cached by content); anything else is returned as it is."""
     path = Path(path)
-    from .gguf import gguf_model_dir, is_gguf_path
 
     if is_gguf_path(path) and path.is_file():
         return gguf_model_dir(path)
@@ -57,7 +60,7 @@ def check_model_dir(path: str | Path, need_weights: bool = True) -> Path:
 
 
 def load_tokenizer(path: str | Path, padding_side: str = "left"):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # defers transformers
 
     path = model_path(path)
     if not path.is_dir():
@@ -81,7 +84,6 @@ def check_quantize(quantize: str) -> None:
     """One-line UserError unless bitsandbytes and a CUDA GPU are there for ``train.lora.quantize``."""
     if quantize == "none":
         return
-    import importlib.util
 
     missing = [what for what, ok in (("bitsandbytes", importlib.util.find_spec("bitsandbytes") is not None),
                                      ("a CUDA GPU", torch.cuda.is_available())) if not ok]
@@ -93,7 +95,7 @@ def check_quantize(quantize: str) -> None:
 def bnb_config(quantize: str):
     """The ``BitsAndBytesConfig`` of a QLoRA student: ``4bit`` is NF4 with double quantization,
     bfloat16 compute (and bfloat16 storage, which FSDP needs to shard it); ``8bit`` is LLM.int8()."""
-    from transformers import BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig  # defers transformers
 
     if quantize == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -108,7 +110,7 @@ def load_model(path: str | Path, dtype: str = "float32", init: str = "pretrained
     """Load a causal LM; ``init='random'`` builds it from config.json with a seeded random init;
     ``quantize`` ``4bit`` / ``8bit`` loads the weights with bitsandbytes (:func:`bnb_config`) onto
     this process's GPU (``LOCAL_RANK`` under a launcher)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM  # defers transformers
 
     path = check_model_dir(path, need_weights=(init == "pretrained"))
     if quantize != "none":
@@ -118,7 +120,6 @@ def load_model(path: str | Path, dtype: str = "float32", init: str = "pretrained
         check_quantize(quantize)
     try:
         if quantize != "none":
-            import os
 
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], quantization_config=bnb_config(quantize),
                                                          device_map={"": int(os.environ.get("LOCAL_RANK", "0"))})
@@ -140,7 +141,6 @@ def load_model(path: str | Path, dtype: str = "float32", init: str = "pretrained
 
 def param_count(path: str | Path) -> int | None:
     """Parameters of a saved model, read from its safetensors headers (nothing is loaded); None if unknown."""
-    import struct
 
     total, files = 0, sorted(Path(path).glob("*.safetensors"))
     for f in files:

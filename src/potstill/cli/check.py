@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 import textwrap
 
+from ..config import KDSettings
+from ..errors import UserError
+from ..vocab import compare_tokenizers, kd_path
+
 HELP = "check whether a teacher and a student share a tokenizer (same, padded, different) and what kd would do"
 DESCRIPTION = HELP + (
     ". TEACHER and STUDENT are local model directories (or tokenizer-only directories, e.g. an API teacher's "
@@ -41,9 +45,6 @@ def _rows(rows: int | None, n: int) -> str:
 
 def _kd_line(match, cross_tokenizer: str) -> str:
     """What ``potstill run`` does for kd with this ``train.kd.cross_tokenizer`` (and signal live)."""
-    from ..config import KDSettings
-    from ..errors import UserError
-    from ..vocab import kd_path
 
     try:
         path, message = kd_path(match, KDSettings(signal="live", cross_tokenizer=cross_tokenizer))
@@ -53,7 +54,6 @@ def _kd_line(match, cross_tokenizer: str) -> str:
 
 
 def main(args) -> int:
-    from ..vocab import compare_tokenizers
 
     m = compare_tokenizers(args.teacher, args.student)
     if args.json:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..progress import say
+from ..report import print_summary_table
+
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="the run's YAML config file")
@@ -16,8 +19,6 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def show_report(report: dict, prefix: str = "") -> None:
     """Print the teacher-vs-students table and where the report files are."""
-    from ..progress import say
-    from ..report import print_summary_table
 
     print_summary_table(report)
     paths = report.get("paths", {})

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..gguf import check_gguf_file, convert_gguf
 from ..progress import say
 
 HELP = "convert a GGUF file (llama.cpp) into a Hugging Face model directory (safetensors, tokenizer, model card)"
@@ -30,7 +31,6 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from ..gguf import check_gguf_file, convert_gguf
 
     check_gguf_file(args.gguf)
     if args.out_dir.exists() and (not args.out_dir.is_dir() or any(args.out_dir.iterdir())):

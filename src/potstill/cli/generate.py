@@ -34,8 +34,16 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .. import api
+from ..config import TeacherConfig, load_config
+from ..data.length import drop_too_long
+from ..data.load import SourceSpec, drop_empty, load_source
 from ..errors import Incomplete, UserError
+from ..io import read_json
+from ..models import load_tokenizer, model_hash
 from ..progress import say
+from ..teachers.generate import parse_shard, run_generate, run_generate_shard
+from ..teachers.limits import context_limit
+from ..teachers.spec import teacher_spec
 
 HELP = "the teacher answers the training prompts (local model: batched; API: concurrent, cached, resumable)"
 
@@ -97,8 +105,6 @@ def main(args) -> int:
             say(f"generate: shard {shard[0]}/{shard[1]} done; once every shard is done, run "
                 f"`potstill generate {args.config}` without --shard to merge them")
             return 0
-        from ..config import load_config
-        from ..io import read_json
 
         cfg = load_config(args.config, list(args.overrides))
         api.generate(cfg, force=args.force)
@@ -132,7 +138,6 @@ def failed_exit(stats: dict, failed_path: Path, rerun: str) -> None:
 
 def shard_arg(args) -> tuple[int, int] | None:
     """``--shard I/N``, else ``(RANK, WORLD_SIZE)`` under torchrun / accelerate launch, else None."""
-    from ..teachers.generate import parse_shard
 
     if args.shard is not None:
         return parse_shard(args.shard)
@@ -144,7 +149,6 @@ def shard_arg(args) -> tuple[int, int] | None:
 
 def teacher_config(args):
     """A validated TeacherConfig from the command-line options; one-line error naming the option."""
-    from ..config import TeacherConfig
 
     data = {field: getattr(args, flag) for flag, field in FLAGS.items() if getattr(args, flag) is not None}
     if args.temperature is not None:
@@ -163,9 +167,6 @@ def teacher_config(args):
 
 def direct(args) -> dict:
     """The config-less form: load prompts, answer them, write DIR/generations.jsonl and DIR/failed.jsonl."""
-    from ..data.load import SourceSpec, drop_empty, load_source
-    from ..teachers.generate import run_generate, run_generate_shard
-    from ..teachers.spec import teacher_spec
 
     cfg = teacher_config(args)
     for name in ("price_in", "price_out"):
@@ -176,7 +177,6 @@ def direct(args) -> dict:
         say(f"  [yellow]warning[/]: skipped {n_empty} empty prompts")
     spec = teacher_spec(cfg, lambda p: Path(p).expanduser().resolve())
     if spec.is_local:
-        from ..models import model_hash
 
         model_hash(spec.path)  # one-line error unless it is a model
     records = drop_too_long_direct(cfg, spec, records)
@@ -200,13 +200,10 @@ def direct(args) -> dict:
 
 def drop_too_long_direct(cfg, spec, records: list[dict]) -> list[dict]:
     """The prompts that fit a local teacher's context less max_new_tokens (a warning counts the others)."""
-    from ..data.length import drop_too_long
-    from ..teachers.limits import context_limit
 
     limit, why = context_limit(cfg, spec)
     if limit is None:
         return records
-    from ..models import load_tokenizer
 
     kept, n_long = drop_too_long(records, load_tokenizer(spec.model_dir()), limit, "drop", why=why)
     if n_long:

@@ -6,6 +6,7 @@ import json
 import textwrap
 
 from ..errors import UserError
+from ..terms import evaluate, load_registry
 
 HELP = "show what a teacher's license or terms allow (training on its outputs, commercial use, obligations)"
 DESCRIPTION = HELP + (
@@ -34,7 +35,6 @@ def _wrap(label: str, text: str) -> list[str]:
 
 
 def _list() -> int:
-    from ..terms import load_registry
 
     reg = load_registry()
     print(f"potstill terms registry, version {reg.version} ({len(reg.entries)} entries)")
@@ -45,7 +45,6 @@ def _list() -> int:
 
 
 def main(args) -> int:
-    from ..terms import evaluate
 
     if args.list:
         return _list()

@@ -1,10 +1,10 @@
 """The prompts stage: load prompt sources, drop empty, duplicate and too-long prompts, split them."""
 
+from .config import PromptsConfig
 from .dedup import dedup, normalise
 from .load import SourceSpec, drop_empty, is_empty, load_source, read_source, user_text
-from .split import assign_split, drop_contaminated, make_splits, split_point
-from .config import PromptsConfig
 from .prompts import run_prompts
+from .split import assign_split, drop_contaminated, make_splits, split_point
 
 __all__ = [
     "PromptsConfig", "SourceSpec", "assign_split", "dedup", "drop_contaminated", "drop_empty",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from datasketch import MinHash, MinHashLSH
+
 from .load import user_text
 
 _WORD = re.compile(r"\w+")
@@ -48,7 +50,6 @@ def dedup(records: list[dict], near: bool = True, threshold: float = 0.9, num_pe
     if not near or len(unique) < 2:
         return [r for r, _ in unique], counts
 
-    from datasketch import MinHash, MinHashLSH
 
     base = MinHash(num_perm=num_perm, seed=seed)
     lsh = MinHashLSH(threshold=max(threshold - 0.2, 0.3), num_perm=num_perm)

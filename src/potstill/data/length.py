@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from ..chat import encode_prompt
 from ..errors import UserError
+from ..io import sha256_dir
 
 TOKENIZER_FILES = ("tokenizer*", "*.model", "vocab*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
                    "chat_template*")
@@ -37,7 +39,6 @@ class PromptLimit:
         """What the prompts stage's output depends on (its hash): nothing when there is no limit."""
         if self.max_tokens is None:
             return {}
-        from ..io import sha256_dir
 
         counted = sha256_dir(self.tokenizer, TOKENIZER_FILES) if self.tokenizer else "estimate"
         return {"max_prompt_tokens": self.max_tokens, "too_long": self.policy, "counted_with": counted}
@@ -60,7 +61,6 @@ def prompt_tokens(record: dict, tokenizer=None) -> int:
     """Tokens of ``record``'s prompt as the teacher sees it (an estimate without ``tokenizer``)."""
     if tokenizer is None:
         return estimate_tokens(record["messages"])
-    from ..chat import encode_prompt
 
     return len(encode_prompt(tokenizer, record["messages"]))
 

@@ -92,8 +92,8 @@ def _rows_csv(path: Path):
 
 
 def _rows_parquet(path: Path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # defers pyarrow (Parquet only)
+    import pyarrow.parquet as pq  # defers pyarrow (Parquet only)
 
     try:
         table = pq.read_table(path)
@@ -103,7 +103,7 @@ def _rows_parquet(path: Path):
 
 
 def _rows_hf(path: Path, split: str | None):
-    import datasets
+    import datasets  # defers datasets (HF datasets only)
 
     if not path.is_dir():
         raise UserError("format hf needs a directory saved with save_to_disk", str(path))

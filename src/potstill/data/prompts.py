@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 from ..errors import UserError
 from ..io import write_json, write_jsonl
+from ..models import load_tokenizer
 from .config import PromptsConfig
 from .dedup import dedup
 from .length import PromptLimit, drop_too_long
@@ -80,7 +82,6 @@ def run_prompts(cfg: PromptsConfig, base_dir: Path, out_dir: Path, limit: Prompt
     ood, n_ood = _load_group(cfg.ood, cfg, base_dir, owners)
     tokenizer = None
     if limit.max_tokens is not None and limit.tokenizer:
-        from ..models import load_tokenizer
 
         tokenizer = load_tokenizer(limit.tokenizer)
     pool = _clean(pool, cfg, dropped, limit, tokenizer, owners)

@@ -33,9 +33,11 @@ from ..progress import say, track
 from ..teachers.base import GenerationSettings
 from ..teachers.hf import LocalGenerator
 from .degeneration import degeneration_summary
+from .judge import TEMPLATE
 from .judging import default_judge, run_judge
 from .scorers import build_scorer, scorer_name
-from .stats import is_binary, mcnemar, paired_bootstrap, rounded
+from .stats import bootstrap_ci, is_binary, mcnemar, paired_bootstrap, rounded
+from .teacher_forced import run_teacher_forced
 
 OOD_RETENTION_POINTS = 10.0  # warn when OOD % of teacher is more than this many points below ID
 JUDGE_PARSE_WARN = 0.5  # warn when the judge stated a verdict in fewer than this share of replies
@@ -237,7 +239,6 @@ def run_eval(cfg: EvalConfig, models: dict[str, dict], splits: dict[str, list[di
 
     tf: dict[str, dict[str, dict]] = {}
     if cfg.teacher_forced:
-        from .teacher_forced import run_teacher_forced
 
         say("  teacher-forced measures (top-1 agreement, KL) on the teacher's answers")
         tf, tf_notes = run_teacher_forced(models, splits, {s: answers[teacher][s] for s in splits},
@@ -252,7 +253,6 @@ def run_eval(cfg: EvalConfig, models: dict[str, dict], splits: dict[str, list[di
         if judge is None:
             results["notes"].append(f"judge {judge_model}: an API judge is built by the pipeline; not run here")
         else:
-            from .judge import TEMPLATE
 
             judged = run_judge(cfg, judge, roles, splits, answers, all_scores, out_dir, work_dir, seed)
             results["judge"] = {"model": judge_model, "fallback": jset.fallback, "max_examples": jset.max_examples,
@@ -269,7 +269,6 @@ def run_eval(cfg: EvalConfig, models: dict[str, dict], splits: dict[str, list[di
             m["chrf"] = round(mean(items["chrf"]), 6) if items["chrf"] else None
             m["agreement"] = round(mean(items["agreement"]), 6) if items["agreement"] else None
             if extra:
-                from .stats import bootstrap_ci
 
                 m["scorers"] = {s: {"score": round(mean(items[f"scorer:{s}"]), 6) if records else None,
                                     "ci95": rounded(bootstrap_ci(items[f"scorer:{s}"], cfg.bootstrap_samples, seed))}

@@ -33,8 +33,15 @@ scorer where that scorer separates the two answers.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from ..io import read_jsonl
+from ..teachers.base import GenerationSettings
+from ..teachers.generate import run_generate
+from ..teachers.hf import LocalGenerator
+from .stats import bootstrap_ci, rounded
 
 JudgeFn = Callable[[list[list[dict]]], list[str]]
 
@@ -87,7 +94,6 @@ def _norm_verdict(v: str) -> str:
 def _f1(x: list[str], y: list[str]) -> float:
     if not x or not y:
         return 0.0
-    from collections import Counter
 
     common = sum((Counter(x) & Counter(y)).values())
     if not common:
@@ -191,7 +197,6 @@ def judge_summary(rows: Sequence[dict], student_scores: Sequence[float] | None =
     ``scorer_agreement`` (where the task scorer ranks the two answers differently and the judge was
     decisive, the share where the judge picks the higher-scoring one) with ``scorer_agreement_n``.
     """
-    from .stats import bootstrap_ci, rounded
 
     n = len(rows)
     decided = [r for r in rows if r["outcome"] is not None]
@@ -232,14 +237,12 @@ def judge_summary(rows: Sequence[dict], student_scores: Sequence[float] | None =
 def local_judge(path: str | Path, *, dtype: str = "float32", max_new_tokens: int = 48, batch_size: int = 16,
                 seed: int = 0, generator=None) -> JudgeFn:
     """A judge served by a local model directory (loaded on the first call, then kept), greedy."""
-    from ..teachers.base import GenerationSettings
 
     state = {"gen": generator}
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
 
     def judge(prompts: list[list[dict]]) -> list[str]:
         if state["gen"] is None:
-            from ..teachers.hf import LocalGenerator
 
             state["gen"] = LocalGenerator(path, dtype=dtype, seed=seed)
         records = [{"id": str(i), "messages": m} for i, m in enumerate(prompts)]
@@ -254,8 +257,6 @@ def api_judge(teacher_cfg, spec, work_dir: str | Path, *, seed: int = 0, prices:
               cache_path: str | Path | None = None) -> JudgeFn:
     """A judge served by an API model (``spec``, a :class:`~potstill.teachers.spec.ModelSpec`; its request
     settings from ``teacher_cfg``), through the teacher's engine and answer cache."""
-    from ..io import read_jsonl
-    from ..teachers.generate import run_generate
 
     work = Path(work_dir)
     calls = {"n": 0}

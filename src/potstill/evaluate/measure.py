@@ -18,12 +18,16 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ..chat import encode_prompt
 from ..models import check_model_dir
+from ..teachers.base import GenerationSettings
+from ..teachers.hf import LocalGenerator
 
 RESULT_KEYS = (
     "params", "device", "torch_threads", "latency_p50_s", "latency_p95_s", "latency_mean_s", "latencies_s",
@@ -81,7 +85,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def _peak_rss_mb() -> float:
-    import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
@@ -89,11 +92,8 @@ def _peak_rss_mb() -> float:
 
 def _run(spec: dict) -> dict:
     """The child's side: load, warm up, time batch 1 and batched load."""
-    import torch
+    import torch  # defers torch
 
-    from ..teachers.base import GenerationSettings
-    from ..chat import encode_prompt
-    from ..teachers.hf import LocalGenerator
 
     cuda = (spec.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if cuda:

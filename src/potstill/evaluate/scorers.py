@@ -44,14 +44,14 @@ def _target(record: dict, field: str, reference: str | None) -> str | None:
 
 
 def _rouge() -> Callable[[str, str], float]:
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # defers rouge_score
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     return lambda pred, ref: scorer.score(ref, pred)["rougeL"].fmeasure
 
 
 def _chrf() -> Callable[[str, str], float]:
-    from sacrebleu.metrics import CHRF
+    from sacrebleu.metrics import CHRF  # defers sacrebleu
 
     metric = CHRF()
     return lambda pred, ref: metric.sentence_score(pred, [ref]).score / 100.0

@@ -14,17 +14,18 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..context import RunContext, Stage, hashed
+from ..context import RunContext, Stage
 from ..io import read_json, read_jsonl, write_json
 from ..models import param_count
 from ..progress import say
-from ..teachers.spec import parse_model
 from ..teachers.generate import api_answers
+from ..teachers.spec import parse_model
 from .compare import run_eval
 from .contamination import check_contamination, contamination_report
 from .judge import api_judge, local_judge
 from .judging import auto_judge
 from .measure import machine, measure_model
+
 
 def judge_spec(ctx: RunContext):
     """The judge as a :class:`~potstill.teachers.spec.ModelSpec` (default: the run's teacher), or None when off."""

@@ -120,7 +120,7 @@ def mcnemar(a: Sequence[float], b: Sequence[float]) -> dict:
     probability of the observed (smaller) count. With no discordant pairs, or ``a_only == b_only``,
     both are 1.
     """
-    from scipy.stats import binom, binomtest
+    from scipy.stats import binom, binomtest  # defers scipy
 
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.shape != y.shape:

@@ -20,12 +20,14 @@ from collections.abc import Sequence
 
 import torch
 
+from ..chat import pair_ids
+from ..models import default_device, load_model, load_tokenizer, tokenizer_fingerprint
+
 MAX_TOKENS = 1024  # longest sequence scored (longer ones keep their last MAX_TOKENS tokens)
 
 
 def _sequences(tokenizer, records: Sequence[dict], teacher_rows: Sequence[dict]) -> list[tuple[list[int], int]]:
     """(ids, response start) per prompt; empty answers are skipped."""
-    from ..chat import pair_ids
 
     out = []
     for rec, ans in zip(records, teacher_rows):
@@ -97,7 +99,6 @@ def run_teacher_forced(models: dict[str, dict], splits: dict[str, list[dict]], t
     Returns ``({split: {model: measures}}, notes)``; a model whose tokenizer differs from the
     teacher's is left out with a note, and an API teacher gives no measures at all.
     """
-    from ..models import default_device, load_model, load_tokenizer, tokenizer_fingerprint
 
     name_t, spec_t = next((n, s) for n, s in models.items() if s["role"] == "teacher")
     if spec_t.get("api"):

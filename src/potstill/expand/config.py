@@ -12,7 +12,6 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..section import Section
-
 from .phrases import CONTEXTS, DEFAULT_INSTRUCTIONS, GREETINGS, INTROS, JOINERS, POLITENESS, SIGNOFFS
 
 

@@ -28,8 +28,18 @@ from ..errors import UserError
 from ..io import read_json, read_jsonl, write_json, write_jsonl
 from ..progress import say
 from .config import WriterSettings
-from .writer import (WriterRunner, clean_rewrite, instruction_record, instruction_sha, make_writer_runner,
-                     reject_reason, seed_sha, seed_text, writer_identity, writer_jobs)
+from .writer import (
+    WriterRunner,
+    clean_rewrite,
+    instruction_record,
+    instruction_sha,
+    make_writer_runner,
+    reject_reason,
+    seed_sha,
+    seed_text,
+    writer_identity,
+    writer_jobs,
+)
 
 FORMAT = "potstill-expand-rewrites/1"
 

@@ -51,17 +51,17 @@ def _augmenter(kind: str, rate: float, protect: str):
     stop = f".*(?:{protect}).*" if protect else None
     common = {"tokenizer": _split, "reverse_tokenizer": _join, "stopwords_regex": stop}
     if kind == "typo":
-        import nlpaug.augmenter.char as nac
+        import nlpaug.augmenter.char as nac  # defers nlpaug (expand stage only)
 
         return nac.KeyboardAug(aug_word_p=rate, aug_word_min=1, aug_word_max=None, aug_char_min=1, aug_char_max=1,
                                include_special_char=False, include_numeric=False, include_upper_case=False, **common)
     if kind == "swap":
-        import nlpaug.augmenter.char as nac
+        import nlpaug.augmenter.char as nac  # defers nlpaug (expand stage only)
 
         return nac.RandomCharAug(action="swap", aug_word_p=rate, aug_word_min=1, aug_word_max=None, aug_char_min=1,
                                  aug_char_max=1, **common)
     if kind == "dropout":
-        import nlpaug.augmenter.word as naw
+        import nlpaug.augmenter.word as naw  # defers nlpaug (expand stage only)
 
         return naw.RandomWordAug(action="delete", aug_p=rate, aug_min=1, aug_max=None, **common)
     raise ValueError(f"unknown nlpaug perturbation {kind!r}")

@@ -15,6 +15,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from ..config import TeacherConfig
 from ..data.dedup import normalise
 from ..data.split import split_point
 from ..errors import UserError
@@ -119,9 +122,7 @@ def writer_spec(cfg: WriterSettings, base_dir: str | Path = "."):
 def teacher_config(cfg: WriterSettings, engine: dict | None = None):
     """The writer's settings as a :class:`potstill.config.TeacherConfig` (what ``run_generate`` takes);
     ``engine`` adds other teacher settings (e.g. rpm, timeout_s, max_attempts, backoff_base_s)."""
-    from pydantic import ValidationError
 
-    from ..config import TeacherConfig
 
     try:
         return TeacherConfig(model=cfg.model, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,

@@ -10,7 +10,7 @@ import torch
 
 from .. import __version__
 from ..io import atomic_dir, write_json
-from ..models import check_model_dir, model_hash, count_params, default_device, load_model, load_tokenizer
+from ..models import check_model_dir, count_params, default_device, load_model, load_tokenizer, model_hash
 from ..progress import say
 from .calibration import calibration_hash, calibration_ids
 from .importance import Importance, measure
@@ -36,7 +36,7 @@ def prune_model(teacher_dir: Path, out_dir: Path, settings: PruneSettings, calib
     Bad settings (a target larger than the teacher, heads that do not divide) are a one-line
     :class:`~potstill.errors.UserError`, raised before the teacher's weights are loaded.
     """
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # defers transformers
 
     start = time.perf_counter()
     teacher_dir, out_dir = check_model_dir(teacher_dir), Path(out_dir)
@@ -94,8 +94,8 @@ def prune_model(teacher_dir: Path, out_dir: Path, settings: PruneSettings, calib
 
 def _build(config, state: dict, dtype: torch.dtype):
     """The student model from its config and state dict (no random init; tied embeddings re-tied)."""
-    from transformers import AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
+    from transformers import AutoModelForCausalLM  # defers transformers
+    from transformers.initialization import no_init_weights  # defers transformers
 
     config.dtype = dtype
     with no_init_weights():
@@ -128,6 +128,6 @@ def _importance_record(imp: Importance, kept: Kept, settings: PruneSettings) -> 
 
 
 def _versions() -> dict:
-    import transformers
+    import transformers  # defers transformers
 
     return {"potstill": __version__, "transformers": transformers.__version__, "torch": torch.__version__}

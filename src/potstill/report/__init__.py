@@ -6,15 +6,16 @@
 
 from __future__ import annotations
 
+from rich.console import Console
+from rich.table import Table as RichTable
+from rich.text import Text
+
 from .build import assemble_report, build_report
 from .tables import models_table
 
 
 def print_summary_table(report: dict, console=None) -> None:
     """Print the compact teacher-vs-students table and the summary sentence with ``rich``."""
-    from rich.console import Console
-    from rich.table import Table as RichTable
-    from rich.text import Text
 
     if console is None:
         console = Console()

@@ -53,6 +53,9 @@ from pathlib import Path
 
 from ..evaluate.degeneration import degeneration_warnings
 from ..io import write_json, write_text
+from .card import update_model_cards
+from .html import render_html
+from .markdown import render_markdown
 from .tables import fmt_seconds, split_label
 
 ROLE_ORDER = {"teacher": 0, "student": 1, "floor": 2}
@@ -187,8 +190,6 @@ def build_report(results: dict, perf: dict, costs: dict, training: dict, cfg_sum
     With ``update_cards``, each student's model card (``<path>/README.md``, when it exists) gets the
     evaluation table (:func:`potstill.report.card.update_model_cards`).
     """
-    from .html import render_html
-    from .markdown import render_markdown
 
     report = assemble_report(results, perf, costs, training, cfg_summary, routing)
     out_dir = Path(out_dir)
@@ -196,7 +197,6 @@ def build_report(results: dict, perf: dict, costs: dict, training: dict, cfg_sum
     write_text(out_dir / "report.html", render_html(report))
     write_json(out_dir / "report.json", report)
     if update_cards:
-        from .card import update_model_cards
 
         update_model_cards(report)
     return report

@@ -23,8 +23,8 @@ def _num(x) -> bool:
 
 
 def new_figure(width: float = 6.4, height: float = 3.6):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # defers matplotlib (plots only)
+    from matplotlib.figure import Figure  # defers matplotlib (plots only)
 
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
@@ -42,7 +42,7 @@ def quality_vs_cost(report: dict) -> bytes | None:
     """% of the teacher's quality per split against cost per query (log x), one point per model."""
     fig = new_figure()
     ax = fig.add_subplot()
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # defers matplotlib (plots only)
 
     markers = ["o", "s", "^", "D"]
     drawn, handles = False, []

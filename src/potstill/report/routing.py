@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .plots import new_figure, to_png, tex_safe
+from .plots import new_figure, tex_safe, to_png
 from .tables import NA, Table, _ok, fmt_ci, fmt_num, fmt_usd, split_label
 
 

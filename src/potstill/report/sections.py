@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from .plots import break_even_plot, category_bars, ci_plot, latency_plot, quality_vs_cost, score_bars
 from .routing import routing_plot, routing_table
-from .tables import (Table, agreement_table, category_tables, ci_tables, contamination_table, cost_table, judge_table,
-                     models_table, scorers_table, split_label, students_table, training_table)
+from .tables import (
+    Table,
+    agreement_table,
+    category_tables,
+    ci_tables,
+    contamination_table,
+    cost_table,
+    judge_table,
+    models_table,
+    scorers_table,
+    split_label,
+    students_table,
+    training_table,
+)
 
 
 def all_tables(report: dict) -> list[Table]:

@@ -13,6 +13,7 @@ from ..io import read_jsonl, write_jsonl
 from ..progress import track
 from ..serve.backend import context_length, fit_context
 from ..serve.decode import Row, generate_rows
+from ..teachers.hf import LocalGenerator
 from .features import features
 
 
@@ -23,7 +24,6 @@ def answer_with_confidence(model_dir: str | Path, records: list[dict], max_new_t
         rows = read_jsonl(cache)
         if [r["id"] for r in rows] == [r["id"] for r in records]:
             return rows
-    from ..teachers.hf import LocalGenerator
 
     gen = LocalGenerator(model_dir, dtype=dtype)
     context = context_length(gen.model)

@@ -83,7 +83,7 @@ def choose(points: list[dict], target_pct: float | None = None, max_share: float
 def check(scores: Sequence[float], student: Sequence[float], teacher: Sequence[float], threshold: float,
           samples: int = 10_000, seed: int = 0) -> dict:
     """Apply ``threshold`` to a split: realized teacher share and blended quality, each with a 95% interval."""
-    from scipy.stats import binomtest
+    from scipy.stats import binomtest  # defers scipy
 
     s = np.asarray(scores, dtype=np.float64)
     a = np.asarray(student, dtype=np.float64)
@@ -109,7 +109,7 @@ def fit_logistic(feats: list[dict], student: Sequence[float], teacher: Sequence[
     route file (without ``threshold``). Raises ``ValueError`` when either outcome has fewer than
     ``MIN_CLASS`` examples (nothing to learn from).
     """
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # defers scikit-learn (logistic router only)
 
     x = np.array([[f[n] for n in LOGISTIC_FEATURES] for f in feats], dtype=np.float64)
     y = (np.asarray(student, dtype=np.float64) >= np.asarray(teacher, dtype=np.float64)).astype(int)

@@ -19,13 +19,13 @@ from ..config import RunConfig
 from ..context import RunContext, Stage, hashed
 from ..errors import UserError
 from ..evaluate.compare import answer_split
-from ..evaluate.scorers import build_scorer, scorer_name
 from ..evaluate.cost import run_costs
-from ..teachers.base import GenerationSettings
-from ..teachers.hf import LocalGenerator
-from ..teachers.generate import api_answers
+from ..evaluate.scorers import build_scorer, scorer_name
 from ..io import read_jsonl, write_json, write_jsonl
 from ..progress import say
+from ..teachers.base import GenerationSettings
+from ..teachers.generate import api_answers
+from ..teachers.hf import LocalGenerator
 from .answers import answer_with_confidence
 from .calibrate import apgr, check, choose, curve, fit_logistic
 from .features import Router

@@ -29,12 +29,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..teachers.softlabels import TokenMapper
 
 
 def token_mapper(tokenizer):
     """The API-token -> id resolver of ``tokenizer`` (:class:`potstill.teachers.softlabels.TokenMapper`:
     UTF-8 bytes, ``token_id:N`` strings, byte-level BPE and SentencePiece vocabularies)."""
-    from ..teachers.softlabels import TokenMapper
 
     return TokenMapper(tokenizer)
 

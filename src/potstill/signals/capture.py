@@ -26,10 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..chat import pair_ids
 from ..errors import UserError
 from ..io import read_json, sha256_bytes, sha256_json
-from ..models import model_hash, default_device, load_model, load_tokenizer, tokenizer_fingerprint
+from ..models import default_device, load_model, load_tokenizer, model_hash, tokenizer_fingerprint
 from ..progress import track
+from ..teachers.vllm import capture_scorer
 from . import formats as F
 from .store import MANIFEST, sequence_hash, shard_name, shard_record_ok, write_manifest, write_shard
 
@@ -167,7 +169,6 @@ def capture_signals(
         raise UserError(f"capture with vLLM stores top-k log-probs at T=1 only (got {fmt} at T={temperature}): "
                         "use store_format topk and temperature 1, or a plain model directory as the teacher")
 
-    from ..chat import pair_ids
 
     examples, seen = [], set()
     for pair in pairs:
@@ -235,7 +236,6 @@ def capture_signals(
     if todo:
         score = None
         if vllm is not None:  # vLLM gives the top-k rows directly (no logits)
-            from ..teachers.vllm import capture_scorer
 
             score = capture_scorer(teacher_dir, vllm, k, vocab, seed=seed, dtype=dtype)
         else:

@@ -48,6 +48,7 @@ import numpy as np
 from .. import __version__
 from ..errors import UserError
 from ..io import atomic_path, read_json, sha256_file, write_json
+from ..models import tokenizer_fingerprint
 from . import formats as F
 
 STORE_VERSION = 1
@@ -302,7 +303,6 @@ class SignalStore:
 
     def check_tokenizer(self, tokenizer, who: str = "student", name: str | None = None) -> None:
         """UserError unless ``tokenizer`` has the fingerprint the store was captured with."""
-        from ..models import tokenizer_fingerprint
 
         fp = tokenizer_fingerprint(tokenizer)
         mine = self.manifest.get("tokenizer") or {}

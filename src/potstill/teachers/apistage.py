@@ -16,6 +16,7 @@ from pathlib import Path
 from ..config import TeacherConfig
 from ..errors import Incomplete, UserError
 from ..io import write_json, write_jsonl
+from ..models import load_tokenizer
 from ..progress import say, track
 from .api import ApiError, make_provider, preflight_error, resolve_api_key
 from .cache import AnswerCache, cache_key
@@ -132,7 +133,6 @@ def run_api_generate(cfg: TeacherConfig, spec: ModelSpec, records: list[dict], o
 def _write_outputs(cfg, records, keys, answers, result, out_dir: Path, elapsed: float, n_cached: int) -> dict:
     mapper = None
     if cfg.tokenizer and cfg.top_logprobs:
-        from ..models import load_tokenizer
 
         mapper = TokenMapper(load_tokenizer(cfg.tokenizer))
     rows = [to_record(r["id"], answers[keys[r["id"]]], mapper) for r in records if keys[r["id"]] in answers]

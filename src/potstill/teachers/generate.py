@@ -31,9 +31,9 @@ from ..config import TeacherConfig
 from ..errors import UserError
 from ..io import read_jsonl, write_json, write_jsonl
 from ..progress import say, track
+from .apistage import run_api_generate
 from .base import GenerationSettings
 from .spec import ModelSpec
-
 
 LOCAL_FIELDS = ("model", "batch_size", "max_new_tokens", "do_sample", "temperature", "top_p", "top_logprobs", "dtype")
 RUN_ONLY_FIELDS = {"batch_size", "dtype", "api_key_env", "concurrency", "rpm", "tpm", "timeout_s", "max_attempts",
@@ -183,7 +183,6 @@ def run_generate(cfg: TeacherConfig, spec: ModelSpec, records: list[dict], out_d
     answer cache (API only). Finished shard parts in ``work_dir`` count as generated.
     """
     if spec.is_api:
-        from .apistage import run_api_generate
 
         stats = run_api_generate(cfg, spec, records, out_dir, seed=seed, prices=prices,
                                  cache_path=cache_path or Path(work_dir) / "cache.sqlite")

@@ -21,6 +21,7 @@ attribute structure of vLLM's ``RequestOutput`` (tests use ``SimpleNamespace`` f
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 from ..errors import UserError
 from ..models import load_tokenizer
 from .base import GenerationSettings
+from .limits import model_context
 from .hf import LocalGenerator
 
 MISSING = "vllm: teacher needs vLLM: pip install 'potstill[vllm]' (Linux + CUDA GPU)"
@@ -51,7 +53,7 @@ def parse_vllm(model: str) -> str | None:
 def import_vllm():
     """The ``vllm`` module, or the one-line :class:`UserError` saying how to install it."""
     try:
-        import vllm
+        import vllm  # defers vllm (optional, CUDA)
     except ImportError:
         raise UserError(MISSING) from None
     return vllm
@@ -173,7 +175,6 @@ class VLLMGenerator(LocalGenerator):
         self.path = Path(path)
         self.tokenizer = tokenizer or load_tokenizer(path, padding_side="left")
         self.llm = llm if llm is not None else make_engine(path, settings, seed=seed, dtype=dtype, max_logprobs=max_logprobs)
-        from .context import model_context
 
         self.context = getattr(settings, "max_model_len", None) or model_context(path)
 
@@ -211,7 +212,6 @@ def vllm_response_topk(llm, batch: list[tuple[list[int], list[int]]], k: int, vo
 
 def output_rows(path: str | Path) -> int | None:
     """Rows of the model's output layer (``vocab_size`` in ``config.json``; None when not stated)."""
-    import json
 
     try:
         cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))

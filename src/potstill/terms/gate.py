@@ -27,6 +27,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.markup import escape
+
 from .. import __version__
 from ..errors import UserError
 from ..io import sha256_dir, write_json
@@ -229,7 +231,6 @@ def preflight_terms(cfg, spec=None, run_root: str | Path | None = None, teacher_
     spec = spec or teacher_spec(cfg.teacher, cfg.resolve)
     d = decision if decision is not None else gate(cfg, spec)
     if say is not None:
-        from rich.markup import escape
 
         for line in d.lines():
             say(escape(line))

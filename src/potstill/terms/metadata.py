@@ -112,7 +112,7 @@ def gguf_fields(path: str | Path) -> dict:
 
 @functools.lru_cache(maxsize=16)
 def _gguf_fields(path: str, size: int, mtime_ns: int) -> dict:
-    import gguf
+    import gguf  # defers gguf (GGUF files only)
 
     try:
         reader = gguf.GGUFReader(path, "r")

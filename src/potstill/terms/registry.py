@@ -26,8 +26,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import UserError
-from .metadata import model_metadata, name_of, read_json
 from ..teachers.spec import parse_model
+from .metadata import model_metadata, name_of, read_json
 
 REGISTRY_PATH = Path(__file__).with_name("registry.yaml")
 

@@ -6,16 +6,17 @@ Public API (imported lazily, so ``potstill.train.card`` stays light for the eval
 
 from __future__ import annotations
 
+from . import card
+from .student import train_student
+
 __all__ = ["append_card_section", "train_student", "write_model_card"]
 
 
 def __getattr__(name: str):
     if name == "train_student":
-        from .student import train_student
 
         return train_student
     if name in ("write_model_card", "append_card_section"):
-        from . import card
 
         return getattr(card, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,8 +35,8 @@ def _precision(bf16: bool) -> dict:
     """bfloat16 autocast on a GPU that has it, else on the CPU (transformers wants ``use_cpu`` there)."""
     if not bf16:
         return {"bf16": False}
-    import torch
-    from transformers.utils import is_torch_bf16_gpu_available
+    import torch  # defers torch
+    from transformers.utils import is_torch_bf16_gpu_available  # defers transformers
 
     if is_torch_bf16_gpu_available():
         return {"bf16": True}

@@ -25,6 +25,8 @@ import torch
 from ..chat import encode_prompt, encode_response, pair_ids  # noqa: F401 - re-exported (tests, train stage)
 from ..errors import UserError
 from ..losses import IGNORE_INDEX
+from ..signals import SignalStore
+from ..signals.store import sequence_hash
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,6 @@ def open_signal_store(path, tokenizer, temperature: float, verify: str = "lazy",
     UserError if the store's tokenizer fingerprint is not ``tokenizer``'s (naming both), or if it
     was captured at another temperature (its targets are the teacher's distribution at that T).
     """
-    from ..signals import SignalStore
 
     store = SignalStore(path, verify=verify)
     store.check_tokenizer(tokenizer, who=who)
@@ -71,7 +72,6 @@ def open_signal_store(path, tokenizer, temperature: float, verify: str = "lazy",
 
 
 def _target_ref(targets, pair: dict, prompt: list[int], resp: list[int], n_keep: int) -> TargetRef:
-    from ..signals.store import sequence_hash
 
     eid = str(pair.get("id"))
     where = str(getattr(targets, "path", "teacher signal"))

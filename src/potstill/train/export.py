@@ -15,10 +15,10 @@ from ..models import DTYPES, load_model
 def apply_lora(model, lora, gradient_checkpointing: bool = False):
     """LoRA adapters on ``model``; a quantized (QLoRA) base is first made trainable in k-bit
     (``peft.prepare_model_for_kbit_training``: norms in float32, input grads for checkpointing)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # defers peft (LoRA runs only)
 
     if lora.quantize != "none":
-        from peft import prepare_model_for_kbit_training
+        from peft import prepare_model_for_kbit_training  # defers peft (LoRA runs only)
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -44,7 +44,7 @@ def final_model(trainer, cfg: RunConfig, s_dir: Path):
     model = trainer.model if full is None else rebuild_from_state_dict(
         s_dir, full, cfg.student.dtype, lora=t.lora if t.lora.enabled else None)
     if t.lora.enabled and t.lora.quantize != "none":
-        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict  # defers peft (LoRA runs only)
 
         adapters = get_peft_model_state_dict(model)
         model = apply_lora(load_model(s_dir, cfg.student.dtype), t.lora.model_copy(update={"quantize": "none"}))
@@ -58,9 +58,9 @@ def rebuild_from_state_dict(model_dir, state_dict: dict, dtype: str = "float32",
     """A CPU copy of the student (its ``config.json`` architecture, LoRA adapters when ``lora`` is
     given) holding ``state_dict`` — on the main process, to merge and export what sharded training
     gathered. Built outside DeepSpeed's ``zero.Init`` (this process alone builds it)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.integrations import deepspeed as hf_ds
+    from accelerate import init_empty_weights  # defers accelerate
+    from transformers import AutoConfig, AutoModelForCausalLM  # defers transformers
+    from transformers.integrations import deepspeed as hf_ds  # defers transformers
 
     saved = hf_ds._hf_deepspeed_config_weak_ref
     hf_ds._hf_deepspeed_config_weak_ref = None

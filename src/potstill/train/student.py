@@ -22,10 +22,11 @@ from ..io import atomic_dir, sha256_json, write_json
 from ..models import check_quantize, count_params, load_model, load_tokenizer, tokenizer_fingerprint
 from ..progress import say
 from ..teachers.spec import ModelSpec, teacher_spec
-from .card import write_model_card
-from .export import apply_lora, final_model
-from .data import Collator, build_features
+from ..vocab import compare_tokenizers, kd_path
 from .args import latest_checkpoint, resume_point, training_arguments
+from .card import write_model_card
+from .data import Collator, build_features, open_signal_store
+from .export import apply_lora, final_model
 from .trainer import DistillTrainer
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ def teacher_tokenizer_dir(cfg: RunConfig, spec: ModelSpec) -> Path | None:
 def decide_kd_path(cfg: RunConfig, teacher_dir: Path, student_dir: Path, student_tok=None,
                    teacher_tok=None) -> tuple[str, str]:
     """``(path, message)`` of :func:`potstill.vocab.kd_path` for this run's teacher and student tokenizers."""
-    from ..vocab import compare_tokenizers, kd_path
 
     match = compare_tokenizers(teacher_dir, student_dir, teacher_tok=teacher_tok, student_tok=student_tok)
     return kd_path(match, cfg.train.kd)
@@ -133,7 +133,6 @@ def train_student(
                 "the pairs have no top_logprobs; rerun generate with teacher.top_logprobs > 0", where="train.kd.signal"
             )
         if t.kd.signal == "store":
-            from .data import open_signal_store
 
             store = open_signal_store(cfg.resolve(t.kd.store) if t.kd.store else cfg.run_path / "signals", tok,
                                       t.kd.temperature)

@@ -25,7 +25,14 @@ from transformers import Trainer
 
 from ..config import KDSettings
 from ..distributed import prepare_teacher, sharded
-from ..losses import IGNORE_INDEX, check_divergence, chunked_distillation_loss, cross_entropy, distillation_loss, topk_target_probs
+from ..losses import (
+    IGNORE_INDEX,
+    check_divergence,
+    chunked_distillation_loss,
+    cross_entropy,
+    distillation_loss,
+    topk_target_probs,
+)
 from ..losses.uld import uld_loss
 from . import onpolicy
 

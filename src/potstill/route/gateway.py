@@ -73,6 +73,9 @@ class LocalTeacher:
         return {"text": row.text, "finish_reason": row.finish,
                 "usage": {"prompt_tokens": len(row.prompt), "completion_tokens": len(row.tokens)}}
 
+    def abort(self, reason: str) -> int:
+        return self.backend.abort(reason)
+
     async def aclose(self) -> None:
         await self.backend.aclose()
 
@@ -119,6 +122,10 @@ class RoutingBackend:
     def stats(self) -> dict:
         return {**self.counts, "threshold": self.router.threshold, "signal": self.router.signal,
                 "fallback_log": str(self.log.path) if self.log else None, "student_backend": self.student.stats()}
+
+    def abort(self, reason: str = "the server is shutting down") -> int:
+        """End the student's (and a local teacher's) requests in flight with 503 (shutdown)."""
+        return self.student.abort(reason) + (self.teacher.abort(reason) if hasattr(self.teacher, "abort") else 0)
 
     async def aclose(self) -> None:
         await self.student.aclose()

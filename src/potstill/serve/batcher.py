@@ -70,7 +70,7 @@ class Batcher:
         submissions fail with it at once. Returns how many items were failed. Call on the batcher's loop."""
         self._aborted = error
         failed = 0
-        for item, fut in self._pending + self._running:
+        for item, fut in self._running + self._pending:
             if not fut.done():
                 self.cancel(item)
                 fut.set_exception(error)

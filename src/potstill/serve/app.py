@@ -17,7 +17,6 @@ status 499. A streamed request stops the same way when its client goes away mid-
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
@@ -177,14 +176,16 @@ async def unless_disconnected(request: Request, awaitable) -> Any:
     gone = asyncio.ensure_future(disconnected(request))
     try:
         done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
+    except BaseException:  # this handler was cancelled
+        work.cancel()
         gone.cancel()
-        if not work.done():
-            work.cancel()  # also when this handler is itself cancelled
+        raise
+    gone.cancel()
+    await asyncio.wait({gone})  # its receive() is over before a streaming response starts its own
     if work in done:
         return work.result()
-    with contextlib.suppress(BaseException):
-        await work  # let the cancellation run its cleanup before answering
+    work.cancel()
+    await asyncio.wait({work})  # let the cancellation run its cleanup before answering
     raise ClientGone
 
 

@@ -11,14 +11,15 @@ Responses follow OpenAI's shapes plus two extension fields the official client i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 MAX_TOP_LOGPROBS = 100
 MAX_STOP_STRINGS = 8
-ROLES = ("system", "user", "assistant", "developer")
+Role = Literal["system", "user", "assistant", "developer"]
+ROLES = get_args(Role)
 INT64 = 2**63
 
 
@@ -59,7 +60,7 @@ class ChatMessage(BaseModel):
     """One message: a role of :data:`ROLES`; ``content`` a string or a list of text parts."""
 
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "user", "assistant", "developer"]
+    role: Role
     content: str | list[TextPart] | None = None
 
     def text(self) -> str:

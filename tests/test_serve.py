@@ -214,6 +214,11 @@ def test_cli_bad_model_dir(tmp_path, capsys):
     assert "config.json" in capsys.readouterr().err
 
 
+def test_cli_bad_grace(tiny_student_dir, capsys):
+    assert cli_main(["serve", str(tiny_student_dir), "--grace-s", "-1"]) == 2
+    assert "--grace-s" in capsys.readouterr().err
+
+
 def test_cli_serves_until_interrupted(tiny_student_dir):
     env = {**os.environ, "SERVE_TEST_KEY": KEY}
     proc = subprocess.Popen([sys.executable, "-m", "potstill.cli.main", "serve", str(tiny_student_dir), "--port", "0",
@@ -335,6 +340,7 @@ def test_batcher_drops_cancelled_items_and_aborts():
                 await t
         release.set()
         await b.aclose()
+        await b.submit("g")  # a closed batcher starts afresh
 
     asyncio.run(go())
 

@@ -79,14 +79,15 @@ class Batcher:
         return failed
 
     async def aclose(self) -> None:
-        """Stop the worker (a batch already running in its thread finishes on its own)."""
+        """Stop the worker (a batch already running in its thread finishes on its own); a later
+        :meth:`submit` starts afresh."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
             try:
                 await self._task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
-        self._task = None
+        self._task, self._aborted = None, None
 
     async def _collect(self) -> list[tuple[Any, asyncio.Future]]:
         while not any(not f.done() for _, f in self._pending):

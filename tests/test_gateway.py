@@ -216,3 +216,29 @@ def test_cli_gateway_serves(tmp_path, tiny_student_dir, tiny_teacher_dir):
         proc.wait(30)
     assert proc.returncode == 0
     assert len(lines(tmp_path / "fallbacks.jsonl")) == 1  # default log: beside the route file
+
+
+def test_abort_ends_teacher_waits_with_the_student_answer(tiny_student_dir, tmp_path):
+    """Shutdown (``abort``) while the teacher is slow: the request gets the student's answer, flagged, at once."""
+    from potstill.serve.schemas import ChatCompletionRequest
+
+    class SlowTeacher:
+        model_name = "slow"
+
+        async def answer(self, req):
+            await asyncio.sleep(60)
+
+    log = FallbackLog(tmp_path / "fallbacks.jsonl")
+    student = HFBackend.from_dir(tiny_student_dir, model_name="student", batch_wait_ms=1)
+    gw = RoutingBackend(student, SlowTeacher(), Router(ALWAYS_TEACHER), log, teacher_timeout=60)
+
+    async def go():
+        task = asyncio.ensure_future(gw.complete(ChatCompletionRequest(messages=Q, temperature=0, max_tokens=4)))
+        while not gw.asking:  # the student has answered; the teacher is being asked
+            await asyncio.sleep(0.01)
+        assert gw.abort() == 1
+        return await asyncio.wait_for(task, 10)
+
+    r = asyncio.run(go())
+    assert r["model"] == "student" and r["potstill"]["teacher_error"] == "the server is shutting down"
+    assert lines(log.path)[0]["teacher_error"] == "the server is shutting down"

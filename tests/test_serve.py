@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import re
@@ -213,6 +214,11 @@ def test_cli_bad_model_dir(tmp_path, capsys):
     assert "config.json" in capsys.readouterr().err
 
 
+def test_cli_bad_grace(tiny_student_dir, capsys):
+    assert cli_main(["serve", str(tiny_student_dir), "--grace-s", "-1"]) == 2
+    assert "--grace-s" in capsys.readouterr().err
+
+
 def test_cli_serves_until_interrupted(tiny_student_dir):
     env = {**os.environ, "SERVE_TEST_KEY": KEY}
     proc = subprocess.Popen([sys.executable, "-m", "potstill.cli.main", "serve", str(tiny_student_dir), "--port", "0",
@@ -234,3 +240,205 @@ def test_cli_serves_until_interrupted(tiny_student_dir):
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
     assert proc.returncode == 0
+
+
+def post(url, body, **kw):
+    """A raw chat request with the test key (for bodies the openai client would not send)."""
+    kw.setdefault("timeout", 60)
+    return httpx.post(url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {KEY}"}, **kw)
+
+
+def test_unknown_roles_are_400(server, client):
+    for role in ("wizard", "tool", "function", "", None, 3):
+        r = post(server["url"], {"messages": [{"role": role, "content": "hi"}], "max_tokens": 2})
+        err = r.json()["error"]
+        assert r.status_code == 400, (role, r.text)
+        assert (err["type"], err["param"], err["code"]) == ("invalid_request_error", "messages[0].role",
+                                                            "invalid_value")
+        assert ("tool calling" if role in ("tool", "function") else "Supported values are") in err["message"]
+    bad_part = post(server["url"], {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})
+    assert bad_part.status_code == 400 and "only text content parts" in bad_part.json()["error"]["message"]
+    # developer (the newer name of system) and text parts are fine
+    r = chat(client, max_tokens=2, messages=[{"role": "developer", "content": "Be brief."},
+                                            {"role": "user", "content": [{"type": "text", "text": "Hi"}]}])
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_max_tokens_beyond_the_context_is_400(server, client):
+    from potstill.serve.schemas import ChatCompletionRequest
+
+    backend, context = server["backend"], server["backend"].context
+    p = chat(client, max_tokens=1).usage.prompt_tokens
+    for kw in ({"max_tokens": 10**9}, {"max_tokens": context - p + 1}, {"max_completion_tokens": 10**9},
+               {"max_tokens": 10**9, "stream": True}):
+        with pytest.raises(openai.BadRequestError) as e:
+            chat(client, **kw)
+        assert e.value.code == "context_length_exceeded" and e.value.param == next(iter(kw))
+        assert f"maximum context length is {context} tokens" in e.value.message
+    # an exact fit is accepted; the server's default limit is cut to what the context leaves
+    req = ChatCompletionRequest(messages=Q, max_tokens=context - p)
+    assert backend._rows(req, 1)[0].max_tokens == context - p
+    roomy = HFBackend(backend.gen, "roomy", default_max_tokens=10**6, fingerprint="fp_x")
+    assert roomy._rows(req.model_copy(update={"max_tokens": None}), 1)[0].max_tokens == context - p
+
+
+def test_malformed_bodies_are_400_not_500(server):
+    auth = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    bodies = [b'{"messages": [{"role": "user", "content": "\\ud800"}]}',  # a lone surrogate
+              b'{"model": "\\udc00x", "messages": [{"role": "user", "content": "hi"}]}',
+              b"[" * 20_000 + b"]" * 20_000,  # too deep for the JSON parser
+              b'{"max_tokens": 1' + b"0" * 5000 + b"}",  # more digits than Python parses
+              b'{"seed": 18446744073709551616, "messages": [{"role": "user", "content": "hi"}]}']
+    for body in bodies:
+        r = httpx.post(server["url"] + "/v1/chat/completions", content=body, headers=auth, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", (body[:40], r.text)
+
+
+def test_extreme_temperature_and_top_p_still_sample():
+    """Found by the schema fuzzer: a top_p or temperature that rounds to 0 in float32 gave NaN probabilities (500)."""
+    import torch
+
+    from potstill.serve.decode import sample
+
+    logits, g = torch.tensor([0.5, 3.0, -1.0, 2.9]), torch.Generator().manual_seed(0)
+    assert [sample(logits, t, p, g) for t, p in ((5e-324, 1.0), (1.0, 5e-324), (1e-30, 1e-30))] == [1, 1, 1]
+
+
+def test_batcher_drops_cancelled_items_and_aborts():
+    started, release = threading.Event(), threading.Event()
+    ran, cancelled = [], []
+
+    def run(items):
+        ran.append(list(items))
+        started.set()
+        release.wait(10)
+
+    b = Batcher(run, max_batch=1, wait_ms=0, cancel=cancelled.append)
+
+    async def go():
+        first = asyncio.ensure_future(b.submit("a"))
+        await asyncio.to_thread(started.wait, 10)
+        second, third = asyncio.ensure_future(b.submit("b")), asyncio.ensure_future(b.submit("c"))
+        await asyncio.sleep(0.01)
+        assert (b.stats()["running"], b.stats()["waiting"]) == (1, 2)
+        first.cancel()
+        second.cancel()
+        await asyncio.sleep(0.01)
+        assert sorted(cancelled) == ["a", "b"] and (b.stats()["running"], b.stats()["waiting"]) == (0, 1)
+        release.set()
+        await third
+        assert ran == [["a"], ["c"]]  # b never ran
+        started.clear()
+        release.clear()
+        running = asyncio.ensure_future(b.submit("d"))
+        await asyncio.to_thread(started.wait, 10)
+        waiting = asyncio.ensure_future(b.submit("e"))
+        await asyncio.sleep(0.01)
+        assert b.abort(RuntimeError("stopping")) == 2 and cancelled[-2:] == ["d", "e"]
+        for t in (running, waiting, asyncio.ensure_future(b.submit("f"))):
+            with pytest.raises(RuntimeError, match="stopping"):
+                await t
+        release.set()
+        await b.aclose()
+        await b.submit("g")  # a closed batcher starts afresh
+
+    asyncio.run(go())
+
+
+def test_clients_that_give_up_free_their_batch_slots(tmp_path, make_tiny_llama, serve_model):
+    """Clients that time out (or hang up on a stream) stop their generations: /health soon shows nothing
+    waiting or running, and the next request is answered at once rather than after their ~15000 tokens."""
+    model = make_tiny_llama(tmp_path / "long", hidden=16, max_positions=4096, seed=1)
+    url, _ = serve_model(model, name="s", max_batch=2, batch_wait_ms=5)
+
+    def body(i, **kw):
+        return {"messages": [{"role": "user", "content": f"Question {i}?"}], "max_tokens": 3000, "temperature": 0,
+                **kw}
+
+    def give_up(i):
+        try:
+            r = httpx.post(url + "/v1/chat/completions", json=body(i), timeout=0.5)
+        except httpx.TimeoutException:
+            return
+        raise AssertionError(f"answered within the timeout: {r.status_code} {r.text[:300]}")
+
+    def hang_up_stream(i):
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body(i, stream=True), timeout=30) as r:
+            assert next(r.iter_lines()).startswith("data: {")  # the role chunk; then the client leaves
+
+    with ThreadPoolExecutor(5) as pool:
+        for f in [pool.submit(give_up, i) for i in range(4)] + [pool.submit(hang_up_stream, 4)]:
+            f.result()
+    deadline = time.monotonic() + 5
+    while True:
+        stats = httpx.get(url + "/health", timeout=10).json()["stats"]
+        if stats["waiting"] == stats.get("running", 0) == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert (stats["waiting"], stats.get("running")) == (0, 0), stats
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": Q, "max_tokens": 4, "temperature": 0}, timeout=10)
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_sigterm_drains_then_exits_cleanly(tmp_path, make_tiny_llama):
+    """SIGTERM with requests in flight: the server waits for them for the grace (default 5 s): a short
+    stream finishes, a long generation is then answered 503; the process exits 0 with no traceback."""
+    model = make_tiny_llama(tmp_path / "long", hidden=16, max_positions=8192, seed=1)
+    proc = subprocess.Popen([sys.executable, "-m", "potstill.cli.main", "serve", str(model), "--port", "0",
+                             "--name", "m", "--batch-wait-ms", "500"], stderr=subprocess.PIPE, text=True)
+    results, threads, lines = {}, [], []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                break
+        assert m, "".join(lines)
+        url = f"http://127.0.0.1:{m.group(1)}"
+        warm = httpx.post(url + "/v1/chat/completions", json={"messages": Q, "max_tokens": 2}, timeout=60)
+        assert warm.status_code == 200  # the first generate call of a process is slow
+        first_chunk = threading.Event()
+
+        def stream():
+            finish = None
+            with httpx.stream("POST", url + "/v1/chat/completions", timeout=60, json={
+                    "messages": Q, "max_tokens": 8, "temperature": 0, "stream": True}) as r:
+                for line in r.iter_lines():
+                    first_chunk.set()
+                    event = json.loads(line[6:]) if line.startswith("data: {") else {}
+                    if event.get("choices") or event.get("error"):
+                        finish = event["choices"][0]["finish_reason"] if event.get("choices") else event["error"]
+            results["stream"] = (r.status_code, finish)
+
+        def long():
+            r = httpx.post(url + "/v1/chat/completions", timeout=60,
+                           json={"messages": Q, "max_tokens": 8000, "temperature": 0})
+            results["long"] = (r.status_code, r.json()["error"]["code"] if r.status_code != 200 else None,
+                               time.monotonic())
+
+        threads.append(threading.Thread(target=stream))
+        threads[0].start()
+        assert first_chunk.wait(30)
+        threads.append(threading.Thread(target=long))  # joins the stream's batch (500 ms wait) or the next
+        threads[1].start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the long generation is decoding
+            stats = httpx.get(url + "/health", timeout=10).json()["stats"]
+            if stats["requests"] == 3 and stats["waiting"] == 0 and stats.get("running", 0) >= 1:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        for t in threads:
+            t.join(60)
+        err = "".join(lines) + proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "CancelledError" not in err, err
+    assert results["stream"] == (200, "length"), results
+    assert results["long"][:2] == (503, "server_shutting_down") and results["long"][2] - sent > 4, (results, sent)
+    assert re.search(r"serve: stopped \(SIGTERM; \d request\(s\) in flight; 1 generation\(s\) cut off after the "
+                     r"5 s grace \(answered 503\)\)", err), err

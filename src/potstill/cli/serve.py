@@ -3,11 +3,18 @@
 ``potstill serve --student DIR --fallback TEACHER --route ROUTE.json``: the routing gateway
 (:mod:`potstill.route.gateway`): the student answers, and the teacher (a local model directory,
 or ``openai:MODEL`` / ``anthropic:MODEL``) answers the queries the calibrated router sends it.
+
+Stopping: the first SIGTERM or Ctrl-C stops accepting connections and gives the requests in flight
+``--grace-s`` seconds (default 5) to finish; whatever is still running then is answered 503
+``server_shutting_down`` (a stream ends with that error event). The server then exits with code 0
+and one ``serve: stopped ...`` line on stderr. A second Ctrl-C ends the grace at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -42,6 +49,9 @@ def add_parser(sub) -> None:
                    help="larger request bodies get 413 (default: 4 MiB)")
     p.add_argument("--max-tokens", type=int, default=256,
                    help="completion length when a request gives no max_tokens (default: 256)")
+    p.add_argument("--grace-s", type=float, default=5.0,
+                   help="on SIGTERM/Ctrl-C, seconds the requests in flight get to finish before they are "
+                        "answered 503 (default: 5)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=main)
@@ -67,10 +77,10 @@ def main(args) -> int:
                         ("--max-tokens", args.max_tokens)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1")
+    if not 0 <= args.grace_s <= 3600:
+        raise UserError("--grace-s must be between 0 and 3600 seconds")
     router = load_router(args.route) if gateway else None
     sock = bind(args.host, args.port)
-
-    import uvicorn
 
     from ..serve import HFBackend, create_app
 
@@ -94,13 +104,57 @@ def main(args) -> int:
     host, port = sock.getsockname()[:2]
     say(f"serve: {what} on http://{host}:{port}/v1 (batch ≤ {args.max_batch}, "
         f"{'API key required' if api_key else 'no API key'}); Ctrl-C stops")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5))
+    say(f"serve: stopped{run_server(app, sock, args.grace_s)}")
+    return 0
+
+
+def run_server(app, sock: socket.socket, grace_s: float) -> str:
+    """Serve ``app`` on ``sock`` until SIGTERM/Ctrl-C, drain (see the module docstring); returns how it went."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        stop_signal: int | None = None
+        in_flight = cut = 0
+
+        def handle_exit(self, sig, frame) -> None:
+            first = self.stop_signal is None
+            self.stop_signal = self.stop_signal or sig
+            super().handle_exit(sig, frame)
+            if not first and self.force_exit:  # Ctrl-C again: no more grace
+                self.loop.call_soon_threadsafe(self.abort)
+
+        async def serve(self, sockets=None) -> None:
+            self.loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        async def shutdown(self, sockets=None) -> None:
+            self.in_flight = len(self.server_state.tasks)
+            timer = self.loop.call_later(grace_s, self.abort)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                timer.cancel()
+
+        def abort(self) -> None:
+            backend = app.state.backend
+            if hasattr(backend, "abort"):
+                self.cut += backend.abort("the server is shutting down")
+
+    server = DrainingServer(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=grace_s + 10))
+    # uvicorn re-raises the stop signal once it has stopped; for SIGTERM that must not kill the process
+    # (exit code 0, the summary line), so the handler it restores and re-raises to does nothing.
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: None)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after a clean shutdown
         pass
-    say("serve: stopped")
-    return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    parts = [signal.Signals(server.stop_signal).name] if server.stop_signal else []
+    parts.append(f"{server.in_flight} request(s) in flight")
+    if server.cut:
+        parts.append(f"{server.cut} generation(s) cut off after the {grace_s:g} s grace (answered 503)")
+    return f" ({'; '.join(parts)})"
 
 
 def load_router(path: Path):

@@ -73,6 +73,9 @@ class LocalTeacher:
         return {"text": row.text, "finish_reason": row.finish,
                 "usage": {"prompt_tokens": len(row.prompt), "completion_tokens": len(row.tokens)}}
 
+    def abort(self, reason: str) -> int:
+        return self.backend.abort(reason)
+
     async def aclose(self) -> None:
         await self.backend.aclose()
 
@@ -115,10 +118,20 @@ class RoutingBackend:
         self.teacher_timeout = teacher_timeout
         self.model_name = model_name or student.model_name
         self.counts = {"requests": 0, "student": 0, "teacher": 0, "teacher_errors": 0}
+        self.asking: set[asyncio.Task] = set()  # teacher calls in flight (ended by abort)
 
     def stats(self) -> dict:
         return {**self.counts, "threshold": self.router.threshold, "signal": self.router.signal,
                 "fallback_log": str(self.log.path) if self.log else None, "student_backend": self.student.stats()}
+
+    def abort(self, reason: str = "the server is shutting down") -> int:
+        """Shutdown: the student's requests in flight get 503; those waiting for the teacher get the
+        student's answer, flagged with ``reason``. Returns how many generations and teacher calls were ended."""
+        asking, self.asking = self.asking, set()
+        for call in asking:
+            call.cancel()
+        ended = self.student.abort(reason) + (self.teacher.abort(reason) if hasattr(self.teacher, "abort") else 0)
+        return ended + len(asking)
 
     async def aclose(self) -> None:
         await self.student.aclose()
@@ -140,8 +153,17 @@ class RoutingBackend:
             self.counts["student"] += 1
             return completion, info
         ans = None
+        call = asyncio.ensure_future(asyncio.wait_for(self.teacher.answer(req), self.teacher_timeout))
+        self.asking.add(call)
         try:
-            ans = await asyncio.wait_for(self.teacher.answer(req), self.teacher_timeout)
+            await asyncio.wait({call})
+        finally:
+            self.asking.discard(call)
+            call.cancel()  # when this request was cancelled (its client left); a no-op otherwise
+        try:
+            ans = call.result()
+        except asyncio.CancelledError:  # abort(): the server is shutting down
+            info["teacher_error"] = "the server is shutting down"
         except Exception as e:  # noqa: BLE001 - any teacher failure: the student's answer, flagged
             info["teacher_error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
         if self.log:  # every fallback, answered or not, is material for the next round

@@ -1,16 +1,22 @@
 """The OpenAI-compatible HTTP app around any chat backend.
 
 Routes: ``POST /v1/chat/completions`` (JSON, or server-sent events with ``stream: true``),
-``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health`` (no key needed). The app owns what
-every backend shares: the API key (401), the request size limit (413), the model-name check
-(404), request validation (400) and OpenAI-style error bodies ``{"error": {...}}`` (500 for
-backend failures). Each answer carries an ``x-potstill-model`` header naming the model that
-produced it (the ``model`` field of the response or of the first stream chunk); a routing
-gateway's answers (:mod:`potstill.route.gateway`) also say where they were routed and their score.
+``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health`` and ``GET /openapi.json`` (no key
+needed for these two). The app owns what every backend shares: the API key (401), the request
+size limit (413), the model-name check (404), request validation (400) and OpenAI-style error
+bodies ``{"error": {"message", "type", "param", "code"}}`` (500 for backend failures). Each
+answer carries an ``x-potstill-model`` header naming the model that produced it (the ``model``
+field of the response or of the first stream chunk); a routing gateway's answers
+(:mod:`potstill.route.gateway`) also say where they were routed and their score.
+
+A client that disconnects (or gives up on a timeout) before its answer is ready has its request
+cancelled: the backend's generation for it stops and its batch slot is freed; the access log shows
+status 499. A streamed request stops the same way when its client goes away mid-stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -19,17 +25,34 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .schemas import APIError, ChatCompletionRequest, ModelCard
+from .. import __version__
+from .schemas import APIError, ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelCard, ModelList
 
 log = logging.getLogger("potstill.serve")
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DRAIN_LIMIT = 64 * 1024 * 1024  # read (and drop) at most this much of a too-large body before answering 413
 MODEL_HEADER = "x-potstill-model"
+CLIENT_GONE = 499  # nginx's "client closed request": logged, never seen by the client
+
+REQUEST_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}}
+ERRORS = {status: {"model": ErrorResponse, "description": what} for status, what in (
+    (400, "invalid request (bad JSON, field, role, or prompt + max_tokens beyond the context)"),
+    (401, "missing or wrong API key"), (404, "unknown model"), (413, "request body too large"),
+    (500, "backend failure"), (503, "the server is shutting down"))}
+CHAT_RESPONSES = {200: {"model": ChatCompletion, "description": "the completion (JSON), or server-sent "
+                        "events of chat.completion.chunk objects with `stream: true`",
+                        "content": {"text/event-stream": {}}}, **ERRORS}
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
 
 
 def create_app(backend, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -51,8 +74,9 @@ def create_app(backend, api_key: str | None = None, max_body_bytes: int = DEFAUL
         if hasattr(backend, "aclose"):
             await backend.aclose()
 
-    app = FastAPI(title="potstill serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(title="potstill serve", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.backend = backend
+    app.openapi = lambda: app.openapi_schema or set_openapi(app)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
@@ -76,29 +100,40 @@ def create_app(backend, api_key: str | None = None, max_body_bytes: int = DEFAUL
         stats = backend.stats() if hasattr(backend, "stats") else {}
         return {"status": "ok", "model": names[0], "models": names, "stats": stats}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses={200: {"model": ModelList}, 401: ERRORS[401]})
     async def models(request: Request):
         authorize(request)
-        return {"object": "list", "data": [ModelCard(id=n, created=started).model_dump() for n in names]}
+        return ModelList(data=[ModelCard(id=n, created=started) for n in names]).model_dump()
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", responses={200: {"model": ModelCard}, 401: ERRORS[401], 404: ERRORS[404]})
     async def model(model_id: str, request: Request):
         authorize(request)
         if model_id not in names:
             raise APIError(404, f"The model '{model_id}' does not exist.", code="model_not_found")
         return ModelCard(id=model_id, created=started).model_dump()
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=REQUEST_BODY, responses=CHAT_RESPONSES)
     async def chat_completions(request: Request):
+        """OpenAI's chat completions for the served model.
+
+        ``max_tokens`` (or ``max_completion_tokens``): when the prompt plus this limit exceeds the
+        model's context, the answer is 400 ``context_length_exceeded`` (as OpenAI and vLLM answer),
+        never a silently shorter limit. Without it, a completion may use the server's default
+        (``potstill serve --max-tokens``), cut to what the context leaves (``finish_reason: "length"``).
+        Roles: system, user, assistant, developer; others (tool, function, unknown) get 400.
+        """
         authorize(request)
         req = parse_request(await read_json(request, max_body_bytes))
         if req.model is not None and req.model not in names:
-            raise APIError(404, f"The model '{req.model}' does not exist; this server has {', '.join(names)}.",
-                           code="model_not_found")
+            raise APIError(404, f"The model {req.model!r} does not exist; this server has {', '.join(names)}.",
+                           code="model_not_found", param="model")
         if req.stream:
             chunks = backend.stream(req).__aiter__()
             try:
-                first = await chunks.__anext__()
+                first = await unless_disconnected(request, chunks.__anext__())
+            except ClientGone:
+                await chunks.aclose()
+                return client_gone()
             except (APIError, StopAsyncIteration) as e:
                 await chunks.aclose()
                 if isinstance(e, APIError):
@@ -111,7 +146,9 @@ def create_app(backend, api_key: str | None = None, max_body_bytes: int = DEFAUL
                                      headers={MODEL_HEADER: str(field(first, "model")), **route_headers(first),
                                               "cache-control": "no-cache", "x-accel-buffering": "no"})
         try:
-            resp = await backend.complete(req)
+            resp = await unless_disconnected(request, backend.complete(req))
+        except ClientGone:
+            return client_gone()
         except APIError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -119,6 +156,48 @@ def create_app(backend, api_key: str | None = None, max_body_bytes: int = DEFAUL
         return JSONResponse(dump(resp), headers={MODEL_HEADER: str(field(resp, "model")), **route_headers(resp)})
 
     return app
+
+
+def set_openapi(app: FastAPI) -> dict:
+    """FastAPI's OpenAPI document plus the chat request's schema (the route reads its body itself, to
+    enforce the size limit before parsing, so FastAPI does not see the model)."""
+    spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    body = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    spec.setdefault("components", {}).setdefault("schemas", {}).update(body.pop("$defs", {}))
+    spec["components"]["schemas"]["ChatCompletionRequest"] = body
+    app.openapi_schema = spec
+    return spec
+
+
+async def unless_disconnected(request: Request, awaitable) -> Any:
+    """Await ``awaitable``; if the client disconnects first, cancel it (the backend drops the
+    request's rows from its batch) and raise :class:`ClientGone`. Call once the body is read."""
+    work = asyncio.ensure_future(awaitable)
+    gone = asyncio.ensure_future(disconnected(request))
+    try:
+        done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this handler was cancelled
+        work.cancel()
+        gone.cancel()
+        raise
+    gone.cancel()
+    await asyncio.wait({gone})  # its receive() is over before a streaming response starts its own
+    if work in done:
+        return work.result()
+    work.cancel()
+    await asyncio.wait({work})  # let the cancellation run its cleanup before answering
+    raise ClientGone
+
+
+async def disconnected(request: Request) -> None:
+    """Returns once the ASGI server reports ``http.disconnect`` (after the response, or when the client left)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.05)  # a stray message: never spin
+
+
+def client_gone() -> Response:
+    log.info("client disconnected; its request was cancelled")
+    return Response(status_code=CLIENT_GONE)
 
 
 async def read_json(request: Request, limit: int) -> dict:
@@ -137,10 +216,16 @@ async def read_json(request: Request, limit: int) -> dict:
         raise APIError(413, f"Request body too large: the limit is {limit} bytes.", code="request_too_large")
     try:
         data = json.loads(bytes(body))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"The request body is not valid JSON ({e}).", code="invalid_json") from None
+    except (ValueError, RecursionError) as e:  # also: bad UTF-8, too deep, an integer of > 4300 digits
+        raise APIError(400, f"The request body is not valid JSON ({str(e)[:200]}).", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    if b"\\ud" in body.lower():  # only a \u escape can make a lone surrogate, which no tokenizer takes
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(400, "The request body is not valid JSON (a lone UTF-16 surrogate escape).",
+                           code="invalid_json") from None
     return data
 
 
@@ -149,9 +234,15 @@ def parse_request(data: dict) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-                             for err in e.errors()[:3])
-        raise APIError(400, f"Invalid request: {problems}", code="invalid_request") from None
+        errors = e.errors(include_url=False)
+        problems = "; ".join(f"{param(err['loc']) or 'body'}: {err['msg']}" for err in errors[:3])
+        raise APIError(400, f"Invalid request: {problems}", param=param(errors[0]["loc"]) or None,
+                       code="invalid_value" if errors[0]["type"] == "invalid_value" else "invalid_request") from None
+
+
+def param(loc: tuple) -> str:
+    """A validation error's location as OpenAI names a parameter: ``messages[0].role``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
 
 
 def internal(e: Exception) -> APIError:

@@ -7,8 +7,11 @@ A backend is anything with ``model_name``, ``async complete(request) -> ChatComp
 Streaming is incremental: each streamed request is a row of a running batch and its text is
 sent as it is decoded (held back only where it might still become a stop string). Defaults
 follow OpenAI: ``temperature`` 1 (sampling), ``top_p`` 1; ``temperature=0`` is greedy. Without
-``max_tokens`` a completion may use ``default_max_tokens``; a limit beyond the model's context
-is cut to fit (``finish_reason="length"``). The text is returned as decoded, not stripped.
+``max_tokens`` a completion may use ``default_max_tokens``, cut to what the model's context leaves
+(``finish_reason="length"``); an explicit ``max_tokens`` that does not fit beside the prompt is
+refused (400 ``context_length_exceeded``, as OpenAI and vLLM answer). The text is returned as
+decoded, not stripped. A cancelled request (its client went away) leaves its batch at the next
+decoding step; :meth:`HFBackend.abort` ends everything in flight with 503 (shutdown).
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ class HFBackend:
         self.default_max_tokens = default_max_tokens
         self.context = context_length(generator.model)
         self.text = TokenText(generator.tokenizer)
-        self.batcher = Batcher(self._run, max_batch=max_batch, wait_ms=batch_wait_ms)
+        self.batcher = Batcher(self._run, max_batch=max_batch, wait_ms=batch_wait_ms,
+                               cancel=lambda row: row.cancelled.set())
         self.requests = 0
         # Encode once now: a tokenizer saved with padding/truncation settings resets them on its first
         # call, which must not race the decoding thread (the Rust tokenizer refuses shared mutation).
@@ -79,12 +83,19 @@ class HFBackend:
         """Request and batching counters (shown by ``/health``)."""
         return {"requests": self.requests, **self.batcher.stats()}
 
+    def abort(self, reason: str = "the server is shutting down") -> int:
+        """End every waiting and running request with 503 ``reason``; returns how many rows were ended."""
+        return self.batcher.abort(APIError(503, reason, code="server_shutting_down"))
+
     async def aclose(self) -> None:
-        """Stop the batching worker."""
+        """End what is still in flight (503) and stop the batching worker."""
+        self.abort()
         await self.batcher.aclose()
 
     def _run(self, rows: list[Row]) -> None:
-        for group in fit_context(rows, self.context):
+        for group in fit_context([r for r in rows if not r.cancelled.is_set()], self.context):
+            if all(r.cancelled.is_set() for r in group):  # cancelled while an earlier group ran
+                continue
             generate_rows(self.gen.model, self.gen.tokenizer, self.gen.eos_ids, group, self.gen.device)
 
     def _rows(self, req: ChatCompletionRequest, n: int, on_event=None, confidence: bool = False) -> list[Row]:
@@ -96,8 +107,15 @@ class HFBackend:
         room = (self.context - len(prompt)) if self.context else None
         if room is not None and room < 1:
             raise APIError(400, f"the prompt is {len(prompt)} tokens; this model's context is {self.context}",
-                           code="context_length_exceeded")
-        limit = req.token_limit() or self.default_max_tokens
+                           code="context_length_exceeded", param="messages")
+        asked = req.token_limit()
+        if room is not None and asked is not None and asked > room:
+            raise APIError(400, f"This model's maximum context length is {self.context} tokens. However, you "
+                                f"requested {len(prompt) + asked} tokens ({len(prompt)} in the messages, {asked} in "
+                                "the completion). Please reduce the length of the messages or completion.",
+                           code="context_length_exceeded",
+                           param="max_completion_tokens" if req.max_completion_tokens else "max_tokens")
+        limit = asked or self.default_max_tokens
         limit = min(limit, room) if room is not None else limit
         temperature = 1.0 if req.temperature is None else req.temperature
         self.requests += 1

@@ -28,6 +28,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from ..teachers.softlabels import byte_decoder  # one GPT-2 byte table for the server and the API client
 
 Entry = tuple  # (token_id, logprob, [(token_id, logprob), ...])
+MIN_TEMPERATURE = 1e-6  # sampling below this temperature picks the most likely token
 
 
 @dataclass
@@ -143,11 +144,17 @@ class RowsDone(StoppingCriteria):
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> int:
-    """One token from ``softmax(logits / temperature)`` restricted to the top-p nucleus."""
+    """One token from ``softmax(logits / temperature)`` restricted to the top-p nucleus.
+
+    Below :data:`MIN_TEMPERATURE` the pick is the argmax (the limit of sampling as the temperature goes
+    to 0; dividing by a temperature that rounds to 0 in float32 would give NaN probabilities)."""
+    if temperature < MIN_TEMPERATURE:
+        return int(logits.argmax())
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p < 1.0:
         sp, si = probs.sort(descending=True)
-        drop = (sp.cumsum(-1) - sp) >= top_p  # keeps at least the most likely token
+        drop = (sp.cumsum(-1) - sp) >= top_p
+        drop[0] = False  # the most likely token always stays (a tiny top_p rounds to 0 in float32)
         sp[drop] = 0.0
         return int(si[torch.multinomial(sp, 1, generator=generator)])
     return int(torch.multinomial(probs, 1, generator=generator))

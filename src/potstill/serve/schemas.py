@@ -1,19 +1,26 @@
 """Request and response bodies of the OpenAI-compatible chat API, and :class:`APIError`.
 
-Requests are validated strictly where it matters (types, ranges) and leniently elsewhere: unknown
-fields (``user``, ``presence_penalty``, ...) are accepted and ignored, as OpenAI clients send them.
+Requests are validated strictly where it matters (types, ranges, message roles) and leniently elsewhere:
+unknown fields (``user``, ``presence_penalty``, ...) are accepted and ignored, as OpenAI clients send them.
+Message roles are ``system``, ``user``, ``assistant`` and ``developer`` (sent to the chat template as
+``system``); ``tool``/``function`` messages are refused with 400 like any unknown role, as this server
+has no tool calling (it never returns ``tool_calls``, so no conversation with it can hold a tool result).
 Responses follow OpenAI's shapes plus two extension fields the official client ignores:
 ``choices[i].token_ids`` (the generated ids) and ``token_id`` on every logprob entry.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 MAX_TOP_LOGPROBS = 100
 MAX_STOP_STRINGS = 8
+Role = Literal["system", "user", "assistant", "developer"]
+ROLES = get_args(Role)
+INT64 = 2**63
 
 
 class APIError(Exception):
@@ -22,39 +29,58 @@ class APIError(Exception):
     TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
              413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 
-    def __init__(self, status: int, message: str, code: str | None = None, type: str | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, type: str | None = None,
+                 param: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.param = status, message, code, param
         self.type = type or self.TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
     def body(self) -> dict:
         """The JSON error body."""
-        return {"error": {"message": self.message, "type": self.type, "param": None, "code": self.code}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class TextPart(BaseModel):
+    """A ``{"type": "text", "text": ...}`` content part (the only kind a text model can take)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text"] = "text"
+    text: str = ""
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _text_only(cls, v):
+        if v != "text":
+            raise PydanticCustomError("invalid_value", "only text content parts are supported, got {got}",
+                                      {"got": repr(v)[:40]})
+        return v
 
 
 class ChatMessage(BaseModel):
-    """One message; ``content`` may be a string or a list of ``{"type": "text", "text": ...}`` parts."""
+    """One message: a role of :data:`ROLES`; ``content`` a string or a list of text parts."""
 
     model_config = ConfigDict(extra="allow")
-    role: str
-    content: str | list[dict[str, Any]] | None = None
+    role: Role
+    content: str | list[TextPart] | None = None
 
     def text(self) -> str:
-        """The message's text (text parts joined; other part types are rejected at validation)."""
+        """The message's text (text parts joined)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(str(p.get("text", "")) for p in self.content)
+        return "".join(p.text for p in self.content)
 
-    @field_validator("content")
+    @field_validator("role", mode="before")
     @classmethod
-    def _text_parts_only(cls, v):
-        if isinstance(v, list):
-            for p in v:
-                if p.get("type", "text") != "text":
-                    raise ValueError(f"only text content parts are supported, got {p.get('type')!r}")
-        return v
+    def _known_role(cls, v):
+        if v in ROLES:
+            return v
+        if v in ("tool", "function"):
+            raise PydanticCustomError("invalid_value", "'{role}' messages are not supported: this server has no "
+                                      "tool calling. Supported roles: {roles}.", {"role": v, "roles": ", ".join(ROLES)})
+        raise PydanticCustomError("invalid_value", "Invalid value: {got}. Supported values are: {roles}.",
+                                  {"got": repr(v)[:40], "roles": ", ".join(repr(r) for r in ROLES)})
 
 
 class StreamOptions(BaseModel):
@@ -78,7 +104,7 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT64, lt=INT64)
 
     @field_validator("stop")
     @classmethod
@@ -183,3 +209,21 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "potstill"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer (see :class:`APIError`)."""
+
+    error: ErrorDetail

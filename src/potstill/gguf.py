@@ -18,6 +18,7 @@ not this module.)
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import tempfile
@@ -56,7 +57,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
     A missing file, or one that does not start with the GGUF magic, is a one-line UserError.
     """
     path = check_gguf_file(path)
-    from gguf import GGUFReader  # the third-party package
+    from gguf import GGUFReader  # defers gguf (the third-party package; GGUF files only)
 
     try:
         reader = GGUFReader(path)
@@ -85,7 +86,7 @@ def _first_line(e: BaseException) -> str:
 
 def file_type_name(meta: dict) -> str | None:
     """``Q4_1`` for ``general.file_type`` 3 (llama.cpp's names), else None."""
-    from gguf import LlamaFileType
+    from gguf import LlamaFileType  # defers gguf (GGUF files only)
 
     try:
         return LlamaFileType(meta.get("general.file_type")).name.removeprefix("MOSTLY_")
@@ -126,8 +127,8 @@ def model_card(meta: dict, file_name: str, sha256: str, dtype: str, chat_templat
 
 def _load(path: Path, dtype: str, meta: dict):
     """The model and tokenizer transformers reads from ``path`` (one-line UserErrors when it cannot)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # defers torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # defers transformers
 
     arch = meta.get("general.architecture")
     # transformers prefers tokenizer files lying beside the GGUF file to the GGUF's own tokenizer:
@@ -137,7 +138,7 @@ def _load(path: Path, dtype: str, meta: dict):
         try:
             model = AutoModelForCausalLM.from_pretrained(alone, gguf_file=path.name, dtype=getattr(torch, dtype))
         except Exception as e:  # noqa: BLE001 - transformers raises ValueError, KeyError, ... for what it cannot map
-            import transformers
+            import transformers  # defers transformers
 
             raise UserError(f"transformers {transformers.__version__} cannot load this GGUF model (architecture "
                             f"{arch!r}; {type(e).__name__}: {_first_line(e)}){_supported(arch)}", str(path)) from None
@@ -152,7 +153,9 @@ def _load(path: Path, dtype: str, meta: dict):
 def _supported(arch) -> str:
     """'; it reads: llama, mistral, ...' when ``arch`` is not among transformers' GGUF architectures."""
     try:
-        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES as known
+        from transformers.modeling_gguf_pytorch_utils import (  # defers transformers
+            GGUF_SUPPORTED_ARCHITECTURES as known,  # defers transformers
+        )
     except ImportError:
         return ""
     known = [a for a in known if a not in ("general", "tokenizer")]
@@ -162,10 +165,9 @@ def _supported(arch) -> str:
 def _plain_model(model, dtype: str):
     """A plain (serializable) copy of a GGUF-loaded model: same config minus the GGUF quantization
     entry, built on the meta device and given the loaded tensors (no second copy in memory)."""
-    import copy
 
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # defers torch
+    from transformers import AutoModelForCausalLM  # defers transformers
 
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):
@@ -204,7 +206,7 @@ def convert_gguf(path: str | os.PathLike, out_dir: str | os.PathLike, dtype: str
 
     ``dtype`` is what the dequantized weights are stored as (``float32`` keeps them exactly).
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # defers transformers
 
     path, out_dir = Path(path), Path(out_dir)
     if dtype not in ("float32", "bfloat16", "float16"):

@@ -19,7 +19,14 @@ import socket
 from pathlib import Path
 
 from ..errors import UserError
+from ..io import read_json
+from ..models import check_model_dir, model_hash
 from ..progress import say
+from ..route.features import Router
+from ..route.gateway import ApiTeacher, FallbackLog, LocalTeacher, RoutingBackend
+from ..serve import HFBackend, create_app
+from ..teachers.api import make_provider, resolve_api_key
+from ..teachers.spec import parse_model
 
 HELP = "serve a local model with an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)"
 
@@ -58,7 +65,6 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from ..models import check_model_dir
 
     gateway = any(x is not None for x in (args.student, args.fallback, args.route))
     if gateway and args.model_dir:
@@ -82,14 +88,12 @@ def main(args) -> int:
     router = load_router(args.route) if gateway else None
     sock = bind(args.host, args.port)
 
-    from ..serve import HFBackend, create_app
 
     def local(path, name=None):
         return HFBackend.from_dir(path, model_name=name, dtype=args.dtype, device=args.device, max_batch=args.max_batch,
                                   batch_wait_ms=args.batch_wait_ms, default_max_tokens=args.max_tokens)
 
     if gateway:
-        from ..route.gateway import FallbackLog, RoutingBackend
 
         teacher = make_teacher(args, local)
         log = FallbackLog(args.fallback_log or args.route.parent / "fallbacks.jsonl")
@@ -110,7 +114,7 @@ def main(args) -> int:
 
 def run_server(app, sock: socket.socket, grace_s: float) -> str:
     """Serve ``app`` on ``sock`` until SIGTERM/Ctrl-C, drain (see the module docstring); returns how it went."""
-    import uvicorn
+    import uvicorn  # defers uvicorn (serving only)
 
     class DrainingServer(uvicorn.Server):
         stop_signal: int | None = None
@@ -159,8 +163,6 @@ def run_server(app, sock: socket.socket, grace_s: float) -> str:
 
 def load_router(path: Path):
     """The router of a route file, or one line naming what is wrong with it."""
-    from ..io import read_json
-    from ..route.features import Router
 
     if not path.is_file():
         raise UserError("route file not found", str(path))
@@ -172,9 +174,6 @@ def load_router(path: Path):
 
 def make_teacher(args, local):
     """The fallback teacher: an API model (``openai:``/``anthropic:``) or a local model directory."""
-    from ..route.gateway import ApiTeacher, LocalTeacher
-    from ..teachers.api import make_provider, resolve_api_key
-    from ..teachers.spec import parse_model
 
     spec = parse_model(args.fallback, base_url=args.fallback_base_url, api_key_env=args.fallback_key_env,
                        where="--fallback")
@@ -182,7 +181,6 @@ def make_teacher(args, local):
         key = resolve_api_key(spec.provider, spec.api_key_env, spec.base_url)
         return ApiTeacher(make_provider(spec.provider, spec.name, spec.base_url, key, args.fallback_timeout, 32),
                           default_max_tokens=args.max_tokens)
-    from ..models import model_hash
 
     model_hash(spec.path)  # one-line error unless it is a model
     return LocalTeacher(local(str(spec.model_dir())))

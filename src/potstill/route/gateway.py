@@ -28,8 +28,17 @@ import time
 from pathlib import Path
 
 from ..serve.backend import HFBackend, new_id
-from ..serve.schemas import (APIError, AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
-                             Choice, ChunkChoice, Delta, Usage)
+from ..serve.schemas import (
+    APIError,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    Usage,
+)
 from .features import Router, features
 
 

@@ -25,10 +25,23 @@ from pathlib import Path
 from typing import Protocol
 
 from ..chat import encode_prompt
+from ..teachers.hf import LocalGenerator
 from .batcher import Batcher
 from .decode import Row, TokenText, generate_rows
-from .schemas import (APIError, AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
-                      Choice, ChoiceLogprobs, ChunkChoice, Delta, TokenLogprob, TopLogprob, Usage)
+from .schemas import (
+    APIError,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    Delta,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 
 
 class ChatBackend(Protocol):
@@ -74,7 +87,6 @@ class HFBackend:
     def from_dir(cls, path: str | Path, model_name: str | None = None, dtype: str = "float32",
                  device: str | None = None, **kwargs) -> HFBackend:
         """Load the model in ``path`` (raises :class:`potstill.errors.UserError` for a bad dir)."""
-        from ..teachers.hf import LocalGenerator
 
         gen = LocalGenerator(path, dtype=dtype, device=device)
         return cls(gen, model_name or Path(path).resolve().name, **kwargs)

@@ -31,8 +31,8 @@ import numpy as np
 from ..errors import UserError
 from ..models import load_tokenizer
 from .base import GenerationSettings
-from .limits import model_context
 from .hf import LocalGenerator
+from .limits import model_context
 
 MISSING = "vllm: teacher needs vLLM: pip install 'potstill[vllm]' (Linux + CUDA GPU)"
 CHUNK = 512  # prompts handed to vLLM at once (it batches them itself); one chunk is the unit of resumption

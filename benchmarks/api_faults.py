@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from faultserver import FaultServer, expected_text  # noqa: E402
+from faultserver import FaultServer, expected_text
 
 
 def cached(path: Path) -> int:
@@ -46,7 +46,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=2000)
     ap.add_argument("--fail-rate", type=float, default=0.3)
-    ap.add_argument("--kill-at", type=int, nargs="*", default=[600, 1300], help="kill once this many answers are cached")
+    ap.add_argument(
+        "--kill-at", type=int, nargs="*", default=[600, 1300], help="kill once this many answers are cached"
+    )
     ap.add_argument("--concurrency", type=int, default=32)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="api_faults."))
@@ -57,16 +59,44 @@ def main() -> None:
     started = time.time()
     runs, kills = [], 0
     with FaultServer(fail_rate=args.fail_rate, slow_s=2.0, latency=0.02, retry_after="1", seed=0) as srv:
-        cmd = [sys.executable, "-m", "potstill.cli.main", "generate", "--teacher", "openai:test-model",
-               "--base-url", srv.base_url, "--prompts", "p.jsonl", "--out", "out", "--concurrency", str(args.concurrency),
-               "--timeout", "1", "--backoff-base", "0.1", "--backoff-max", "2", "--max-attempts", "12"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "potstill.cli.main",
+            "generate",
+            "--teacher",
+            "openai:test-model",
+            "--base-url",
+            srv.base_url,
+            "--prompts",
+            "p.jsonl",
+            "--out",
+            "out",
+            "--concurrency",
+            str(args.concurrency),
+            "--timeout",
+            "1",
+            "--backoff-base",
+            "0.1",
+            "--backoff-max",
+            "2",
+            "--max-attempts",
+            "12",
+        ]
         for threshold in [*args.kill_at, None]:
             t0 = time.time()
-            proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            )
             if threshold is None:
                 _, err = proc.communicate(timeout=900)
-                runs.append({"rc": proc.returncode, "seconds": round(time.time() - t0, 1), "cached_after": cached(out / "cache.sqlite")})
+                runs.append(
+                    {
+                        "rc": proc.returncode,
+                        "seconds": round(time.time() - t0, 1),
+                        "cached_after": cached(out / "cache.sqlite"),
+                    }
+                )
                 if proc.returncode != 0:
                     print(err.decode()[-3000:])
                 break
@@ -77,7 +107,9 @@ def main() -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 kills += 1
             proc.wait()
-            runs.append({"killed": killed, "seconds": round(time.time() - t0, 1), "cached_after": cached(out / "cache.sqlite")})
+            runs.append(
+                {"killed": killed, "seconds": round(time.time() - t0, 1), "cached_after": cached(out / "cache.sqlite")}
+            )
             print(f"run {len(runs)}: {runs[-1]}", flush=True)
         log = list(srv.log)
 
@@ -93,16 +125,34 @@ def main() -> None:
     asked_after = sum(1 for e in log if e["prompt"] in when and e["t"] > when[e["prompt"]])
     outcomes = Counter(e["outcome"] for e in log if e["prompt"] != "ping")
     served_ok = Counter(e["prompt"] for e in log if e["outcome"] == "ok" and e["prompt"] != "ping")
-    exactly_once = ids == [r["id"] for r in rows] and wrong == 0 and not failed and len(cache) == len(rows) \
-        and bad_in_cache == 0 and asked_after == 0
+    exactly_once = (
+        ids == [r["id"] for r in rows]
+        and wrong == 0
+        and not failed
+        and len(cache) == len(rows)
+        and bad_in_cache == 0
+        and asked_after == 0
+    )
     n_req = sum(outcomes.values())
     result = {
-        "benchmark": "api_faults", "prompts": len(rows), "kills": kills, "runs": runs,
-        "requests": n_req, "fault_rate_seen": round(1 - outcomes["ok"] / max(n_req, 1), 3), "outcomes": dict(outcomes),
-        "answered": len(gens), "unique_ids": len(set(ids)), "wrong_answers": wrong, "failed": len(failed),
-        "cache_rows": len(cache), "failures_in_cache": bad_in_cache, "requests_after_cached": asked_after,
+        "benchmark": "api_faults",
+        "prompts": len(rows),
+        "kills": kills,
+        "runs": runs,
+        "requests": n_req,
+        "fault_rate_seen": round(1 - outcomes["ok"] / max(n_req, 1), 3),
+        "outcomes": dict(outcomes),
+        "answered": len(gens),
+        "unique_ids": len(set(ids)),
+        "wrong_answers": wrong,
+        "failed": len(failed),
+        "cache_rows": len(cache),
+        "failures_in_cache": bad_in_cache,
+        "requests_after_cached": asked_after,
         "ok_responses_lost_to_kills": sum(served_ok.values()) - len(rows),
-        "seconds": round(time.time() - started, 1), "exactly_once": exactly_once, "ok": exactly_once and kills == len(args.kill_at),
+        "seconds": round(time.time() - started, 1),
+        "exactly_once": exactly_once,
+        "ok": exactly_once and kills == len(args.kill_at),
     }
     print(json.dumps(result))
 

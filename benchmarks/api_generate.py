@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from potstill.config import TeacherConfig  # noqa: E402
-from potstill.progress import console  # noqa: E402
-from potstill.teachers.apistage import run_api_generate  # noqa: E402
+from potstill.config import TeacherConfig
+from potstill.progress import console
+from potstill.teachers.apistage import run_api_generate
 
 
 def measure(base_url: str, n: int, concurrency: int, tag: str) -> dict:
@@ -44,8 +44,11 @@ def main() -> None:
     ap.add_argument("--concurrent-prompts", type=int, default=640)
     args = ap.parse_args()
     console.quiet = True  # no progress bars in the benchmark's output
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "faultserver.py"), "--latency", str(args.latency)],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "faultserver.py"), "--latency", str(args.latency)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         port = int(server.stdout.readline().split()[1])
         url = f"http://127.0.0.1:{port}/v1"
@@ -57,8 +60,19 @@ def main() -> None:
     speedup = con["answers_per_s"] / seq["answers_per_s"]
     print(f"sequential: {seq}")
     print(f"concurrency {args.concurrency}: {con}")
-    print(json.dumps({"benchmark": "api_generate", "latency_s": args.latency, "sequential": seq, "concurrent": con,
-                      "speedup": round(speedup, 2), "ideal_speedup": args.concurrency, "meets_10x": speedup >= 10}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "api_generate",
+                "latency_s": args.latency,
+                "sequential": seq,
+                "concurrent": con,
+                "speedup": round(speedup, 2),
+                "ideal_speedup": args.concurrency,
+                "meets_10x": speedup >= 10,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

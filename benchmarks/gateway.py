@@ -51,11 +51,14 @@ ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "POTSTILL_BENCH_KEY"
 KEY = "bench-key-0123456789"
 MAX_BODY = 65536
-MAKE_RUN = ("make demo\n  potstill route calibrate examples/helpdesk/config.yaml run_dir=../../runs/helpdesk-demo\n"
-            "or pass --run-dir pointing at a run with students/kd, route/route.json and prompts/{test,ood}.jsonl")
+MAKE_RUN = (
+    "make demo\n  potstill route calibrate examples/helpdesk/config.yaml run_dir=../../runs/helpdesk-demo\n"
+    "or pass --run-dir pointing at a run with students/kd, route/route.json and prompts/{test,ood}.jsonl"
+)
 
 
 # -- servers --------------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -72,8 +75,15 @@ class Server:
         self.log = logdir / f"{name}.log"
         cmd = [sys.executable, "-m", "potstill.cli.main", "serve", *args, "--port", str(self.port)]
         with open(self.log, "wb") as f:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env=env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def wait_ready(self, timeout: float = 300.0) -> None:
         deadline = time.monotonic() + timeout
@@ -109,6 +119,7 @@ class Server:
 
 # -- helpers ---------------------------------------------------------------------------------------
 
+
 def pct(xs: list[float], q: float) -> float | None:
     """The ``q``-quantile (0..1) by linear interpolation (None for no data)."""
     s = sorted(xs)
@@ -123,8 +134,12 @@ def pct(xs: list[float], q: float) -> float | None:
 def summary(xs: list[float]) -> dict:
     if not xs:
         return {"n": 0, "p50_s": None, "p95_s": None, "mean_s": None}
-    return {"n": len(xs), "p50_s": round(pct(xs, 0.5), 5), "p95_s": round(pct(xs, 0.95), 5),
-            "mean_s": round(statistics.fmean(xs), 5)}
+    return {
+        "n": len(xs),
+        "p50_s": round(pct(xs, 0.5), 5),
+        "p95_s": round(pct(xs, 0.95), 5),
+        "mean_s": round(statistics.fmean(xs), 5),
+    }
 
 
 def body(messages: list[dict], stream: bool = False) -> dict:
@@ -149,12 +164,13 @@ def check_completion(r: httpx.Response, gateway: bool) -> str | None:
             assert info["routed_to"] in ("student", "teacher"), f"routed_to {info['routed_to']!r}"
             assert r.headers.get("x-potstill-routed-to") == info["routed_to"], "routed-to header differs"
             float(r.headers["x-potstill-route-score"])
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return f"malformed answer ({type(e).__name__}: {e})"
     return None
 
 
 # -- phases ----------------------------------------------------------------------------------------
+
 
 def overhead_phase(direct: Server, gateway: Server, prompts: list[dict], want: int, rounds: int) -> dict:
     """Interleaved sequential latency, direct vs gateway, on prompts the gateway keeps on the student."""
@@ -164,17 +180,25 @@ def overhead_phase(direct: Server, gateway: Server, prompts: list[dict], want: i
     # so a request sent right after an answer on the same connection may stall ~40 ms on a delayed ACK;
     # alternating between the servers keeps that out of both sides alike.)
     nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-    with httpx.Client(base_url=direct.url, timeout=120, trust_env=False,
-                      transport=httpx.HTTPTransport(socket_options=nodelay)) as dc, \
-            httpx.Client(base_url=gateway.url, timeout=120, trust_env=False, headers=auth,
-                         transport=httpx.HTTPTransport(socket_options=nodelay)) as gc:
+    with (
+        httpx.Client(
+            base_url=direct.url, timeout=120, trust_env=False, transport=httpx.HTTPTransport(socket_options=nodelay)
+        ) as dc,
+        httpx.Client(
+            base_url=gateway.url,
+            timeout=120,
+            trust_env=False,
+            headers=auth,
+            transport=httpx.HTTPTransport(socket_options=nodelay),
+        ) as gc,
+    ):
         kept, to_teacher, asked = [], 0, 0
         for p in prompts:  # learn the routing (and warm the gateway up)
             if len(kept) >= want:
                 break
             r = gc.post("/v1/chat/completions", json=body(p["messages"]))
             asked += 1
-            if (err := check_completion(r, True)):
+            if err := check_completion(r, True):
                 errors.append(err)
                 continue
             if r.headers["x-potstill-routed-to"] == "student":
@@ -187,7 +211,7 @@ def overhead_phase(direct: Server, gateway: Server, prompts: list[dict], want: i
         by_pos = {"direct": ([], []), "gateway": ([], [])}  # (asked first in the pair, asked second)
         same_text = moved = 0
         for rnd in range(rounds):
-            for i, p in enumerate(kept):
+            for _i, p in enumerate(kept):
                 order = [("direct", dc), ("gateway", gc)]
                 if rnd % 2:  # per round, not per prompt: requests always alternate between the servers
                     order.reverse()
@@ -198,7 +222,7 @@ def overhead_phase(direct: Server, gateway: Server, prompts: list[dict], want: i
                     _ = r.content
                     times[name].append(time.perf_counter() - t0)
                     by_pos[name][pos].append(times[name][-1])
-                    if (err := check_completion(r, name == "gateway")):
+                    if err := check_completion(r, name == "gateway"):
                         errors.append(f"{name}: {err}")
                         continue
                     texts[name] = r.json()["choices"][0]["message"]["content"]
@@ -206,13 +230,21 @@ def overhead_phase(direct: Server, gateway: Server, prompts: list[dict], want: i
                         moved += 1
                 same_text += texts.get("direct") is not None and texts.get("direct") == texts.get("gateway")
     d, g = summary(times["direct"]), summary(times["gateway"])
-    return {"prompts": len(kept), "rounds": rounds, "routing_pass": {"asked": asked, "to_teacher": to_teacher},
-            "direct": d, "gateway": g, "overhead": round(g["p50_s"] / d["p50_s"] - 1, 4),
-            "overhead_mean": round(g["mean_s"] / d["mean_s"] - 1, 4),
-            "paired_median_diff_s": round(statistics.median(
-                [a - b for a, b in zip(times["gateway"], times["direct"])]), 5),
-            "p50_by_order_s": {k: [summary(v[0])["p50_s"], summary(v[1])["p50_s"]] for k, v in by_pos.items()},
-            "same_text": same_text, "pairs": len(kept) * rounds, "moved_to_teacher": moved, "errors": errors}
+    return {
+        "prompts": len(kept),
+        "rounds": rounds,
+        "routing_pass": {"asked": asked, "to_teacher": to_teacher},
+        "direct": d,
+        "gateway": g,
+        "overhead": round(g["p50_s"] / d["p50_s"] - 1, 4),
+        "overhead_mean": round(g["mean_s"] / d["mean_s"] - 1, 4),
+        "paired_median_diff_s": round(statistics.median([a - b for a, b in zip(times["gateway"], times["direct"])]), 5),
+        "p50_by_order_s": {k: [summary(v[0])["p50_s"], summary(v[1])["p50_s"]] for k, v in by_pos.items()},
+        "same_text": same_text,
+        "pairs": len(kept) * rounds,
+        "moved_to_teacher": moved,
+        "errors": errors,
+    }
 
 
 async def load_phase(gateway: Server, prompts: list[dict], clients: int, duration: float, seed: int = 0) -> dict:
@@ -261,8 +293,13 @@ async def load_phase(gateway: Server, prompts: list[dict], clients: int, duratio
         nonlocal streamed
         rng = random.Random(seed * 1000 + k)
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        async with httpx.AsyncClient(base_url=gateway.url, timeout=300, trust_env=False, limits=limits,
-                                     headers={"authorization": f"Bearer {KEY}"}) as c:
+        async with httpx.AsyncClient(
+            base_url=gateway.url,
+            timeout=300,
+            trust_env=False,
+            limits=limits,
+            headers={"authorization": f"Bearer {KEY}"},
+        ) as c:
             n = 0
             while time.monotonic() < deadline:
                 p = rng.choice(prompts)
@@ -278,7 +315,7 @@ async def load_phase(gateway: Server, prompts: list[dict], clients: int, duratio
                         err = check_completion(r, True)
                         if err is None:
                             routed[r.headers["x-potstill-routed-to"]] += 1
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     err = f"{type(e).__name__}: {e}"
                 lat.append(time.perf_counter() - t0)
                 if err:
@@ -288,10 +325,19 @@ async def load_phase(gateway: Server, prompts: list[dict], clients: int, duratio
     await asyncio.gather(*(client(k) for k in range(clients)))
     secs = time.perf_counter() - t0
     done = len(lat)
-    return {"clients": clients, "duration_s": duration, "seconds": round(secs, 2), "requests": done,
-            "streamed": streamed, "rps": round(done / secs, 2), "routed": routed,
-            "teacher_share": round(routed["teacher"] / max(1, sum(routed.values())), 4),
-            "latency": summary(lat), "errors": len(errors), "error_samples": errors[:5]}
+    return {
+        "clients": clients,
+        "duration_s": duration,
+        "seconds": round(secs, 2),
+        "requests": done,
+        "streamed": streamed,
+        "rps": round(done / secs, 2),
+        "routed": routed,
+        "teacher_share": round(routed["teacher"] / max(1, sum(routed.values())), 4),
+        "latency": summary(lat),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+    }
 
 
 def checks_phase(gateway: Server) -> dict:
@@ -300,12 +346,17 @@ def checks_phase(gateway: Server) -> dict:
     with httpx.Client(timeout=60, trust_env=False) as c:
         no_key = c.post(url, json=body(msg))
         wrong_key = c.post(url, json=body(msg), headers={"authorization": "Bearer wrong"})
-        big = c.post(url, json=body([{"role": "user", "content": "x" * 100_000}]),
-                     headers={"authorization": f"Bearer {KEY}"})
+        big = c.post(
+            url, json=body([{"role": "user", "content": "x" * 100_000}]), headers={"authorization": f"Bearer {KEY}"}
+        )
         models_no_key = c.get(gateway.url + "/v1/models")
-    return {"status_401": no_key.status_code, "status_401_wrong_key": wrong_key.status_code,
-            "models_without_key": models_no_key.status_code, "status_413": big.status_code,
-            "error_body_401": no_key.json().get("error", {}).get("code")}
+    return {
+        "status_401": no_key.status_code,
+        "status_401_wrong_key": wrong_key.status_code,
+        "models_without_key": models_no_key.status_code,
+        "status_413": big.status_code,
+        "error_body_401": no_key.json().get("error", {}).get("code"),
+    }
 
 
 def outage_phase(gateway: Server, outage: Server, log: Path, ood: list[dict], want: int) -> dict:
@@ -327,12 +378,15 @@ def outage_phase(gateway: Server, outage: Server, log: Path, ood: list[dict], wa
             t0 = time.perf_counter()
             r = oc.post("/v1/chat/completions", json=body(p["messages"]))
             lat.append(time.perf_counter() - t0)
-            if (err := check_completion(r, True)):
+            if err := check_completion(r, True):
                 problems.append(err)
                 continue
             info = r.json()["potstill"]
-            if info["routed_to"] != "student" or not info.get("teacher_error") \
-                    or not r.headers.get("x-potstill-teacher-error"):
+            if (
+                info["routed_to"] != "student"
+                or not info.get("teacher_error")
+                or not r.headers.get("x-potstill-teacher-error")
+            ):
                 problems.append(f"not flagged: {info} / header {r.headers.get('x-potstill-teacher-error')!r}")
                 continue
             flagged += 1
@@ -343,10 +397,15 @@ def outage_phase(gateway: Server, outage: Server, log: Path, ood: list[dict], wa
     if bad_lines:
         problems.append(f"{len(bad_lines)} log lines with a teacher answer or no teacher_error")
     example = lines[0]["teacher_error"] if lines else None
-    return {"requests": len(picked), "flagged": flagged, "log_lines": len(lines),
-            "latency": summary(lat) if lat else None,
-            "teacher_error_example": example, "problems": problems[:5],
-            "ok": bool(picked) and flagged == len(picked) == len(lines) and not problems}
+    return {
+        "requests": len(picked),
+        "flagged": flagged,
+        "log_lines": len(lines),
+        "latency": summary(lat) if lat else None,
+        "teacher_error_example": example,
+        "problems": problems[:5],
+        "ok": bool(picked) and flagged == len(picked) == len(lines) and not problems,
+    }
 
 
 def interrupted(*_) -> None:
@@ -355,30 +414,47 @@ def interrupted(*_) -> None:
 
 # -- main ------------------------------------------------------------------------------------------
 
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "helpdesk-demo",
-                    help="a run with students/kd, route/route.json and prompts/ (default: runs/helpdesk-demo)")
+    ap.add_argument(
+        "--run-dir",
+        type=Path,
+        default=ROOT / "runs" / "helpdesk-demo",
+        help="a run with students/kd, route/route.json and prompts/ (default: runs/helpdesk-demo)",
+    )
     ap.add_argument("--teacher", type=Path, default=ROOT / "examples" / "helpdesk" / "teacher")
     ap.add_argument("--prompts", type=int, default=60, help="student-routed test prompts timed (default: 60)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds over them (default: 3)")
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of load (default: 60)")
     ap.add_argument("--outage-prompts", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="OMP_NUM_THREADS for every server (default: unset, torch's default; always the same for all)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS for every server (default: unset, torch's default; always the same for all)",
+    )
     ap.add_argument("--quick", action="store_true", help="2 rounds of 8 prompts, 8 s of load, 10 outage prompts")
     args = ap.parse_args()
     if args.quick:  # two rounds, so that each server is asked first as often
         args.prompts, args.rounds, args.duration, args.outage_prompts = 8, 2, 8.0, 10
     run = args.run_dir if args.run_dir.is_absolute() else (Path.cwd() / args.run_dir)
     student, route = run / "students" / "kd", run / "route" / "route.json"
-    needed = [student / "config.json", route, run / "prompts" / "test.jsonl", run / "prompts" / "ood.jsonl",
-              args.teacher / "config.json"]
+    needed = [
+        student / "config.json",
+        route,
+        run / "prompts" / "test.jsonl",
+        run / "prompts" / "ood.jsonl",
+        args.teacher / "config.json",
+    ]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
-        print(f"gateway benchmark: missing {', '.join(missing)}\nmake the demo run and its route file first:\n  "
-              f"{MAKE_RUN}", file=sys.stderr)
+        print(
+            f"gateway benchmark: missing {', '.join(missing)}\nmake the demo run and its route file first:\n  "
+            f"{MAKE_RUN}",
+            file=sys.stderr,
+        )
         return 2
     test, ood = read_jsonl(run / "prompts" / "test.jsonl"), read_jsonl(run / "prompts" / "ood.jsonl")
 
@@ -395,27 +471,63 @@ def main() -> int:
     try:
         direct = Server("direct", [str(student), "--name", "kd", *common], env, work)
         servers.append(direct)
-        gateway = Server("gateway", ["--student", str(student), "--fallback", str(args.teacher), "--route", str(route),
-                                     "--fallback-log", str(work / "fallbacks.jsonl"), "--api-key-env", KEY_ENV,
-                                     *common], env, work)
+        gateway = Server(
+            "gateway",
+            [
+                "--student",
+                str(student),
+                "--fallback",
+                str(args.teacher),
+                "--route",
+                str(route),
+                "--fallback-log",
+                str(work / "fallbacks.jsonl"),
+                "--api-key-env",
+                KEY_ENV,
+                *common,
+            ],
+            env,
+            work,
+        )
         servers.append(gateway)
-        outage = Server("outage", ["--student", str(student), "--fallback", "openai:teacher",
-                                   "--fallback-base-url", f"http://127.0.0.1:{closed}/v1", "--fallback-timeout", "2",
-                                   "--route", str(route), "--fallback-log", str(work / "outage.jsonl"),
-                                   "--api-key-env", KEY_ENV, *common], env, work)
+        outage = Server(
+            "outage",
+            [
+                "--student",
+                str(student),
+                "--fallback",
+                "openai:teacher",
+                "--fallback-base-url",
+                f"http://127.0.0.1:{closed}/v1",
+                "--fallback-timeout",
+                "2",
+                "--route",
+                str(route),
+                "--fallback-log",
+                str(work / "outage.jsonl"),
+                "--api-key-env",
+                KEY_ENV,
+                *common,
+            ],
+            env,
+            work,
+        )
         servers.append(outage)
         for s in servers:
             s.wait_ready()
         print(f"servers up in {time.time() - started:.1f} s (logs in {work})", flush=True)
 
         ov = overhead_phase(direct, gateway, test, args.prompts, args.rounds)
-        print(f"overhead: {ov['prompts']} student-routed prompts x {ov['rounds']} rounds, interleaved; "
-              f"direct p50 {ov['direct']['p50_s'] * 1000:.1f} ms (p95 {ov['direct']['p95_s'] * 1000:.1f}, "
-              f"mean {ov['direct']['mean_s'] * 1000:.1f}); gateway p50 {ov['gateway']['p50_s'] * 1000:.1f} ms "
-              f"(p95 {ov['gateway']['p95_s'] * 1000:.1f}, mean {ov['gateway']['mean_s'] * 1000:.1f}); "
-              f"overhead {ov['overhead'] * 100:+.1f}% (mean {ov['overhead_mean'] * 100:+.1f}%, paired median "
-              f"{ov['paired_median_diff_s'] * 1000:+.1f} ms); same text {ov['same_text']}/{ov['pairs']}; p50 asked "
-              f"first/second in the pair: {ov['p50_by_order_s']}", flush=True)
+        print(
+            f"overhead: {ov['prompts']} student-routed prompts x {ov['rounds']} rounds, interleaved; "
+            f"direct p50 {ov['direct']['p50_s'] * 1000:.1f} ms (p95 {ov['direct']['p95_s'] * 1000:.1f}, "
+            f"mean {ov['direct']['mean_s'] * 1000:.1f}); gateway p50 {ov['gateway']['p50_s'] * 1000:.1f} ms "
+            f"(p95 {ov['gateway']['p95_s'] * 1000:.1f}, mean {ov['gateway']['mean_s'] * 1000:.1f}); "
+            f"overhead {ov['overhead'] * 100:+.1f}% (mean {ov['overhead_mean'] * 100:+.1f}%, paired median "
+            f"{ov['paired_median_diff_s'] * 1000:+.1f} ms); same text {ov['same_text']}/{ov['pairs']}; p50 asked "
+            f"first/second in the pair: {ov['p50_by_order_s']}",
+            flush=True,
+        )
         direct.stop()  # not needed any more: give its memory back before the load
 
         mix = test + ood
@@ -427,47 +539,85 @@ def main() -> int:
         ld["health_delta_requests"] = after["requests"] - before["requests"]
         # the student backend's batching stats (under "student" for now, where they hide the count of
         # student answers; found by content so that renaming that key does not break this)
-        ld["max_batch_rows"] = next((v["max_batch_rows"] for v in after.values()
-                                     if isinstance(v, dict) and "max_batch_rows" in v), None)
+        ld["max_batch_rows"] = next(
+            (v["max_batch_rows"] for v in after.values() if isinstance(v, dict) and "max_batch_rows" in v), None
+        )
         ld["fallback_log_lines"] = log_lines
-        print(f"load: {ld['clients']} clients x {ld['duration_s']:.0f} s: {ld['requests']} requests "
-              f"({ld['streamed']} streamed) in {ld['seconds']} s = {ld['rps']} req/s; teacher share "
-              f"{ld['teacher_share'] * 100:.1f}%; latency p50 {ld['latency']['p50_s']:.2f} s, p95 "
-              f"{ld['latency']['p95_s']:.2f} s; errors {ld['errors']}; largest student batch {ld['max_batch_rows']}"
-              + (f"; e.g. {ld['error_samples'][0]}" if ld["error_samples"] else ""), flush=True)
+        print(
+            f"load: {ld['clients']} clients x {ld['duration_s']:.0f} s: {ld['requests']} requests "
+            f"({ld['streamed']} streamed) in {ld['seconds']} s = {ld['rps']} req/s; teacher share "
+            f"{ld['teacher_share'] * 100:.1f}%; latency p50 {ld['latency']['p50_s']:.2f} s, p95 "
+            f"{ld['latency']['p95_s']:.2f} s; errors {ld['errors']}; largest student batch {ld['max_batch_rows']}"
+            + (f"; e.g. {ld['error_samples'][0]}" if ld["error_samples"] else ""),
+            flush=True,
+        )
 
         ck = checks_phase(gateway)
-        print(f"checks: no key -> {ck['status_401']}, wrong key -> {ck['status_401_wrong_key']}, "
-              f"100 KB body -> {ck['status_413']} (limit {MAX_BODY})", flush=True)
+        print(
+            f"checks: no key -> {ck['status_401']}, wrong key -> {ck['status_401_wrong_key']}, "
+            f"100 KB body -> {ck['status_413']} (limit {MAX_BODY})",
+            flush=True,
+        )
 
         out = outage_phase(gateway, outage, work / "outage.jsonl", ood, args.outage_prompts)
-        print(f"teacher outage: {out['requests']} teacher-bound OOD prompts -> {out['flagged']} answered by the "
-              f"student and flagged, {out['log_lines']} fallback-log lines with no teacher answer; ok={out['ok']}"
-              + (f"; problems: {out['problems']}" if out["problems"] else ""), flush=True)
+        print(
+            f"teacher outage: {out['requests']} teacher-bound OOD prompts -> {out['flagged']} answered by the "
+            f"student and flagged, {out['log_lines']} fallback-log lines with no teacher answer; ok={out['ok']}"
+            + (f"; problems: {out['problems']}" if out["problems"] else ""),
+            flush=True,
+        )
     finally:
         for s in servers:
             s.stop()
 
     errors = ld["errors"] + len(ov["errors"])
-    result = {"benchmark": "gateway", "overhead": ov["overhead"], "errors": errors,
-              "direct_p50_s": ov["direct"]["p50_s"], "gateway_p50_s": ov["gateway"]["p50_s"],
-              "direct_p95_s": ov["direct"]["p95_s"], "gateway_p95_s": ov["gateway"]["p95_s"],
-              "direct_mean_s": ov["direct"]["mean_s"], "gateway_mean_s": ov["gateway"]["mean_s"],
-              "overhead_mean": ov["overhead_mean"], "paired_median_diff_s": ov["paired_median_diff_s"],
-              "overhead_prompts": ov["prompts"], "overhead_rounds": ov["rounds"],
-              "p50_by_order_s": ov["p50_by_order_s"], "same_text": ov["same_text"], "pairs": ov["pairs"],
-              "load_requests": ld["requests"], "load_clients": ld["clients"], "load_seconds": ld["seconds"],
-              "load_rps": ld["rps"], "load_streamed": ld["streamed"], "teacher_share_under_load": ld["teacher_share"],
-              "load_p50_s": ld["latency"]["p50_s"], "load_p95_s": ld["latency"]["p95_s"],
-              "load_errors": ld["errors"], "overhead_phase_errors": len(ov["errors"]),
-              "fallback_log_lines": ld["fallback_log_lines"], "gateway_health": ld["health_after"],
-              **ck, "outage_ok": out["ok"], "outage_requests": out["requests"], "outage_flagged": out["flagged"],
-              "outage_log_lines": out["log_lines"], "outage_p50_s": out["latency"]["p50_s"] if out["latency"] else None,
-              "acceptance": {"overhead_le_5pct": ov["overhead"] <= 0.05, "zero_errors": errors == 0,
-                             "status_401": ck["status_401"] == 401, "status_413": ck["status_413"] == 413,
-                             "outage_ok": out["ok"]},
-              "routing_pass": ov["routing_pass"], "threads": env.get("OMP_NUM_THREADS", "default"),
-              "machine": f"{os.cpu_count()} CPUs", "seconds": round(time.time() - started, 1)}
+    result = {
+        "benchmark": "gateway",
+        "overhead": ov["overhead"],
+        "errors": errors,
+        "direct_p50_s": ov["direct"]["p50_s"],
+        "gateway_p50_s": ov["gateway"]["p50_s"],
+        "direct_p95_s": ov["direct"]["p95_s"],
+        "gateway_p95_s": ov["gateway"]["p95_s"],
+        "direct_mean_s": ov["direct"]["mean_s"],
+        "gateway_mean_s": ov["gateway"]["mean_s"],
+        "overhead_mean": ov["overhead_mean"],
+        "paired_median_diff_s": ov["paired_median_diff_s"],
+        "overhead_prompts": ov["prompts"],
+        "overhead_rounds": ov["rounds"],
+        "p50_by_order_s": ov["p50_by_order_s"],
+        "same_text": ov["same_text"],
+        "pairs": ov["pairs"],
+        "load_requests": ld["requests"],
+        "load_clients": ld["clients"],
+        "load_seconds": ld["seconds"],
+        "load_rps": ld["rps"],
+        "load_streamed": ld["streamed"],
+        "teacher_share_under_load": ld["teacher_share"],
+        "load_p50_s": ld["latency"]["p50_s"],
+        "load_p95_s": ld["latency"]["p95_s"],
+        "load_errors": ld["errors"],
+        "overhead_phase_errors": len(ov["errors"]),
+        "fallback_log_lines": ld["fallback_log_lines"],
+        "gateway_health": ld["health_after"],
+        **ck,
+        "outage_ok": out["ok"],
+        "outage_requests": out["requests"],
+        "outage_flagged": out["flagged"],
+        "outage_log_lines": out["log_lines"],
+        "outage_p50_s": out["latency"]["p50_s"] if out["latency"] else None,
+        "acceptance": {
+            "overhead_le_5pct": ov["overhead"] <= 0.05,
+            "zero_errors": errors == 0,
+            "status_401": ck["status_401"] == 401,
+            "status_413": ck["status_413"] == 413,
+            "outage_ok": out["ok"],
+        },
+        "routing_pass": ov["routing_pass"],
+        "threads": env.get("OMP_NUM_THREADS", "default"),
+        "machine": f"{os.cpu_count()} CPUs",
+        "seconds": round(time.time() - started, 1),
+    }
     result["ok"] = all(result["acceptance"].values())
     print(json.dumps(result))
     return 0

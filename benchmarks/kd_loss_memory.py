@@ -114,8 +114,17 @@ def worker(impl: str, div: str, n: int, reps: int, chunk: int, threads: int) -> 
         cpu.append(time.process_time() - c0)
     peak = _status("VmHWM") - base
     best = min(range(reps), key=times.__getitem__)
-    return {"impl": impl, "divergence": div, "n": n, "peak_mib": peak / 2**20, "time_s": times[best],
-            "cpu_s": cpu[best], "times_s": times, "loss": loss, "w_grad_norm": float(w_s.grad.norm())}
+    return {
+        "impl": impl,
+        "divergence": div,
+        "n": n,
+        "peak_mib": peak / 2**20,
+        "time_s": times[best],
+        "cpu_s": cpu[best],
+        "times_s": times,
+        "loss": loss,
+        "w_grad_norm": float(w_s.grad.norm()),
+    }
 
 
 def run_child(impl: str, div: str, n: int, args) -> dict:
@@ -128,8 +137,20 @@ def run_child(impl: str, div: str, n: int, args) -> dict:
         MKL_NUM_THREADS=str(args.threads),
     )
     reps = max(args.reps, min(2, args.reps * max(args.sizes) // n))
-    cmd = [sys.executable, __file__, "--worker", impl, div, str(n), "--reps", str(reps),
-           "--chunk-size", str(args.chunk_size), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        impl,
+        div,
+        str(n),
+        "--reps",
+        str(reps),
+        "--chunk-size",
+        str(args.chunk_size),
+        "--threads",
+        str(args.threads),
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"worker {impl} {div} N={n} failed:\n{out.stderr}")
@@ -139,8 +160,12 @@ def run_child(impl: str, div: str, n: int, args) -> dict:
 def merge(rounds: list[dict]) -> dict:
     """One variant's figures over its rounds: the largest peak, the fastest iteration."""
     best = min(rounds, key=lambda r: r["time_s"])
-    return {**best, "peak_mib": max(r["peak_mib"] for r in rounds), "times_s": [t for r in rounds for t in r["times_s"]],
-            "peaks_mib": [round(r["peak_mib"], 1) for r in rounds]}
+    return {
+        **best,
+        "peak_mib": max(r["peak_mib"] for r in rounds),
+        "times_s": [t for r in rounds for t in r["times_s"]],
+        "peaks_mib": [round(r["peak_mib"], 1) for r in rounds],
+    }
 
 
 def main() -> None:
@@ -149,8 +174,12 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", help="token counts (default 1024 4096)")
     ap.add_argument("--divergences", nargs="+", choices=DIVERGENCES, help="default: all six")
     ap.add_argument("--reps", type=int, default=1, help="timed iterations per process at the largest N (default 1)")
-    ap.add_argument("--rounds", type=int, default=None, help="fresh processes per variant, alternating (default 2; quick 1)")
-    ap.add_argument("--chunk-size", type=int, default=None, help="chunked loss tokens per chunk (default: the library's)")
+    ap.add_argument(
+        "--rounds", type=int, default=None, help="fresh processes per variant, alternating (default 2; quick 1)"
+    )
+    ap.add_argument(
+        "--chunk-size", type=int, default=None, help="chunked loss tokens per chunk (default: the library's)"
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--worker", nargs=3, metavar=("IMPL", "DIV", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -168,14 +197,25 @@ def main() -> None:
 
     sizes = args.sizes = sorted(args.sizes or ([256, 1024] if args.quick else [1024, 4096]))
     divs = args.divergences or (["forward_kl", "jsd"] if args.quick else list(DIVERGENCES))
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor() or platform.machine())
-    torch_version = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
-                                   capture_output=True, text=True).stdout.strip()
-    print(f"# {cpu}, {os.cpu_count()} CPUs, python {platform.python_version()}, torch {torch_version}, "
-          f"threads {args.threads}, V={V} H_s={H_S} H_t={H_T} fp32, chunk {args.chunk_size}, "
-          f"{args.rounds} rounds x {args.reps} timed reps at N={max(sizes)}")
-    print(f"{'divergence':16} {'N':>5} {'naive MiB':>10} {'chunk MiB':>10} {'mem x':>6} {'naive s':>8} {'chunk s':>8} {'time x':>6} {'cpu x':>6}  loss rel.diff")
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor() or platform.machine(),
+    )
+    torch_version = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"# {cpu}, {os.cpu_count()} CPUs, python {platform.python_version()}, torch {torch_version}, "
+        f"threads {args.threads}, V={V} H_s={H_S} H_t={H_T} fp32, chunk {args.chunk_size}, "
+        f"{args.rounds} rounds x {args.reps} timed reps at N={max(sizes)}"
+    )
+    print(
+        f"{'divergence':16} {'N':>5} {'naive MiB':>10} {'chunk MiB':>10} {'mem x':>6} {'naive s':>8} {'chunk s':>8} {'time x':>6} {'cpu x':>6}  loss rel.diff"
+    )
     results = []
     t_start, load0 = time.time(), os.getloadavg()[0]
     for div in divs:
@@ -187,9 +227,11 @@ def main() -> None:
             a, b = (merge(runs[impl]) for impl in ("naive", "chunked"))
             results += [a, b]
             diff = abs(a["loss"] - b["loss"]) / abs(a["loss"])
-            print(f"{div:16} {n:5d} {a['peak_mib']:10.1f} {b['peak_mib']:10.1f} {a['peak_mib'] / b['peak_mib']:6.1f} "
-                  f"{a['time_s']:8.3f} {b['time_s']:8.3f} {b['time_s'] / a['time_s']:6.2f} {b['cpu_s'] / a['cpu_s']:6.2f}  {diff:.1e}",
-                  flush=True)
+            print(
+                f"{div:16} {n:5d} {a['peak_mib']:10.1f} {b['peak_mib']:10.1f} {a['peak_mib'] / b['peak_mib']:6.1f} "
+                f"{a['time_s']:8.3f} {b['time_s']:8.3f} {b['time_s'] / a['time_s']:6.2f} {b['cpu_s'] / a['cpu_s']:6.2f}  {diff:.1e}",
+                flush=True,
+            )
     lo, hi = min(sizes), max(sizes)
 
     def get(impl, div, n):
@@ -199,7 +241,9 @@ def main() -> None:
         return round(max(get("chunked", d, n)[key] / get("naive", d, n)[key] for d in divs for n in ns), 3)
 
     summary = {
-        "memory_ratio": round(min(get("naive", d, hi)["peak_mib"] / get("chunked", d, hi)["peak_mib"] for d in divs), 2),
+        "memory_ratio": round(
+            min(get("naive", d, hi)["peak_mib"] / get("chunked", d, hi)["peak_mib"] for d in divs), 2
+        ),
         "growth": round(max(get("chunked", d, hi)["peak_mib"] / get("chunked", d, lo)["peak_mib"] for d in divs), 3),
         "time_ratio": ratio("time_s", [hi]),
         "time_ratio_all_n": ratio("time_s", sizes),

@@ -55,15 +55,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from potstill.signals import SignalStore, encode_rows, write_manifest, write_shard  # noqa: E402
-from potstill.train.data import Collator, TargetRef  # noqa: E402
+from potstill.signals import SignalStore, encode_rows, write_manifest, write_shard
+from potstill.train.data import Collator, TargetRef
 
 V, HIDDEN, LAYERS, HEADS = 32000, 128, 2, 4
 PROMPT, RESPONSE = 64, 192
 DRAWS, ALPHA = 64, 0.5
 
 try:
-    from potstill.losses import chunked_distillation_loss  # noqa: E402
+    from potstill.losses import chunked_distillation_loss
 except ImportError:  # older losses module: full logits, the same two terms
     chunked_distillation_loss = None
 
@@ -71,9 +71,16 @@ except ImportError:  # older losses module: full logits, the same two terms
 def make_student(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=V, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
-                      num_attention_heads=HEADS, num_key_value_heads=HEADS, max_position_embeddings=1024,
-                      tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LlamaForCausalLM(cfg)
@@ -98,10 +105,23 @@ def make_store(path: Path, feats: list[dict], seed: int = 0) -> SignalStore:
         z = prior + 7.0 * (torch.randn(RESPONSE, 32, generator=g) @ emb.T)
         rows.append((f["id"], encode_rows("sampled", z, 1.0, draws=DRAWS, rng=np.random.default_rng(i)), None))
     record = write_shard(path, 0, "sampled", rows, V, draws=DRAWS)
-    settings = {"format": "sampled", "k": None, "draws": DRAWS, "sampling": "systematic", "temperature": 1.0,
-                "vocab_size": V}
-    write_manifest(path, settings, [record], {"teacher": {"path": "synthetic", "model_hash": "0" * 64},
-                                              "tokenizer": {"path": "synthetic", "fingerprint": "0" * 64}})
+    settings = {
+        "format": "sampled",
+        "k": None,
+        "draws": DRAWS,
+        "sampling": "systematic",
+        "temperature": 1.0,
+        "vocab_size": V,
+    }
+    write_manifest(
+        path,
+        settings,
+        [record],
+        {
+            "teacher": {"path": "synthetic", "model_hash": "0" * 64},
+            "tokenizer": {"path": "synthetic", "fingerprint": "0" * 64},
+        },
+    )
     return SignalStore(path)
 
 
@@ -122,10 +142,12 @@ def loss_fn(model, batch: dict) -> torch.Tensor:
         kw = dict(target_ids=batch["target_ids"][:, 1:], target_probs=batch["target_probs"][:, 1:])
     alpha = batch.get("alpha", ALPHA)
     if chunked_distillation_loss is not None:
-        hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             use_cache=False).last_hidden_state
-        total, n, _ = chunked_distillation_loss(hidden[:, :-1], model.lm_head.weight, targets, alpha=alpha,
-                                                temperature=1.0, **kw)
+        hidden = model.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state
+        total, n, _ = chunked_distillation_loss(
+            hidden[:, :-1], model.lm_head.weight, targets, alpha=alpha, temperature=1.0, **kw
+        )
     else:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         logp = torch.log_softmax(logits[:, :-1].float(), -1)
@@ -161,8 +183,14 @@ def main() -> None:
         arms = {}
         for name, fs in (("ce", ce_feats), ("kd", kd_feats), ("kd_fused", kd_feats)):
             model = copy.deepcopy(base).train()
-            arms[name] = {"model": model, "opt": torch.optim.AdamW(model.parameters(), lr=1e-4), "feats": fs,
-                          "times": [], "collate": [], "cpu": []}
+            arms[name] = {
+                "model": model,
+                "opt": torch.optim.AdamW(model.parameters(), lr=1e-4),
+                "feats": fs,
+                "times": [],
+                "collate": [],
+                "cpu": [],
+            }
         order = np.random.default_rng(0).permutation(args.examples)
         nb = args.examples // args.batch
         total = args.warmup + args.steps
@@ -186,8 +214,10 @@ def main() -> None:
                 if not torch.isfinite(loss):
                     raise SystemExit(f"{name}: non-finite loss at step {step}")
             if step >= args.warmup:
-                print(f"step {step:3d}: " + "  ".join(f"{n} {a['times'][-1]:.3f}s" for n, a in arms.items()), flush=True)
-        k_mean = float(np.mean([(store.get(f['id'])[1] > 0).sum(-1).mean() for f in feats[:8]]))
+                print(
+                    f"step {step:3d}: " + "  ".join(f"{n} {a['times'][-1]:.3f}s" for n, a in arms.items()), flush=True
+                )
+        k_mean = float(np.mean([(store.get(f["id"])[1] > 0).sum(-1).mean() for f in feats[:8]]))
         bytes_per_token = store.manifest["bytes_per_token"]
     med = {n: statistics.median(a["times"]) for n, a in arms.items()}
     result = {
@@ -196,21 +226,34 @@ def main() -> None:
         "ce_step_s": round(med["ce"], 4),
         "kd_step_s": round(med["kd"], 4),
         "kd_fused_step_s": round(med["kd_fused"], 4),
-        "paired_ratio_median": round(statistics.median(k / c for k, c in zip(arms["kd"]["times"], arms["ce"]["times"])), 4),
+        "paired_ratio_median": round(
+            statistics.median(k / c for k, c in zip(arms["kd"]["times"], arms["ce"]["times"])), 4
+        ),
         "paired_ratio_fused_median": round(
-            statistics.median(k / c for k, c in zip(arms["kd_fused"]["times"], arms["ce"]["times"])), 4),
+            statistics.median(k / c for k, c in zip(arms["kd_fused"]["times"], arms["ce"]["times"])), 4
+        ),
         "cpu_time_ratio": round(statistics.median(arms["kd"]["cpu"]) / statistics.median(arms["ce"]["cpu"]), 4),
-        "cpu_time_ratio_fused": round(statistics.median(arms["kd_fused"]["cpu"]) / statistics.median(arms["ce"]["cpu"]), 4),
+        "cpu_time_ratio_fused": round(
+            statistics.median(arms["kd_fused"]["cpu"]) / statistics.median(arms["ce"]["cpu"]), 4
+        ),
         "kd_collate_s": round(statistics.median(arms["kd"]["collate"]), 5),
         "ce_collate_s": round(statistics.median(arms["ce"]["collate"]), 5),
         "steps": args.steps,
         "batch": args.batch,
         "tokens_per_step": args.batch * (PROMPT + RESPONSE),
         "response_tokens_per_step": args.batch * RESPONSE,
-        "student": {"vocab": V, "hidden": HIDDEN, "layers": LAYERS,
-                    "params": sum(p.numel() for p in base.parameters())},
-        "store": {"format": "sampled", "draws": DRAWS, "mean_ids_per_token": round(k_mean, 2),
-                  "shard_bytes_per_token": bytes_per_token},
+        "student": {
+            "vocab": V,
+            "hidden": HIDDEN,
+            "layers": LAYERS,
+            "params": sum(p.numel() for p in base.parameters()),
+        },
+        "store": {
+            "format": "sampled",
+            "draws": DRAWS,
+            "mean_ids_per_token": round(k_mean, 2),
+            "shard_bytes_per_token": bytes_per_token,
+        },
         "loss": "chunked_distillation_loss" if chunked_distillation_loss is not None else "full-logit fallback",
         "alpha": ALPHA,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",

@@ -64,14 +64,20 @@ def greedy(model, tok, records: list[dict], batch: int = 64) -> list[tuple[list[
     """(prompt ids, answer ids incl. EOS when it stopped) of greedy answers, left-padded batches."""
     out = []
     for i in range(0, len(records), batch):
-        prompts = [encode_prompt(tok, r["messages"]) for r in records[i:i + batch]]
+        prompts = [encode_prompt(tok, r["messages"]) for r in records[i : i + batch]]
         width = max(map(len, prompts))
         ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[:, width:]
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=MAX_NEW,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )[:, width:]
         for p, row in zip(prompts, gen.tolist()):
-            answer = row[:row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row
+            answer = row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row
             out.append((p, answer))
     return out
 
@@ -82,7 +88,7 @@ def answer_loss(model, pairs) -> float:
     total, count = 0.0, 0
     for prompt, answer in pairs:
         ids = torch.tensor([prompt + answer])
-        logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
         total += float(torch.nn.functional.cross_entropy(logits, torch.tensor(answer), reduction="sum"))
         count += len(answer)
     return total / count
@@ -108,9 +114,9 @@ def train(model, pairs, steps: int, seed: int, batch: int = 32, lr: float = 3e-3
         labels = torch.full((len(chunk), width), -100)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for r, (p, a) in enumerate(chunk):
-            ids[r, :len(p) + len(a)] = torch.tensor(p + a)
-            labels[r, len(p):len(p) + len(a)] = torch.tensor(a)
-            mask[r, :len(p) + len(a)] = 1
+            ids[r, : len(p) + len(a)] = torch.tensor(p + a)
+            labels[r, len(p) : len(p) + len(a)] = torch.tensor(a)
+            mask[r, : len(p) + len(a)] = 1
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
@@ -140,40 +146,62 @@ def main() -> None:
     tok = load_tokenizer(TEACHER)
     teacher = load_model(TEACHER).eval()
     train_records = chat(generate(kb, "train", args.calibration + 400, seed=0))
-    calib, recover = train_records[:args.calibration], train_records[args.calibration:]
+    calib, recover = train_records[: args.calibration], train_records[args.calibration :]
     evals = chat(generate(kb, "test", args.eval, seed=0))
     t0 = time.perf_counter()
     eval_pairs = greedy(teacher, tok, evals)
     if args.calibrate_on_answers:
-        calib = [{**r, "response_text": tok.decode(a, skip_special_tokens=True)}
-                 for r, (_, a) in zip(calib, greedy(teacher, tok, calib))]
-    result = {"benchmark": "prune_init", "teacher_params": count_params(teacher),
-              "teacher_loss": round(answer_loss(teacher, eval_pairs), 4),
-              "eval_answer_tokens": sum(len(a) for _, a in eval_pairs), "calibration_prompts": len(calib),
-              "calibrate_on_answers": args.calibrate_on_answers, "runs": {}}
-    print(f"teacher: {result['teacher_params']:,} params, loss {result['teacher_loss']:.3f} on its own answers to "
-          f"{len(evals)} test prompts ({result['eval_answer_tokens']} tokens; generated in "
-          f"{time.perf_counter() - t0:.1f}s)")
-    variants = [("3x88", {})] if args.quick else [("3x88", {}), ("3x88", {"depth_metric": "loss"}),
-                                                  ("3x88", {"rescale_norms": False}), ("4x80", {}), ("2x96", {})]
+        calib = [
+            {**r, "response_text": tok.decode(a, skip_special_tokens=True)}
+            for r, (_, a) in zip(calib, greedy(teacher, tok, calib))
+        ]
+    result = {
+        "benchmark": "prune_init",
+        "teacher_params": count_params(teacher),
+        "teacher_loss": round(answer_loss(teacher, eval_pairs), 4),
+        "eval_answer_tokens": sum(len(a) for _, a in eval_pairs),
+        "calibration_prompts": len(calib),
+        "calibrate_on_answers": args.calibrate_on_answers,
+        "runs": {},
+    }
+    print(
+        f"teacher: {result['teacher_params']:,} params, loss {result['teacher_loss']:.3f} on its own answers to "
+        f"{len(evals)} test prompts ({result['eval_answer_tokens']} tokens; generated in "
+        f"{time.perf_counter() - t0:.1f}s)"
+    )
+    variants = (
+        [("3x88", {})]
+        if args.quick
+        else [
+            ("3x88", {}),
+            ("3x88", {"depth_metric": "loss"}),
+            ("3x88", {"rescale_norms": False}),
+            ("4x80", {}),
+            ("2x96", {}),
+        ]
+    )
     recover_pairs, random_after = None, {}
     with tempfile.TemporaryDirectory(prefix="prune_init.") as tmp:
         for shape, extra in variants:
             name = shape + "".join(f" {k}={v}" for k, v in extra.items())
             out = Path(tmp) / name.replace(" ", "_").replace("=", "-")
             settings = PruneSettings(**SHAPES[shape], **extra, calibration_samples=len(calib))
-            summary = prune_model(TEACHER, out, settings, calib, tokenizer=tok,
-                                  device="cpu")
+            summary = prune_model(TEACHER, out, settings, calib, tokenizer=tok, device="cpu")
             pruned, rand = load_model(out).eval(), random_twin(out)
-            run = {"params": summary["student_params"], "ratio": round(summary["student_params"] /
-                                                                       result["teacher_params"], 4),
-                   "kept_layers": summary["kept_layers"], "prune_seconds": summary["seconds"],
-                   "calibration_tokens": summary["calibration_tokens"],
-                   "pruned_loss": round(answer_loss(pruned, eval_pairs), 4),
-                   "random_loss": round(answer_loss(rand, eval_pairs), 4)}
-            print(f"{name:<28} {run['params']:>8,} params ({run['ratio']:.1%}), layers {run['kept_layers']}, "
-                  f"pruned in {run['prune_seconds']:.1f}s: loss pruned {run['pruned_loss']:.3f} vs random "
-                  f"{run['random_loss']:.3f} (teacher {result['teacher_loss']:.3f}, uniform {math.log(1024):.3f})")
+            run = {
+                "params": summary["student_params"],
+                "ratio": round(summary["student_params"] / result["teacher_params"], 4),
+                "kept_layers": summary["kept_layers"],
+                "prune_seconds": summary["seconds"],
+                "calibration_tokens": summary["calibration_tokens"],
+                "pruned_loss": round(answer_loss(pruned, eval_pairs), 4),
+                "random_loss": round(answer_loss(rand, eval_pairs), 4),
+            }
+            print(
+                f"{name:<28} {run['params']:>8,} params ({run['ratio']:.1%}), layers {run['kept_layers']}, "
+                f"pruned in {run['prune_seconds']:.1f}s: loss pruned {run['pruned_loss']:.3f} vs random "
+                f"{run['random_loss']:.3f} (teacher {result['teacher_loss']:.3f}, uniform {math.log(1024):.3f})"
+            )
             if shape == "3x88" and args.recover_steps and not args.quick and "depth_metric" not in extra:
                 recover_pairs = recover_pairs or greedy(teacher, tok, recover)
                 t1 = time.perf_counter()
@@ -182,16 +210,25 @@ def main() -> None:
                 run["pruned_accuracy_after"] = round(accuracy(pruned, tok, evals), 4)
                 if shape not in random_after:  # one random twin per shape: same init, same batches
                     train(rand, recover_pairs, args.recover_steps, seed=0)
-                    random_after[shape] = (round(answer_loss(rand, eval_pairs), 4), round(accuracy(rand, tok, evals), 4))
+                    random_after[shape] = (
+                        round(answer_loss(rand, eval_pairs), 4),
+                        round(accuracy(rand, tok, evals), 4),
+                    )
                 run["random_loss_after"], run["random_accuracy_after"] = random_after[shape]
                 run["recover_steps"], run["recover_seconds"] = args.recover_steps, round(time.perf_counter() - t1, 1)
-                print(f"{'':<28} after {args.recover_steps} steps of CE on teacher answers: loss pruned "
-                      f"{run['pruned_loss_after']:.3f} vs random {run['random_loss_after']:.3f}; fact accuracy "
-                      f"pruned {run['pruned_accuracy_after']:.2f} vs random {run['random_accuracy_after']:.2f}")
+                print(
+                    f"{'':<28} after {args.recover_steps} steps of CE on teacher answers: loss pruned "
+                    f"{run['pruned_loss_after']:.3f} vs random {run['random_loss_after']:.3f}; fact accuracy "
+                    f"pruned {run['pruned_accuracy_after']:.2f} vs random {run['random_accuracy_after']:.2f}"
+                )
             result["runs"][name] = run
     result["teacher_accuracy"] = round(accuracy(teacher, tok, evals), 4)
-    result.update(load_avg=[round(load, 2), round(os.getloadavg()[0], 2)], torch=torch.__version__,
-                  machine=platform.machine(), threads=torch.get_num_threads())
+    result.update(
+        load_avg=[round(load, 2), round(os.getloadavg()[0], 2)],
+        torch=torch.__version__,
+        machine=platform.machine(),
+        threads=torch.get_num_threads(),
+    )
     print(f"teacher fact accuracy on the {len(evals)} test prompts: {result['teacher_accuracy']:.2f}")
     print(json.dumps(result))
 

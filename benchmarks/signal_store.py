@@ -76,10 +76,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from potstill.signals import SignalStore, encode_rows, write_manifest, write_shard  # noqa: E402
+from potstill.signals import SignalStore, encode_rows, write_manifest, write_shard
 
 try:
-    from potstill.losses import sparse_target_loss  # noqa: E402
+    from potstill.losses import sparse_target_loss
 except ImportError:  # older losses module: the same estimator, written out
     import torch.nn.functional as _F
 
@@ -88,7 +88,8 @@ except ImportError:  # older losses module: the same estimator, written out
         pi = torch.where(mask.unsqueeze(-1), target_probs.float(), torch.zeros_like(target_probs.float()))
         return -(pi * log_q).sum(-1)
 
-from potstill.losses import forward_kl  # noqa: E402
+
+from potstill.losses import forward_kl
 
 V = 128256
 D = 64
@@ -139,9 +140,13 @@ class Problem:
         ent = -(self.pt * lpt).sum(-1)
         kl = (self.pt * (lpt - torch.log_softmax(self.zs, -1))).sum(-1)
         top = self.pt.argmax(-1)
-        return {"entropy_nats": round(float(ent.mean()), 3), "top1_prob": round(float(self.pt.max(-1).values.mean()), 3),
-                "student_kl_nats": round(float(kl.mean()), 3), "distinct_argmax": int(top.unique().numel()),
-                "top1_agreement": round(float((top == self.zs.argmax(-1)).float().mean()), 3)}
+        return {
+            "entropy_nats": round(float(ent.mean()), 3),
+            "top1_prob": round(float(self.pt.max(-1).values.mean()), 3),
+            "student_kl_nats": round(float(kl.mean()), 3),
+            "distinct_argmax": int(top.unique().numel()),
+            "top1_agreement": round(float((top == self.zs.argmax(-1)).float().mean()), 3),
+        }
 
     def sparse(self, ids: torch.Tensor, pi: torch.Tensor) -> dict:
         """Angle and norm ratio of the sparse target's gradient vs full KD (params and logits)."""
@@ -162,9 +167,12 @@ class Problem:
         dB = self.X.T @ (self.s * gw)
         angle, ratio = compare(torch.cat([dW.flatten(), dB.flatten()]), self.full)
         l_cos = float(dot) / math.sqrt(float(gs_sq) * self.full_logit_sq)
-        return {"grad_angle_deg": round(angle, 2), "norm_ratio": round(ratio, 4),
-                "logit_grad_angle_deg": round(math.degrees(math.acos(max(-1.0, min(1.0, l_cos)))), 2),
-                "logit_norm_ratio": round(math.sqrt(float(gs_sq) / self.full_logit_sq), 4)}
+        return {
+            "grad_angle_deg": round(angle, 2),
+            "norm_ratio": round(ratio, 4),
+            "logit_grad_angle_deg": round(math.degrees(math.acos(max(-1.0, min(1.0, l_cos)))), 2),
+            "logit_norm_ratio": round(math.sqrt(float(gs_sq) / self.full_logit_sq), 4),
+        }
 
     def check(self, ids: torch.Tensor, pi: torch.Tensor, n: int = 16) -> float:
         """Max |closed-form G - autograd G| on ``n`` positions, through the project's losses."""
@@ -186,17 +194,44 @@ def compare(g: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 def encode(fmt: str, zt: torch.Tensor, *, k=None, draws=None, sampling="systematic") -> list:
     n = zt.shape[0] // EXAMPLES
-    return [(f"ex{e}", encode_rows(fmt, zt[e * n : (e + 1) * n], 1.0, k=k, draws=draws, sampling=sampling,
-                                   rng=np.random.default_rng(1000 + e)), f"{e:016x}") for e in range(EXAMPLES)]
+    return [
+        (
+            f"ex{e}",
+            encode_rows(
+                fmt,
+                zt[e * n : (e + 1) * n],
+                1.0,
+                k=k,
+                draws=draws,
+                sampling=sampling,
+                rng=np.random.default_rng(1000 + e),
+            ),
+            f"{e:016x}",
+        )
+        for e in range(EXAMPLES)
+    ]
 
 
 def write_store(path: Path, fmt: str, rows: list, *, k=None, draws=None, sampling="systematic") -> SignalStore:
     """A one-shard store of ``rows`` written and reopened with the real store code."""
     record = write_shard(path, 0, fmt, rows, V, k=k, draws=draws)
-    settings = {"format": fmt, "k": k if fmt == "topk" else (V if fmt == "dense" else None), "draws": draws,
-                "sampling": sampling if fmt == "sampled" else None, "temperature": 1.0, "vocab_size": V}
-    write_manifest(path, settings, [record], {"teacher": {"path": "synthetic", "model_hash": "0" * 64},
-                                              "tokenizer": {"path": "synthetic", "fingerprint": "0" * 64}})
+    settings = {
+        "format": fmt,
+        "k": k if fmt == "topk" else (V if fmt == "dense" else None),
+        "draws": draws,
+        "sampling": sampling if fmt == "sampled" else None,
+        "temperature": 1.0,
+        "vocab_size": V,
+    }
+    write_manifest(
+        path,
+        settings,
+        [record],
+        {
+            "teacher": {"path": "synthetic", "model_hash": "0" * 64},
+            "tokenizer": {"path": "synthetic", "fingerprint": "0" * 64},
+        },
+    )
     (path / "shard-00000.json").unlink()  # capture folds shard records into the manifest
     return SignalStore(path, verify="open")
 
@@ -207,7 +242,9 @@ def read_targets(store: SignalStore, tail: str = "renormalize") -> tuple[torch.T
         return torch.arange(V).expand(sum(i.shape[0] for i in ids), V), torch.from_numpy(np.concatenate(probs))
     k = max(i.shape[1] for i in ids)
     pad = lambda a: np.pad(a, ((0, 0), (0, k - a.shape[1])))  # noqa: E731 - id 0 / prob 0 padding
-    return torch.from_numpy(np.concatenate([pad(i) for i in ids])), torch.from_numpy(np.concatenate([pad(p) for p in probs]))
+    return torch.from_numpy(np.concatenate([pad(i) for i in ids])), torch.from_numpy(
+        np.concatenate([pad(p) for p in probs])
+    )
 
 
 def measure(prob: Problem, base: Path, label: str, fmt: str, rows: list, tail: str = "renormalize", **kw) -> dict:
@@ -243,8 +280,13 @@ def run_profile(name: str, positions: int, tmp: Path, sweep: bool) -> dict:
         ("topk", "topk", topk, "renormalize", {"k": K}),
         ("topk_drop", "topk", topk, "drop", {"k": K}),
         ("sampled", "sampled", encode("sampled", prob.zt, draws=DRAWS), "renormalize", {"draws": DRAWS}),
-        ("sampled_multinomial", "sampled", encode("sampled", prob.zt, draws=DRAWS, sampling="multinomial"),
-         "renormalize", {"draws": DRAWS, "sampling": "multinomial"}),
+        (
+            "sampled_multinomial",
+            "sampled",
+            encode("sampled", prob.zt, draws=DRAWS, sampling="multinomial"),
+            "renormalize",
+            {"draws": DRAWS, "sampling": "multinomial"},
+        ),
     ]
     for label, fmt, rows, tail, kw in plan:
         out["formats"][label] = measure(prob, base, label, fmt, rows, tail, **kw)
@@ -253,8 +295,11 @@ def run_profile(name: str, positions: int, tmp: Path, sweep: bool) -> dict:
     if sweep:
         out["sampled_sweep"] = {}
         for n in (16, 24, 32, 48, 64, 96):
-            r = out["formats"]["sampled"] if n == DRAWS else measure(
-                prob, base, f"sweep{n}", "sampled", encode("sampled", prob.zt, draws=n), draws=n)
+            r = (
+                out["formats"]["sampled"]
+                if n == DRAWS
+                else measure(prob, base, f"sweep{n}", "sampled", encode("sampled", prob.zt, draws=n), draws=n)
+            )
             out["sampled_sweep"][str(n)] = r
             print(f"[{name}] sampled N={n}: {r}", flush=True)
     out["seconds"] = round(time.perf_counter() - t0, 1)
@@ -263,14 +308,25 @@ def run_profile(name: str, positions: int, tmp: Path, sweep: bool) -> dict:
 
 def sampled_seeds(name: str, positions: int, tmp: Path, first: dict) -> list[dict]:
     """The default sampled store on other random problems of the same profile (seed 0 is ``first``)."""
-    rows = [{"seed": 0, **{k: first[k] for k in ("bytes_per_token", "grad_angle_deg", "norm_ratio")},
-             "teacher_entropy_nats": None}]
+    rows = [
+        {
+            "seed": 0,
+            **{k: first[k] for k in ("bytes_per_token", "grad_angle_deg", "norm_ratio")},
+            "teacher_entropy_nats": None,
+        }
+    ]
     for seed in SEEDS[1:]:
         prob = Problem(positions, seed=seed, **PROFILES[name])
-        r = measure(prob, tmp / f"{name}-seed{seed}", "sampled", "sampled",
-                    encode("sampled", prob.zt, draws=DRAWS), draws=DRAWS)
-        rows.append({"seed": seed, **{k: r[k] for k in ("bytes_per_token", "grad_angle_deg", "norm_ratio")},
-                     "teacher_entropy_nats": prob.stats()["entropy_nats"]})
+        r = measure(
+            prob, tmp / f"{name}-seed{seed}", "sampled", "sampled", encode("sampled", prob.zt, draws=DRAWS), draws=DRAWS
+        )
+        rows.append(
+            {
+                "seed": seed,
+                **{k: r[k] for k in ("bytes_per_token", "grad_angle_deg", "norm_ratio")},
+                "teacher_entropy_nats": prob.stats()["entropy_nats"],
+            }
+        )
         print(f"[{name}] sampled, seed {seed}: {rows[-1]}", flush=True)
         del prob
     return rows
@@ -297,9 +353,11 @@ def main() -> None:
             web["sampled_seeds"] = sampled_seeds("web", args.positions, Path(d), web["formats"]["sampled"])
             web["sampled_seeds"][0]["teacher_entropy_nats"] = web["teacher"]["entropy_nats"]
     seeds = chat["sampled_seeds"]
-    worst = {"bytes_per_token": max(r["bytes_per_token"] for r in seeds),
-             "grad_angle_deg": max(r["grad_angle_deg"] for r in seeds),
-             "norm_ratio_max_dev": round(max(abs(r["norm_ratio"] - 1) for r in seeds), 4)}
+    worst = {
+        "bytes_per_token": max(r["bytes_per_token"] for r in seeds),
+        "grad_angle_deg": max(r["grad_angle_deg"] for r in seeds),
+        "norm_ratio_max_dev": round(max(abs(r["norm_ratio"] - 1) for r in seeds), 4),
+    }
     result = {
         "vocab_size": V,
         "positions": args.positions,
@@ -312,8 +370,11 @@ def main() -> None:
         "sampled_sweep": chat["sampled_sweep"],
         "profiles": {
             "chat": {"teacher": chat["teacher"], "formats": chat["formats"], "sampled_seeds": chat["sampled_seeds"]},
-            **({"web": {"teacher": web["teacher"], "formats": web["formats"], "sampled_seeds": web["sampled_seeds"]}}
-               if web else {}),
+            **(
+                {"web": {"teacher": web["teacher"], "formats": web["formats"], "sampled_seeds": web["sampled_seeds"]}}
+                if web
+                else {}
+            ),
         },
         "sampled_worst_over_seeds": worst,
         "acceptance": {  # the primary profile, worst of the seeds

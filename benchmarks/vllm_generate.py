@@ -39,9 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from potstill.data.load import SourceSpec, drop_empty, load_source  # noqa: E402
-from potstill.progress import console  # noqa: E402
-from potstill.teachers.base import GenerationSettings  # noqa: E402
+from potstill.data.load import SourceSpec, drop_empty, load_source
+from potstill.progress import console
+from potstill.teachers.base import GenerationSettings
 
 
 def skip(reason: str) -> None:
@@ -109,8 +109,9 @@ def main() -> None:
 
     console.quiet = True
     records = prompts(Path(args.prompts_file), args.prompts)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, top_logprobs=args.top_logprobs,
-                                  batch_size=args.batch_size)
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, top_logprobs=args.top_logprobs, batch_size=args.batch_size
+    )
 
     hf = LocalGenerator(args.model, dtype=args.dtype, device="cuda")
     hf_out, hf_t = timed(hf, records, settings, warmup=args.batch_size)
@@ -121,8 +122,11 @@ def main() -> None:
     torch.cuda.empty_cache()
 
     started = time.perf_counter()
-    engine = VLLMSettings(gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
-                          enforce_eager=args.enforce_eager)
+    engine = VLLMSettings(
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.max_model_len,
+        enforce_eager=args.enforce_eager,
+    )
     vl = VLLMGenerator(args.model, engine, dtype=args.dtype, max_logprobs=args.top_logprobs)
     startup = round(time.perf_counter() - started, 1)
     vl_out, vl_t = timed(vl, records, settings, warmup=min(64, len(records)))
@@ -131,14 +135,30 @@ def main() -> None:
 
     speedup = round(vl_t["tokens_per_s"] / hf_t["tokens_per_s"], 2)
     same, prefix = agreement(hf_out, vl_out)
-    print(f"speedup (vLLM / transformers tokens/s): {speedup}x; identical greedy answers: {same:.1%}; "
-          f"agreed prefix: {prefix:.1%}")
-    print(json.dumps({
-        "benchmark": "vllm_generate", "model": args.model, "prompts": len(records), "max_new_tokens": args.max_new_tokens,
-        "top_logprobs": args.top_logprobs, "dtype": args.dtype, "transformers": hf_t, "vllm": vl_t, "speedup": speedup,
-        "identical_share": same, "prefix_share": prefix, "gpu": torch.cuda.get_device_name(0),
-        "vllm_version": getattr(vllm, "__version__", None), "torch": torch.__version__,
-    }))
+    print(
+        f"speedup (vLLM / transformers tokens/s): {speedup}x; identical greedy answers: {same:.1%}; "
+        f"agreed prefix: {prefix:.1%}"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "vllm_generate",
+                "model": args.model,
+                "prompts": len(records),
+                "max_new_tokens": args.max_new_tokens,
+                "top_logprobs": args.top_logprobs,
+                "dtype": args.dtype,
+                "transformers": hf_t,
+                "vllm": vl_t,
+                "speedup": speedup,
+                "identical_share": same,
+                "prefix_share": prefix,
+                "gpu": torch.cuda.get_device_name(0),
+                "vllm_version": getattr(vllm, "__version__", None),
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -211,7 +211,9 @@ def make_pairs(tiny_tokenizer_dir):
         if top_k and teacher_dir is not None:
             model = AutoModelForCausalLM.from_pretrained(str(teacher_dir)).eval()
             for p in pairs:
-                prompt = tok.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=True, return_dict=False)
+                prompt = tok.apply_chat_template(
+                    p["messages"], add_generation_prompt=True, tokenize=True, return_dict=False
+                )
                 ids = list(prompt) + p["response_token_ids"]
                 with torch.no_grad():
                     logits = model(torch.tensor([ids])).logits[0, len(prompt) - 1 : -1, : len(tok)]

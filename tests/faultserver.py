@@ -22,8 +22,14 @@ import threading
 import time
 
 FAULTS = ("429", "500", "slow", "malformed", "drop")
-REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
-           503: "Service Unavailable"}
+REASONS = {
+    200: "OK",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def expected_text(prompt: str, max_tokens: int) -> tuple[str, str]:
@@ -35,9 +41,19 @@ def expected_text(prompt: str, max_tokens: int) -> tuple[str, str]:
 class FaultServer:
     """See the module docstring; ``base_url`` is the OpenAI-style URL (``.../v1``), ``root`` the Anthropic one."""
 
-    def __init__(self, fail_rate: float = 0.0, faults=FAULTS, latency: float = 0.0, retry_after: str = "1",
-                 slow_s: float = 5.0, seed: int = 0, api_key: str | None = None, models=("test-model",), port: int = 0,
-                 always_fail=()):
+    def __init__(
+        self,
+        fail_rate: float = 0.0,
+        faults=FAULTS,
+        latency: float = 0.0,
+        retry_after: str = "1",
+        slow_s: float = 5.0,
+        seed: int = 0,
+        api_key: str | None = None,
+        models=("test-model",),
+        port: int = 0,
+        always_fail=(),
+    ):
         self.fail_rate, self.faults, self.latency = fail_rate, tuple(faults), latency
         self.retry_after, self.slow_s, self.api_key, self.models = retry_after, slow_s, api_key, set(models)
         self.always_fail = set(always_fail)  # prompts that always get a 500
@@ -52,7 +68,9 @@ class FaultServer:
 
         def serve():
             self._loop = asyncio.new_event_loop()
-            self._server = self._loop.run_until_complete(asyncio.start_server(self._conn, "127.0.0.1", self.port, backlog=512))
+            self._server = self._loop.run_until_complete(
+                asyncio.start_server(self._conn, "127.0.0.1", self.port, backlog=512)
+            )
             self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
             self._loop.run_forever()
@@ -129,7 +147,9 @@ class FaultServer:
 
     async def _handle(self, method, path, headers, body, writer) -> bool:
         if method == "GET" and path == "/v1/models":
-            await self._send(writer, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in sorted(self.models)]})
+            await self._send(
+                writer, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in sorted(self.models)]}
+            )
             return True
         kind = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic"}.get(path)
         if method != "POST" or kind is None:
@@ -139,28 +159,39 @@ class FaultServer:
         prompt = next((m["content"] for m in reversed(req.get("messages", [])) if m.get("role") == "user"), "")
         entry = {"t": time.time(), "prompt": prompt, "outcome": "?", "api": kind}
         self.log.append(entry)
-        key = headers.get("authorization", "").removeprefix("Bearer ") if kind == "openai" else headers.get("x-api-key", "")
+        key = (
+            headers.get("authorization", "").removeprefix("Bearer ")
+            if kind == "openai"
+            else headers.get("x-api-key", "")
+        )
         if self.api_key is not None and key != self.api_key:
             entry["outcome"] = "401"
-            await self._send(writer, 401, {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}})
+            await self._send(
+                writer, 401, {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}
+            )
             return True
         if req.get("model") not in self.models:
             entry["outcome"] = "404"
-            await self._send(writer, 404, {"error": {"message": f"The model `{req.get('model')}` does not exist",
-                                                     "code": "model_not_found"}})
+            await self._send(
+                writer,
+                404,
+                {"error": {"message": f"The model `{req.get('model')}` does not exist", "code": "model_not_found"}},
+            )
             return True
         fault = self.rng.choice(self.faults) if self.faults and self.rng.random() < self.fail_rate else None
         fault = "500" if prompt in self.always_fail else fault
         entry["outcome"] = fault or "ok"
         if fault == "429":
-            await self._send(writer, 429, {"error": {"message": "Rate limit reached"}}, headers={"Retry-After": self.retry_after})
+            await self._send(
+                writer, 429, {"error": {"message": "Rate limit reached"}}, headers={"Retry-After": self.retry_after}
+            )
             return True
         if fault == "500":
             await self._send(writer, self.rng.choice([500, 503]), {"error": {"message": "The server had an error"}})
             return True
         if fault == "drop":
             if self.rng.random() < 0.5:
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{\"id\": ")
+                writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{"id": ')
                 await writer.drain()
             return False
         await asyncio.sleep(self.slow_s if fault == "slow" else self.latency)
@@ -175,24 +206,46 @@ class FaultServer:
     def _answer(self, kind: str, req: dict, prompt: str) -> dict:
         max_tokens = int(req.get("max_tokens", 16))
         text, finish = expected_text(prompt, max_tokens)
-        n_in = sum(len(str(m.get("content", "")).split()) for m in req.get("messages", [])) + len(req.get("system", "").split())
+        n_in = sum(len(str(m.get("content", "")).split()) for m in req.get("messages", [])) + len(
+            req.get("system", "").split()
+        )
         n_out = len(text.split())
         if kind == "anthropic":
-            return {"id": "msg_1", "type": "message", "role": "assistant", "model": req["model"],
-                    "content": [{"type": "text", "text": text}],
-                    "stop_reason": "max_tokens" if finish == "length" else "end_turn",
-                    "usage": {"input_tokens": n_in, "output_tokens": n_out}}
+            return {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": req["model"],
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "max_tokens" if finish == "length" else "end_turn",
+                "usage": {"input_tokens": n_in, "output_tokens": n_out},
+            }
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
         k = int(req.get("top_logprobs") or 0)
         if req.get("logprobs") and k:
             toks = [w if i == 0 else " " + w for i, w in enumerate(text.split())]
-            choice["logprobs"] = {"content": [
-                {"token": t, "logprob": -0.05, "bytes": list(t.encode()),
-                 "top_logprobs": [{"token": t, "logprob": -0.05, "bytes": list(t.encode())}]
-                 + [{"token": f" alt{j}", "logprob": -3.0 - j, "bytes": list(f" alt{j}".encode())} for j in range(1, k)]}
-                for t in toks]}
-        return {"id": "chatcmpl-1", "object": "chat.completion", "model": req["model"], "choices": [choice],
-                "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
+            choice["logprobs"] = {
+                "content": [
+                    {
+                        "token": t,
+                        "logprob": -0.05,
+                        "bytes": list(t.encode()),
+                        "top_logprobs": [{"token": t, "logprob": -0.05, "bytes": list(t.encode())}]
+                        + [
+                            {"token": f" alt{j}", "logprob": -3.0 - j, "bytes": list(f" alt{j}".encode())}
+                            for j in range(1, k)
+                        ],
+                    }
+                    for t in toks
+                ]
+            }
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": req["model"],
+            "choices": [choice],
+            "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
+        }
 
 
 if __name__ == "__main__":

@@ -23,10 +23,15 @@ def launch_args(name: str):
     """``accelerate launch --config_file NAME.yaml -m potstill.cli.main train run.yaml``, validated."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
-    args = launch_command_parser().parse_args(["--config_file", str(CONFIGS / f"{name}.yaml"),
-                                               "--main_process_port", "0", *LAUNCH])
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(CONFIGS / f"{name}.yaml"), "--main_process_port", "0", *LAUNCH]
+    )
     args, defaults, _ = _validate_launch_command(args)
-    assert args.module and args.training_script == "potstill.cli.main" and args.training_script_args == ["train", "run.yaml"]
+    assert (
+        args.module
+        and args.training_script == "potstill.cli.main"
+        and args.training_script_args == ["train", "run.yaml"]
+    )
     return args, defaults
 
 
@@ -49,8 +54,14 @@ def test_config_loads_with_accelerates_loader(name):
 
     cfg = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
     assert isinstance(cfg, ClusterConfig) and cfg.compute_environment == ComputeEnvironment.LOCAL_MACHINE
-    assert cfg.distributed_type == {"ddp": DistributedType.MULTI_GPU, "fsdp2": DistributedType.FSDP,
-                                    "deepspeed_zero3": DistributedType.DEEPSPEED}[name]
+    assert (
+        cfg.distributed_type
+        == {
+            "ddp": DistributedType.MULTI_GPU,
+            "fsdp2": DistributedType.FSDP,
+            "deepspeed_zero3": DistributedType.DEEPSPEED,
+        }[name]
+    )
     assert cfg.num_processes > 1 and cfg.num_machines == 1 and not cfg.use_cpu
     assert cfg.mixed_precision == "no"  # precision is the run config's train.bf16 (hashed with the stage)
     if name == "fsdp2":
@@ -103,12 +114,16 @@ def test_deepspeed_zero3_config_builds_a_zero3_plugin():
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True  # the export needs it
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "none"
     # batch, accumulation and clipping are left to the Trainer (filled from the run config)
-    assert ds["train_micro_batch_size_per_gpu"] == ds["gradient_accumulation_steps"] == ds["gradient_clipping"] == "auto"
+    assert (
+        ds["train_micro_batch_size_per_gpu"] == ds["gradient_accumulation_steps"] == ds["gradient_clipping"] == "auto"
+    )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
-                    reason="the deepspeed package is not installed (only needed on GPU machines: pip install deepspeed); "
-                           "the accelerate-side validation above still ran")
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="the deepspeed package is not installed (only needed on GPU machines: pip install deepspeed); "
+    "the accelerate-side validation above still ran",
+)
 def test_deepspeed_accepts_the_zero3_section():
     from accelerate.utils import DeepSpeedPlugin, patch_environment
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig

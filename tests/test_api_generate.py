@@ -21,13 +21,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from faultserver import FaultServer, expected_text  # noqa: E402
-
-from potstill.cli.main import main  # noqa: E402
-from potstill.config import TeacherConfig  # noqa: E402
-from potstill.teachers.apistage import run_api_generate  # noqa: E402
-from potstill.teachers.cache import AnswerCache  # noqa: E402
-from potstill.teachers.ratelimit import TokenBucket, backoff_delay, parse_retry_after  # noqa: E402
+from faultserver import FaultServer, expected_text
+from potstill.cli.main import main
+from potstill.config import TeacherConfig
+from potstill.teachers.apistage import run_api_generate
+from potstill.teachers.cache import AnswerCache
+from potstill.teachers.ratelimit import TokenBucket, backoff_delay, parse_retry_after
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,8 +47,17 @@ def cli(*args: str) -> int:
 
 
 def gen_args(server: FaultServer, prompts: Path, out: Path, *extra: str) -> list[str]:
-    return ["--teacher", "openai:test-model", "--base-url", server.base_url, "--prompts", str(prompts), "--out", str(out),
-            *extra]
+    return [
+        "--teacher",
+        "openai:test-model",
+        "--base-url",
+        server.base_url,
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def check_exactly_once(server: FaultServer, rows: list[dict], out: Path, max_tokens: int = 64) -> None:
@@ -76,8 +84,25 @@ def check_exactly_once(server: FaultServer, rows: list[dict], out: Path, max_tok
 def test_faults_every_prompt_answered_exactly_once(tmp_path, capsys):
     rows = write_prompts(tmp_path / "p.jsonl", 200, dup=10)
     with FaultServer(fail_rate=0.3, slow_s=3.0, retry_after="1", seed=1) as srv:
-        rc = cli(*gen_args(srv, tmp_path / "p.jsonl", tmp_path / "out", "--concurrency", "32", "--timeout", "1.5",
-                           "--backoff-base", "0.05", "--max-attempts", "12", "--price-in", "1", "--price-out", "2"))
+        rc = cli(
+            *gen_args(
+                srv,
+                tmp_path / "p.jsonl",
+                tmp_path / "out",
+                "--concurrency",
+                "32",
+                "--timeout",
+                "1.5",
+                "--backoff-base",
+                "0.05",
+                "--max-attempts",
+                "12",
+                "--price-in",
+                "1",
+                "--price-out",
+                "2",
+            )
+        )
         assert rc == 0
         check_exactly_once(srv, rows, tmp_path / "out")
         seen = Counter(srv.outcomes())
@@ -86,7 +111,9 @@ def test_faults_every_prompt_answered_exactly_once(tmp_path, capsys):
         assert all(ok[r["prompt"]] == 1 for r in rows), "a prompt was served twice"  # dup ids share one request
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["answered"] == 210 and stats["failed"] == 0 and stats["retries"] > 0
-    assert stats["cost_usd"] == pytest.approx((stats["prompt_tokens"] * 1 + stats["completion_tokens"] * 2) / 1e6, rel=0.1)
+    assert stats["cost_usd"] == pytest.approx(
+        (stats["prompt_tokens"] * 1 + stats["completion_tokens"] * 2) / 1e6, rel=0.1
+    )
     err = capsys.readouterr().err
     assert "retries=" in err and "cost=$" in err and "estimated cost" in err
 
@@ -109,13 +136,30 @@ def test_sigkill_twice_then_resume(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     with FaultServer(fail_rate=0.3, slow_s=2.0, latency=0.05, retry_after="1", seed=2) as srv:
-        cmd = [sys.executable, "-m", "potstill.cli.main", "generate",
-               *gen_args(srv, tmp_path / "p.jsonl", out, "--concurrency", "8", "--timeout", "1", "--backoff-base", "0.05",
-                         "--max-attempts", "12")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "potstill.cli.main",
+            "generate",
+            *gen_args(
+                srv,
+                tmp_path / "p.jsonl",
+                out,
+                "--concurrency",
+                "8",
+                "--timeout",
+                "1",
+                "--backoff-base",
+                "0.05",
+                "--max-attempts",
+                "12",
+            ),
+        ]
         kills = 0
         for threshold in (50, 120, None):
-            proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            )
             if threshold is None:
                 _, err = proc.communicate(timeout=120)
                 assert proc.returncode == 0, err.decode()[-2000:]
@@ -138,8 +182,15 @@ def test_sigkill_twice_then_resume(tmp_path):
 
 
 def api_config(srv: FaultServer, **kw) -> TeacherConfig:
-    base = dict(model="openai:test-model", base_url=srv.base_url, concurrency=8, timeout_s=2, backoff_base_s=0.05,
-                backoff_max_s=0.5, max_new_tokens=64)
+    base = dict(
+        model="openai:test-model",
+        base_url=srv.base_url,
+        concurrency=8,
+        timeout_s=2,
+        backoff_base_s=0.05,
+        backoff_max_s=0.5,
+        max_new_tokens=64,
+    )
     return TeacherConfig(**{**base, **kw})
 
 
@@ -187,8 +238,19 @@ def test_dead_letters_are_not_cached_and_rerun_retries_only_them(tmp_path):
 def test_endpoint_going_away_stops_the_run_in_one_line(tmp_path, capsys):
     rows = write_prompts(tmp_path / "p.jsonl", 120)
     with FaultServer(always_fail={r["prompt"] for r in rows[20:]}) as srv:
-        args = gen_args(srv, tmp_path / "p.jsonl", tmp_path / "o", "--concurrency", "1", "--backoff-base", "0.001",
-                        "--backoff-max", "0.002", "--max-attempts", "100")
+        args = gen_args(
+            srv,
+            tmp_path / "p.jsonl",
+            tmp_path / "o",
+            "--concurrency",
+            "1",
+            "--backoff-base",
+            "0.001",
+            "--backoff-max",
+            "0.002",
+            "--max-attempts",
+            "100",
+        )
         assert cli(*args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert "stopped answering: 50 requests in a row failed, the last with: HTTP 50" in err[-1]
@@ -205,7 +267,9 @@ def test_retry_after_is_honored(tmp_path):
             try:
                 s = EngineSettings(max_attempts=2, backoff_base_s=0.01, backoff_max_s=0.02)
                 params = {"max_tokens": 8, "top_logprobs": 0}
-                return await Engine(p, AnswerCache(tmp_path / "c.sqlite"), s, params).run([Job("k", [{"role": "user", "content": "hi"}], 3)])
+                return await Engine(p, AnswerCache(tmp_path / "c.sqlite"), s, params).run(
+                    [Job("k", [{"role": "user", "content": "hi"}], 3)]
+                )
             finally:
                 await p.aclose()
 
@@ -218,7 +282,9 @@ def test_retry_after_is_honored(tmp_path):
 def test_rate_limit_requests_per_minute(tmp_path):
     with FaultServer() as srv:
         start = time.perf_counter()
-        run_api_generate(api_config(srv, concurrency=32, rpm=3000), records(99), tmp_path, cache_path=tmp_path / "c.sqlite")
+        run_api_generate(
+            api_config(srv, concurrency=32, rpm=3000), records(99), tmp_path, cache_path=tmp_path / "c.sqlite"
+        )
         # 50/s with a one-second burst of 50: the 100 requests (preflight included) need >= 1 s
         assert time.perf_counter() - start >= 0.95
         assert len(srv.log) == 100
@@ -253,10 +319,27 @@ def free_port() -> int:
 
 def test_unreachable_url_is_one_line_exit_2(tmp_path):
     write_prompts(tmp_path / "p.jsonl", 3)
-    proc = subprocess.run([sys.executable, "-m", "potstill.cli.main", "generate", "--teacher", "openai:m", "--base-url",
-                           f"http://127.0.0.1:{free_port()}/v1", "--prompts", "p.jsonl", "--out", "out"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "potstill.cli.main",
+            "generate",
+            "--teacher",
+            "openai:m",
+            "--base-url",
+            f"http://127.0.0.1:{free_port()}/v1",
+            "--prompts",
+            "p.jsonl",
+            "--out",
+            "out",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("potstill: error: cannot reach the teacher API at http://127.0.0.1:")
@@ -268,7 +351,9 @@ def test_bad_key_and_bad_model_are_one_line_exit_2(tmp_path, capsys, monkeypatch
     with FaultServer(api_key="secret") as srv:
         assert cli(*gen_args(srv, tmp_path / "p.jsonl", tmp_path / "o", "--api-key-env", "TEST_KEY")) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "rejected the API key (HTTP 401: Incorrect API key provided); check $TEST_KEY" in err[0]
+        assert (
+            len(err) == 1 and "rejected the API key (HTTP 401: Incorrect API key provided); check $TEST_KEY" in err[0]
+        )
         monkeypatch.setenv("TEST_KEY", "secret")
         args = gen_args(srv, tmp_path / "p.jsonl", tmp_path / "o", "--api-key-env", "TEST_KEY")
         args[1] = "openai:nope"
@@ -290,8 +375,14 @@ def test_anthropic_messages_api(tmp_path, capsys):
     recs = records(30)
     recs[0]["messages"].insert(0, {"role": "system", "content": "be brief"})
     with FaultServer(fail_rate=0.2, faults=("429", "500", "drop", "malformed"), retry_after="0") as srv:
-        cfg = TeacherConfig(model="anthropic:test-model", base_url=srv.root, top_logprobs=3, backoff_base_s=0.05,
-                            max_attempts=10, max_new_tokens=3)
+        cfg = TeacherConfig(
+            model="anthropic:test-model",
+            base_url=srv.root,
+            top_logprobs=3,
+            backoff_base_s=0.05,
+            max_attempts=10,
+            max_new_tokens=3,
+        )
         stats = run_api_generate(cfg, recs, tmp_path, cache_path=tmp_path / "c.sqlite")
         assert {e["api"] for e in srv.log} == {"anthropic"}
     gens = read_jsonl(tmp_path / "generations.jsonl")
@@ -335,10 +426,19 @@ def test_config_form_generate_stage(tmp_path, capsys):
 
     write_prompts(tmp_path / "train.jsonl", 20)
     with FaultServer(fail_rate=0.2, faults=("500", "drop"), seed=3) as srv:
-        cfg = {"run_dir": "run", "prompts": {"sources": [{"path": "train.jsonl"}], "test_fraction": 0.0, "validation": 0.0},
-               "teacher": {"model": "openai:test-model", "base_url": srv.base_url, "concurrency": 4, "backoff_base_s": 0.05,
-                           "max_attempts": 10, "max_new_tokens": 5},
-               "student": {"model": "unused"}}
+        cfg = {
+            "run_dir": "run",
+            "prompts": {"sources": [{"path": "train.jsonl"}], "test_fraction": 0.0, "validation": 0.0},
+            "teacher": {
+                "model": "openai:test-model",
+                "base_url": srv.base_url,
+                "concurrency": 4,
+                "backoff_base_s": 0.05,
+                "max_attempts": 10,
+                "max_new_tokens": 5,
+            },
+            "student": {"model": "unused"},
+        }
         import yaml
 
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
@@ -361,9 +461,23 @@ def test_potstill_serve_as_teacher(tmp_path, tiny_teacher_dir):
 
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    server = subprocess.Popen([sys.executable, "-m", "potstill.cli.main", "serve", str(tiny_teacher_dir), "--port", str(port),
-                               "--name", "teacher"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "potstill.cli.main",
+            "serve",
+            str(tiny_teacher_dir),
+            "--port",
+            str(port),
+            "--name",
+            "teacher",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}/v1"
         for _ in range(300):
@@ -374,13 +488,22 @@ def test_potstill_serve_as_teacher(tmp_path, tiny_teacher_dir):
                 time.sleep(0.2)
             assert server.poll() is None, server.stderr.read().decode()[-2000:]
         recs = records(6)
-        cfg = TeacherConfig(model="openai:teacher", base_url=base, top_logprobs=3, max_new_tokens=6,
-                            tokenizer=str(tiny_teacher_dir), concurrency=4)
+        cfg = TeacherConfig(
+            model="openai:teacher",
+            base_url=base,
+            top_logprobs=3,
+            max_new_tokens=6,
+            tokenizer=str(tiny_teacher_dir),
+            concurrency=4,
+        )
         stats = run_api_generate(cfg, recs, tmp_path, cache_path=tmp_path / "c.sqlite")
         assert stats["answered"] == 6 and stats["failed"] == 0
         gens = read_jsonl(tmp_path / "generations.jsonl")
-        direct = httpx.post(f"{base}/chat/completions", timeout=60, json={
-            "model": "teacher", "messages": recs[0]["messages"], "max_tokens": 6, "temperature": 0, "seed": 0}).json()
+        direct = httpx.post(
+            f"{base}/chat/completions",
+            timeout=60,
+            json={"model": "teacher", "messages": recs[0]["messages"], "max_tokens": 6, "temperature": 0, "seed": 0},
+        ).json()
         assert gens[0]["text"] == direct["choices"][0]["message"]["content"]
         mapped = [g for g in gens if g["top_logprobs"] is not None]
         assert mapped, "no answer's log-probs mapped to token ids"
@@ -407,10 +530,21 @@ def failing_run(tmp_path: Path, srv: FaultServer, **teacher) -> str:
     """A config whose 20 prompts all go to train; returns its path."""
     import yaml
 
-    cfg = {"run_dir": "run", "prompts": {"sources": [{"path": "train.jsonl"}], "test_fraction": 0.0, "validation": 0.0},
-           "teacher": {"model": "openai:test-model", "base_url": srv.base_url, "max_attempts": 2,
-                       "backoff_base_s": 0.01, "backoff_max_s": 0.02, "max_new_tokens": 5, **teacher},
-           "student": {"model": "unused"}, "train": {"methods": ["sft"]}}
+    cfg = {
+        "run_dir": "run",
+        "prompts": {"sources": [{"path": "train.jsonl"}], "test_fraction": 0.0, "validation": 0.0},
+        "teacher": {
+            "model": "openai:test-model",
+            "base_url": srv.base_url,
+            "max_attempts": 2,
+            "backoff_base_s": 0.01,
+            "backoff_max_s": 0.02,
+            "max_new_tokens": 5,
+            **teacher,
+        },
+        "student": {"model": "unused"},
+        "train": {"methods": ["sft"]},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     return str(tmp_path / "c.yaml")
 

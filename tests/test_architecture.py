@@ -87,6 +87,12 @@ def test_function_level_imports_only_defer_a_named_dependency():
     assert found, "the scan found no function-level import at all: it is not looking"
     unexplained = [f"{f}:{n}: {text}" for f, n, text in found if "# defers" not in text]
     assert unexplained == []
-    internal = [f"{f}:{n}: {text}" for f, n, text in found if text.startswith("from .")
-                and "defers torch" not in text and "defers the" not in text and "defers vllm" not in text]
+    internal = [
+        f"{f}:{n}: {text}"
+        for f, n, text in found
+        if text.startswith("from .")
+        and "defers torch" not in text
+        and "defers the" not in text
+        and "defers vllm" not in text
+    ]
     assert len(internal) <= 8, internal  # potstill's own modules are imported at the top, bar a few deferring torch

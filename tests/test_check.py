@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CORPUS, OTHER_CORPUS, SPECIAL, build_tokenizer
 
+from conftest import CORPUS, OTHER_CORPUS, SPECIAL, build_tokenizer
 from potstill.cli.main import main as cli_main
 from potstill.config import KDSettings, config_from_dict
 from potstill.errors import UserError
@@ -30,11 +30,18 @@ def build_unigram(out_dir: Path, corpus: list[str], vocab_size: int):
     uni = Tokenizer(models.Unigram())
     uni.pre_tokenizer = pre_tokenizers.Metaspace()
     uni.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=[*SPECIAL, "<unk>"], unk_token="<unk>",
-                                      show_progress=False)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=[*SPECIAL, "<unk>"], unk_token="<unk>", show_progress=False
+    )
     uni.train_from_iterator(corpus, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=uni, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  unk_token="<unk>", additional_special_tokens=SPECIAL[3:])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=uni,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=SPECIAL[3:],
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(out_dir))
     return out_dir
@@ -76,8 +83,11 @@ def pairs_dir(tmp_path_factory, make_tiny_llama, tiny_tokenizer_dir):
     _edit_tokenizer_json(tiny_tokenizer_dir, toks / "swapped", _swap_two_ids)
     _edit_tokenizer_json(tiny_tokenizer_dir, toks / "merge_dropped", lambda d: d["model"]["merges"].pop(0))
     _resave(tiny_tokenizer_dir, toks / "added", lambda t: t.add_tokens(["<|tool|>"]))
-    _resave(tiny_tokenizer_dir, toks / "template", lambda t: setattr(t, "chat_template", "{% for m in messages %}"
-                                                                      "{{ m['content'] }}\n{% endfor %}"))
+    _resave(
+        tiny_tokenizer_dir,
+        toks / "template",
+        lambda t: setattr(t, "chat_template", "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"),
+    )
     _resave(tiny_tokenizer_dir, toks / "eos", lambda t: setattr(t, "eos_token", "<|end|>"))
     build_tokenizer(toks / "bpe_other", OTHER_CORPUS + CORPUS[:5], vocab_size=320)
     m = {
@@ -112,8 +122,9 @@ def test_same(pairs_dir):
     assert kd_path(m, ULD)[0] == "kd"  # cross_tokenizer only matters when the tokenizers differ
 
 
-@pytest.mark.parametrize("teacher, student", [("teacher64", "student"), ("teacher", "student64"),
-                                              ("teacher64", "tok_only")])
+@pytest.mark.parametrize(
+    "teacher, student", [("teacher64", "student"), ("teacher", "student64"), ("teacher64", "tok_only")]
+)
 def test_padded_either_side(pairs_dir, teacher, student):
     m = compare_tokenizers(pairs_dir[teacher], pairs_dir[student])
     n, n64 = pairs_dir["n"], pairs_dir["n64"]
@@ -124,7 +135,10 @@ def test_padded_either_side(pairs_dir, teacher, student):
     assert m.kind == "padded" and m.vocab_equal and m.usable_vocab == n
     assert {m.teacher_rows, m.student_rows} == {n, n64}
     path, msg = kd_path(m, LIVE)
-    assert path == "kd" and msg == f"kd: teacher and student share a tokenizer (padded embeddings: logits truncated to {n})"
+    assert (
+        path == "kd"
+        and msg == f"kd: teacher and student share a tokenizer (padded embeddings: logits truncated to {n})"
+    )
     assert kd_path(m, ULD)[0] == "kd"
 
 
@@ -140,8 +154,11 @@ def test_different_tokenizer_families(pairs_dir, student):
     assert m.kind == "different" and not m.vocab_equal and m.usable_vocab is None
     assert m.teacher_fingerprint != m.student_fingerprint
     assert m.vocab_diff["only_teacher"] > 0 and m.vocab_diff["only_student"] > 0
-    assert kd_path(m, LIVE) == ("sft", "kd: tokenizers differ → text-level distillation (SFT on the teacher's "
-                                       "answers); set train.kd.cross_tokenizer=uld for Universal Logit Distillation")
+    assert kd_path(m, LIVE) == (
+        "sft",
+        "kd: tokenizers differ → text-level distillation (SFT on the teacher's "
+        "answers); set train.kd.cross_tokenizer=uld for Universal Logit Distillation",
+    )
     assert kd_path(m, ULD)[0] == "uld" and "ULD" in kd_path(m, ULD)[1]
 
 
@@ -231,8 +248,18 @@ def test_cli_check_json(pairs_dir, capsys):
     assert cli_main(["check", str(pairs_dir["teacher"]), str(pairs_dir["swapped"]), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["kind"] == "different" and d["vocab_diff"]["moved"] == 2 and d["teacher_rows"] == d["student_rows"]
-    assert set(d) >= {"teacher_fingerprint", "student_fingerprint", "vocab_equal", "teacher_vocab", "student_vocab",
-                      "usable_vocab", "special_tokens_equal", "chat_template_equal", "reasons", "notes"}
+    assert set(d) >= {
+        "teacher_fingerprint",
+        "student_fingerprint",
+        "vocab_equal",
+        "teacher_vocab",
+        "student_vocab",
+        "usable_vocab",
+        "special_tokens_equal",
+        "chat_template_equal",
+        "reasons",
+        "notes",
+    }
 
 
 @pytest.mark.parametrize("bad", ["missing", "empty", "broken", "bad_config"])
@@ -256,10 +283,26 @@ def test_cli_check_bad_dir_is_one_line(pairs_dir, tmp_path, capsys, bad):
 
 
 def _cfg(base: Path, student: Path, teacher: Path, methods=("kd",), **train) -> object:
-    t = {"batch_size": 4, "epochs": 1, "lr": 1e-2, "warmup_ratio": 0.0, "logging_steps": 1, "save_steps": 1000,
-         "methods": list(methods), **train}
-    return config_from_dict({"seed": 0, "prompts": {"sources": [{"path": "p.jsonl"}]}, "teacher": {"model": str(teacher)},
-                             "student": {"model": str(student)}, "train": t}, base_dir=base)
+    t = {
+        "batch_size": 4,
+        "epochs": 1,
+        "lr": 1e-2,
+        "warmup_ratio": 0.0,
+        "logging_steps": 1,
+        "save_steps": 1000,
+        "methods": list(methods),
+        **train,
+    }
+    return config_from_dict(
+        {
+            "seed": 0,
+            "prompts": {"sources": [{"path": "p.jsonl"}]},
+            "teacher": {"model": str(teacher)},
+            "student": {"model": str(student)},
+            "train": t,
+        },
+        base_dir=base,
+    )
 
 
 @pytest.mark.parametrize("chunked", [True, False])
@@ -277,9 +320,16 @@ def test_kd_loss_truncates_padded_logits(pairs_dir, make_pairs, tmp_path, teache
     assert t_model.config.vocab_size != s_model.config.vocab_size
     feats = build_features(make_pairs(4), tok, 64, True)
     batch = Collator(tok.pad_token_id)(feats)
-    trainer = DistillTrainer(model=s_model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[]),
-                             train_dataset=feats, method="kd", teacher=t_model, kd=KDSettings(alpha=alpha, temperature=T),
-                             vocab_size=n, chunked=chunked)
+    trainer = DistillTrainer(
+        model=s_model,
+        args=TrainingArguments(output_dir=str(tmp_path), report_to=[]),
+        train_dataset=feats,
+        method="kd",
+        teacher=t_model,
+        kd=KDSettings(alpha=alpha, temperature=T),
+        vocab_size=n,
+        chunked=chunked,
+    )
     loss = trainer.compute_loss(s_model, batch)
     with torch.no_grad():
         ids, att, labels = batch["input_ids"], batch["attention_mask"], batch["labels"][:, 1:]
@@ -329,29 +379,37 @@ def test_kd_with_different_tokenizers_and_uld_trains_with_the_uld_term(pairs_dir
 
 def test_run_preflight_says_which_path_kd_takes(pairs_dir, tmp_path, capsys):
     """`potstill run`'s preflight, then prompts → generate → train kd (text-level) on tiny data."""
-    from potstill.pipeline import open_run, preflight as run_preflight, run_stages
+    from potstill.pipeline import open_run, run_stages
+    from potstill.pipeline import preflight as run_preflight
 
-    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"question {i} about plan {i * 7}"})
-                                              + "\n" for i in range(12)))
-    base = {"run_dir": "run", "prompts": {"sources": [{"path": "p.jsonl"}], "test_fraction": 0.0},
-            "teacher": {"model": str(pairs_dir["teacher64"]), "max_new_tokens": 4},
-            "train": {"methods": ["kd"], "epochs": 1, "batch_size": 8}}
+    (tmp_path / "p.jsonl").write_text(
+        "".join(json.dumps({"id": f"q{i}", "prompt": f"question {i} about plan {i * 7}"}) + "\n" for i in range(12))
+    )
+    base = {
+        "run_dir": "run",
+        "prompts": {"sources": [{"path": "p.jsonl"}], "test_fraction": 0.0},
+        "teacher": {"model": str(pairs_dir["teacher64"]), "max_new_tokens": 4},
+        "train": {"methods": ["kd"], "epochs": 1, "batch_size": 8},
+    }
 
     def preflight(student, **kd):
-        cfg = config_from_dict({**base, "student": {"model": str(student), "init": "random"},
-                                "train": {**base["train"], "kd": kd}}, base_dir=tmp_path)
+        cfg = config_from_dict(
+            {**base, "student": {"model": str(student), "init": "random"}, "train": {**base["train"], "kd": kd}},
+            base_dir=tmp_path,
+        )
         ctx = open_run(cfg)
         run_preflight(ctx)
         return ctx, capsys.readouterr().err
 
     _, err = preflight(pairs_dir["student"])
-    assert "kd: teacher and student share a tokenizer (padded embeddings: logits truncated to " \
-           f"{pairs_dir['n']})" in err
+    assert f"kd: teacher and student share a tokenizer (padded embeddings: logits truncated to {pairs_dir['n']})" in err
     with pytest.raises(UserError, match="token-level"):
         preflight(pairs_dir["other"], signal="topk")
     p, err = preflight(pairs_dir["other"])
-    line = ("kd: tokenizers differ → text-level distillation (SFT on the teacher's answers); "
-            "set train.kd.cross_tokenizer=uld for Universal Logit Distillation")
+    line = (
+        "kd: tokenizers differ → text-level distillation (SFT on the teacher's answers); "
+        "set train.kd.cross_tokenizer=uld for Universal Logit Distillation"
+    )
     assert line in err
     run_stages(p, ["prompts", "generate", "train"])
     m = json.loads((tmp_path / "run" / "students" / "kd" / "training.json").read_text())
@@ -368,7 +426,11 @@ def test_padded_teacher_never_generates_padding_ids(pairs_dir, tiny_tokenizer_di
     boost = torch.cat([torch.zeros(n), torch.full((pairs_dir["n64"] - n,), 100.0)])
     model.lm_head.register_forward_hook(lambda mod, inp, out: out + boost)
     gen = LocalGenerator(pairs_dir["teacher64"], model=model, device="cpu")
-    recs = list(gen.generate([{"id": "a", "messages": [{"role": "user", "content": "What is two plus two?"}]}],
-                             GenerationSettings(max_new_tokens=3, top_logprobs=2)))
+    recs = list(
+        gen.generate(
+            [{"id": "a", "messages": [{"role": "user", "content": "What is two plus two?"}]}],
+            GenerationSettings(max_new_tokens=3, top_logprobs=2),
+        )
+    )
     assert all(t < n for t in recs[0]["token_ids"])
     assert all(t < n for row in recs[0]["top_logprobs"] for t, _ in row)

@@ -76,8 +76,19 @@ def full_and_chunked(name, kw, dtype=torch.float32, chunk=7, temp=2.0, alpha=0.3
     g_ref = grads(ref, *leaves)
     leaves2 = [None if x is None else x.detach().clone().requires_grad_() for x in leaves]
     got, n_got, parts = chunked_distillation_loss(
-        leaves2[0], leaves2[1], y, bias=leaves2[2], teacher_hidden=ht, teacher_weight=wt, teacher_bias=bt,
-        alpha=alpha, temperature=temp, vocab_size=V, divergence=name, chunk_size=chunk, **kw,
+        leaves2[0],
+        leaves2[1],
+        y,
+        bias=leaves2[2],
+        teacher_hidden=ht,
+        teacher_weight=wt,
+        teacher_bias=bt,
+        alpha=alpha,
+        temperature=temp,
+        vocab_size=V,
+        divergence=name,
+        chunk_size=chunk,
+        **kw,
     )
     g_got = grads(got, *leaves2)
     assert int(n_got) == int(n_ref) == int((y != IGNORE_INDEX).sum())
@@ -131,8 +142,20 @@ def test_chunked_matches_float64_reference(name):
     kd = divergence(name, lq, lp, mask, beta=0.3, skew_alpha=0.2).sum()
     ce = torch.nn.functional.cross_entropy(h.double() @ w.double().T + b.double(), y, reduction="sum")
     total, _, parts = chunked_distillation_loss(
-        h, w, y, bias=b, teacher_hidden=ht, teacher_weight=wt, teacher_bias=bt, alpha=0.3, temperature=2.0,
-        vocab_size=V, divergence=name, beta=0.3, skew_alpha=0.2, chunk_size=6,
+        h,
+        w,
+        y,
+        bias=b,
+        teacher_hidden=ht,
+        teacher_weight=wt,
+        teacher_bias=bt,
+        alpha=0.3,
+        temperature=2.0,
+        vocab_size=V,
+        divergence=name,
+        beta=0.3,
+        skew_alpha=0.2,
+        chunk_size=6,
     )
     assert abs(float(parts["kd"]) - float(kd)) <= 1e-6 * float(kd)
     assert abs(float(parts["ce"]) - float(ce)) <= 1e-6 * float(ce)
@@ -146,8 +169,12 @@ def test_padded_teacher_vocab_and_vocab_size():
     wt_pad = torch.cat([wt[:V], torch.randn(9, HT, dtype=torch.float64) * 50])
     bt_pad = torch.cat([bt[:V], torch.full((9,), 100.0, dtype=torch.float64)])
     kw = dict(bias=b, alpha=0.5, temperature=1.5, divergence="jsd", chunk_size=4)
-    a = chunked_distillation_loss(h, w, y, teacher_hidden=ht, teacher_weight=wt[:V], teacher_bias=bt[:V], vocab_size=V, **kw)
-    c = chunked_distillation_loss(h, w, y, teacher_hidden=ht, teacher_weight=wt_pad, teacher_bias=bt_pad, vocab_size=V, **kw)
+    a = chunked_distillation_loss(
+        h, w, y, teacher_hidden=ht, teacher_weight=wt[:V], teacher_bias=bt[:V], vocab_size=V, **kw
+    )
+    c = chunked_distillation_loss(
+        h, w, y, teacher_hidden=ht, teacher_weight=wt_pad, teacher_bias=bt_pad, vocab_size=V, **kw
+    )
     assert torch.equal(a[2]["kd"], c[2]["kd"]) and torch.equal(a[0], c[0])
     # without vocab_size, the smaller of the two heads (the teacher's V rows) bounds the KD term
     d = chunked_distillation_loss(h, w, y, teacher_hidden=ht, teacher_weight=wt[:V], teacher_bias=bt[:V], **kw)
@@ -158,12 +185,23 @@ def test_ignore_index_everywhere_and_all_ignored():
     h, w, b, ht, wt, bt, y = make(torch.float64)
     keep = y != IGNORE_INDEX
     hh = h.clone().requires_grad_()
-    full = chunked_distillation_loss(hh, w, y, bias=b, teacher_hidden=ht, teacher_weight=wt, vocab_size=V, divergence="tvd", chunk_size=5)
+    full = chunked_distillation_loss(
+        hh, w, y, bias=b, teacher_hidden=ht, teacher_weight=wt, vocab_size=V, divergence="tvd", chunk_size=5
+    )
     (gh,) = torch.autograd.grad(full[0], hh)
     assert (gh[~keep] == 0).all() and (gh[keep].abs().sum(-1) > 0).all()
     # dropping the ignored rows beforehand changes nothing
-    sub = chunked_distillation_loss(h[keep], w, y[keep], bias=b, teacher_hidden=ht[keep], teacher_weight=wt, vocab_size=V,
-                                    divergence="tvd", chunk_size=5)
+    sub = chunked_distillation_loss(
+        h[keep],
+        w,
+        y[keep],
+        bias=b,
+        teacher_hidden=ht[keep],
+        teacher_weight=wt,
+        vocab_size=V,
+        divergence="tvd",
+        chunk_size=5,
+    )
     assert torch.allclose(full[0], sub[0]) and int(full[1]) == int(sub[1])
     none = torch.full_like(y, IGNORE_INDEX)
     hh = h.clone().requires_grad_()
@@ -176,7 +214,9 @@ def test_batched_shapes_and_sft_mode():
     h, w, b, ht, wt, bt, y = make(torch.float64, n=24)
     hb, yb = h.view(3, 8, H), y.view(3, 8)
     flat = chunked_distillation_loss(h, w, y, teacher_hidden=ht, teacher_weight=wt, vocab_size=V, chunk_size=5)
-    batched = chunked_distillation_loss(hb, w, yb, teacher_hidden=ht.view(3, 8, HT), teacher_weight=wt, vocab_size=V, chunk_size=5)
+    batched = chunked_distillation_loss(
+        hb, w, yb, teacher_hidden=ht.view(3, 8, HT), teacher_weight=wt, vocab_size=V, chunk_size=5
+    )
     assert torch.allclose(flat[0], batched[0])
     sft, n, parts = chunked_distillation_loss(h, w, y, bias=b, chunk_size=5)
     want = torch.nn.functional.cross_entropy(h @ w.T + b, y, reduction="sum")
@@ -197,11 +237,17 @@ def test_bf16_inputs():
     h, w, b, ht, wt, bt, y = make()
     args = [x.bfloat16() for x in (h, w, ht, wt)]
     hb, wb = args[0].clone().requires_grad_(), args[1].clone().requires_grad_()
-    loss, _, parts = chunked_distillation_loss(hb, wb, y, teacher_hidden=args[2], teacher_weight=args[3], vocab_size=V,
-                                               divergence="reverse_kl", chunk_size=8)
+    loss, _, parts = chunked_distillation_loss(
+        hb, wb, y, teacher_hidden=args[2], teacher_weight=args[3], vocab_size=V, divergence="reverse_kl", chunk_size=8
+    )
     loss.backward()
-    ref = distillation_loss((args[0] @ args[1].T).float(), y, teacher_logits=(args[2] @ args[3].T).float(), vocab_size=V,
-                            divergence="reverse_kl")
+    ref = distillation_loss(
+        (args[0] @ args[1].T).float(),
+        y,
+        teacher_logits=(args[2] @ args[3].T).float(),
+        vocab_size=V,
+        divergence="reverse_kl",
+    )
     assert loss.dtype == torch.float32 and hb.grad.dtype == torch.bfloat16 and wb.grad.dtype == torch.bfloat16
     assert abs(float(loss) - float(ref[0])) <= 1e-2 * float(ref[0])
 
@@ -211,7 +257,9 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="chunk_size"):
         chunked_distillation_loss(h, w, y, chunk_size=0)
     with pytest.raises(ValueError, match="forward_kl"):
-        chunked_distillation_loss(h, w, y, target_ids=y.view(-1, 1).clamp(min=0), target_probs=torch.ones(N, 1), divergence="tvd")
+        chunked_distillation_loss(
+            h, w, y, target_ids=y.view(-1, 1).clamp(min=0), target_probs=torch.ones(N, 1), divergence="tvd"
+        )
     with pytest.raises(ValueError, match="not both"):
         chunked_distillation_loss(h, w, y, teacher_hidden=ht, teacher_weight=wt, target_probs=torch.ones(N, 1))
     with pytest.raises(ValueError, match="unknown divergence"):
@@ -238,12 +286,22 @@ def test_chunked_topk_equals_full_topk(chunk):
     h, w, b, ht, wt, bt, y = make()
     ids, lp = _topk(ht, wt)
     leaves = [h.clone().requires_grad_(), w.clone().requires_grad_()]
-    ref, _, pr = distillation_loss(leaves[0] @ leaves[1].T, y, teacher_ids=ids, teacher_logprobs=lp, alpha=0.4,
-                                   temperature=2.0, vocab_size=V)
+    ref, _, pr = distillation_loss(
+        leaves[0] @ leaves[1].T, y, teacher_ids=ids, teacher_logprobs=lp, alpha=0.4, temperature=2.0, vocab_size=V
+    )
     gr = torch.autograd.grad(ref, leaves)
     leaves2 = [h.clone().requires_grad_(), w.clone().requires_grad_()]
-    got, _, pg = chunked_distillation_loss(leaves2[0], leaves2[1], y, target_ids=ids, target_probs=topk_target_probs(lp, 2.0),
-                                           alpha=0.4, temperature=2.0, vocab_size=V, chunk_size=chunk)
+    got, _, pg = chunked_distillation_loss(
+        leaves2[0],
+        leaves2[1],
+        y,
+        target_ids=ids,
+        target_probs=topk_target_probs(lp, 2.0),
+        alpha=0.4,
+        temperature=2.0,
+        vocab_size=V,
+        chunk_size=chunk,
+    )
     gg = torch.autograd.grad(got, leaves2)
     assert rel(got, ref) <= 1e-6 and rel(pg["kd"], pr["kd"]) <= 1e-5
     for a, c in zip(gg, gr):
@@ -266,12 +324,22 @@ def test_sparse_targets_fused_path_at_t1(alpha, dense, vs, dtype):
         probs = torch.rand(N, K, generator=g, dtype=dtype) / K
         probs[1, :2] = 0
     leaves = [x.clone().requires_grad_() for x in (h, w, b)]
-    ref, _, pr = distillation_loss(leaves[0] @ leaves[1].T + leaves[2], y, target_ids=ids, target_probs=probs,
-                                   alpha=alpha, vocab_size=V)
+    ref, _, pr = distillation_loss(
+        leaves[0] @ leaves[1].T + leaves[2], y, target_ids=ids, target_probs=probs, alpha=alpha, vocab_size=V
+    )
     gr = torch.autograd.grad(ref, leaves)
     leaves2 = [x.clone().requires_grad_() for x in (h, w, b)]
-    got, _, pg = chunked_distillation_loss(leaves2[0], leaves2[1], y, bias=leaves2[2], target_ids=ids, target_probs=probs,
-                                           alpha=alpha, vocab_size=V, chunk_size=6)
+    got, _, pg = chunked_distillation_loss(
+        leaves2[0],
+        leaves2[1],
+        y,
+        bias=leaves2[2],
+        target_ids=ids,
+        target_probs=probs,
+        alpha=alpha,
+        vocab_size=V,
+        chunk_size=6,
+    )
     gg = torch.autograd.grad(got, leaves2)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     assert rel(got, ref) <= tol and rel(pg["kd"], pr["kd"]) <= tol and rel(pg["ce"], pr["ce"]) <= tol
@@ -311,22 +379,42 @@ def test_chunked_sparse_target_loss_and_dense_ids():
 
 
 def _sgd_step(student_dir, feats, batch, accum, tmp, **kw):
+    from transformers import TrainingArguments
+
     from potstill.models import load_model, load_tokenizer
     from potstill.train.data import Collator
     from potstill.train.trainer import DistillTrainer
-    from transformers import TrainingArguments
 
     tok = load_tokenizer(student_dir, padding_side="right")
     model = load_model(student_dir)
     args = TrainingArguments(
-        output_dir=str(tmp), per_device_train_batch_size=batch, gradient_accumulation_steps=accum, optim="sgd",
-        learning_rate=1.0, lr_scheduler_type="constant", max_grad_norm=0.0, max_steps=1, logging_steps=1,
-        save_strategy="no", disable_tqdm=True, report_to=[], remove_unused_columns=False, seed=0,
-        dataloader_num_workers=0, use_cpu=True,
+        output_dir=str(tmp),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accum,
+        optim="sgd",
+        learning_rate=1.0,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        max_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        report_to=[],
+        remove_unused_columns=False,
+        seed=0,
+        dataloader_num_workers=0,
+        use_cpu=True,
     )
     kd = {k: kw.pop(k) for k in ("chunk_size", "divergence", "beta", "skew_alpha") if k in kw}
-    trainer = DistillTrainer(model=model, args=args, train_dataset=feats, data_collator=Collator(tok.pad_token_id),
-                             vocab_size=len(tok), kd=KDSettings(temperature=2.0, alpha=0.5, **kd), **kw)
+    trainer = DistillTrainer(
+        model=model,
+        args=args,
+        train_dataset=feats,
+        data_collator=Collator(tok.pad_token_id),
+        vocab_size=len(tok),
+        kd=KDSettings(temperature=2.0, alpha=0.5, **kd),
+        **kw,
+    )
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     trainer.train()
     return {k: v.detach() - before[k] for k, v in model.named_parameters()}, trainer
@@ -390,19 +478,30 @@ def test_trainer_chunked_equals_full_logits(tmp_path, tiny_student_dir, kd_setup
 
 def test_trainer_falls_back_when_logits_are_not_hidden_at_head(tmp_path, tiny_student_dir, kd_setup):
     """A model whose logits are post-processed (here: scaled, like soft-capping) is detected."""
+    from transformers import TrainingArguments
+
     from potstill.models import load_model
     from potstill.train.data import Collator
     from potstill.train.trainer import DistillTrainer, lm_head_of
-    from transformers import TrainingArguments
 
     feats, _, teacher = kd_setup
     model = load_model(tiny_student_dir)
     head = model.lm_head
     assert lm_head_of(model) is head
     head.forward = lambda x: torch.nn.functional.linear(x, head.weight) * 0.5
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, save_strategy="no",
-                             report_to=[], remove_unused_columns=False, disable_tqdm=True, use_cpu=True)
-    tr = DistillTrainer(model=model, args=args, train_dataset=feats, data_collator=Collator(0), method="kd", teacher=teacher)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=1,
+        save_strategy="no",
+        report_to=[],
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    tr = DistillTrainer(
+        model=model, args=args, train_dataset=feats, data_collator=Collator(0), method="kd", teacher=teacher
+    )
     batch = Collator(0)(feats[:4])
     loss = tr.compute_loss(model, batch)
     assert tr._head_ok == {"teacher": True, "student": False}
@@ -413,6 +512,7 @@ def test_trainer_falls_back_when_logits_are_not_hidden_at_head(tmp_path, tiny_st
 
 def test_lm_head_of_peft_model(tiny_student_dir):
     from peft import LoraConfig, get_peft_model
+
     from potstill.models import load_model
     from potstill.train.trainer import lm_head_of
 
@@ -420,7 +520,9 @@ def test_lm_head_of_peft_model(tiny_student_dir):
     head = model.lm_head
     peft = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
     assert lm_head_of(peft) is head
-    adapted = get_peft_model(load_model(tiny_student_dir), LoraConfig(r=2, target_modules=["lm_head"], task_type="CAUSAL_LM"))
+    adapted = get_peft_model(
+        load_model(tiny_student_dir), LoraConfig(r=2, target_modules=["lm_head"], task_type="CAUSAL_LM")
+    )
     assert lm_head_of(adapted) is None  # an adapted head: full logits
 
 
@@ -458,8 +560,16 @@ def _support_reference(name, kw, h, w, b, ht, wt, bt, y, temp, alpha):
     cols = torch.cat([(~both).nonzero().squeeze(1), torch.arange(V, w.shape[0])])  # + the padded rows (CE only)
     keep_t = (~both).nonzero().squeeze(1)
     y_sub = torch.where(y == IGNORE_INDEX, y, torch.searchsorted(cols, y))  # label ids in the support's numbering
-    ref, _, parts = distillation_loss(logits[:, cols], y_sub, teacher_logits=t_logits[:, keep_t], alpha=alpha,
-                                      temperature=temp, vocab_size=len(keep_t), divergence=name, **kw)
+    ref, _, parts = distillation_loss(
+        logits[:, cols],
+        y_sub,
+        teacher_logits=t_logits[:, keep_t],
+        alpha=alpha,
+        temperature=temp,
+        vocab_size=len(keep_t),
+        divergence=name,
+        **kw,
+    )
     return ref, parts, torch.autograd.grad(ref, leaves)
 
 
@@ -474,8 +584,19 @@ def test_chunked_neginf_bias_in_both_heads(name, kw, temp):
     ref, pr, gr = _support_reference(name, kw, h, w, b, ht, wt, bt, y, temp, 0.3)
     leaves = [x.clone().requires_grad_() for x in (h, w, b)]
     got, _, parts = chunked_distillation_loss(
-        leaves[0], leaves[1], y, bias=leaves[2], teacher_hidden=ht, teacher_weight=wt, teacher_bias=bt, alpha=0.3,
-        temperature=temp, vocab_size=V, divergence=name, chunk_size=7, **kw,
+        leaves[0],
+        leaves[1],
+        y,
+        bias=leaves[2],
+        teacher_hidden=ht,
+        teacher_weight=wt,
+        teacher_bias=bt,
+        alpha=0.3,
+        temperature=temp,
+        vocab_size=V,
+        divergence=name,
+        chunk_size=7,
+        **kw,
     )
     gg = torch.autograd.grad(got, leaves)
     assert torch.isfinite(got) and all(torch.isfinite(x).all() for x in gg)
@@ -493,8 +614,19 @@ def test_chunked_neginf_bias_float32(name, kw):
     ref, pr, gr = _support_reference(name, kw, h, w, b, ht, wt, bt, y, 2.0, 0.3)
     leaves = [x.clone().requires_grad_() for x in (h, w, b)]
     got, _, parts = chunked_distillation_loss(
-        leaves[0], leaves[1], y, bias=leaves[2], teacher_hidden=ht, teacher_weight=wt, teacher_bias=bt, alpha=0.3,
-        temperature=2.0, vocab_size=V, divergence=name, chunk_size=6, **kw,
+        leaves[0],
+        leaves[1],
+        y,
+        bias=leaves[2],
+        teacher_hidden=ht,
+        teacher_weight=wt,
+        teacher_bias=bt,
+        alpha=0.3,
+        temperature=2.0,
+        vocab_size=V,
+        divergence=name,
+        chunk_size=6,
+        **kw,
     )
     gg = torch.autograd.grad(got, leaves)
     assert rel(got, ref) <= 1e-6 and rel(parts["kd"], pr["kd"]) <= 1e-6
@@ -502,10 +634,17 @@ def test_chunked_neginf_bias_float32(name, kw):
         assert torch.isfinite(a).all() and rel(a, c) <= 1e-5
 
 
-@pytest.mark.parametrize("name,kw,side", [("forward_kl", {}, "teacher"), ("reverse_kl", {}, "student"),
-                                          ("jsd", {"beta": 0.5}, "student"), ("jsd", {"beta": 0.5}, "teacher"),
-                                          ("skew_forward_kl", {"skew_alpha": 0.1}, "student"),
-                                          ("skew_reverse_kl", {"skew_alpha": 0.3}, "teacher")])
+@pytest.mark.parametrize(
+    "name,kw,side",
+    [
+        ("forward_kl", {}, "teacher"),
+        ("reverse_kl", {}, "student"),
+        ("jsd", {"beta": 0.5}, "student"),
+        ("jsd", {"beta": 0.5}, "teacher"),
+        ("skew_forward_kl", {"skew_alpha": 0.1}, "student"),
+        ("skew_reverse_kl", {"skew_alpha": 0.3}, "teacher"),
+    ],
+)
 def test_chunked_neginf_bias_in_one_head_finite_cases(name, kw, side):
     """-inf in one head only, where the divergence is finite (was NaN): the limit of a very negative bias."""
     h, w, b, ht, wt, bt, y = make(torch.float64)
@@ -513,14 +652,31 @@ def test_chunked_neginf_bias_in_one_head_finite_cases(name, kw, side):
     y[torch.isin(y, torch.tensor(INF_IDS))] = 0
     leaves = [x.clone().requires_grad_() for x in (h, w, b)]
     got, _, _ = chunked_distillation_loss(
-        leaves[0], leaves[1], y, bias=leaves[2], teacher_hidden=ht, teacher_weight=wt, teacher_bias=bt,
-        temperature=2.0, vocab_size=V, divergence=name, chunk_size=7, **kw,
+        leaves[0],
+        leaves[1],
+        y,
+        bias=leaves[2],
+        teacher_hidden=ht,
+        teacher_weight=wt,
+        teacher_bias=bt,
+        temperature=2.0,
+        vocab_size=V,
+        divergence=name,
+        chunk_size=7,
+        **kw,
     )
     gg = torch.autograd.grad(got, leaves)
     limit = [x.nan_to_num(neginf=-1e5).requires_grad_() for x in (h, w, b)]
     logits = limit[0] @ limit[1].T + limit[2]
-    ref = distillation_loss(logits, y, teacher_logits=ht @ wt.T + bt.nan_to_num(neginf=-1e5), temperature=2.0,
-                            vocab_size=V, divergence=name, **kw)[0]
+    ref = distillation_loss(
+        logits,
+        y,
+        teacher_logits=ht @ wt.T + bt.nan_to_num(neginf=-1e5),
+        temperature=2.0,
+        vocab_size=V,
+        divergence=name,
+        **kw,
+    )[0]
     gr = torch.autograd.grad(ref, limit)
     assert torch.isfinite(got) and rel(got, ref) <= 1e-12
     for a, c in zip(gg, gr):
@@ -532,8 +688,9 @@ def test_chunked_infinite_kl_is_not_hidden():
     h, w, b, ht, wt, bt, y = make(torch.float64)
     b[INF_IDS] = float("-inf")
     y[torch.isin(y, torch.tensor(INF_IDS))] = 0
-    loss, _, parts = chunked_distillation_loss(h, w, y, bias=b, teacher_hidden=ht, teacher_weight=wt, teacher_bias=bt,
-                                               vocab_size=V, chunk_size=7)
+    loss, _, parts = chunked_distillation_loss(
+        h, w, y, bias=b, teacher_hidden=ht, teacher_weight=wt, teacher_bias=bt, vocab_size=V, chunk_size=7
+    )
     assert float(parts["kd"]) == float("inf") and float(loss) == float("inf")
 
 
@@ -558,12 +715,29 @@ def test_chunked_sparse_targets_with_neginf_student_bias(target, temp):
         lp, ids = torch.log_softmax(t_logits, -1).topk(V - 1, -1)
         probs = topk_target_probs(lp, temp)
     leaves = [x.clone().requires_grad_() for x in (h, w, b)]
-    ref, _, pr = distillation_loss(leaves[0] @ leaves[1].T + leaves[2], y, target_ids=ids, target_probs=probs,
-                                   alpha=0.4, temperature=temp, vocab_size=V)
+    ref, _, pr = distillation_loss(
+        leaves[0] @ leaves[1].T + leaves[2],
+        y,
+        target_ids=ids,
+        target_probs=probs,
+        alpha=0.4,
+        temperature=temp,
+        vocab_size=V,
+    )
     gr = torch.autograd.grad(ref, leaves)
     leaves2 = [x.clone().requires_grad_() for x in (h, w, b)]
-    got, _, pg = chunked_distillation_loss(leaves2[0], leaves2[1], y, bias=leaves2[2], target_ids=ids,
-                                           target_probs=probs, alpha=0.4, temperature=temp, vocab_size=V, chunk_size=6)
+    got, _, pg = chunked_distillation_loss(
+        leaves2[0],
+        leaves2[1],
+        y,
+        bias=leaves2[2],
+        target_ids=ids,
+        target_probs=probs,
+        alpha=0.4,
+        temperature=temp,
+        vocab_size=V,
+        chunk_size=6,
+    )
     gg = torch.autograd.grad(got, leaves2)
     assert torch.isfinite(got) and rel(got, ref) <= 1e-10 and rel(pg["kd"], pr["kd"]) <= 1e-10
     for a, c in zip(gg, gr):
@@ -584,12 +758,27 @@ def test_fused_sparse_path_padded_rows_holding_most_of_the_mass():
     ids = torch.randint(0, V, (N, K), generator=g)
     probs = torch.full((N, K), 1.0 / K)
     leaves = [x.clone().requires_grad_() for x in (h, w, b)]
-    got, _, parts = chunked_distillation_loss(leaves[0], leaves[1], y, bias=leaves[2], target_ids=ids,
-                                              target_probs=probs, alpha=0.5, vocab_size=V, chunk_size=6)
+    got, _, parts = chunked_distillation_loss(
+        leaves[0],
+        leaves[1],
+        y,
+        bias=leaves[2],
+        target_ids=ids,
+        target_probs=probs,
+        alpha=0.5,
+        vocab_size=V,
+        chunk_size=6,
+    )
     gg = torch.autograd.grad(got, leaves)
     ref_leaves = [x.double().clone().requires_grad_() for x in (h, w, b)]
-    ref, _, pr = distillation_loss(ref_leaves[0] @ ref_leaves[1].T + ref_leaves[2], y, target_ids=ids,
-                                   target_probs=probs.double(), alpha=0.5, vocab_size=V)
+    ref, _, pr = distillation_loss(
+        ref_leaves[0] @ ref_leaves[1].T + ref_leaves[2],
+        y,
+        target_ids=ids,
+        target_probs=probs.double(),
+        alpha=0.5,
+        vocab_size=V,
+    )
     gr = torch.autograd.grad(ref, ref_leaves)
     assert torch.isfinite(got) and rel(parts["kd"], pr["kd"]) <= 1e-5 and rel(got, ref) <= 1e-5
     for a, c in zip(gg, gr):

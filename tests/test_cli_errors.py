@@ -9,8 +9,13 @@ import yaml
 
 
 def potstill(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "potstill.cli.main", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "potstill.cli.main", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def one_line_error(proc, *needles):
@@ -25,10 +30,18 @@ def one_line_error(proc, *needles):
 
 @pytest.fixture
 def workdir(tmp_path):
-    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"question number {i} about plan {i * 7}"}) + "\n" for i in range(40)))
+    (tmp_path / "p.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "prompt": f"question number {i} about plan {i * 7}"}) + "\n" for i in range(40)
+        )
+    )
     (tmp_path / "notamodel").mkdir()
-    cfg = {"run_dir": "run", "prompts": {"sources": [{"path": "p.jsonl"}]},
-           "teacher": {"model": "notamodel"}, "student": {"model": "notamodel", "init": "random"}}
+    cfg = {
+        "run_dir": "run",
+        "prompts": {"sources": [{"path": "p.jsonl"}]},
+        "teacher": {"model": "notamodel"},
+        "student": {"model": "notamodel", "init": "random"},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path
 
@@ -70,8 +83,15 @@ def test_unknown_force_stage(workdir):
 
 def test_kd_topk_with_mismatched_tokenizers_fails_before_any_stage(workdir, make_tiny_llama, tiny_teacher_dir):
     student = make_tiny_llama(workdir / "other_student", hidden=16, tokenizer="other")
-    proc = potstill("run", "c.yaml", f"teacher.model={tiny_teacher_dir}", f"student.model={student}",
-                    "train.methods=[kd]", "train.kd.signal=topk", cwd=workdir)
+    proc = potstill(
+        "run",
+        "c.yaml",
+        f"teacher.model={tiny_teacher_dir}",
+        f"student.model={student}",
+        "train.methods=[kd]",
+        "train.kd.signal=topk",
+        cwd=workdir,
+    )
     line = one_line_error(proc, "train.kd.signal", "token-level", "signal 'live'", "'sft'")
     assert str(student) in line
     assert not (workdir / "run" / "prompts").exists()
@@ -79,8 +99,14 @@ def test_kd_topk_with_mismatched_tokenizers_fails_before_any_stage(workdir, make
 
 def test_kd_with_mismatched_tokenizers_trains_text_level(workdir, make_tiny_llama, tiny_teacher_dir):
     student = make_tiny_llama(workdir / "other_student", hidden=16, tokenizer="other")
-    over = [f"teacher.model={tiny_teacher_dir}", f"student.model={student}", "train.methods=[kd]",
-            "teacher.max_new_tokens=4", "train.epochs=1", "train.batch_size=8"]
+    over = [
+        f"teacher.model={tiny_teacher_dir}",
+        f"student.model={student}",
+        "train.methods=[kd]",
+        "teacher.max_new_tokens=4",
+        "train.epochs=1",
+        "train.batch_size=8",
+    ]
     for cmd in (["prompts"], ["generate"], ["train", "--method", "kd"]):
         proc = potstill(*cmd[:1], "c.yaml", *over, *cmd[1:], cwd=workdir)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -120,16 +146,20 @@ def test_too_long_prompt_is_dropped_and_counted(workdir, teacher256):
     stats = json.loads((workdir / "run" / "prompts" / "stats.json").read_text())
     assert stats["dropped"]["too_long"] == 1 and stats["loaded"] == 41
     assert stats["max_prompt_tokens"]["limit"] == 256 - 64
-    kept = [json.loads(ln)["id"] for s in ("train", "validation", "test")
-            for ln in (workdir / "run" / "prompts" / f"{s}.jsonl").read_text().splitlines()]
+    kept = [
+        json.loads(ln)["id"]
+        for s in ("train", "validation", "test")
+        for ln in (workdir / "run" / "prompts" / f"{s}.jsonl").read_text().splitlines()
+    ]
     assert len(kept) == 40 and "huge" not in kept
 
 
 def test_too_long_prompt_error_policy_names_it(workdir, teacher256):
     add_prompt(workdir, "huge", long_prompt(20_000))
     proc = potstill("prompts", "c.yaml", f"teacher.model={teacher256}", "prompts.too_long=error", cwd=workdir)
-    line = one_line_error(proc, "p.jsonl line 41", "prompt 'huge' has", "over the limit of 192",
-                          "teacher.max_new_tokens 64")
+    line = one_line_error(
+        proc, "p.jsonl line 41", "prompt 'huge' has", "over the limit of 192", "teacher.max_new_tokens 64"
+    )
     assert "max_position_embeddings" in line
     assert not (workdir / "run" / "prompts").exists()
 
@@ -138,8 +168,12 @@ def test_too_long_prompt_reaching_generate_is_one_line(workdir, teacher256):
     """A prompt past the teacher's context (here let through on purpose) stops generate before any
     allocation sized by it: one line naming the prompt and the lengths, no generate stage."""
     add_prompt(workdir, "huge", long_prompt(1_000_000))
-    over = [f"teacher.model={teacher256}", "prompts.max_prompt_tokens=10000000", "prompts.validation=0",
-            "prompts.test_fraction=0"]
+    over = [
+        f"teacher.model={teacher256}",
+        "prompts.max_prompt_tokens=10000000",
+        "prompts.validation=0",
+        "prompts.test_fraction=0",
+    ]
     assert potstill("prompts", "c.yaml", *over, cwd=workdir).returncode == 0
     proc = potstill("generate", "c.yaml", *over, cwd=workdir)
     one_line_error(proc, "1 prompt(s) too long for the teacher", "'huge'", "the context is 256", "--force prompts")
@@ -154,15 +188,18 @@ def test_run_dir_that_is_a_file(workdir):
 
 
 def test_every_bad_config_value_reported(workdir):
-    proc = potstill("run", "c.yaml", "train.epochs=-3", "train.lr=-1", "train.lrr=0.1", "teacher.batch_size=0",
-                    cwd=workdir)
+    proc = potstill(
+        "run", "c.yaml", "train.epochs=-3", "train.lr=-1", "train.lrr=0.1", "teacher.batch_size=0", cwd=workdir
+    )
     assert proc.returncode == 2
     lines = error_lines(proc)
     assert len(lines) == 4, proc.stderr
-    for needle in ("config key 'train.epochs': Input should be greater than 0 (got -3)",
-                   "config key 'train.lr': Input should be greater than 0 (got -1)",
-                   "unknown config key 'train.lrr' (did you mean 'lr'?)",
-                   "config key 'teacher.batch_size'"):
+    for needle in (
+        "config key 'train.epochs': Input should be greater than 0 (got -3)",
+        "config key 'train.lr': Input should be greater than 0 (got -1)",
+        "unknown config key 'train.lrr' (did you mean 'lr'?)",
+        "config key 'teacher.batch_size'",
+    ):
         assert sum(needle in ln for ln in lines) == 1, (needle, lines)
     assert not (workdir / "run").exists()
 
@@ -185,8 +222,9 @@ def test_utf8_bom_is_accepted(workdir, fmt):
 
 def test_direct_generate_skips_prompts_past_a_local_teachers_context(workdir, teacher256):
     add_prompt(workdir, "huge", long_prompt(50_000))
-    proc = potstill("generate", "--teacher", teacher256, "--prompts", "p.jsonl", "--out", "o", "--max-new-tokens", "4",
-                    cwd=workdir)
+    proc = potstill(
+        "generate", "--teacher", teacher256, "--prompts", "p.jsonl", "--out", "o", "--max-new-tokens", "4", cwd=workdir
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipped 1 prompts longer than 252 tokens (the teacher's context 256" in proc.stderr
     ids = [json.loads(ln)["id"] for ln in (workdir / "o" / "generations.jsonl").read_text().splitlines()]

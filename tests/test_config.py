@@ -53,7 +53,9 @@ def test_bad_value_and_missing_key(tmp_path):
 
 
 def test_dotted_overrides_parse_yaml_values(tmp_path):
-    c = config_from_dict(cfg(), base_dir=tmp_path, overrides=["train.lr=1e-4", "train.methods=[sft]", "train.lora.enabled=true"])
+    c = config_from_dict(
+        cfg(), base_dir=tmp_path, overrides=["train.lr=1e-4", "train.methods=[sft]", "train.lora.enabled=true"]
+    )
     assert c.train.lr == 1e-4 and c.train.methods == ["sft"] and c.train.lora.enabled is True
     with pytest.raises(UserError, match="not of the form"):
         apply_overrides({}, ["train.lr"])

@@ -11,8 +11,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from potstill.data import (PromptsConfig, SourceSpec, assign_split, dedup, drop_empty, load_source,
-                           make_splits, run_prompts)
+from potstill.data import (
+    PromptsConfig,
+    SourceSpec,
+    assign_split,
+    dedup,
+    drop_empty,
+    load_source,
+    make_splits,
+    run_prompts,
+)
 from potstill.errors import UserError
 
 
@@ -37,8 +45,28 @@ def user_error(fn, *args, **kw) -> str:
 
 
 def words(n: int, offset: int = 0) -> str:
-    vocab = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
-             "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango"]
+    vocab = [
+        "alpha",
+        "bravo",
+        "charlie",
+        "delta",
+        "echo",
+        "foxtrot",
+        "golf",
+        "hotel",
+        "india",
+        "juliet",
+        "kilo",
+        "lima",
+        "mike",
+        "november",
+        "oscar",
+        "papa",
+        "quebec",
+        "romeo",
+        "sierra",
+        "tango",
+    ]
     return " ".join(f"{vocab[(i * 7 + offset) % 20]}{(i + offset) % 13}" for i in range(n))
 
 
@@ -46,15 +74,22 @@ def words(n: int, offset: int = 0) -> str:
 
 
 def test_jsonl_prompts_messages_meta_and_system_prompt(tmp_path):
-    write_jsonl(tmp_path / "p.jsonl", [
-        {"id": "a", "prompt": "What is 2+2?", "category": "math", "facts": ["4"], "level": 3},
-        {"id": "b", "messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "Hi"}]},
-        {"id": "c", "messages": [{"role": "user", "content": "Hey"}], "category": None},
-    ], blank_after=1)
+    write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"id": "a", "prompt": "What is 2+2?", "category": "math", "facts": ["4"], "level": 3},
+            {"id": "b", "messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "Hi"}]},
+            {"id": "c", "messages": [{"role": "user", "content": "Hey"}], "category": None},
+        ],
+        blank_after=1,
+    )
     recs = load(tmp_path, "p.jsonl", system_prompt="Be brief.")
-    assert recs[0] == {"id": "a", "messages": [{"role": "system", "content": "Be brief."},
-                                               {"role": "user", "content": "What is 2+2?"}],
-                       "category": "math", "meta": {"facts": ["4"], "level": 3}}
+    assert recs[0] == {
+        "id": "a",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}],
+        "category": "math",
+        "meta": {"facts": ["4"], "level": 3},
+    }
     assert recs[1]["messages"][0] == {"role": "system", "content": "own"}  # own system prompt kept
     assert len(recs[1]["messages"]) == 2
     assert recs[2]["messages"][0]["content"] == "Be brief." and recs[2]["category"] is None
@@ -63,8 +98,8 @@ def test_jsonl_prompts_messages_meta_and_system_prompt(tmp_path):
 
 def test_csv_multiline_category_and_json_messages(tmp_path):
     (tmp_path / "p.csv").write_text(
-        'id,prompt,category,source\n1,"two\nlines",qa,web\n2,plain,,book\n'
-        '3,,x,"chat"\n', encoding="utf-8")
+        'id,prompt,category,source\n1,"two\nlines",qa,web\n2,plain,,book\n3,,x,"chat"\n', encoding="utf-8"
+    )
     recs = load(tmp_path, "p.csv")
     assert [r["id"] for r in recs] == ["1", "2", "3"]
     assert recs[0]["messages"] == [{"role": "user", "content": "two\nlines"}]
@@ -80,11 +115,16 @@ def test_parquet(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({
-        "id": [10, 11],
-        "messages": [[{"role": "user", "content": "q1"}], [{"role": "user", "content": "q2"}]],
-        "facts": [["f1"], []],
-    }), tmp_path / "p.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "id": [10, 11],
+                "messages": [[{"role": "user", "content": "q1"}], [{"role": "user", "content": "q2"}]],
+                "facts": [["f1"], []],
+            }
+        ),
+        tmp_path / "p.parquet",
+    )
     recs = load(tmp_path, "p.parquet")
     assert [r["id"] for r in recs] == ["10", "11"]
     assert recs[0]["messages"] == [{"role": "user", "content": "q1"}]
@@ -111,19 +151,27 @@ def test_hf_dataset_and_datasetdict(tmp_path):
 
 
 def test_custom_field_names_and_generated_ids(tmp_path):
-    write_jsonl(tmp_path / "c.jsonl", [
-        {"qid": "q1", "question": "Why?", "topic": "t", "prompt": "ignored column"},
-        {"chat": [{"role": "user", "content": "Hello"}], "topic": "u"},
-        {"chat": [{"role": "user", "content": "Hello"}]},
-    ])
-    recs = load(tmp_path, "c.jsonl", prompt_field="question", messages_field="chat", id_field="qid",
-                category_field="topic")
+    write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {"qid": "q1", "question": "Why?", "topic": "t", "prompt": "ignored column"},
+            {"chat": [{"role": "user", "content": "Hello"}], "topic": "u"},
+            {"chat": [{"role": "user", "content": "Hello"}]},
+        ],
+    )
+    recs = load(
+        tmp_path, "c.jsonl", prompt_field="question", messages_field="chat", id_field="qid", category_field="topic"
+    )
     assert recs[0]["id"] == "q1" and recs[0]["category"] == "t"
     assert recs[0]["messages"] == [{"role": "user", "content": "Why?"}]
     assert recs[0]["meta"] == {"prompt": "ignored column"}
     assert recs[1]["id"].startswith("c-") and recs[2]["id"] == recs[1]["id"] + "-2"
-    assert load(tmp_path, "c.jsonl", prompt_field="question", messages_field="chat", id_field="qid",
-                category_field="topic")[1]["id"] == recs[1]["id"]  # stable
+    assert (
+        load(
+            tmp_path, "c.jsonl", prompt_field="question", messages_field="chat", id_field="qid", category_field="topic"
+        )[1]["id"]
+        == recs[1]["id"]
+    )  # stable
     no_ids = load(tmp_path, "c.jsonl", prompt_field="question", messages_field="chat", id_field=None)
     assert no_ids[0]["id"].startswith("c-") and no_ids[0]["meta"]["qid"] == "q1"
     assert len(load(tmp_path, "c.jsonl", prompt_field="question", messages_field="chat", limit=2)) == 2
@@ -171,13 +219,16 @@ def test_error_row_without_prompt_or_messages(tmp_path):
     assert "r.csv" in msg and "line 2" in msg and "question" in msg
 
 
-@pytest.mark.parametrize("messages, needle", [
-    ("hello", "not a JSON list"),
-    ({"role": "user"}, "must be a list"),
-    ([{"role": "user"}], "item 0"),
-    ([{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}], "item 1"),
-    ([{"role": "user", "content": 3}], "item 0"),
-])
+@pytest.mark.parametrize(
+    "messages, needle",
+    [
+        ("hello", "not a JSON list"),
+        ({"role": "user"}, "must be a list"),
+        ([{"role": "user"}], "item 0"),
+        ([{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}], "item 1"),
+        ([{"role": "user", "content": 3}], "item 0"),
+    ],
+)
 def test_error_malformed_messages(tmp_path, messages, needle):
     write_jsonl(tmp_path / "m.jsonl", [{"prompt": "fine"}, {"messages": messages}])
     msg = user_error(load, tmp_path, "m.jsonl")
@@ -191,8 +242,9 @@ def test_error_prompt_not_a_string(tmp_path):
 
 
 def test_error_duplicate_ids(tmp_path):
-    write_jsonl(tmp_path / "d.jsonl", [{"id": "x", "prompt": "a"}, {"id": "y", "prompt": "b"},
-                                       {"id": "x", "prompt": "c"}])
+    write_jsonl(
+        tmp_path / "d.jsonl", [{"id": "x", "prompt": "a"}, {"id": "y", "prompt": "b"}, {"id": "x", "prompt": "c"}]
+    )
     msg = user_error(load, tmp_path, "d.jsonl")
     assert "d.jsonl" in msg and "line 3" in msg and "'x'" in msg and "line 1" in msg
     write_jsonl(tmp_path / "e.jsonl", [{"id": "z", "prompt": "d"}, {"id": "y", "prompt": "e"}])
@@ -217,8 +269,12 @@ def rec(i, text):
 
 def test_exact_dedup_normalises_case_and_whitespace():
     recs = [rec(0, "Hello   World"), rec(1, "hello world\n"), rec(2, "other")]
-    recs.append({**rec(3, "HELLO world"), "messages": [{"role": "system", "content": "sys"},
-                                                       {"role": "user", "content": "HELLO world"}]})
+    recs.append(
+        {
+            **rec(3, "HELLO world"),
+            "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "HELLO world"}],
+        }
+    )
     kept, counts = dedup(recs)
     assert [r["id"] for r in kept] == ["0", "2"]
     assert counts == {"exact_duplicate": 2, "near_duplicate": 0}
@@ -229,8 +285,7 @@ def test_near_dedup_collapses_one_word_paraphrase_only():
     variant = base.split()
     variant[75] = "zulu"
     unrelated = words(150, offset=5)
-    recs = [rec(0, base), rec(1, " ".join(variant)), rec(2, unrelated), rec(3, "short one"),
-            rec(4, "short two")]
+    recs = [rec(0, base), rec(1, " ".join(variant)), rec(2, unrelated), rec(3, "short one"), rec(4, "short two")]
     kept, counts = dedup(recs)
     assert [r["id"] for r in kept] == ["0", "2", "3", "4"]
     assert counts == {"exact_duplicate": 0, "near_duplicate": 1}
@@ -262,11 +317,16 @@ def test_split_fractions_and_determinism():
 
 
 def test_split_independent_of_python_hash_seed():
-    code = ("from potstill.data import assign_split;"
-            "print(''.join(assign_split(f'x{i}', 0.3, 0.3)[0] for i in range(60)))")
+    code = (
+        "from potstill.data import assign_split;print(''.join(assign_split(f'x{i}', 0.3, 0.3)[0] for i in range(60)))"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    outs = {subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONHASHSEED": s},
-                           capture_output=True, text=True, check=True).stdout for s in ("1", "2")}
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code], env={**env, "PYTHONHASHSEED": s}, capture_output=True, text=True, check=True
+        ).stdout
+        for s in ("1", "2")
+    }
     assert outs == {"".join(assign_split(f"x{i}", 0.3, 0.3)[0] for i in range(60)) + "\n"}
 
 
@@ -274,8 +334,7 @@ def test_explicit_test_ood_separate_and_contamination():
     recs = ids_records(200)
     test = [rec("t1", "held out test"), rec("t2", recs[0]["messages"][0]["content"].upper())]
     ood = [rec("o1", "far away"), rec("o2", "  " + recs[1]["messages"][0]["content"])]
-    splits, n_cont = make_splits(recs, validation=0.1, test=0.3, seed=0, test_records=test,
-                                 ood_records=ood)
+    splits, n_cont = make_splits(recs, validation=0.1, test=0.3, seed=0, test_records=test, ood_records=ood)
     train_ids = {r["id"] for r in splits["train"]}
     assert "r0" in train_ids and "r1" in train_ids
     assert [r["id"] for r in splits["test"]] == ["t1"] and [r["id"] for r in splits["ood"]] == ["o1"]
@@ -292,23 +351,41 @@ def test_run_prompts_stats_exact(tmp_path):
     near = long_text.split()
     near[10] = "zulu"
     rows = [{"id": f"p{i}", "prompt": f"distinct prompt {i}", "facts": [i]} for i in range(40)]
-    rows += [{"id": "e1", "prompt": "   "}, {"id": "e2", "prompt": ""},
-             {"id": "d1", "prompt": "DISTINCT   prompt 3"},
-             {"id": "l1", "prompt": long_text}, {"id": "l2", "prompt": " ".join(near)}]
+    rows += [
+        {"id": "e1", "prompt": "   "},
+        {"id": "e2", "prompt": ""},
+        {"id": "d1", "prompt": "DISTINCT   prompt 3"},
+        {"id": "l1", "prompt": long_text},
+        {"id": "l2", "prompt": " ".join(near)},
+    ]
     write_jsonl(tmp_path / "train.jsonl", rows)
     k = next(i for i in range(40) if assign_split(f"p{i}", 0.2, 0.2, seed=1) == "train")
-    write_jsonl(tmp_path / "ood.jsonl", [{"id": "o1", "prompt": "an ood prompt"},
-                                         {"id": "o2", "prompt": f"Distinct prompt {k}"},
-                                         {"id": "o3", "prompt": "\n"}])
-    cfg = PromptsConfig(sources=[{"path": "train.jsonl"}], ood=[{"path": "ood.jsonl"}], seed=1,
-                        validation=0.2, test_fraction=0.2)
+    write_jsonl(
+        tmp_path / "ood.jsonl",
+        [
+            {"id": "o1", "prompt": "an ood prompt"},
+            {"id": "o2", "prompt": f"Distinct prompt {k}"},
+            {"id": "o3", "prompt": "\n"},
+        ],
+    )
+    cfg = PromptsConfig(
+        sources=[{"path": "train.jsonl"}], ood=[{"path": "ood.jsonl"}], seed=1, validation=0.2, test_fraction=0.2
+    )
     out = tmp_path / "out"
     stats = run_prompts(cfg, tmp_path, out)
-    files = {n: [json.loads(x) for x in (out / f"{n}.jsonl").read_text().splitlines()]
-             for n in ("train", "validation", "test", "ood")}
+    files = {
+        n: [json.loads(x) for x in (out / f"{n}.jsonl").read_text().splitlines()]
+        for n in ("train", "validation", "test", "ood")
+    }
     assert json.loads((out / "stats.json").read_text()) == stats
-    assert stats["dropped"] == {"empty": 3, "exact_duplicate": 1, "near_duplicate": 1, "too_long": 0,
-                                "contaminated": 1, "over_max_prompts": 0}
+    assert stats["dropped"] == {
+        "empty": 3,
+        "exact_duplicate": 1,
+        "near_duplicate": 1,
+        "too_long": 0,
+        "contaminated": 1,
+        "over_max_prompts": 0,
+    }
     assert stats["loaded"] == 48
     assert {n: stats[n] for n in files} == {n: len(v) for n, v in files.items()}
     assert stats["train"] + stats["validation"] + stats["test"] == 41
@@ -320,8 +397,9 @@ def test_run_prompts_stats_exact(tmp_path):
 
 def test_run_prompts_empty_ood_file_and_max_prompts(tmp_path):
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"prompt {i}"} for i in range(30)])
-    cfg = PromptsConfig(sources=[{"path": "p.jsonl"}], max_prompts=20, validation=0.0, test_fraction=0.0,
-                        system_prompt="sys")
+    cfg = PromptsConfig(
+        sources=[{"path": "p.jsonl"}], max_prompts=20, validation=0.0, test_fraction=0.0, system_prompt="sys"
+    )
     stats = run_prompts(cfg, tmp_path, tmp_path / "out")
     assert stats["train"] == 20 and stats["dropped"]["over_max_prompts"] == 10
     assert (tmp_path / "out" / "ood.jsonl").read_text() == ""
@@ -396,8 +474,11 @@ def test_prompt_limit_from_the_teacher(tmp_path, make_tiny_llama):
     from potstill.teachers.limits import prompt_limit, teacher_context_limit
 
     teacher = make_tiny_llama(tmp_path / "t", max_positions=300)
-    base = {"prompts": {"sources": [{"path": "p.jsonl"}]}, "teacher": {"model": str(teacher), "max_new_tokens": 50},
-            "student": {"model": "s"}}
+    base = {
+        "prompts": {"sources": [{"path": "p.jsonl"}]},
+        "teacher": {"model": str(teacher), "max_new_tokens": 50},
+        "student": {"model": "s"},
+    }
     cfg = config_from_dict(base, tmp_path)
     assert teacher_context_limit(cfg) == 250
     limit = prompt_limit(cfg)
@@ -408,15 +489,23 @@ def test_prompt_limit_from_the_teacher(tmp_path, make_tiny_llama):
     vllm = config_from_dict({**base, "teacher": {"model": f"vllm:{teacher}", "vllm": {"max_model_len": 100}}}, tmp_path)
     assert teacher_context_limit(vllm) == 100 - 64
     with pytest.raises(UserError, match="teacher.max_new_tokens 300 leaves no room"):
-        teacher_context_limit(config_from_dict({**base, "teacher": {"model": str(teacher), "max_new_tokens": 300}},
-                                               tmp_path))
+        teacher_context_limit(
+            config_from_dict({**base, "teacher": {"model": str(teacher), "max_new_tokens": 300}}, tmp_path)
+        )
     api = config_from_dict({**base, "teacher": {"model": "openai:m"}}, tmp_path)
     assert teacher_context_limit(api) is None and prompt_limit(api).max_tokens is None
     # a config without a limit hashes as before max_prompt_tokens / too_long existed
     assert hashed_prompts_config(api.prompts, prompt_limit(api)) == api.prompts.model_dump(
-        mode="json", exclude={"max_prompt_tokens", "too_long"}, exclude_defaults=True)
-    capped = config_from_dict({**base, "teacher": {"model": "openai:m"}, "prompts": {
-        "sources": [{"path": "p.jsonl"}], "max_prompt_tokens": 30, "too_long": "error"}}, tmp_path)
+        mode="json", exclude={"max_prompt_tokens", "too_long"}, exclude_defaults=True
+    )
+    capped = config_from_dict(
+        {
+            **base,
+            "teacher": {"model": "openai:m"},
+            "prompts": {"sources": [{"path": "p.jsonl"}], "max_prompt_tokens": 30, "too_long": "error"},
+        },
+        tmp_path,
+    )
     limit = prompt_limit(capped)
     assert (limit.max_tokens, limit.policy, limit.tokenizer) == (30, "error", None)
     assert hashed_prompts_config(capped.prompts, limit)["counted_with"] == "estimate"

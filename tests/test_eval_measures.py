@@ -8,9 +8,9 @@ import math
 import pytest
 
 from potstill.config import EvalConfig, ScorerSpec
+from potstill.evaluate.compare import retention_warnings, run_eval
 from potstill.evaluate.degeneration import degeneration_summary, length_ratio, repetition_rate
 from potstill.evaluate.scorers import build_scorer
-from potstill.evaluate.compare import retention_warnings, run_eval
 
 
 def test_chrf_and_agreement_scorers():
@@ -40,7 +40,8 @@ def test_repetition_and_length_ratio():
 
 
 def test_teacher_forced_identity_and_kl(tiny_teacher_dir, tiny_student_dir):
-    """The teacher against itself agrees on every token with KL 0; an unrelated model does not; KL matches a direct computation."""
+    """The teacher against itself agrees on every token with KL 0; an unrelated model does not; KL matches a
+    direct computation."""
     import torch
 
     from potstill.evaluate.teacher_forced import teacher_forced_measures
@@ -49,7 +50,10 @@ def test_teacher_forced_identity_and_kl(tiny_teacher_dir, tiny_student_dir):
     tok = load_tokenizer(tiny_teacher_dir, padding_side="right")
     teacher, other = load_model(tiny_teacher_dir), load_model(tiny_student_dir)
     records = [{"messages": [{"role": "user", "content": q}]} for q in ("What is two plus two?", "What do bees make?")]
-    answers = [{"text": "Four.", "finish_reason": "stop"}, {"text": "Honey, of course, bees make honey", "finish_reason": "length"}]
+    answers = [
+        {"text": "Four.", "finish_reason": "stop"},
+        {"text": "Honey, of course, bees make honey", "finish_reason": "length"},
+    ]
     out = teacher_forced_measures(teacher, {"self": teacher, "other": other}, tok, records, answers, batch_size=1)
     assert out["self"]["top1_agreement"] == 1.0 and out["self"]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert out["other"]["kl"] > 1e-4 and out["other"]["tokens"] == out["self"]["tokens"]
@@ -59,12 +63,15 @@ def test_teacher_forced_identity_and_kl(tiny_teacher_dir, tiny_student_dir):
     total_kl, agree, n = 0.0, 0, 0
     vocab = len(tok)
     for rec, ans in zip(records, answers):
-        p, r = pair_ids(tok, {"messages": rec["messages"], "response_text": ans["text"],
-                              "finish_reason": ans["finish_reason"]}, reuse_teacher_ids=False)
+        p, r = pair_ids(
+            tok,
+            {"messages": rec["messages"], "response_text": ans["text"], "finish_reason": ans["finish_reason"]},
+            reuse_teacher_ids=False,
+        )
         ids = torch.tensor([p + r])
         with torch.no_grad():
-            lt = torch.log_softmax(teacher(ids).logits[0, len(p) - 1:-1, :vocab].double(), -1)
-            ls = torch.log_softmax(other(ids).logits[0, len(p) - 1:-1, :vocab].double(), -1)
+            lt = torch.log_softmax(teacher(ids).logits[0, len(p) - 1 : -1, :vocab].double(), -1)
+            ls = torch.log_softmax(other(ids).logits[0, len(p) - 1 : -1, :vocab].double(), -1)
         total_kl += float((lt.exp() * (lt - ls)).sum())
         agree += int((lt.argmax(-1) == ls.argmax(-1)).sum())
         n += len(r)
@@ -81,8 +88,10 @@ def test_retention_warning():
         return {"models": {n: {"pct_of_teacher": p} for n, p in pcts.items()}}
 
     roles = {"teacher": "teacher", "sft": "student", "kd": "student", "floor": "floor"}
-    res = {"test": split({"teacher": 100, "sft": 90.0, "kd": 80.0, "floor": 10}),
-           "ood": split({"teacher": 100, "sft": 79.0, "kd": 70.5, "floor": 1})}
+    res = {
+        "test": split({"teacher": 100, "sft": 90.0, "kd": 80.0, "floor": 10}),
+        "ood": split({"teacher": 100, "sft": 79.0, "kd": 70.5, "floor": 1}),
+    }
     w = retention_warnings(res, roles)
     assert [x["model"] for x in w] == ["sft"] and w[0]["points"] == pytest.approx(11.0)
     assert "more than 10 points" in w[0]["message"]
@@ -92,19 +101,33 @@ def test_retention_warning():
 def _records(n, offset=0):
     from conftest import QA
 
-    return [{"id": f"r{i + offset}", "messages": [{"role": "user", "content": QA[(i + offset) % len(QA)][0]}],
-             "answer": QA[(i + offset) % len(QA)][1], "category": "even" if i % 2 == 0 else "odd"} for i in range(n)]
+    return [
+        {
+            "id": f"r{i + offset}",
+            "messages": [{"role": "user", "content": QA[(i + offset) % len(QA)][0]}],
+            "answer": QA[(i + offset) % len(QA)][1],
+            "category": "even" if i % 2 == 0 else "odd",
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, tiny_teacher_dir, tiny_student_dir):
     out, work = tmp_path_factory.mktemp("eval"), tmp_path_factory.mktemp("work")
-    cfg = EvalConfig(scorer=ScorerSpec(type="normalized", field="answer"), max_new_tokens=5, batch_size=4,
-                     bootstrap_samples=500, scorers=[ScorerSpec(type="rouge_l", name="rouge_gold", field="answer")],
-                     judge={"max_new_tokens": 8, "batch_size": 8})
-    models = {"teacher": {"path": tiny_teacher_dir, "role": "teacher"},
-              "kd": {"path": tiny_student_dir, "role": "student", "method": "kd"},
-              "floor": {"path": tiny_student_dir, "role": "floor", "init": "random"}}
+    cfg = EvalConfig(
+        scorer=ScorerSpec(type="normalized", field="answer"),
+        max_new_tokens=5,
+        batch_size=4,
+        bootstrap_samples=500,
+        scorers=[ScorerSpec(type="rouge_l", name="rouge_gold", field="answer")],
+        judge={"max_new_tokens": 8, "batch_size": 8},
+    )
+    models = {
+        "teacher": {"path": tiny_teacher_dir, "role": "teacher"},
+        "kd": {"path": tiny_student_dir, "role": "student", "method": "kd"},
+        "floor": {"path": tiny_student_dir, "role": "floor", "init": "random"},
+    }
     splits = {"test": _records(6), "ood": _records(4, offset=6)}
     results = run_eval(cfg, models, splits, out, work, seed=0, contamination={"splits": {}}, warnings=["note x"])
     return out, results
@@ -116,15 +139,18 @@ def test_run_eval_results_schema(evaluated):
     assert results["bootstrap"] == {"samples": 500, "seed": 0, "level": 0.95, "method": "paired percentile"}
     assert results["warnings"][0] == {"kind": "contamination", "message": "note x"}
     assert [w["kind"] for w in results["warnings"]].count("judge_reliability") <= 1  # one line for the whole judge
-    assert results["judge"]["replies"] == sum(m["judge"]["replies"] for s in results["splits"].values()
-                                              for m in s["models"].values() if m["judge"])
+    assert results["judge"]["replies"] == sum(
+        m["judge"]["replies"] for s in results["splits"].values() for m in s["models"].values() if m["judge"]
+    )
     assert results["judge"]["model"].endswith(str(results["models"]["teacher"]["path"])[-10:])
     assert results["models"]["kd"]["eval_seconds"] >= 0
     for split in ("test", "ood"):
         for name, m in results["splits"][split]["models"].items():
             lo, hi = m["ci95"]
             assert lo <= m["score"] <= hi
-            assert m["diff_vs_teacher"] == pytest.approx(m["score"] - results["splits"][split]["models"]["teacher"]["score"], abs=1e-6)
+            assert m["diff_vs_teacher"] == pytest.approx(
+                m["score"] - results["splits"][split]["models"]["teacher"]["score"], abs=1e-6
+            )
             for key in ("chrf", "agreement", "repetition", "length_ratio", "rouge_l", "binary", "n"):
                 assert key in m
             assert set(m["per_category_ci95"]) == set(m["per_category"]) == set(m["per_category_n"])

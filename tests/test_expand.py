@@ -15,12 +15,18 @@ import pytest
 from pydantic import ValidationError
 
 from potstill.evaluate.contamination import contamination_report
-from potstill.expand.config import ExpandConfig, hashed_expand_config
-from potstill.expand.run import run_expand
 from potstill.expand.chat import compose, lower_first, wrap
-from potstill.expand.config import ComposeSettings, Instruction, WrapSettings, WriterSettings
+from potstill.expand.config import (
+    ComposeSettings,
+    ExpandConfig,
+    Instruction,
+    WrapSettings,
+    WriterSettings,
+    hashed_expand_config,
+)
 from potstill.expand.guard import EvalGuard
 from potstill.expand.rules import PERTURBATIONS, seeded
+from potstill.expand.run import run_expand
 from potstill.io import sha256_json
 
 TEXTS = [
@@ -90,11 +96,15 @@ def sample(texts: list[str]) -> dict:
 
 def test_same_output_in_another_process_with_another_hash_seed():
     here = Path(__file__).resolve().parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent / "src"), str(here)]),
-           "PYTHONHASHSEED": str(int(os.environ.get("PYTHONHASHSEED", "0") or 0) + 1)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(here.parent / "src"), str(here)]),
+        "PYTHONHASHSEED": str(int(os.environ.get("PYTHONHASHSEED", "0") or 0) + 1),
+    }
     code = "import json, sys, test_expand; print(json.dumps(test_expand.sample(json.loads(sys.argv[1]))))"
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(TEXTS)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(TEXTS)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == sample(TEXTS)
 
@@ -123,9 +133,17 @@ def test_casing_and_punctuation_follow_their_weights():
 
 
 def test_wrap_uses_only_the_configured_phrases():
-    s = WrapSettings(greetings=["Yo crew,"], contexts=["Context line here."], politeness=["Humbly asking,"],
-                     signoffs=["Bye now."], greeting_rate=1, context_rate=1, politeness_rate=1, signoff_rate=1,
-                     newline_rate=0)
+    s = WrapSettings(
+        greetings=["Yo crew,"],
+        contexts=["Context line here."],
+        politeness=["Humbly asking,"],
+        signoffs=["Bye now."],
+        greeting_rate=1,
+        context_rate=1,
+        politeness_rate=1,
+        signoff_rate=1,
+        newline_rate=0,
+    )
     assert wrap("What time is it?", s, 0) == "Yo crew, context line here. Humbly asking, what time is it? Bye now."
     s = s.model_copy(update={"greeting_rate": 0, "context_rate": 0, "politeness_rate": 0, "signoff_rate": 0})
     for seed in range(20):  # at least one part is always added, from the lists only
@@ -155,22 +173,38 @@ def test_compose_uses_the_configured_joiners_and_keeps_every_part():
 
 
 def train_set(n: int = 40) -> list[dict]:
-    subjects = ["password", "invoice", "delivery date", "refund", "profile picture", "newsletter", "username",
-                "shipping address", "payment card", "two-factor login"]
-    frames = ["How do I update my {}?", "Where can I see my {}?", "Why did my {} change overnight?",
-              "Can someone explain the {} settings to me?"]
+    subjects = [
+        "password",
+        "invoice",
+        "delivery date",
+        "refund",
+        "profile picture",
+        "newsletter",
+        "username",
+        "shipping address",
+        "payment card",
+        "two-factor login",
+    ]
+    frames = [
+        "How do I update my {}?",
+        "Where can I see my {}?",
+        "Why did my {} change overnight?",
+        "Can someone explain the {} settings to me?",
+    ]
     texts = [f.format(s) for f in frames for s in subjects][:n]
-    return [rec(i, t, category=["account", "billing"][i % 2], system="Be brief." if i % 5 == 0 else None)
-            for i, t in enumerate(texts)]
+    return [
+        rec(i, t, category=["account", "billing"][i % 2], system="Be brief." if i % 5 == 0 else None)
+        for i, t in enumerate(texts)
+    ]
 
 
 def test_run_expand_writes_originals_then_expansions_with_provenance(tmp_path):
     train = train_set()
     stats = run_expand(ExpandConfig(), train, {"test": [], "ood": []}, tmp_path / "out", tmp_path / "work", seed=3)
     rows = read_jsonl(tmp_path / "out" / "train.jsonl")
-    assert rows[:len(train)] == train and len(rows) == stats["train"] == len(train) + stats["expansions"]
+    assert rows[: len(train)] == train and len(rows) == stats["train"] == len(train) + stats["expansions"]
     assert json.loads((tmp_path / "out" / "stats.json").read_text()) == stats
-    synthetic = rows[len(train):]
+    synthetic = rows[len(train) :]
     assert {r["meta"]["method"] for r in synthetic} == {*PERTURBATIONS, "wrap", "compose"}
     ids = {r["id"] for r in train}
     by_id = {r["id"]: r for r in train}
@@ -211,7 +245,7 @@ def test_share_and_copies(tmp_path):
     stats = run_expand(cfg, train, {}, tmp_path / "o", tmp_path / "w", seed=0)
     made = stats["methods"]["wrap"]["made"]
     assert made % 3 == 0 and 0.25 * len(train) * 3 <= made <= 0.75 * len(train) * 3
-    rows = read_jsonl(tmp_path / "o" / "train.jsonl")[len(train):]
+    rows = read_jsonl(tmp_path / "o" / "train.jsonl")[len(train) :]
     parents = {r["meta"]["parents"][0] for r in rows}
     assert len(parents) == made // 3
 
@@ -239,7 +273,7 @@ def test_expansions_never_copy_an_evaluation_prompt(tmp_path):
     assert by_split["test"] >= 2 and by_split["ood"] >= 2
     assert stats["dropped"]["contaminated"] == sum(by_split.values())
     assert {e["eval_id"] for e in stats["contaminated"]["examples"]} <= {"p500", "o1"}
-    synthetic = read_jsonl(tmp_path / "o" / "train.jsonl")[len(train):]
+    synthetic = read_jsonl(tmp_path / "o" / "train.jsonl")[len(train) :]
     assert synthetic
     report = contamination_report({"test": test, "ood": ood}, synthetic)
     assert all(s["contaminated"] == 0 for s in report["splits"].values())
@@ -259,22 +293,26 @@ def test_max_total_is_a_seeded_sample(tmp_path):
     train = train_set()
     stats = run_expand(only(wrap={}, typo={}), train, {}, tmp_path / "o", tmp_path / "w", seed=1)
     n = stats["expansions"]
-    capped = run_expand(only(wrap={}, typo={}).model_copy(update={"max_total": 10}), train, {},
-                        tmp_path / "c", tmp_path / "w", seed=1)
+    capped = run_expand(
+        only(wrap={}, typo={}).model_copy(update={"max_total": 10}), train, {}, tmp_path / "c", tmp_path / "w", seed=1
+    )
     assert capped["expansions"] == 10 and capped["dropped"]["over_max_total"] == n - 10
     full = read_jsonl(tmp_path / "o" / "train.jsonl")
-    kept = read_jsonl(tmp_path / "c" / "train.jsonl")[len(train):]
+    kept = read_jsonl(tmp_path / "c" / "train.jsonl")[len(train) :]
     assert [r for r in full if r in kept] == kept  # a subset, in order
 
 
 def test_compose_only_joins_single_question_chats_with_the_same_system_prompt(tmp_path):
     train = train_set(20)
-    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-            {"role": "user", "content": "What now?"}]
+    chat = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "What now?"},
+    ]
     train.append({"id": "multi", "messages": chat, "category": None, "meta": {}})
     run_expand(only(compose={"min_parts": 2, "max_parts": 3}), train, {}, tmp_path / "o", tmp_path / "w")
     by_id = {r["id"]: r for r in train}
-    rows = read_jsonl(tmp_path / "o" / "train.jsonl")[len(train):]
+    rows = read_jsonl(tmp_path / "o" / "train.jsonl")[len(train) :]
     assert rows and all(r["meta"]["method"] == "compose" for r in rows)
     for r in rows:
         parents = [by_id[p] for p in r["meta"]["parents"]]

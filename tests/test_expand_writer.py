@@ -9,27 +9,38 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from faultserver import FaultServer  # noqa: E402
-
-from potstill.errors import UserError  # noqa: E402
-from potstill.expand.config import ExpandConfig  # noqa: E402
-from potstill.expand.rewrites import read_cache_file  # noqa: E402
-from potstill.expand.run import run_expand  # noqa: E402
-from potstill.expand.writer import make_writer_runner  # noqa: E402
-from potstill.expand.config import Instruction, WriterSettings  # noqa: E402
-from potstill.expand.rewrites import main as export_main  # noqa: E402
-from potstill.expand.writer import clean_rewrite, instruction_sha, reject_reason, writer_jobs  # noqa: E402
+from faultserver import FaultServer
+from potstill.errors import UserError
+from potstill.expand.config import (
+    ExpandConfig,
+    Instruction,
+    WriterSettings,
+)
+from potstill.expand.rewrites import main as export_main
+from potstill.expand.rewrites import read_cache_file
+from potstill.expand.run import run_expand
+from potstill.expand.writer import (
+    clean_rewrite,
+    instruction_sha,
+    make_writer_runner,
+    reject_reason,
+    writer_jobs,
+)
 
 OFF = {m: {"enabled": False} for m in ("typo", "swap", "dropout", "casing", "punctuation", "wrap", "compose")}
-INSTRUCTIONS = [{"name": "plain", "method": "paraphrase", "template": "{prompt}"},
-                {"name": "again", "method": "evolve", "template": "Again: {prompt}"}]
+INSTRUCTIONS = [
+    {"name": "plain", "method": "paraphrase", "template": "{prompt}"},
+    {"name": "again", "method": "evolve", "template": "Again: {prompt}"},
+]
 
 
 def seeds(n: int = 6) -> list[dict]:
     topics = ["password", "invoice", "parcel", "refund", "username", "newsletter", "card", "address"]
     texts = [f"How do I change my {topics[i % 8]} number {i}?" for i in range(n)]
-    return [{"id": f"s{i}", "messages": [{"role": "user", "content": t}], "category": "c", "meta": {}}
-            for i, t in enumerate(texts)]
+    return [
+        {"id": f"s{i}", "messages": [{"role": "user", "content": t}], "category": "c", "meta": {}}
+        for i, t in enumerate(texts)
+    ]
 
 
 def writer_cfg(**writer) -> ExpandConfig:
@@ -44,15 +55,18 @@ def read_jsonl(path: Path) -> list[dict]:
 # -- cleaning -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw, text", [
-    ("How do I reset it?", "How do I reset it?"),
-    ("Sure! Here's a paraphrase:\n\"How can I reset it?\"", "How can I reset it?"),
-    ("Paraphrase: How can I reset it?", "How can I reset it?"),
-    ("**Rewritten message:** “How can I reset it?”", "How can I reset it?"),
-    ("Rewritten question:\n1. How can I reset it?\n2. Another one", "How can I reset it?"),
-    ("  'How can I reset it?'  ", "How can I reset it?"),
-    ("Here is the rewritten message:", ""),
-])
+@pytest.mark.parametrize(
+    "raw, text",
+    [
+        ("How do I reset it?", "How do I reset it?"),
+        ('Sure! Here\'s a paraphrase:\n"How can I reset it?"', "How can I reset it?"),
+        ("Paraphrase: How can I reset it?", "How can I reset it?"),
+        ("**Rewritten message:** “How can I reset it?”", "How can I reset it?"),
+        ("Rewritten question:\n1. How can I reset it?\n2. Another one", "How can I reset it?"),
+        ("  'How can I reset it?'  ", "How can I reset it?"),
+        ("Here is the rewritten message:", ""),
+    ],
+)
 def test_clean_rewrite(raw, text):
     assert clean_rewrite(raw)[0] == text
 
@@ -119,8 +133,11 @@ def test_local_writer_resumes_without_regenerating(tmp_path, tiny_student_dir, m
 
 def api_runner(tmp_path: Path, cfg: ExpandConfig):
     """The default runner, with one attempt per request (a failure is left for the rerun at once)."""
-    return make_writer_runner(cfg.writer, cache_path=tmp_path / "writer-api.sqlite",
-                              engine={"max_attempts": 1, "backoff_base_s": 0.01, "backoff_max_s": 0.01})
+    return make_writer_runner(
+        cfg.writer,
+        cache_path=tmp_path / "writer-api.sqlite",
+        engine={"max_attempts": 1, "backoff_base_s": 0.01, "backoff_max_s": 0.01},
+    )
 
 
 def test_api_writer_caches_and_retries_only_what_failed(tmp_path):
@@ -136,7 +153,7 @@ def test_api_writer_caches_and_retries_only_what_failed(tmp_path):
         stats = run_expand(cfg, train, {}, tmp_path / "o", tmp_path / "w", writer_runner=api_runner(tmp_path, cfg))
         assert [e["prompt"] for e in srv.log[n_before:]] == ["ping", bad]
         assert stats["writer"]["unanswered"] == 0 and stats["writer"]["accepted"] == 12
-    rows = read_jsonl(tmp_path / "o" / "train.jsonl")[len(train):]
+    rows = read_jsonl(tmp_path / "o" / "train.jsonl")[len(train) :]
     by_method = {r["meta"]["method"] for r in rows}
     assert by_method == {"paraphrase", "evolve"}
     for r in rows:
@@ -161,8 +178,9 @@ def test_rewrites_file_export_and_reuse(tmp_path):
     assert {i["sha"] for i in header["instructions"]} == {sha for _, sha in rows}
 
     # the file covers every seed: no writer model, no writer call
-    cached = ExpandConfig(**OFF, writer={"enabled": True, "share": 1.0, "instructions": INSTRUCTIONS,
-                                          "cache_file": "rewrites.jsonl"})
+    cached = ExpandConfig(
+        **OFF, writer={"enabled": True, "share": 1.0, "instructions": INSTRUCTIONS, "cache_file": "rewrites.jsonl"}
+    )
 
     def no_calls(*args):
         raise AssertionError("the writer was called")
@@ -204,6 +222,7 @@ def test_writer_expansions_pass_the_eval_guard(tmp_path):
     def fake(records, out, work):
         return [{"id": r["id"], "text": "A fresh rewrite of it", "finish_reason": "stop"} for r in records]
 
-    stats = run_expand(writer_cfg(model="openai:fake"), train, {"test": test}, tmp_path / "o", tmp_path / "w",
-                       writer_runner=fake)
+    stats = run_expand(
+        writer_cfg(model="openai:fake"), train, {"test": test}, tmp_path / "o", tmp_path / "w", writer_runner=fake
+    )
     assert stats["contaminated"]["by_split"] == {"test": 6} and stats["expansions"] == 0

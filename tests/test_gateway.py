@@ -143,11 +143,17 @@ def test_64_concurrent_clients(gateway):
 
     async def run():
         async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+
             async def one(i):
-                body = {"messages": [{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"}],
-                        "max_tokens": 6, "temperature": 0, "stream": i % 4 == 0}
+                body = {
+                    "messages": [{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"}],
+                    "max_tokens": 6,
+                    "temperature": 0,
+                    "stream": i % 4 == 0,
+                }
                 r = await c.post("/v1/chat/completions", json=body)
                 return r.status_code, r.headers.get("x-potstill-routed-to"), r.text
+
             return await asyncio.gather(*(one(i) for i in range(64)))
 
     results = asyncio.run(run())
@@ -174,10 +180,15 @@ def test_fallback_log_is_the_next_rounds_prompt_source(tmp_path):
     from potstill.data import PromptsConfig, run_prompts
     from potstill.io import read_jsonl
 
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"prompt": f"old prompt {i} about seats and trials"}) + "\n"
-                                                  for i in range(40)))
-    cfg = PromptsConfig(sources=[{"path": "train.jsonl"}, {"path": "fallbacks.jsonl", "train_only": True}],
-                        validation=0.5, test_fraction=0.0, dedup=False)
+    (tmp_path / "train.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"old prompt {i} about seats and trials"}) + "\n" for i in range(40))
+    )
+    cfg = PromptsConfig(
+        sources=[{"path": "train.jsonl"}, {"path": "fallbacks.jsonl", "train_only": True}],
+        validation=0.5,
+        test_fraction=0.0,
+        dedup=False,
+    )
     run_prompts(cfg, tmp_path, tmp_path / "out")
     train = {r["id"] for r in read_jsonl(tmp_path / "out" / "train.jsonl")}
     val = read_jsonl(tmp_path / "out" / "validation.jsonl")
@@ -189,8 +200,12 @@ def test_cli_gateway_arguments(tmp_path, tiny_student_dir, capsys):
     assert "--fallback" in capsys.readouterr().err
     bad = tmp_path / "route.json"
     bad.write_text('{"router": {"signal": "vibes", "threshold": 0}}')
-    assert cli_main(["serve", "--student", str(tiny_student_dir), "--fallback", str(tiny_student_dir),
-                     "--route", str(bad)]) == 2
+    assert (
+        cli_main(
+            ["serve", "--student", str(tiny_student_dir), "--fallback", str(tiny_student_dir), "--route", str(bad)]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "route.json" in err and "vibes" in err
     assert cli_main(["serve", str(tiny_student_dir), "--student", str(tiny_student_dir)]) == 2
@@ -199,9 +214,27 @@ def test_cli_gateway_arguments(tmp_path, tiny_student_dir, capsys):
 def test_cli_gateway_serves(tmp_path, tiny_student_dir, tiny_teacher_dir):
     route = tmp_path / "route.json"
     route.write_text(json.dumps({"router": ALWAYS_TEACHER}))
-    proc = subprocess.Popen([sys.executable, "-m", "potstill.cli.main", "serve", "--student", str(tiny_student_dir),
-                             "--fallback", str(tiny_teacher_dir), "--route", str(route), "--port", "0", "--name", "gw"],
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "potstill.cli.main",
+            "serve",
+            "--student",
+            str(tiny_student_dir),
+            "--fallback",
+            str(tiny_teacher_dir),
+            "--route",
+            str(route),
+            "--port",
+            "0",
+            "--name",
+            "gw",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
     try:
         for line in proc.stderr:
             m = re.search(r"http://127\.0\.0\.1:(\d+)", line)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import CHAT_TEMPLATE
 
+from conftest import CHAT_TEMPLATE
 from potstill import gguf as pgguf
 from potstill.cli.main import main as cli_main
 from potstill.errors import UserError
@@ -38,10 +38,18 @@ def write_tiny_gguf(path: Path, tokenizer_dir: Path, arch: str = "llama", seed: 
     w.add_organization("potstill-tests")
     w.add_license("apache-2.0")
     w.add_file_type(0)  # all float32
-    for add, value in ((w.add_context_length, 256), (w.add_embedding_length, HIDDEN), (w.add_block_count, LAYERS),
-                       (w.add_feed_forward_length, FFN), (w.add_head_count, HEADS), (w.add_head_count_kv, KV_HEADS),
-                       (w.add_layer_norm_rms_eps, 1e-5), (w.add_rope_freq_base, 10000.0),
-                       (w.add_rope_dimension_count, HIDDEN // HEADS), (w.add_vocab_size, len(tokens))):
+    for add, value in (
+        (w.add_context_length, 256),
+        (w.add_embedding_length, HIDDEN),
+        (w.add_block_count, LAYERS),
+        (w.add_feed_forward_length, FFN),
+        (w.add_head_count, HEADS),
+        (w.add_head_count_kv, KV_HEADS),
+        (w.add_layer_norm_rms_eps, 1e-5),
+        (w.add_rope_freq_base, 10000.0),
+        (w.add_rope_dimension_count, HIDDEN // HEADS),
+        (w.add_vocab_size, len(tokens)),
+    ):
         add(value)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
@@ -63,9 +71,15 @@ def write_tiny_gguf(path: Path, tokenizer_dir: Path, arch: str = "llama", seed: 
     w.add_tensor("output_norm.weight", np.ones(HIDDEN, np.float32))
     w.add_tensor("output.weight", rand(len(tokens), HIDDEN))
     for i in range(LAYERS):
-        for name, shape in (("attn_q", (HIDDEN, HIDDEN)), ("attn_k", (KV_HEADS * head, HIDDEN)),
-                            ("attn_v", (KV_HEADS * head, HIDDEN)), ("attn_output", (HIDDEN, HIDDEN)),
-                            ("ffn_gate", (FFN, HIDDEN)), ("ffn_up", (FFN, HIDDEN)), ("ffn_down", (HIDDEN, FFN))):
+        for name, shape in (
+            ("attn_q", (HIDDEN, HIDDEN)),
+            ("attn_k", (KV_HEADS * head, HIDDEN)),
+            ("attn_v", (KV_HEADS * head, HIDDEN)),
+            ("attn_output", (HIDDEN, HIDDEN)),
+            ("ffn_gate", (FFN, HIDDEN)),
+            ("ffn_up", (FFN, HIDDEN)),
+            ("ffn_down", (HIDDEN, FFN)),
+        ):
             w.add_tensor(f"blk.{i}.{name}.weight", rand(*shape))
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(HIDDEN, np.float32))
         w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(HIDDEN, np.float32))
@@ -96,7 +110,7 @@ def converted(tmp_path_factory, tiny_gguf) -> Path:
 def front_matter(readme: Path) -> dict:
     text = readme.read_text()
     assert text.startswith("---\n")
-    return yaml.safe_load(text[4:text.index("\n---", 4)])
+    return yaml.safe_load(text[4 : text.index("\n---", 4)])
 
 
 def test_convert_writes_a_standard_directory(converted, tiny_gguf, tiny_tokenizer_dir):
@@ -111,8 +125,9 @@ def test_convert_writes_a_standard_directory(converted, tiny_gguf, tiny_tokenize
     tok, ref = AutoTokenizer.from_pretrained(str(converted)), AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
     assert tok.get_vocab() == ref.get_vocab() and tok.chat_template == CHAT_TEMPLATE
     messages = [{"role": "user", "content": "What is two plus two?"}]
-    assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
-        ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == ref.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
     assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<s>", "</s>", "<pad>")
     gen = json.loads((converted / "generation_config.json").read_text())
     assert gen["eos_token_id"] == tok.eos_token_id and gen["bos_token_id"] == tok.bos_token_id
@@ -194,5 +209,5 @@ def test_convert_to_bfloat16(tmp_path, tiny_gguf):
     assert cli_main(["convert", str(tiny_gguf), str(out), "--dtype", "bfloat16"]) == 0
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     with safe_open(str(out / "model.safetensors"), "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+        assert {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__ == {torch.bfloat16}
     assert front_matter(out / "README.md")["converted_from"]["dequantized_to"] == "bfloat16"

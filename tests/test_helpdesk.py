@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from potstill.tasks.helpdesk import answers, queries
-from potstill.tasks.helpdesk.kb import KBError, Fact, KnowledgeBase, load_kb, normalize, validate
+from potstill.tasks.helpdesk.kb import Fact, KBError, KnowledgeBase, load_kb, normalize, validate
 from potstill.tasks.helpdesk.scorer import asked_facts, score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,11 +18,15 @@ KB = load_kb()
 
 
 def rec(*facts: str, meta: bool = False) -> dict:
-    return {"id": "x", "prompt": "q", "meta": {"facts": list(facts)}} if meta else {
-        "id": "x", "prompt": "q", "category": "c", "facts": list(facts)}
+    return (
+        {"id": "x", "prompt": "q", "meta": {"facts": list(facts)}}
+        if meta
+        else {"id": "x", "prompt": "q", "category": "c", "facts": list(facts)}
+    )
 
 
 # --- knowledge base --------------------------------------------------------------------------
+
 
 def test_kb_loads_and_validates():
     ids = [f.id for f in KB.facts]
@@ -48,9 +52,23 @@ def test_kb_validation_rejects_bad_facts():
 
 def test_load_kb_from_path(tmp_path):
     path = tmp_path / "kb.json"
-    path.write_text(json.dumps({"product": "P", "facts": [
-        {"id": "p.a.x", "category": "plans", "entity": "A", "attribute": "x", "value": "7 days",
-         "required": ["7 day"]}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "product": "P",
+                "facts": [
+                    {
+                        "id": "p.a.x",
+                        "category": "plans",
+                        "entity": "A",
+                        "attribute": "x",
+                        "value": "7 days",
+                        "required": ["7 day"],
+                    }
+                ],
+            }
+        )
+    )
     kb = load_kb(path)
     assert kb.product == "P" and kb.by_id["p.a.x"].required == ("7 day",)
     assert score("It lasts seven days.", rec("p.a.x"), kb=path) == 1.0
@@ -58,23 +76,27 @@ def test_load_kb_from_path(tmp_path):
 
 # --- scorer ----------------------------------------------------------------------------------
 
+
 def test_normalize():
     assert normalize("Pro costs $14/mo. (100GB, 10 Users)") == "pro costs $14 month 100 gb 10 user"
     assert normalize("1,000 notebooks, 20 percent, $ 14.00") == "1000 notebook 20% $14"
 
 
-@pytest.mark.parametrize("answer,expected", [
-    ("The Pro plan costs $14 per month.", 1.0),
-    ("Pro is $14/month.", 1.0),                              # other wording and punctuation
-    ("pro: $14 a MONTH", 1.0),
-    ("The Pro plan is billed monthly.", 0.0),                 # missing the value
-    ("The Pro plan costs $16 per month.", 0.0),               # wrong value
-    ("The Pro plan costs $140 per month.", 0.0),              # token boundaries: $14 != $140
-    ("The Pro plan costs $6 per month.", 0.0),                # another plan's price
-    ("Plans cost $0, $6, $14, $39 or $99 per month.", 0.0),   # hedge listing every price
-    ("Pro costs $14 per month, Team $39 per month.", 0.0),    # volunteering a conflicting value
-    ("", 0.0),
-])
+@pytest.mark.parametrize(
+    "answer,expected",
+    [
+        ("The Pro plan costs $14 per month.", 1.0),
+        ("Pro is $14/month.", 1.0),  # other wording and punctuation
+        ("pro: $14 a MONTH", 1.0),
+        ("The Pro plan is billed monthly.", 0.0),  # missing the value
+        ("The Pro plan costs $16 per month.", 0.0),  # wrong value
+        ("The Pro plan costs $140 per month.", 0.0),  # token boundaries: $14 != $140
+        ("The Pro plan costs $6 per month.", 0.0),  # another plan's price
+        ("Plans cost $0, $6, $14, $39 or $99 per month.", 0.0),  # hedge listing every price
+        ("Pro costs $14 per month, Team $39 per month.", 0.0),  # volunteering a conflicting value
+        ("", 0.0),
+    ],
+)
 def test_score_price(answer, expected):
     assert score(answer, rec("plans.pro.price")) == expected
 
@@ -104,8 +126,7 @@ def test_score_two_questions():
 
 def test_score_record_shapes():
     assert score("The Pro plan costs $14 per month.", rec("plans.pro.price", meta=True)) == 1.0
-    assert asked_facts({"meta": {"facts": "plans.pro.price errors.e101.fix"}}) == [
-        "plans.pro.price", "errors.e101.fix"]
+    assert asked_facts({"meta": {"facts": "plans.pro.price errors.e101.fix"}}) == ["plans.pro.price", "errors.e101.fix"]
     assert asked_facts({"facts": '["plans.pro.price"]'}) == ["plans.pro.price"]
     with pytest.raises(KeyError):
         score("x", rec("no.such.fact"))
@@ -119,6 +140,7 @@ def test_gold_answers_score_full_marks():
 
 
 # --- queries ---------------------------------------------------------------------------------
+
 
 def test_generation_is_deterministic_and_well_formed():
     for split, n in (("train", 300), ("test", 120), ("ood", 120), ("augment", 60)):
@@ -160,6 +182,7 @@ def test_shipped_data_files_match_the_generator():
 
 # --- tokenizer and models --------------------------------------------------------------------
 
+
 def test_chat_template():
     from transformers import AutoTokenizer
 
@@ -169,10 +192,9 @@ def test_chat_template():
     text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert text == "<|bos|><|system|>Be brief.<|end|><|user|>How much is Pro?<|end|><|assistant|>"
     ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
-    full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": "$14."}], tokenize=True,
-                                   return_dict=False)
-    assert full[:len(ids)] == ids and full[-1] == tok.eos_token_id
-    assert tok.decode(full[len(ids):], skip_special_tokens=True) == "$14."
+    full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": "$14."}], tokenize=True, return_dict=False)
+    assert full[: len(ids)] == ids and full[-1] == tok.eos_token_id
+    assert tok.decode(full[len(ids) :], skip_special_tokens=True) == "$14."
     student = AutoTokenizer.from_pretrained(EXAMPLE / "student")
     assert student.get_vocab() == tok.get_vocab() and student.chat_template == tok.chat_template
 
@@ -202,10 +224,11 @@ def test_shipped_teacher_answers():
     records = [rec("plans.pro.price"), rec("errors.e101.fix"), rec("howto.restore.steps")]
     prompts = ["How much does the Pro plan cost?", "How do I fix error E101?", "How do I restore a deleted note?"]
     for r, prompt in zip(records, prompts):
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         with torch.inference_mode():
             out = model.generate(**ids, max_new_tokens=40, do_sample=False)
-        new = out[0, ids["input_ids"].shape[1]:].tolist()
+        new = out[0, ids["input_ids"].shape[1] :].tolist()
         assert new[-1] == tok.eos_token_id
         assert score(tok.decode(new, skip_special_tokens=True), r) == 1.0

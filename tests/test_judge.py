@@ -4,26 +4,36 @@ from __future__ import annotations
 
 import pytest
 
-from potstill.evaluate.judge import (TEMPLATE, combine, judge_messages, judge_pairs, judge_summary, local_judge,
-                                     parse_verdict)
+from potstill.evaluate.judge import (
+    TEMPLATE,
+    combine,
+    judge_messages,
+    judge_pairs,
+    judge_summary,
+    local_judge,
+    parse_verdict,
+)
 
 
-@pytest.mark.parametrize("text,verdict,how", [
-    ("Answer B names the price.\nVerdict: B", "B", "strict"),
-    ("verdict: **A**", "A", "strict"),
-    ("Both are fine. Verdict - tie", "tie", "strict"),
-    ("Verdict: A ... on reflection. Verdict: B", "B", "strict"),  # the last stated verdict counts
-    ("[[A]]", "A", "strict"),
-    ("[[C]]", "tie", "strict"),
-    ("Verdict: Answer B", "B", "strict"),
-    ("B", "B", "lenient"),
-    (" tie. ", "tie", "lenient"),
-    ("Answer A is better because it states the fee.", "A", "lenient"),
-    ("I prefer B; it is shorter and correct.", "B", "lenient"),
-    ("Both answers are equally good.", "tie", "lenient"),
-    ("Response B is more accurate.", "B", "lenient"),
-    ("Answer A is better, but Answer B is more complete.", None, "none"),  # conflicting: no verdict
-])
+@pytest.mark.parametrize(
+    "text,verdict,how",
+    [
+        ("Answer B names the price.\nVerdict: B", "B", "strict"),
+        ("verdict: **A**", "A", "strict"),
+        ("Both are fine. Verdict - tie", "tie", "strict"),
+        ("Verdict: A ... on reflection. Verdict: B", "B", "strict"),  # the last stated verdict counts
+        ("[[A]]", "A", "strict"),
+        ("[[C]]", "tie", "strict"),
+        ("Verdict: Answer B", "B", "strict"),
+        ("B", "B", "lenient"),
+        (" tie. ", "tie", "lenient"),
+        ("Answer A is better because it states the fee.", "A", "lenient"),
+        ("I prefer B; it is shorter and correct.", "B", "lenient"),
+        ("Both answers are equally good.", "tie", "lenient"),
+        ("Response B is more accurate.", "B", "lenient"),
+        ("Answer A is better, but Answer B is more complete.", None, "none"),  # conflicting: no verdict
+    ],
+)
 def test_parse_verdict(text, verdict, how):
     assert parse_verdict(text, fallback="none") == (verdict, how)
 
@@ -47,7 +57,7 @@ def test_prompt_template():
     msgs = judge_messages("How much is Pro?", "  $14.  ", "")
     assert msgs[0]["role"] == "system" and msgs[1]["role"] == "user"
     user = msgs[1]["content"]
-    assert "[Answer A]\n$14." in user and "[Answer B]\n(empty)" in user and 'Verdict: tie' in user
+    assert "[Answer A]\n$14." in user and "[Answer B]\n(empty)" in user and "Verdict: tie" in user
     assert TEMPLATE.count("{") == 3
 
 
@@ -70,7 +80,9 @@ def _fake(rule):
 
 
 def test_judge_pairs_both_orders_and_summary():
-    longer = _fake(lambda a, b: "Verdict: A" if len(a) > len(b) else ("Verdict: B" if len(b) > len(a) else "Verdict: tie"))
+    longer = _fake(
+        lambda a, b: "Verdict: A" if len(a) > len(b) else ("Verdict: B" if len(b) > len(a) else "Verdict: tie")
+    )
     qs = ["q1", "q2", "q3", "q4"]
     student = ["long answer here", "x", "same", "abc"]
     teacher = ["short", "much longer teacher", "same", "xyz"]
@@ -146,9 +158,13 @@ def test_judge_config():
     assert EvalConfig(judge="off").judge_settings() is None
     assert EvalConfig(judge={"model": "openai:gpt-4o-mini", "max_examples": 5}).judge_settings().max_examples == 5
     base = {"prompts": {"sources": [{"path": "x.jsonl"}]}, "teacher": {"model": "t"}, "student": {"model": "s"}}
-    cfg = config_from_dict(apply_overrides({**base, "eval": {"judge": True}}, ["eval.judge.include_floor=false"]), base_dir=".")
+    cfg = config_from_dict(
+        apply_overrides({**base, "eval": {"judge": True}}, ["eval.judge.include_floor=false"]), base_dir="."
+    )
     assert isinstance(cfg, RunConfig) and cfg.eval.judge_settings().include_floor is False
-    with pytest.raises(UserError, match=r"config key 'eval.judge': unknown key 'max_exampels' \(did you mean 'max_examples'\?\)"):
+    with pytest.raises(
+        UserError, match=r"config key 'eval.judge': unknown key 'max_exampels' \(did you mean 'max_examples'\?\)"
+    ):
         config_from_dict({**base, "eval": {"judge": {"max_exampels": 3}}}, base_dir=".")
     with pytest.raises(UserError, match=r"config key 'eval.judge': must be true, false or a mapping"):
         config_from_dict({**base, "eval": {"judge": "maybe"}}, base_dir=".")

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from potstill.config import KDSettings
-from potstill.config import config_from_dict
+from potstill.config import KDSettings, config_from_dict
 from potstill.errors import UserError
 from potstill.models import load_model, load_tokenizer
 from potstill.train import train_student
@@ -20,26 +19,52 @@ from potstill.train.trainer import DistillTrainer
 def make_cfg(base: Path, student: Path, teacher: Path, **train):
     t = {"batch_size": 4, "epochs": 1, "lr": 1e-2, "warmup_ratio": 0.0, "logging_steps": 1, "save_steps": 1000}
     t.update(train)
-    return config_from_dict({"seed": 0, "prompts": {"sources": [{"path": "p.jsonl"}]}, "teacher": {"model": str(teacher)},
-                             "student": {"model": str(student)}, "train": t}, base_dir=base)
+    return config_from_dict(
+        {
+            "seed": 0,
+            "prompts": {"sources": [{"path": "p.jsonl"}]},
+            "teacher": {"model": str(teacher)},
+            "student": {"model": str(student)},
+            "train": t,
+        },
+        base_dir=base,
+    )
 
 
 def one_sgd_step(cfg, student_dir, feats, method, teacher, out):
     """One optimizer step of plain SGD at lr 1: the weight change is minus the gradient."""
     tok = load_tokenizer(student_dir, padding_side="right")
     model = load_model(student_dir)
-    args = training_arguments(cfg, out, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", max_grad_norm=0.0,
-                              max_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = DistillTrainer(model=model, args=args, train_dataset=feats, data_collator=Collator(tok.pad_token_id),
-                             method=method, teacher=teacher, kd=KDSettings(alpha=0.5, temperature=2.0), vocab_size=len(tok))
+    args = training_arguments(
+        cfg,
+        out,
+        optim="sgd",
+        learning_rate=1.0,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        max_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = DistillTrainer(
+        model=model,
+        args=args,
+        train_dataset=feats,
+        data_collator=Collator(tok.pad_token_id),
+        method=method,
+        teacher=teacher,
+        kd=KDSettings(alpha=0.5, temperature=2.0),
+        vocab_size=len(tok),
+    )
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     result = trainer.train()
     return result.training_loss, {k: v.detach() - before[k] for k, v in model.named_parameters()}, model
 
 
 @pytest.mark.parametrize("method", ["sft", "kd"])
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path, tiny_student_dir, tiny_teacher_dir,
-                                                                 make_pairs, method):
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(
+    tmp_path, tiny_student_dir, tiny_teacher_dir, make_pairs, method
+):
     tok = load_tokenizer(tiny_student_dir, padding_side="right")
     feats = build_features(make_pairs(4), tok, 256, True)
     teacher = load_model(tiny_teacher_dir) if method == "kd" else None
@@ -84,28 +109,41 @@ def test_bf16_trains_a_step_on_the_cpu(tmp_path, tiny_student_dir, tiny_teacher_
 
 def test_quantize_without_lora_is_a_user_error(tmp_path, tiny_student_dir, tiny_teacher_dir, make_pairs):
     cfg = make_cfg(tmp_path, tiny_student_dir, tiny_teacher_dir, lora={"quantize": "4bit"})
-    with pytest.raises(UserError, match=r"train.lora.quantize=4bit trains LoRA adapters on a quantized student: "
-                                        r"set train.lora.enabled: true") as e:
+    with pytest.raises(
+        UserError,
+        match=r"train.lora.quantize=4bit trains LoRA adapters on a quantized student: "
+        r"set train.lora.enabled: true",
+    ) as e:
         train_student("sft", cfg, make_pairs(4), tmp_path / "out", tmp_path / "work")
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("have_bnb, have_cuda, missing", [(False, False, "bitsandbytes, a CUDA GPU"),
-                                                          (True, False, "a CUDA GPU"), (False, True, "bitsandbytes")])
-def test_qlora_without_bitsandbytes_or_cuda_is_a_user_error(tmp_path, tiny_student_dir, tiny_teacher_dir, make_pairs,
-                                                            monkeypatch, have_bnb, have_cuda, missing):
+@pytest.mark.parametrize(
+    "have_bnb, have_cuda, missing",
+    [(False, False, "bitsandbytes, a CUDA GPU"), (True, False, "a CUDA GPU"), (False, True, "bitsandbytes")],
+)
+def test_qlora_without_bitsandbytes_or_cuda_is_a_user_error(
+    tmp_path, tiny_student_dir, tiny_teacher_dir, make_pairs, monkeypatch, have_bnb, have_cuda, missing
+):
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: (object() if have_bnb else None) if name == "bitsandbytes" else find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (object() if have_bnb else None) if name == "bitsandbytes" else find_spec(name, *a),
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: have_cuda)
     cfg = make_cfg(tmp_path, tiny_student_dir, tiny_teacher_dir, lora={"enabled": True, "quantize": "8bit"})
     with pytest.raises(UserError) as e:
         train_student("sft", cfg, make_pairs(4), tmp_path / "out", tmp_path / "work")
     msg = str(e.value)
     assert "\n" not in msg and "train.lora.quantize=8bit (QLoRA) needs the bitsandbytes package" in msg
-    assert "pip install 'potstill[qlora]'" in msg and "a CUDA GPU" in msg and msg.split("missing here: ")[1].startswith(missing)
+    assert (
+        "pip install 'potstill[qlora]'" in msg
+        and "a CUDA GPU" in msg
+        and msg.split("missing here: ")[1].startswith(missing)
+    )
 
 
 def test_qlora_needs_pretrained_weights_and_no_sharding(tmp_path, tiny_student_dir, monkeypatch):
@@ -143,8 +181,8 @@ def test_4bit_config_is_nf4_double_quant_bf16():
 @pytest.mark.parametrize("lora", [False, True])
 def test_rebuild_from_a_gathered_state_dict(tiny_student_dir, lora):
     from potstill.config import LoraSettings
-    from potstill.train.export import rebuild_from_state_dict
     from potstill.train.export import apply_lora as _apply_lora
+    from potstill.train.export import rebuild_from_state_dict
 
     model = load_model(tiny_student_dir)
     settings = LoraSettings(enabled=True, r=4) if lora else None
@@ -166,7 +204,9 @@ def test_rebuild_from_a_gathered_state_dict(tiny_student_dir, lora):
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(ids).logits, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeError, match="do not fit"):
-        rebuild_from_state_dict(tiny_student_dir, {k: v for k, v in state.items() if "layers.1." not in k}, lora=settings)
+        rebuild_from_state_dict(
+            tiny_student_dir, {k: v for k, v in state.items() if "layers.1." not in k}, lora=settings
+        )
 
 
 def test_qlora_export_merges_the_adapters_into_a_full_precision_base(tmp_path, tiny_student_dir, tiny_teacher_dir):
@@ -176,7 +216,8 @@ def test_qlora_export_merges_the_adapters_into_a_full_precision_base(tmp_path, t
 
     from accelerate.utils import DistributedType
 
-    from potstill.train.export import apply_lora as _apply_lora, final_model as _final_model
+    from potstill.train.export import apply_lora as _apply_lora
+    from potstill.train.export import final_model as _final_model
 
     cfg = make_cfg(tmp_path, tiny_student_dir, tiny_teacher_dir, lora={"enabled": True, "r": 4, "quantize": "4bit"})
     trained = _apply_lora(load_model(tiny_student_dir), cfg.train.lora.model_copy(update={"quantize": "none"}))

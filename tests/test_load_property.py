@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from potstill.data.load import ROLES, SourceSpec, load_source
 from potstill.data import PromptsConfig, run_prompts
+from potstill.data.load import ROLES, SourceSpec, load_source
 from potstill.errors import UserError
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -23,16 +23,31 @@ BOM = b"\xef\xbb\xbf"
 # Text with everything JSON can carry: control characters, line separators, lone surrogates (as \ud800 escapes).
 TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=30)
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | TEXT
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
-                      max_leaves=12)
+VALUES = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4), max_leaves=12
+)
 MESSAGE = st.fixed_dictionaries({}, optional={"role": st.sampled_from([*ROLES, "tool"]) | VALUES, "content": VALUES})
 # lines on which Python's json module raises other exceptions than JSONDecodeError
-RAW = ['{"prompt": "x", "id": 1' + "0" * 5000 + "}", "[" * 100_000, '{"prompt": ' * 3000,
-       '{"messages": "' + "[" * 100_000 + '"}', '{"prompt": NaN, "id": Infinity}']
-ROWS = st.fixed_dictionaries({}, optional={
-    "id": st.sampled_from(["a", "b", "", " "]) | VALUES, "prompt": TEXT | VALUES,
-    "messages": st.lists(MESSAGE, max_size=3) | VALUES, "category": VALUES, "extra": VALUES,
-}) | VALUES
+RAW = [
+    '{"prompt": "x", "id": 1' + "0" * 5000 + "}",
+    "[" * 100_000,
+    '{"prompt": ' * 3000,
+    '{"messages": "' + "[" * 100_000 + '"}',
+    '{"prompt": NaN, "id": Infinity}',
+]
+ROWS = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "id": st.sampled_from(["a", "b", "", " "]) | VALUES,
+            "prompt": TEXT | VALUES,
+            "messages": st.lists(MESSAGE, max_size=3) | VALUES,
+            "category": VALUES,
+            "extra": VALUES,
+        },
+    )
+    | VALUES
+)
 
 
 def check_records(records: list[dict]) -> None:
@@ -42,8 +57,10 @@ def check_records(records: list[dict]) -> None:
         assert set(r) == {"id", "messages", "category", "meta"}
         assert isinstance(r["id"], str) and isinstance(r["meta"], dict)
         assert r["category"] is None or isinstance(r["category"], str)
-        assert r["messages"] and all(set(m) == {"role", "content"} and m["role"] in ROLES
-                                     and isinstance(m["content"], str) for m in r["messages"])
+        assert r["messages"] and all(
+            set(m) == {"role", "content"} and m["role"] in ROLES and isinstance(m["content"], str)
+            for m in r["messages"]
+        )
         json.dumps(r, ensure_ascii=False).encode("utf-8")  # writable as UTF-8 JSONL by the prompts stage
 
 
@@ -84,15 +101,17 @@ def test_arbitrary_json_lines(rows, bom, ascii_only):
 @SETTINGS
 @given(value=VALUES | st.lists(ROWS, max_size=4), fmt=st.sampled_from(["auto", "jsonl"]))
 def test_arbitrary_json_document(value, fmt):
-    load_bytes(json.dumps(value, indent=1 if isinstance(value, list) else None).encode("utf-8"), "p.json",
-               format=fmt)
+    load_bytes(json.dumps(value, indent=1 if isinstance(value, list) else None).encode("utf-8"), "p.json", format=fmt)
 
 
 @SETTINGS
-@given(rows=st.lists(st.dictionaries(st.sampled_from(["id", "prompt", "messages", "category", "x"]), TEXT | VALUES),
-                     max_size=5),
-       header=st.lists(st.sampled_from(["id", "prompt", "messages", "category", "x"]) | TEXT, max_size=4),
-       bom=st.booleans())
+@given(
+    rows=st.lists(
+        st.dictionaries(st.sampled_from(["id", "prompt", "messages", "category", "x"]), TEXT | VALUES), max_size=5
+    ),
+    header=st.lists(st.sampled_from(["id", "prompt", "messages", "category", "x"]) | TEXT, max_size=4),
+    bom=st.booleans(),
+)
 def test_arbitrary_csv(rows, header, bom):
     load_bytes((BOM if bom else b"") + csv_bytes(rows, header), "p.csv")
 

@@ -13,7 +13,7 @@ B, L, V, K = 2, 5, 37, 6
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-30)))
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-30))
 
 
 @pytest.fixture
@@ -130,7 +130,12 @@ def test_distillation_loss_mix_and_t2_scaling(batch, alpha, temp):
     s, t, labels = batch
     mask = labels != IGNORE_INDEX
     total, n, parts = distillation_loss(s, labels, teacher_logits=t, alpha=alpha, temperature=temp)
-    kl = sum(ref_kl(s[b, i].double().tolist(), t[b, i].double().tolist(), temp) for b in range(B) for i in range(L) if mask[b, i])
+    kl = sum(
+        ref_kl(s[b, i].double().tolist(), t[b, i].double().tolist(), temp)
+        for b in range(B)
+        for i in range(L)
+        if mask[b, i]
+    )
     ce = sum(ref_ce(s[b, i].double().tolist(), int(labels[b, i])) for b in range(B) for i in range(L) if mask[b, i])
     assert int(n) == int(mask.sum())
     assert abs(float(parts["kd"]) - kl) / kl <= 1e-6 and abs(float(parts["ce"]) - ce) / ce <= 1e-6
@@ -214,8 +219,11 @@ def ref_div(name, s_row, t_row, temp, beta=0.5, a=0.1):
     raise AssertionError(name)
 
 
-PARAMS = {"jsd": [dict(beta=0.5), dict(beta=0.1), dict(beta=0.9)], "skew_forward_kl": [dict(a=0.1), dict(a=0.5)],
-          "skew_reverse_kl": [dict(a=0.1), dict(a=0.5)]}
+PARAMS = {
+    "jsd": [dict(beta=0.5), dict(beta=0.1), dict(beta=0.9)],
+    "skew_forward_kl": [dict(a=0.1), dict(a=0.5)],
+    "skew_reverse_kl": [dict(a=0.1), dict(a=0.5)],
+}
 CASES = [(n, kw, t) for n in DIVERGENCES for kw in PARAMS.get(n, [{}]) for t in (1.0, 2.0)]
 
 
@@ -252,7 +260,10 @@ def test_jsd_limits(batch):
     assert torch.equal(divergence("jsd", lq, lp, beta=0.0), fkl)
     assert torch.equal(divergence("jsd", lq, lp, beta=1.0), rkl)
     errs = [
-        (rel_err(divergence("jsd", lq, lp, beta=eps) / eps, fkl), rel_err(divergence("jsd", lq, lp, beta=1 - eps) / eps, rkl))
+        (
+            rel_err(divergence("jsd", lq, lp, beta=eps) / eps, fkl),
+            rel_err(divergence("jsd", lq, lp, beta=1 - eps) / eps, rkl),
+        )
         for eps in (1e-4, 1e-6)
     ]
     assert max(errs[1]) <= 1e-3  # first-order convergence: the error shrinks like beta (resp. 1 - beta)
@@ -316,7 +327,7 @@ def test_sparse_target_loss_matches_float64(batch):
     for temp in (1.0, 2.0):
         got = sparse_target_loss(s, ids, probs, mask, temp)
 
-        def ref(b, i):
+        def ref(b, i, temp=temp):
             q = ref_softmax(s[b, i].double().tolist(), temp)
             return -sum(float(probs[b, i, j]) * math.log(q[int(ids[b, i, j])]) for j in range(K) if probs[b, i, j] > 0)
 
@@ -404,14 +415,23 @@ def ref_div64(name, s, t, temp, beta=0.5, a=0.1):
     raise AssertionError(name)
 
 
-INF_CASES = [("forward_kl", {}), ("reverse_kl", {}), ("jsd", {"beta": 0.5}), ("jsd", {"beta": 0.1}),
-             ("jsd", {"beta": 0.0}), ("jsd", {"beta": 1.0}), ("skew_forward_kl", {"a": 0.1}),
-             ("skew_forward_kl", {"a": 0.0}), ("skew_reverse_kl", {"a": 0.3}), ("skew_reverse_kl", {"a": 0.0}),
-             ("tvd", {})]
+INF_CASES = [
+    ("forward_kl", {}),
+    ("reverse_kl", {}),
+    ("jsd", {"beta": 0.5}),
+    ("jsd", {"beta": 0.1}),
+    ("jsd", {"beta": 0.0}),
+    ("jsd", {"beta": 1.0}),
+    ("skew_forward_kl", {"a": 0.1}),
+    ("skew_forward_kl", {"a": 0.0}),
+    ("skew_reverse_kl", {"a": 0.3}),
+    ("skew_reverse_kl", {"a": 0.0}),
+    ("tvd", {}),
+]
 
 
 def kl_kind(name, kw):
-    """"fkl" / "rkl" for the divergences that *are* a plain KL (unbounded), else None."""
+    """ "fkl" / "rkl" for the divergences that *are* a plain KL (unbounded), else None."""
     if name == "forward_kl" or name == "jsd" and kw.get("beta") == 0 or name == "skew_forward_kl" and kw.get("a") == 0:
         return "fkl"
     if name == "reverse_kl" or name == "jsd" and kw.get("beta") == 1 or name == "skew_reverse_kl" and kw.get("a") == 0:
@@ -488,8 +508,12 @@ def test_neginf_everywhere_distillation_loss_and_sparse():
     keep = torch.ones(V, dtype=torch.bool)
     keep[7] = False
     ids, lps = topk_of(t)
-    for kw in ({"teacher_logits": t, "divergence": "jsd", "beta": 0.7}, {"teacher_ids": ids, "teacher_logprobs": lps},
-               {"target_probs": torch.softmax(t, -1)}, {"teacher_logits": t, "divergence": "reverse_kl"}):
+    for kw in (
+        {"teacher_logits": t, "divergence": "jsd", "beta": 0.7},
+        {"teacher_ids": ids, "teacher_logprobs": lps},
+        {"target_probs": torch.softmax(t, -1)},
+        {"teacher_logits": t, "divergence": "reverse_kl"},
+    ):
         x = s.clone().requires_grad_()
         total = distillation_loss(x, labels, alpha=0.5, temperature=1.0, **kw)[0]
         total.backward()

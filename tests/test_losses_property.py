@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
+from tests.test_losses import kl_kind, ref_div64
 
 from potstill.losses import (
     DIVERGENCES,
@@ -35,7 +36,6 @@ from potstill.losses import (
     topk_target_probs,
 )
 from potstill.losses.uld import uld_distance
-from tests.test_losses import kl_kind, ref_div64
 
 NEG, NAN = float("-inf"), float("nan")
 FAR = -1e6  # a logit whose float64 probability is exactly 0 (|logit| / T >= 2.5e5 > 745 + log V)
@@ -46,8 +46,12 @@ SCALE = float(os.environ.get("POTSTILL_PROPERTY_SCALE", "1"))
 
 
 def examples(n: int) -> settings:
-    return settings(max_examples=max(1, round(n * SCALE)), deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=max(1, round(n * SCALE)),
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 LOGITS = st.floats(-1e4, 1e4, allow_nan=False, width=32)
@@ -82,7 +86,7 @@ def entry_kinds(draw, n, v, sides):
     """Per entry: "f" finite in both, "b" -inf in both, "s" / "t" -inf in that model only; each model keeps
     a finite entry in every row."""
     kinds = draw(st.lists(st.sampled_from("fffb" + sides), min_size=n * v, max_size=n * v))
-    rows = [kinds[r * v:(r + 1) * v] for r in range(n)]
+    rows = [kinds[r * v : (r + 1) * v] for r in range(n)]
     for row in rows:
         if not any(k in "ft" for k in row) or not any(k in "fs" for k in row):
             row[0] = "f"
@@ -206,8 +210,19 @@ def head_cases(draw, name="forward_kl", sides=None):
     ht = torch.tensor(draw(st.lists(LOGITS, min_size=n * (v + pad_t), max_size=n * (v + pad_t))), dtype=dtype)
     finite = [c for c in range(v + pad) if math.isfinite(b[c])]  # labels never name a -inf (CE = +inf) entry
     labels = torch.tensor([draw(st.sampled_from(finite + [IGNORE_INDEX])) for _ in range(n)])
-    return {"name": name, "kw": kw, "v": v, "h": h.view(n, v + pad), "b": b, "ht": ht.view(n, v + pad_t), "bt": bt,
-            "y": labels, "temp": draw(TEMPS), "alpha": draw(st.floats(0.0, 1.0)), "chunk": draw(st.integers(1, 4))}
+    return {
+        "name": name,
+        "kw": kw,
+        "v": v,
+        "h": h.view(n, v + pad),
+        "b": b,
+        "ht": ht.view(n, v + pad_t),
+        "bt": bt,
+        "y": labels,
+        "temp": draw(TEMPS),
+        "alpha": draw(st.floats(0.0, 1.0)),
+        "chunk": draw(st.integers(1, 4)),
+    }
 
 
 def head_reference(c):
@@ -216,8 +231,11 @@ def head_reference(c):
     b64, bt64 = c["b"].double(), c["bt"].double()
     both = torch.isneginf(b64[:v]) & torch.isneginf(bt64[:v])
     cols = torch.cat([(~both).nonzero().squeeze(1), torch.arange(v, len(b64))])  # the student's support
-    leaves = [c["h"].double().clone().requires_grad_(), torch.eye(len(b64), dtype=torch.float64).requires_grad_(),
-              b64.clone().requires_grad_()]
+    leaves = [
+        c["h"].double().clone().requires_grad_(),
+        torch.eye(len(b64), dtype=torch.float64).requires_grad_(),
+        b64.clone().requires_grad_(),
+    ]
     z = (leaves[0] @ leaves[1].T + leaves[2].nan_to_num(neginf=FAR))[:, cols]
     zt = (c["ht"].double() + bt64.nan_to_num(neginf=FAR))[:, :v][:, ~both]
     k = int((~both).sum())
@@ -246,14 +264,21 @@ def check_heads(c):
     leaves = [c["h"].clone().requires_grad_(), w.clone().requires_grad_(), c["b"].clone().requires_grad_()]
     kw = dict(alpha=c["alpha"], temperature=c["temp"], vocab_size=c["v"], divergence=c["name"], **lib_kw(c["kw"]))
     loss, n, parts = chunked_distillation_loss(
-        leaves[0], leaves[1], c["y"], bias=leaves[2], teacher_hidden=c["ht"],
-        teacher_weight=torch.eye(len(c["bt"]), dtype=c["ht"].dtype), teacher_bias=c["bt"],
-        chunk_size=c["chunk"], **kw,
+        leaves[0],
+        leaves[1],
+        c["y"],
+        bias=leaves[2],
+        teacher_hidden=c["ht"],
+        teacher_weight=torch.eye(len(c["bt"]), dtype=c["ht"].dtype),
+        teacher_bias=c["bt"],
+        chunk_size=c["chunk"],
+        **kw,
     )
     grads = torch.autograd.grad(loss, leaves)
     full = [x.detach().clone().requires_grad_() for x in leaves]
-    f_loss, f_n, f_parts = distillation_loss(full[0] @ full[1].T + full[2], c["y"],
-                                             teacher_logits=c["ht"] + c["bt"], **kw)
+    f_loss, f_n, f_parts = distillation_loss(
+        full[0] @ full[1].T + full[2], c["y"], teacher_logits=c["ht"] + c["bt"], **kw
+    )
     f_grads = torch.autograd.grad(f_loss, full)
     assert int(n) == int(f_n) == int((c["y"] != IGNORE_INDEX).sum())
     eps = torch.finfo(c["h"].dtype).eps
@@ -315,8 +340,11 @@ def test_chunked_sparse_targets_finite_and_equal_to_the_support_reference(c):
 def check_sparse(c):
     v, temp, alpha = c["v"], c["temp"], c["alpha"]
     ids, probs = sparse_targets(c)
-    leaves = [c["h"].double().clone().requires_grad_(), torch.eye(len(c["b"]), dtype=torch.float64).requires_grad_(),
-              c["b"].double().clone().requires_grad_()]
+    leaves = [
+        c["h"].double().clone().requires_grad_(),
+        torch.eye(len(c["b"]), dtype=torch.float64).requires_grad_(),
+        c["b"].double().clone().requires_grad_(),
+    ]
     z = leaves[0] @ leaves[1].T + leaves[2]
     keep = c["y"] != IGNORE_INDEX
     support = torch.isfinite(z[0, :v].detach())  # -inf bias entries: the same in every row
@@ -335,8 +363,16 @@ def check_sparse(c):
     w = torch.eye(len(c["b"]), dtype=c["h"].dtype)
     got_leaves = [c["h"].clone().requires_grad_(), w.requires_grad_(), c["b"].clone().requires_grad_()]
     loss, _, parts = chunked_distillation_loss(
-        got_leaves[0], got_leaves[1], c["y"], bias=got_leaves[2], target_ids=ids, target_probs=probs, alpha=alpha,
-        temperature=temp, vocab_size=v, chunk_size=c["chunk"],
+        got_leaves[0],
+        got_leaves[1],
+        c["y"],
+        bias=got_leaves[2],
+        target_ids=ids,
+        target_probs=probs,
+        alpha=alpha,
+        temperature=temp,
+        vocab_size=v,
+        chunk_size=c["chunk"],
     )
     grads = torch.autograd.grad(loss, got_leaves)
     eps = torch.finfo(c["h"].dtype).eps
@@ -346,8 +382,9 @@ def check_sparse(c):
     for name, g, g_ref in zip(("h", "W", "b"), grads, grads_ref):
         close(g, g_ref, tol * max(1.0, temp), f"grad {name}")
 
-    sub = chunked_sparse_target_loss(c["h"], w.detach(), ids, probs, keep, bias=c["b"], temperature=temp,
-                                     vocab_size=v, chunk_size=c["chunk"])
+    sub = chunked_sparse_target_loss(
+        c["h"], w.detach(), ids, probs, keep, bias=c["b"], temperature=temp, vocab_size=v, chunk_size=c["chunk"]
+    )
     close(sub, -(pi * torch.where(pi > 0, lq_t, 0.0))[keep].sum().detach(), tol, "chunked_sparse_target_loss")
 
 

@@ -8,12 +8,15 @@ from potstill.errors import UserError
 from potstill.evaluate.cost import break_even, cost_per_query, cost_summary, distillation_cost_usd
 from potstill.evaluate.measure import RESULT_KEYS, measure_model, percentile
 
-def test_measure_model_tiny_llama(tiny_student_dir):
-    from potstill.models import load_tokenizer
-    from potstill.chat import encode_prompt
 
-    records = [{"id": f"q{i}", "messages": [{"role": "user", "content": text}]}
-               for i, text in enumerate(["What is two plus two?", "Name a large animal.", "What do bees make?"])]
+def test_measure_model_tiny_llama(tiny_student_dir):
+    from potstill.chat import encode_prompt
+    from potstill.models import load_tokenizer
+
+    records = [
+        {"id": f"q{i}", "messages": [{"role": "user", "content": text}]}
+        for i, text in enumerate(["What is two plus two?", "Name a large animal.", "What do bees make?"])
+    ]
     perf = measure_model(tiny_student_dir, records=records, max_new_tokens=4, queries=3, batch_size=2)
     for key in RESULT_KEYS:
         assert key in perf, key
@@ -31,15 +34,21 @@ def test_measure_model_tiny_llama(tiny_student_dir):
 
 def test_measure_model_errors(tmp_path):
     with pytest.raises(UserError):
-        measure_model(tmp_path / "missing", records=[{"id": "a", "messages": []}], max_new_tokens=1, queries=1,
-                      batch_size=1)
+        measure_model(
+            tmp_path / "missing", records=[{"id": "a", "messages": []}], max_new_tokens=1, queries=1, batch_size=1
+        )
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text('{"model_type": "llama"}')
     (bad / "model.safetensors").write_bytes(b"not weights")
     with pytest.raises(RuntimeError, match="failed"):
-        measure_model(bad, records=[{"id": "a", "messages": [{"role": "user", "content": "hi"}]}],
-                      max_new_tokens=1, queries=1, batch_size=1)
+        measure_model(
+            bad,
+            records=[{"id": "a", "messages": [{"role": "user", "content": "hi"}]}],
+            max_new_tokens=1,
+            queries=1,
+            batch_size=1,
+        )
     with pytest.raises(ValueError):
         measure_model(bad, records=[], max_new_tokens=1, queries=1, batch_size=1)
 

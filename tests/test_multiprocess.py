@@ -54,12 +54,23 @@ def project(tmp_path, tiny_teacher_dir, tiny_student_dir, monkeypatch):
             a, b = WORDS[i % len(WORDS)], WORDS[(3 * i + 1) % len(WORDS)]
             f.write(json.dumps({"id": f"p{i}", "prompt": f"what is the {a} of {b} number {i}?"}) + "\n")
     cfg = {
-        "name": "mp", "run_dir": "run", "seed": 0,
+        "name": "mp",
+        "run_dir": "run",
+        "seed": 0,
         "prompts": {"sources": [{"path": "train.jsonl"}], "test_fraction": 0.0, "validation": 0.0},
         "teacher": {"model": str(tiny_teacher_dir), "batch_size": 16, "max_new_tokens": 6},
         "student": {"model": str(tiny_student_dir), "init": "random"},
-        "train": {"methods": ["sft", "kd"], "epochs": 1, "batch_size": PER_DEVICE, "lr": 1e-3, "logging_steps": 1,
-                  "save_steps": 100, "max_seq_len": 64, "warmup_ratio": 0.0, "kd": {"alpha": 0.5, "temperature": 2.0}},
+        "train": {
+            "methods": ["sft", "kd"],
+            "epochs": 1,
+            "batch_size": PER_DEVICE,
+            "lr": 1e-3,
+            "logging_steps": 1,
+            "save_steps": 100,
+            "max_seq_len": 64,
+            "warmup_ratio": 0.0,
+            "kd": {"alpha": 0.5, "temperature": 2.0},
+        },
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # the in-process reference run trains on the CPU too
@@ -69,11 +80,27 @@ def project(tmp_path, tiny_teacher_dir, tiny_student_dir, monkeypatch):
 
 
 def launch(project, *args, nproc=PROCS):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-           "-m", "potstill.cli.main", *args]
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "potstill.cli.main",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -100,14 +127,18 @@ def test_two_processes_match_one_process_with_the_same_global_batch(project):
         t2, t1 = read_json(two / "training.json"), read_json(one / "training.json")
         assert t2["steps"] == t1["steps"] == N_PAIRS // (PER_DEVICE * PROCS)
         assert [s for s, _ in t2["loss_curve"]] == [s for s, _ in t1["loss_curve"]] == [1, 2, 3, 4]
-        torch.testing.assert_close([x for _, x in t2["loss_curve"]], [x for _, x in t1["loss_curve"]], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            [x for _, x in t2["loss_curve"]], [x for _, x in t1["loss_curve"]], rtol=1e-5, atol=1e-6
+        )
         assert t2["train_loss"] == pytest.approx(t1["train_loss"], rel=1e-5)
         for part, value in t1["final_parts"].items():  # ce / kd per token, summed over both processes
             assert t2["final_parts"][part] == pytest.approx(value, rel=1e-4), part
         w2, w1 = weights(two), weights(one)
         assert w2.keys() == w1.keys()
         for name in w1:
-            torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{method} {n}: {m}")
+            torch.testing.assert_close(
+                w2[name], w1[name], rtol=1e-4, atol=1e-6, msg=lambda m, n=name, method=method: f"{method} {n}: {m}"
+            )
         prov = read_json(two / "_provenance.json")
         assert prov["stage"] == f"students/{method}" and prov["inputs"]["train"]["batch_size"] == PER_DEVICE
     kd = read_json(project / "run" / "students" / "kd" / "training.json")
@@ -133,8 +164,11 @@ def test_helper_ranks_write_nothing_and_run_only_training(tmp_path, monkeypatch)
     run_dir = RunDir(tmp_path / "run")
     run_dir.run("students/sft", {"a": 1}, build, all_ranks=True)
     assert calls == [(None, True)] and not run_dir.path("students/sft").exists()
-    with pytest.raises(UserError, match=r"stage 'generate' is not up to date; a multi-process launch \(WORLD_SIZE=2\) "
-                                        r"only trains"):
+    with pytest.raises(
+        UserError,
+        match=r"stage 'generate' is not up to date; a multi-process launch \(WORLD_SIZE=2\) "
+        r"only trains",
+    ):
         run_dir.run("generate", {"a": 1}, build)
     monkeypatch.setenv("RANK", "0")  # the main rank writes the stage and its provenance
     run_dir.run("students/sft", {"a": 1}, build, all_ranks=True)
@@ -155,12 +189,20 @@ def test_distributed_helpers_read_the_launcher_environment(monkeypatch):
     for var in ("WORLD_SIZE", "RANK"):
         monkeypatch.delenv(var, raising=False)
     assert (distributed.launched(), distributed.world_size(), distributed.rank(), distributed.is_main_process()) == (
-        False, 1, 0, True)
+        False,
+        1,
+        0,
+        True,
+    )
     distributed.wait_for_everyone()  # a no-op without a launcher (no process group started)
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
     assert (distributed.launched(), distributed.world_size(), distributed.rank(), distributed.is_main_process()) == (
-        True, 4, 3, False)
+        True,
+        4,
+        3,
+        False,
+    )
 
 
 class _Net(torch.nn.Module):
@@ -202,15 +244,24 @@ def test_prepare_teacher_under_deepspeed_builds_an_inference_engine(monkeypatch)
     fake.initialize = lambda model, config: (seen.append(config), (Engine(model), None, None, None))[1]
     monkeypatch.setitem(sys.modules, "deepspeed", fake)
     for stage, want in ((3, 3), (2, 0)):
-        ds = {"zero_optimization": {"stage": stage}, "optimizer": {"type": "AdamW"}, "scheduler": {}, "bf16": {"enabled": True}}
-        acc = types.SimpleNamespace(distributed_type=DistributedType.DEEPSPEED,
-                                    state=types.SimpleNamespace(deepspeed_plugin=types.SimpleNamespace(deepspeed_config=ds)))
+        ds = {
+            "zero_optimization": {"stage": stage},
+            "optimizer": {"type": "AdamW"},
+            "scheduler": {},
+            "bf16": {"enabled": True},
+        }
+        acc = types.SimpleNamespace(
+            distributed_type=DistributedType.DEEPSPEED,
+            state=types.SimpleNamespace(deepspeed_plugin=types.SimpleNamespace(deepspeed_config=ds)),
+        )
         assert sharded(acc) == "deepspeed"
         engine = prepare_teacher(_Net(), acc)
         config = seen[-1]
         assert isinstance(engine, Engine) and not engine.module.training
         assert config["zero_optimization"]["stage"] == want and "optimizer" not in config and "scheduler" not in config
-        assert config["bf16"] == {"enabled": True} and ds["zero_optimization"]["stage"] == stage  # the run's own untouched
+        assert (
+            config["bf16"] == {"enabled": True} and ds["zero_optimization"]["stage"] == stage
+        )  # the run's own untouched
         assert ("stage3_prefetch_bucket_size" in config["zero_optimization"]) == (want == 3)
 
 
@@ -230,7 +281,9 @@ def test_prepare_teacher_under_fsdp2_keeps_the_students_wrap_policy(monkeypatch)
         return model
 
     monkeypatch.setattr(fsdp_utils, "fsdp2_prepare_model", fake_prepare)
-    acc = types.SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=True, state=types.SimpleNamespace(fsdp_plugin=plugin))
+    acc = types.SimpleNamespace(
+        distributed_type=DistributedType.FSDP, is_fsdp2=True, state=types.SimpleNamespace(fsdp_plugin=plugin)
+    )
     teacher = prepare_teacher(_Net(), acc)
     assert not teacher.training and (plugin.transformer_cls_names_to_wrap, plugin.auto_wrap_policy) == (None, "policy")
     acc.is_fsdp2 = False

@@ -19,8 +19,12 @@ def write_prompts(path, n, offset=0):
     with open(path, "w") as f:
         for i in range(n):
             a, b = WORDS[(i + offset) % len(WORDS)], WORDS[(3 * i + offset + 1) % len(WORDS)]
-            f.write(json.dumps({"id": f"{path.stem}-{i}", "prompt": f"what is the {a} of {b} number {i + offset}?",
-                                "category": a}) + "\n")
+            f.write(
+                json.dumps(
+                    {"id": f"{path.stem}-{i}", "prompt": f"what is the {a} of {b} number {i + offset}?", "category": a}
+                )
+                + "\n"
+            )
 
 
 @pytest.fixture
@@ -29,21 +33,41 @@ def project(tmp_path, tiny_teacher_dir, tiny_student_dir):
     write_prompts(tmp_path / "test.jsonl", 6, offset=100)
     write_prompts(tmp_path / "ood.jsonl", 6, offset=200)
     cfg = {
-        "name": "tiny", "run_dir": "run", "seed": 0,
-        "prompts": {"sources": [{"path": "train.jsonl"}], "test": [{"path": "test.jsonl"}], "ood": [{"path": "ood.jsonl"}],
-                    "test_fraction": 0.0, "validation": 0.1},
+        "name": "tiny",
+        "run_dir": "run",
+        "seed": 0,
+        "prompts": {
+            "sources": [{"path": "train.jsonl"}],
+            "test": [{"path": "test.jsonl"}],
+            "ood": [{"path": "ood.jsonl"}],
+            "test_fraction": 0.0,
+            "validation": 0.1,
+        },
         "teacher": {"model": str(tiny_teacher_dir), "batch_size": 16, "max_new_tokens": 6, "top_logprobs": 4},
         "student": {"model": str(tiny_student_dir), "init": "random"},
-        "train": {"methods": ["sft", "kd"], "epochs": 1, "batch_size": 8, "lr": 1e-3, "save_steps": 2, "max_seq_len": 64},
-        "eval": {"scorer": {"type": "rouge_l"}, "max_new_tokens": 6, "batch_size": 8, "latency": {"queries": 2, "batch_size": 2}},
+        "train": {
+            "methods": ["sft", "kd"],
+            "epochs": 1,
+            "batch_size": 8,
+            "lr": 1e-3,
+            "save_steps": 2,
+            "max_seq_len": 64,
+        },
+        "eval": {
+            "scorer": {"type": "rouge_l"},
+            "max_new_tokens": 6,
+            "batch_size": 8,
+            "latency": {"queries": 2, "batch_size": 2},
+        },
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path
 
 
 def potstill(cwd, *args, **kw):
-    return subprocess.run([sys.executable, "-m", "potstill.cli.main", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "potstill.cli.main", *args], cwd=cwd, capture_output=True, text=True, timeout=600, **kw
+    )
 
 
 def test_run_end_to_end_then_rerun_skips(project):
@@ -80,8 +104,18 @@ def test_run_end_to_end_then_rerun_skips(project):
     assert forced.returncode == 0
     assert forced.stderr.count("up to date, skipped") == 7
 
-    cal = potstill(project, "route", "calibrate", "c.yaml", "--max-teacher-share", "0.5", "--signal", "mean_logprob",
-                   "-o", "r.json")
+    cal = potstill(
+        project,
+        "route",
+        "calibrate",
+        "c.yaml",
+        "--max-teacher-share",
+        "0.5",
+        "--signal",
+        "mean_logprob",
+        "-o",
+        "r.json",
+    )
     assert cal.returncode == 0, cal.stderr[-3000:]
     assert "eval: up to date, skipped" in cal.stderr and "% to the teacher" in cal.stderr
     assert "▶ route" in cal.stderr and "▶ report" not in cal.stderr
@@ -108,8 +142,14 @@ def test_generate_then_run_does_not_regenerate(project):
 def test_kill_during_training_resumes_without_regenerating(project):
     overrides = ["train.methods=[sft]", "train.epochs=150", "train.save_steps=5"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "potstill.cli.main", "run", "c.yaml", *overrides], cwd=project,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "potstill.cli.main", "run", "c.yaml", *overrides],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
     work = project / "run" / ".work"
     deadline = time.time() + 300
     try:
@@ -140,11 +180,19 @@ def test_run_with_api_teacher_served_by_potstill(project, tiny_teacher_dir, serv
     """`potstill run` with `teacher.model: openai:NAME`: generate, SFT and top-k KD, eval and report."""
     url, _ = serve_model(tiny_teacher_dir, name="remote-teacher")
     cfg = yaml.safe_load((project / "c.yaml").read_text())
-    cfg["teacher"].update({"model": "openai:remote-teacher", "base_url": url + "/v1", "tokenizer": str(tiny_teacher_dir),
-                           "concurrency": 4})
+    cfg["teacher"].update(
+        {
+            "model": "openai:remote-teacher",
+            "base_url": url + "/v1",
+            "tokenizer": str(tiny_teacher_dir),
+            "concurrency": 4,
+        }
+    )
     cfg["train"]["kd"] = {"signal": "topk"}
-    cfg["prices"] = {"teacher": {"usd_per_1m_input_tokens": 2.5, "usd_per_1m_output_tokens": 10.0},
-                     "student": {"usd_per_hour": 0.1}}
+    cfg["prices"] = {
+        "teacher": {"usd_per_1m_input_tokens": 2.5, "usd_per_1m_output_tokens": 10.0},
+        "student": {"usd_per_hour": 0.1},
+    }
     (project / "api.yaml").write_text(yaml.safe_dump(cfg))
     from potstill import api
 

@@ -8,8 +8,10 @@ import time
 from potstill import progress
 from potstill.progress import PlainTracker, clock_text, track
 
-LINE = re.compile(r"^(?P<desc>.+): (?P<done>\d+)/(?P<total>\d+) \((?P<pct>\d+)%\), (?P<rate>[\d,.]+) (?P<unit>\S+)/s, "
-                  r"ETA (?P<eta>\d\d:\d\d|--:--)")
+LINE = re.compile(
+    r"^(?P<desc>.+): (?P<done>\d+)/(?P<total>\d+) \((?P<pct>\d+)%\), (?P<rate>[\d,.]+) (?P<unit>\S+)/s, "
+    r"ETA (?P<eta>\d\d:\d\d|--:--)"
+)
 
 
 class FakeClock:
@@ -29,8 +31,15 @@ def test_a_line_every_five_percent_with_rate_and_eta():
     assert len(lines) == 21  # the first item, then 5%, 10%, ... 100%
     assert lines[0] == "eval kd/test: 1/200 (0%), 40 tok/s, ETA 01:40"
     first, last = LINE.match(lines[1]).groupdict(), LINE.match(lines[-1]).groupdict()
-    assert first == {"desc": "eval kd/test", "done": "10", "total": "200", "pct": "5", "rate": "40", "unit": "tok",
-                     "eta": "01:35"}  # 10 items in 5 s: 190 left take 95 s
+    assert first == {
+        "desc": "eval kd/test",
+        "done": "10",
+        "total": "200",
+        "pct": "5",
+        "rate": "40",
+        "unit": "tok",
+        "eta": "01:35",
+    }  # 10 items in 5 s: 190 left take 95 s
     assert (last["done"], last["pct"], last["eta"]) == ("200", "100", "00:00")
     t.finish()
     assert len(lines) == 21  # the last line is not repeated

@@ -14,9 +14,9 @@ from pydantic import ValidationError
 
 from potstill.errors import UserError
 from potstill.io import sha256_dir
+from potstill.prune.calibration import calibration_hash, calibration_ids
 from potstill.prune.run import prune_model
 from potstill.prune.settings import PruneSettings
-from potstill.prune.calibration import calibration_hash, calibration_ids
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
@@ -57,8 +57,9 @@ def _edit(src: Path, dst: Path, fn) -> Path:
 @pytest.fixture(scope="module")
 def gqa_teacher(tmp_path_factory, make_tiny_llama) -> Path:
     """Llama: 4 layers, hidden 32, 4 query heads on 2 KV heads (head_dim 8), MLP 64, untied."""
-    return make_tiny_llama(tmp_path_factory.mktemp("gqa"), hidden=32, layers=4, heads=4, kv_heads=2, intermediate=64,
-                           seed=3)
+    return make_tiny_llama(
+        tmp_path_factory.mktemp("gqa"), hidden=32, layers=4, heads=4, kv_heads=2, intermediate=64, seed=3
+    )
 
 
 def _tiny(tmp_path_factory, tiny_tokenizer_dir, kind: str) -> Path:
@@ -68,11 +69,23 @@ def _tiny(tmp_path_factory, tiny_tokenizer_dir, kind: str) -> Path:
     for f in Path(tiny_tokenizer_dir).iterdir():
         shutil.copy(f, out / f.name)
     tok = tf.AutoTokenizer.from_pretrained(str(out))
-    cls_cfg, cls = {"qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM), "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
-                    "tied": (tf.LlamaConfig, tf.LlamaForCausalLM)}[kind]
-    config = cls_cfg(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                     num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cls_cfg, cls = {
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+        "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+        "tied": (tf.LlamaConfig, tf.LlamaForCausalLM),
+    }[kind]
+    config = cls_cfg(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(7)
         model = cls(config)
@@ -106,8 +119,19 @@ def _prune(teacher: Path, out: Path, calibration=None, **settings):
     return prune_model(teacher, out, PruneSettings(**settings), calibration, device="cpu")
 
 
-@pytest.mark.parametrize("targets", [{}, {"num_layers": 4, "hidden_size": 32, "intermediate_size": 64,
-                                         "num_attention_heads": 4, "num_key_value_heads": 2}])
+@pytest.mark.parametrize(
+    "targets",
+    [
+        {},
+        {
+            "num_layers": 4,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+        },
+    ],
+)
 def test_nothing_pruned_keeps_the_teachers_function(gqa_teacher, tmp_path, targets):
     summary = _prune(gqa_teacher, tmp_path / "s", **targets)
     vocab = _vocab(gqa_teacher)
@@ -133,8 +157,12 @@ def test_pruned_model_loads_with_plain_transformers_and_matches_targets(gqa_teac
     assert summary["shape"]["hidden_size"] == 24
     tok = AutoTokenizer.from_pretrained(str(out))
     assert tok.chat_template and (out / "generation_config.json").is_file()
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What do bees make?"}], add_generation_prompt=True,
-                                     return_tensors="pt", return_dict=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What do bees make?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     gen = model.generate(**prompt, max_new_tokens=4, do_sample=False)
     assert gen.shape[1] > prompt["input_ids"].shape[1]
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary dir left behind
@@ -257,19 +285,28 @@ def test_tied_embeddings_stay_tied(tied_llama, tmp_path):
 
 def test_prune_json_records_the_derivation(gqa_teacher, tmp_path):
     calibration = _calibration(_vocab(gqa_teacher), n=10)
-    summary = _prune(gqa_teacher, tmp_path / "s", calibration, num_layers=3, hidden_size=16, calibration_samples=6,
-                     seed=4)
+    summary = _prune(
+        gqa_teacher, tmp_path / "s", calibration, num_layers=3, hidden_size=16, calibration_samples=6, seed=4
+    )
     record = json.loads((tmp_path / "s" / "prune.json").read_text())
     settings = PruneSettings(num_layers=3, hidden_size=16, calibration_samples=6, seed=4)
     used = calibration_ids(calibration, None, settings, _vocab(gqa_teacher))
-    assert len(used) == 6 and record["calibration"] == {"sequences": 6, "tokens": sum(map(len, used)),
-                                                        "hash": calibration_hash(used)}
+    assert len(used) == 6 and record["calibration"] == {
+        "sequences": 6,
+        "tokens": sum(map(len, used)),
+        "hash": calibration_hash(used),
+    }
     assert record["teacher"]["path"] == str(gqa_teacher.resolve())
-    assert record["teacher"]["model_hash"] == sha256_dir(gqa_teacher, ("*.json", "*.safetensors", "*.bin", "*.model",
-                                                                       "*.txt", "*.jinja"))
+    assert record["teacher"]["model_hash"] == sha256_dir(
+        gqa_teacher, ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.jinja")
+    )
     assert record["settings"] == settings.model_dump(mode="json")
-    assert record["teacher"]["params"] == summary["teacher_params"] > record["student"]["params"] == \
-        summary["student_params"]
+    assert (
+        record["teacher"]["params"]
+        == summary["teacher_params"]
+        > record["student"]["params"]
+        == summary["student_params"]
+    )
     assert record["student"]["shape"]["num_layers"] == 3 and record["teacher"]["shape"]["num_layers"] == 4
     assert len(record["importance"]["layers"]) == 4 and len(record["importance"]["hidden"]) == 32
     assert len(record["importance"]["heads"]) == 4 and len(record["importance"]["mlp"][0]) == 64
@@ -281,25 +318,31 @@ def test_prune_json_records_the_derivation(gqa_teacher, tmp_path):
 def test_chat_records_calibrate_through_the_chat_template(gqa_teacher, tmp_path):
     from potstill.models import load_tokenizer
 
-    records = [{"messages": [{"role": "user", "content": "What is two plus two?"}], "response_text": "Four."},
-               {"messages": [{"role": "user", "content": "What color is the sky?"}]}]
+    records = [
+        {"messages": [{"role": "user", "content": "What is two plus two?"}], "response_text": "Four."},
+        {"messages": [{"role": "user", "content": "What color is the sky?"}]},
+    ]
     summary = _prune(gqa_teacher, tmp_path / "s", records, num_layers=3)
     tok = load_tokenizer(gqa_teacher)
-    prompt0 = tok.apply_chat_template(records[0]["messages"], add_generation_prompt=True, tokenize=True,
-                                      return_dict=False)
+    prompt0 = tok.apply_chat_template(
+        records[0]["messages"], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     ids = calibration_ids(records, tok, PruneSettings(), _vocab(gqa_teacher))
     assert ids[0] == list(prompt0) + tok("Four.", add_special_tokens=False).input_ids + [tok.eos_token_id]
     assert summary["calibration_tokens"] == sum(map(len, ids))
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"hidden_size": 64}, "prune.hidden_size: 64 is more than the teacher's 32"),
-    ({"num_layers": 5}, "prune.num_layers: 5 is more than the teacher's 4"),
-    ({"hidden_size": 30}, "prune.hidden_size: 30 is not a multiple of the 4 attention heads kept"),
-    ({"num_attention_heads": 3}, "prune.num_attention_heads: 3 query heads cannot be whole KV groups"),
-    ({"num_attention_heads": 3, "num_key_value_heads": 2}, "3 query heads do not divide into 2 KV heads"),
-    ({"num_attention_heads": 4, "num_key_value_heads": 1}, "4 per group, more than the teacher's 2"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"hidden_size": 64}, "prune.hidden_size: 64 is more than the teacher's 32"),
+        ({"num_layers": 5}, "prune.num_layers: 5 is more than the teacher's 4"),
+        ({"hidden_size": 30}, "prune.hidden_size: 30 is not a multiple of the 4 attention heads kept"),
+        ({"num_attention_heads": 3}, "prune.num_attention_heads: 3 query heads cannot be whole KV groups"),
+        ({"num_attention_heads": 3, "num_key_value_heads": 2}, "3 query heads do not divide into 2 KV heads"),
+        ({"num_attention_heads": 4, "num_key_value_heads": 1}, "4 per group, more than the teacher's 2"),
+    ],
+)
 def test_bad_targets_are_one_line_user_errors(gqa_teacher, tmp_path, settings, message):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "keep.txt").write_text("old")
@@ -309,12 +352,15 @@ def test_bad_targets_are_one_line_user_errors(gqa_teacher, tmp_path, settings, m
     assert (tmp_path / "s" / "keep.txt").read_text() == "old"  # the output dir is untouched
 
 
-@pytest.mark.parametrize("calibration, message", [
-    ([], "no calibration data"),
-    ([{"prompt": "hi"}], "calibration record 0 has no 'messages' list"),
-    ([[1, 2], [10_000]], "calibration record 1 has a token id outside"),
-    (["text"], "neither a chat record"),
-])
+@pytest.mark.parametrize(
+    "calibration, message",
+    [
+        ([], "no calibration data"),
+        ([{"prompt": "hi"}], "calibration record 0 has no 'messages' list"),
+        ([[1, 2], [10_000]], "calibration record 1 has a token id outside"),
+        (["text"], "neither a chat record"),
+    ],
+)
 def test_bad_calibration_is_a_user_error(gqa_teacher, tmp_path, calibration, message):
     with pytest.raises(UserError, match=message):
         _prune(gqa_teacher, tmp_path / "s", calibration)
@@ -330,7 +376,14 @@ def test_unsupported_architecture_is_a_user_error(tmp_path):
 
 def test_settings_are_documented_and_checked():
     assert all(f.description for f in PruneSettings.model_fields.values())
-    for bad in ({"num_layers": 0}, {"hidden_size": -1}, {"calibration_samples": 0}, {"max_seq_len": 1},
-                {"aggregation": "max"}, {"depth_metric": "grad"}, {"target_params": 10}):
+    for bad in (
+        {"num_layers": 0},
+        {"hidden_size": -1},
+        {"calibration_samples": 0},
+        {"max_seq_len": 1},
+        {"aggregation": "max"},
+        {"depth_metric": "grad"},
+        {"target_params": 10},
+    ):
         with pytest.raises(ValidationError):
             PruneSettings(**bad)

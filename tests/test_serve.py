@@ -8,7 +8,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,8 +29,9 @@ Q = [{"role": "user", "content": "What is two plus two?"}]
 @pytest.fixture(scope="module")
 def server(tiny_teacher_dir, serve_model):
     """The tiny teacher served by uvicorn in a background thread on a free port (API key required)."""
-    url, backend = serve_model(tiny_teacher_dir, name="tiny", api_key=KEY, max_body_bytes=BODY_LIMIT,
-                               max_batch=16, batch_wait_ms=30)
+    url, backend = serve_model(
+        tiny_teacher_dir, name="tiny", api_key=KEY, max_body_bytes=BODY_LIMIT, max_batch=16, batch_wait_ms=30
+    )
     return {"url": url, "backend": backend, "dir": tiny_teacher_dir}
 
 
@@ -74,8 +74,9 @@ def test_chat_stream_and_top_logprobs(client):
         assert abs(math.log(sum(math.exp(t) for t in tops))) < 10
     assert [e.token_id for e in ch.logprobs.content] == ch.model_extra["token_ids"]
     # streaming: deltas add up to the same greedy answer, logprob entries included
-    text, finish, entries, usage = streamed(client, max_tokens=16, logprobs=True, top_logprobs=5,
-                                            stream_options={"include_usage": True})
+    text, finish, entries, usage = streamed(
+        client, max_tokens=16, logprobs=True, top_logprobs=5, stream_options={"include_usage": True}
+    )
     assert (text, finish) == (ch.message.content, ch.finish_reason)
     assert [(e.token, e.logprob) for e in entries] == [(e.token, e.logprob) for e in ch.logprobs.content]
     assert usage.completion_tokens == r.usage.completion_tokens
@@ -100,7 +101,7 @@ def test_max_tokens_and_stop_strings(client):
     r = chat(client, max_tokens=3)
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3
     full = chat(client, max_tokens=24).choices[0].message.content
-    stop = next(full[i:i + 2] for i in range(2, len(full) - 2) if "\ufffd" not in full[i:i + 2])
+    stop = next(full[i : i + 2] for i in range(2, len(full) - 2) if "\ufffd" not in full[i : i + 2])
     want = full[: full.find(stop)]
     for stops in (stop, [stop, "never-appears"]):
         r = chat(client, max_tokens=24, stop=stops)
@@ -113,8 +114,7 @@ def test_concurrent_requests_are_batched_and_match_single(server, client):
     singles = [chat(client, messages=p, max_tokens=8).choices[0].message.content for p in prompts[:3]]
     before = httpx.get(server["url"] + "/health").json()["stats"]
     with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda p: chat(client, messages=p, max_tokens=8 + len(p[0]["content"]) % 5),
-                                prompts))
+        answers = list(pool.map(lambda p: chat(client, messages=p, max_tokens=8 + len(p[0]["content"]) % 5), prompts))
     after = httpx.get(server["url"] + "/health").json()["stats"]
     assert all(a.choices[0].finish_reason in ("stop", "length") for a in answers)
     assert after["rows"] - before["rows"] == 16
@@ -124,8 +124,9 @@ def test_concurrent_requests_are_batched_and_match_single(server, client):
 
 
 def test_sampling_with_seed_is_reproducible(client):
-    a, b = (chat(client, temperature=1.0, top_p=0.9, seed=7, max_tokens=12).choices[0].message.content
-            for _ in range(2))
+    a, b = (
+        chat(client, temperature=1.0, top_p=0.9, seed=7, max_tokens=12).choices[0].message.content for _ in range(2)
+    )
     assert a == b
     r = chat(client, temperature=1.0, seed=3, n=3, max_tokens=12)
     assert [c.index for c in r.choices] == [0, 1, 2]
@@ -166,8 +167,13 @@ def test_backend_failure_is_500_and_stream_reports_error():
             raise RuntimeError("boom")
 
         async def stream(self, req):
-            yield {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "b",
-                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+            yield {
+                "id": "x",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "b",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+            }
             raise RuntimeError("mid-stream")
 
     async def go():
@@ -199,8 +205,11 @@ def test_batches_fit_the_context():
     from potstill.serve.backend import fit_context
     from potstill.serve.decode import Row
 
-    rows = [Row(prompt=[1] * 400, max_tokens=100), Row(prompt=[1] * 10, max_tokens=500),
-            Row(prompt=[1] * 20, max_tokens=50)]
+    rows = [
+        Row(prompt=[1] * 400, max_tokens=100),
+        Row(prompt=[1] * 10, max_tokens=500),
+        Row(prompt=[1] * 20, max_tokens=50),
+    ]
     groups = fit_context(rows, 512)
     assert all(max(len(r.prompt) for r in g) + max(r.max_tokens for r in g) <= 512 for g in groups)
     assert sorted(len(r.prompt) for g in groups for r in g) == [10, 20, 400] and len(groups) == 2
@@ -221,9 +230,24 @@ def test_cli_bad_grace(tiny_student_dir, capsys):
 
 def test_cli_serves_until_interrupted(tiny_student_dir):
     env = {**os.environ, "SERVE_TEST_KEY": KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "potstill.cli.main", "serve", str(tiny_student_dir), "--port", "0",
-                             "--name", "student", "--api-key-env", "SERVE_TEST_KEY"],
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "potstill.cli.main",
+            "serve",
+            str(tiny_student_dir),
+            "--port",
+            "0",
+            "--name",
+            "student",
+            "--api-key-env",
+            "SERVE_TEST_KEY",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         lines = []
         for line in proc.stderr:
@@ -253,14 +277,23 @@ def test_unknown_roles_are_400(server, client):
         r = post(server["url"], {"messages": [{"role": role, "content": "hi"}], "max_tokens": 2})
         err = r.json()["error"]
         assert r.status_code == 400, (role, r.text)
-        assert (err["type"], err["param"], err["code"]) == ("invalid_request_error", "messages[0].role",
-                                                            "invalid_value")
+        assert (err["type"], err["param"], err["code"]) == (
+            "invalid_request_error",
+            "messages[0].role",
+            "invalid_value",
+        )
         assert ("tool calling" if role in ("tool", "function") else "Supported values are") in err["message"]
     bad_part = post(server["url"], {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})
     assert bad_part.status_code == 400 and "only text content parts" in bad_part.json()["error"]["message"]
     # developer (the newer name of system) and text parts are fine
-    r = chat(client, max_tokens=2, messages=[{"role": "developer", "content": "Be brief."},
-                                            {"role": "user", "content": [{"type": "text", "text": "Hi"}]}])
+    r = chat(
+        client,
+        max_tokens=2,
+        messages=[
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        ],
+    )
     assert r.choices[0].finish_reason in ("stop", "length")
 
 
@@ -269,8 +302,12 @@ def test_max_tokens_beyond_the_context_is_400(server, client):
 
     backend, context = server["backend"], server["backend"].context
     p = chat(client, max_tokens=1).usage.prompt_tokens
-    for kw in ({"max_tokens": 10**9}, {"max_tokens": context - p + 1}, {"max_completion_tokens": 10**9},
-               {"max_tokens": 10**9, "stream": True}):
+    for kw in (
+        {"max_tokens": 10**9},
+        {"max_tokens": context - p + 1},
+        {"max_completion_tokens": 10**9},
+        {"max_tokens": 10**9, "stream": True},
+    ):
         with pytest.raises(openai.BadRequestError) as e:
             chat(client, **kw)
         assert e.value.code == "context_length_exceeded" and e.value.param == next(iter(kw))
@@ -284,11 +321,13 @@ def test_max_tokens_beyond_the_context_is_400(server, client):
 
 def test_malformed_bodies_are_400_not_500(server):
     auth = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
-    bodies = [b'{"messages": [{"role": "user", "content": "\\ud800"}]}',  # a lone surrogate
-              b'{"model": "\\udc00x", "messages": [{"role": "user", "content": "hi"}]}',
-              b"[" * 20_000 + b"]" * 20_000,  # too deep for the JSON parser
-              b'{"max_tokens": 1' + b"0" * 5000 + b"}",  # more digits than Python parses
-              b'{"seed": 18446744073709551616, "messages": [{"role": "user", "content": "hi"}]}']
+    bodies = [
+        b'{"messages": [{"role": "user", "content": "\\ud800"}]}',  # a lone surrogate
+        b'{"model": "\\udc00x", "messages": [{"role": "user", "content": "hi"}]}',
+        b"[" * 20_000 + b"]" * 20_000,  # too deep for the JSON parser
+        b'{"max_tokens": 1' + b"0" * 5000 + b"}",  # more digits than Python parses
+        b'{"seed": 18446744073709551616, "messages": [{"role": "user", "content": "hi"}]}',
+    ]
     for body in bodies:
         r = httpx.post(server["url"] + "/v1/chat/completions", content=body, headers=auth, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", (body[:40], r.text)
@@ -352,8 +391,7 @@ def test_clients_that_give_up_free_their_batch_slots(tmp_path, make_tiny_llama, 
     url, _ = serve_model(model, name="s", max_batch=2, batch_wait_ms=5)
 
     def body(i, **kw):
-        return {"messages": [{"role": "user", "content": f"Question {i}?"}], "max_tokens": 3000, "temperature": 0,
-                **kw}
+        return {"messages": [{"role": "user", "content": f"Question {i}?"}], "max_tokens": 3000, "temperature": 0, **kw}
 
     def give_up(i):
         try:
@@ -384,8 +422,23 @@ def test_sigterm_drains_then_exits_cleanly(tmp_path, make_tiny_llama):
     """SIGTERM with requests in flight: the server waits for them for the grace (default 5 s): a short
     stream finishes, a long generation is then answered 503; the process exits 0 with no traceback."""
     model = make_tiny_llama(tmp_path / "long", hidden=16, max_positions=8192, seed=1)
-    proc = subprocess.Popen([sys.executable, "-m", "potstill.cli.main", "serve", str(model), "--port", "0",
-                             "--name", "m", "--batch-wait-ms", "500"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "potstill.cli.main",
+            "serve",
+            str(model),
+            "--port",
+            "0",
+            "--name",
+            "m",
+            "--batch-wait-ms",
+            "500",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     results, threads, lines = {}, [], []
     try:
         for line in proc.stderr:
@@ -401,8 +454,12 @@ def test_sigterm_drains_then_exits_cleanly(tmp_path, make_tiny_llama):
 
         def stream():
             finish = None
-            with httpx.stream("POST", url + "/v1/chat/completions", timeout=60, json={
-                    "messages": Q, "max_tokens": 8, "temperature": 0, "stream": True}) as r:
+            with httpx.stream(
+                "POST",
+                url + "/v1/chat/completions",
+                timeout=60,
+                json={"messages": Q, "max_tokens": 8, "temperature": 0, "stream": True},
+            ) as r:
                 for line in r.iter_lines():
                     first_chunk.set()
                     event = json.loads(line[6:]) if line.startswith("data: {") else {}
@@ -411,10 +468,14 @@ def test_sigterm_drains_then_exits_cleanly(tmp_path, make_tiny_llama):
             results["stream"] = (r.status_code, finish)
 
         def long():
-            r = httpx.post(url + "/v1/chat/completions", timeout=60,
-                           json={"messages": Q, "max_tokens": 8000, "temperature": 0})
-            results["long"] = (r.status_code, r.json()["error"]["code"] if r.status_code != 200 else None,
-                               time.monotonic())
+            r = httpx.post(
+                url + "/v1/chat/completions", timeout=60, json={"messages": Q, "max_tokens": 8000, "temperature": 0}
+            )
+            results["long"] = (
+                r.status_code,
+                r.json()["error"]["code"] if r.status_code != 200 else None,
+                time.monotonic(),
+            )
 
         threads.append(threading.Thread(target=stream))
         threads[0].start()
@@ -440,5 +501,8 @@ def test_sigterm_drains_then_exits_cleanly(tmp_path, make_tiny_llama):
     assert "Traceback" not in err and "CancelledError" not in err, err
     assert results["stream"] == (200, "length"), results
     assert results["long"][:2] == (503, "server_shutting_down") and results["long"][2] - sent > 4, (results, sent)
-    assert re.search(r"serve: stopped \(SIGTERM; \d request\(s\) in flight; 1 generation\(s\) cut off after the "
-                     r"5 s grace \(answered 503\)\)", err), err
+    assert re.search(
+        r"serve: stopped \(SIGTERM; \d request\(s\) in flight; 1 generation\(s\) cut off after the "
+        r"5 s grace \(answered 503\)\)",
+        err,
+    ), err

@@ -17,8 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 FUZZ = settings(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
@@ -76,6 +79,9 @@ def test_healthy_after_fuzzing(fuzz_server):
             break
         time.sleep(0.1)
     assert health["status"] == "ok" and (health["stats"]["waiting"], health["stats"]["running"]) == (0, 0)
-    r = httpx.post(fuzz_server + "/v1/chat/completions", timeout=30,
-                   json={"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
+    r = httpx.post(
+        fuzz_server + "/v1/chat/completions",
+        timeout=30,
+        json={"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+    )
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")

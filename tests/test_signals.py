@@ -35,8 +35,9 @@ def zipf_logits(n: int, v: int = V, seed: int = 0) -> torch.Tensor:
     return prior + 3.0 * torch.randn(n, v, generator=g)
 
 
-def make_store(path: Path, fmt: str, lengths=(5, 0, 7, 3), temperature=1.0, k=6, draws=16,
-               sampling="systematic", shards=2) -> tuple[dict, dict]:
+def make_store(
+    path: Path, fmt: str, lengths=(5, 0, 7, 3), temperature=1.0, k=6, draws=16, sampling="systematic", shards=2
+) -> tuple[dict, dict]:
     """A store of random examples ``e0..``; returns (manifest, {id: logits})."""
     logits = {f"e{i}": zipf_logits(n, seed=i) for i, n in enumerate(lengths)}
     ids = list(logits)
@@ -44,12 +45,31 @@ def make_store(path: Path, fmt: str, lengths=(5, 0, 7, 3), temperature=1.0, k=6,
     records = []
     for si in range(shards):
         members = ids[si * per : (si + 1) * per]
-        rows = [(e, encode_rows(fmt, logits[e], temperature, k=k, draws=draws, sampling=sampling,
-                                rng=np.random.default_rng(si * 100 + j)), f"{j:016x}") for j, e in enumerate(members)]
+        rows = [
+            (
+                e,
+                encode_rows(
+                    fmt,
+                    logits[e],
+                    temperature,
+                    k=k,
+                    draws=draws,
+                    sampling=sampling,
+                    rng=np.random.default_rng(si * 100 + j),
+                ),
+                f"{j:016x}",
+            )
+            for j, e in enumerate(members)
+        ]
         records.append(write_shard(path, si, fmt, rows, V, k=k, draws=draws))
-    settings = {"format": fmt, "k": k if fmt == "topk" else (V if fmt == "dense" else None),
-                "draws": draws if fmt == "sampled" else None, "sampling": sampling if fmt == "sampled" else None,
-                "temperature": temperature, "vocab_size": V}
+    settings = {
+        "format": fmt,
+        "k": k if fmt == "topk" else (V if fmt == "dense" else None),
+        "draws": draws if fmt == "sampled" else None,
+        "sampling": sampling if fmt == "sampled" else None,
+        "temperature": temperature,
+        "vocab_size": V,
+    }
     m = write_manifest(path, settings, records, {"tokenizer": {"fingerprint": "x", "path": "t"}})
     return m, logits
 
@@ -61,7 +81,12 @@ def make_store(path: Path, fmt: str, lengths=(5, 0, 7, 3), temperature=1.0, k=6,
 def test_packing_fits_three_bytes_at_llama3_vocab():
     v, n = 128256, 48
     assert F.id_bits(v) == 17 and F.id_bytes(v) == 3 and F.entry_bytes(v, n) == 3 and F.entry_bytes(v, 128) == 3
-    assert F.entry_bytes(v, 129) == 4 and F.entry_bytes(152064, 64) == 3 and F.entry_bytes(262144, 64) == 3 and F.entry_bytes(262145, 64) == 4
+    assert (
+        F.entry_bytes(v, 129) == 4
+        and F.entry_bytes(152064, 64) == 3
+        and F.entry_bytes(262144, 64) == 3
+        and F.entry_bytes(262145, 64) == 4
+    )
     ids = np.array([0, 1, v - 1, 65536, 131071 & (v - 1)])
     counts = np.array([1, n, 7, 2, 48])
     rows = {"nuniq": np.array([5]), "ids": ids, "counts": counts}
@@ -213,7 +238,10 @@ def test_capture_end_to_end_matches_the_teacher(tmp_path, tiny_teacher_dir, make
 
     assert m["format"] == "dense" and m["temperature"] == 2.0 and m["vocab_size"] == len(tok) and m["k"] == len(tok)
     assert m["teacher"]["model_hash"] == model_hash(tiny_teacher_dir)
-    assert m["tokenizer"]["fingerprint"] == tokenizer_fingerprint(tok) and len(m["tokenizer"]["chat_template_sha256"]) == 64
+    assert (
+        m["tokenizer"]["fingerprint"] == tokenizer_fingerprint(tok)
+        and len(m["tokenizer"]["chat_template_sha256"]) == 64
+    )
     assert m["created"] and m["examples"] == 7
     for shard in m["shards"]:
         for spec in shard["files"].values():
@@ -230,11 +258,13 @@ def test_capture_end_to_end_matches_the_teacher(tmp_path, tiny_teacher_dir, make
     want = torch.softmax(reference_logits(tiny_teacher_dir, pairs[2]) / 2.0, -1).numpy()
     np.testing.assert_allclose(probs, np.take_along_axis(want, ids, 1), rtol=5e-3)
 
-    m3 = capture_signals(tiny_teacher_dir, pairs, tmp_path / "sampled", fmt="sampled", draws=24, temperature=2.0,
-                         batch_size=2, seed=5)
+    m3 = capture_signals(
+        tiny_teacher_dir, pairs, tmp_path / "sampled", fmt="sampled", draws=24, temperature=2.0, batch_size=2, seed=5
+    )
     assert m3["draws"] == 24 and m3["sampling"] == "systematic" and m3["entry_bytes"] == 2
-    again = capture_signals(tiny_teacher_dir, pairs, tmp_path / "sampled2", fmt="sampled", draws=24,
-                            temperature=2.0, batch_size=5, seed=5)
+    again = capture_signals(
+        tiny_teacher_dir, pairs, tmp_path / "sampled2", fmt="sampled", draws=24, temperature=2.0, batch_size=5, seed=5
+    )
     s1, s2 = SignalStore(tmp_path / "sampled"), SignalStore(tmp_path / "sampled2")
     for p in pairs:  # seeded per example: batching does not change the draws
         a, b = s1.get(p["id"]), s2.get(p["id"])
@@ -399,11 +429,15 @@ def test_cli_capture_writes_run_signals_and_skips_when_done(tmp_path, tiny_teach
     with open(tmp_path / "train.jsonl", "w") as f:
         for i in range(10):
             f.write(json.dumps({"id": f"q{i}", "prompt": f"what is item {i}?"}) + "\n")
-    cfg = {"name": "t", "run_dir": "run", "seed": 0,
-           "prompts": {"sources": [{"path": "train.jsonl"}], "test_fraction": 0.2, "validation": 0.0},
-           "teacher": {"model": str(tiny_teacher_dir), "batch_size": 8, "max_new_tokens": 5},
-           "student": {"model": str(tiny_student_dir)},
-           "train": {"kd": {"signal": "store", "temperature": 1.0}}}
+    cfg = {
+        "name": "t",
+        "run_dir": "run",
+        "seed": 0,
+        "prompts": {"sources": [{"path": "train.jsonl"}], "test_fraction": 0.2, "validation": 0.0},
+        "teacher": {"model": str(tiny_teacher_dir), "batch_size": 8, "max_new_tokens": 5},
+        "student": {"model": str(tiny_student_dir)},
+        "train": {"kd": {"signal": "store", "temperature": 1.0}},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     api.prompts(tmp_path / "c.yaml")
     api.generate(tmp_path / "c.yaml")

@@ -22,15 +22,29 @@ def write_project(root: Path, teacher: str, student: Path, **extra) -> Path:
     with open(root / "test.jsonl", "w") as f:
         for i in range(4):
             f.write(json.dumps({"id": f"t{i}", "prompt": f"how do I reset password number {100 + i}?"}) + "\n")
-    cfg = {"name": "c", "run_dir": "run",
-           "prompts": {"sources": [{"path": "train.jsonl"}], "test": [{"path": "test.jsonl"}], "validation": 0.0,
-                       "test_fraction": 0.0},
-           "teacher": {"model": teacher, "batch_size": 8, "max_new_tokens": 4},
-           "student": {"model": str(student), "init": "random"},
-           "train": {"methods": ["sft"], "epochs": 1, "batch_size": 8, "max_seq_len": 48},
-           "eval": {"splits": ["test"], "max_new_tokens": 4, "teacher_forced": False, "include_floor": False,
-                    "bootstrap_samples": 100, "judge": False},
-           "route": {"enabled": False}, **extra}
+    cfg = {
+        "name": "c",
+        "run_dir": "run",
+        "prompts": {
+            "sources": [{"path": "train.jsonl"}],
+            "test": [{"path": "test.jsonl"}],
+            "validation": 0.0,
+            "test_fraction": 0.0,
+        },
+        "teacher": {"model": teacher, "batch_size": 8, "max_new_tokens": 4},
+        "student": {"model": str(student), "init": "random"},
+        "train": {"methods": ["sft"], "epochs": 1, "batch_size": 8, "max_seq_len": 48},
+        "eval": {
+            "splits": ["test"],
+            "max_new_tokens": 4,
+            "teacher_forced": False,
+            "include_floor": False,
+            "bootstrap_samples": 100,
+            "judge": False,
+        },
+        "route": {"enabled": False},
+        **extra,
+    }
     (root / "c.yaml").write_text(yaml.safe_dump(cfg))
     return root / "c.yaml"
 
@@ -49,7 +63,18 @@ def count_generate_calls(monkeypatch) -> list:
 
 def test_every_stage_has_the_contract_shape():
     names = [s.name for s in pipeline.STAGES]
-    assert names == ["prompts", "expand", "generate", "student", "signals", "train", "eval", "measure", "route", "report"]
+    assert names == [
+        "prompts",
+        "expand",
+        "generate",
+        "student",
+        "signals",
+        "train",
+        "eval",
+        "measure",
+        "route",
+        "report",
+    ]
     for s in pipeline.STAGES:
         assert isinstance(s, Stage) and type(s).inputs is not Stage.inputs and type(s).build is not Stage.build
 
@@ -60,13 +85,14 @@ def test_changing_the_judge_reuses_the_cached_answers(monkeypatch, tmp_path, tin
     api.stages(cfg_path, ["prompts", "generate", "train", "eval"])
     calls = count_generate_calls(monkeypatch)
     first = json.loads((tmp_path / "run" / "eval" / "_provenance.json").read_text())["inputs_hash"]
-    judged = api.stages(cfg_path, ["eval"], overrides=["eval.judge={max_examples: 3, max_new_tokens: 4}",
-                                                       "eval.scorer={type: chrf}"])
+    judged = api.stages(
+        cfg_path, ["eval"], overrides=["eval.judge={max_examples: 3, max_new_tokens: 4}", "eval.scorer={type: chrf}"]
+    )
     assert judged.hashes["eval"] != first  # the stage reran ...
     results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
     assert results["scorer"] == "chrf" and results["judge"] is not None
     answer_calls = [n for n in calls if n == 4]  # ... each model's 4 test prompts were not answered again:
-    assert answer_calls == [], calls            # the only generations are the judge's own replies
+    assert answer_calls == [], calls  # the only generations are the judge's own replies
     assert all(m["answers_cached"] for m in results["models"].values())
 
 
@@ -105,9 +131,17 @@ class EchoGenerator:
         self.spec = spec
 
     def generate(self, records, settings, on_batch=None):
-        out = [{"id": r["id"], "text": r["messages"][-1]["content"][::-1], "finish_reason": "stop",
-                "token_ids": None, "top_logprobs": None, "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
-               for r in records]
+        out = [
+            {
+                "id": r["id"],
+                "text": r["messages"][-1]["content"][::-1],
+                "finish_reason": "stop",
+                "token_ids": None,
+                "top_logprobs": None,
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+            }
+            for r in records
+        ]
         if on_batch:
             on_batch(out)
         yield from out
@@ -120,8 +154,12 @@ def test_a_new_teacher_kind_is_one_kind_and_one_backend(monkeypatch, tmp_path, t
     monkeypatch.setitem(gen_mod.GENERATORS, "echo", EchoGenerator)
     cfg_path = write_project(tmp_path, "echo:mirror", tiny_student_dir)
     ctx = RunContext.open(load_config(cfg_path))
-    assert (ctx.teacher.kind, ctx.teacher.name, ctx.teacher.is_api, ctx.teacher.display) == \
-        ("echo", "mirror", False, "echo:mirror")
+    assert (ctx.teacher.kind, ctx.teacher.name, ctx.teacher.is_api, ctx.teacher.display) == (
+        "echo",
+        "mirror",
+        False,
+        "echo:mirror",
+    )
     api.stages(cfg_path, ["prompts", "generate"])
     rows = [json.loads(x) for x in (tmp_path / "run" / "generate" / "generations.jsonl").read_text().splitlines()]
     assert rows and all(r["text"].endswith("tahw") for r in rows)

@@ -7,15 +7,22 @@ import pytest
 from scipy import stats as sps
 
 from potstill.evaluate.compare import summarize
-from potstill.evaluate.stats import (bootstrap_ci, is_binary, mcnemar, paired_bootstrap, paired_diff_ci,
-                                     resampled_means)
+from potstill.evaluate.stats import bootstrap_ci, is_binary, mcnemar, paired_bootstrap, paired_diff_ci, resampled_means
 
 B = 20_000
 
 
 def _scipy_ci(data, statistic, paired=False, seed=123):
-    res = sps.bootstrap(data, statistic, paired=paired, vectorized=False, n_resamples=B, method="percentile",
-                        confidence_level=0.95, rng=np.random.default_rng(seed))
+    res = sps.bootstrap(
+        data,
+        statistic,
+        paired=paired,
+        vectorized=False,
+        n_resamples=B,
+        method="percentile",
+        confidence_level=0.95,
+        rng=np.random.default_rng(seed),
+    )
     return res.confidence_interval.low, res.confidence_interval.high
 
 
@@ -54,8 +61,9 @@ def test_paired_bootstrap_ratios_match_scipy(binary_pair):
     floor = (rng.random(300) < 0.1).astype(float)
     out = paired_bootstrap({"teacher": teacher, "s": student, "floor": floor}, "teacher", "floor", samples=B, seed=4)
     pct = _scipy_ci((student, teacher), lambda a, b: 100 * np.mean(a) / np.mean(b), paired=True)
-    gap = _scipy_ci((student, teacher, floor), lambda a, b, f: (np.mean(a) - np.mean(f)) / (np.mean(b) - np.mean(f)),
-                    paired=True)
+    gap = _scipy_ci(
+        (student, teacher, floor), lambda a, b, f: (np.mean(a) - np.mean(f)) / (np.mean(b) - np.mean(f)), paired=True
+    )
     assert out["s"]["pct_of_teacher"] == pytest.approx(pct, abs=1.0)  # percentage points
     assert out["s"]["gap_recovered"] == pytest.approx(gap, abs=0.015)
     assert out["teacher"]["diff_vs_teacher"] == [0.0, 0.0]
@@ -82,8 +90,10 @@ def test_bootstrap_edge_cases():
     assert m.shape == (2500,) and m.mean() == pytest.approx(4.5, abs=0.1)
 
 
-@pytest.mark.parametrize("a_only,b_only,both,neither", [(1, 9, 50, 40), (12, 3, 100, 20), (5, 5, 10, 10),
-                                                          (0, 0, 7, 3), (30, 10, 200, 60), (0, 4, 1, 1)])
+@pytest.mark.parametrize(
+    "a_only,b_only,both,neither",
+    [(1, 9, 50, 40), (12, 3, 100, 20), (5, 5, 10, 10), (0, 0, 7, 3), (30, 10, 200, 60), (0, 4, 1, 1)],
+)
 def test_mcnemar_matches_statsmodels(a_only, b_only, both, neither):
     from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 
@@ -123,8 +133,10 @@ def test_summarize_statistics(binary_pair):
     out = summarize(scores, roles, records, {n: [0.5] * 300 for n in scores}, samples=2000, seed=0)
     kd = out["kd"]
     assert kd["score"] == pytest.approx(student.mean()) and kd["binary"]
-    table = [[int(((student == 1) & (teacher == 1)).sum()), int(((student == 1) & (teacher == 0)).sum())],
-             [int(((student == 0) & (teacher == 1)).sum()), int(((student == 0) & (teacher == 0)).sum())]]
+    table = [
+        [int(((student == 1) & (teacher == 1)).sum()), int(((student == 1) & (teacher == 0)).sum())],
+        [int(((student == 0) & (teacher == 1)).sum()), int(((student == 0) & (teacher == 0)).sum())],
+    ]
     assert kd["mcnemar_p"] == pytest.approx(sm_mcnemar(table, exact=True).pvalue, rel=1e-6)
     assert kd["mcnemar_discordant"] == table[0][1] + table[1][0]
     assert kd["ci95"][0] < kd["score"] < kd["ci95"][1]
@@ -133,6 +145,11 @@ def test_summarize_statistics(binary_pair):
     assert kd["gap_recovered"] == pytest.approx(student.mean() / teacher.mean())
     assert kd["per_category_n"] == {"a": 200, "b": 100} and set(kd["per_category_ci95"]) == {"a", "b"}
     assert out["teacher"]["mcnemar_p"] is None and out["floor"]["mcnemar_p"] is not None
-    half = summarize({"teacher": [1.0, 0.5], "kd": [0.5, 0.5]}, {"teacher": "teacher", "kd": "student"},
-                     [{}, {}], {"teacher": [1, 1], "kd": [1, 1]}, samples=200)
+    half = summarize(
+        {"teacher": [1.0, 0.5], "kd": [0.5, 0.5]},
+        {"teacher": "teacher", "kd": "student"},
+        [{}, {}],
+        {"teacher": [1, 1], "kd": [1, 1]},
+        samples=200,
+    )
     assert half["kd"]["binary"] is False and half["kd"]["mcnemar_p"] is None and half["kd"]["gap_recovered"] is None

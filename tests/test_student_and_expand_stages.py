@@ -15,15 +15,30 @@ def project(tmp_path, teacher, **extra):
             f.write(json.dumps({"id": f"q{i}", "prompt": f"how do I export the report number {i} as a file?"}) + "\n")
     with open(tmp_path / "test.jsonl", "w") as f:
         for i in range(4):
-            f.write(json.dumps({"id": f"t{i}", "prompt": f"what does error code E{700 + i} mean for my account?"}) + "\n")
-    cfg = {"name": "c", "run_dir": "run",
-           "prompts": {"sources": [{"path": "train.jsonl"}], "test": [{"path": "test.jsonl"}], "validation": 0.0,
-                       "test_fraction": 0.0},
-           "teacher": {"model": str(teacher), "batch_size": 8, "max_new_tokens": 4},
-           "train": {"methods": ["sft"], "epochs": 1, "batch_size": 8, "max_seq_len": 48},
-           "eval": {"splits": ["test"], "max_new_tokens": 4, "teacher_forced": False, "bootstrap_samples": 100,
-                    "judge": False},
-           "route": {"enabled": False}, **extra}
+            f.write(
+                json.dumps({"id": f"t{i}", "prompt": f"what does error code E{700 + i} mean for my account?"}) + "\n"
+            )
+    cfg = {
+        "name": "c",
+        "run_dir": "run",
+        "prompts": {
+            "sources": [{"path": "train.jsonl"}],
+            "test": [{"path": "test.jsonl"}],
+            "validation": 0.0,
+            "test_fraction": 0.0,
+        },
+        "teacher": {"model": str(teacher), "batch_size": 8, "max_new_tokens": 4},
+        "train": {"methods": ["sft"], "epochs": 1, "batch_size": 8, "max_seq_len": 48},
+        "eval": {
+            "splits": ["test"],
+            "max_new_tokens": 4,
+            "teacher_forced": False,
+            "bootstrap_samples": 100,
+            "judge": False,
+        },
+        "route": {"enabled": False},
+        **extra,
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path / "c.yaml"
 
@@ -46,8 +61,7 @@ def test_pruned_student_is_trained_and_is_the_floor(tmp_path, tiny_teacher_dir):
 
 def test_expanded_prompts_are_answered_and_never_evaluated(tmp_path, tiny_teacher_dir, tiny_student_dir):
     expand = {"enabled": True, "typo": {"share": 1.0}, "wrap": {"share": 1.0}, "compose": {"share": 0.5}}
-    cfg = project(tmp_path, tiny_teacher_dir, student={"model": str(tiny_student_dir), "init": "random"},
-                  expand=expand)
+    cfg = project(tmp_path, tiny_teacher_dir, student={"model": str(tiny_student_dir), "init": "random"}, expand=expand)
     api.stages(cfg, ["prompts", "expand", "generate"])
     train = read_jsonl(tmp_path / "run" / "expand" / "train.jsonl")
     synthetic = [r for r in train if (r.get("meta") or {}).get("synthetic")]

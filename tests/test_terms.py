@@ -25,6 +25,7 @@ ACCEPT = {"who": "Jane Doe, legal", "why": "the student is itself a Llama 3 deri
 
 # -- the registry ------------------------------------------------------------------------------
 
+
 def test_registry_is_versioned_and_every_entry_cites_a_source_and_a_checked_date():
     raw = yaml.safe_load(Path(__import__("potstill.terms.registry", fromlist=["x"]).REGISTRY_PATH).read_text())
     assert set(raw) == {"version", "entries"} and str(raw["version"]).strip()
@@ -38,7 +39,17 @@ def test_registry_is_versioned_and_every_entry_cites_a_source_and_a_checked_date
     # the version moves with every change: it is never older than the newest entry's check
     assert max(e.checked for e in REG.entries).strftime("%Y.%m.%d") <= REG.version
     families = {e.family for e in REG.entries}
-    for fam in ("Llama", "Gemma", "Qwen", "Mistral", "DeepSeek", "Phi", "OpenAI API", "Anthropic API", "Google Gemini API"):
+    for fam in (
+        "Llama",
+        "Gemma",
+        "Qwen",
+        "Mistral",
+        "DeepSeek",
+        "Phi",
+        "OpenAI API",
+        "Anthropic API",
+        "Google Gemini API",
+    ):
         assert fam in families
     assert {"llama-2", "llama-3", "llama-3.1", "llama-3.2", "llama-3.3", "llama-4"} <= {e.id for e in REG.entries}
 
@@ -134,7 +145,10 @@ def test_api_teachers_fall_back_to_the_providers_terms_on_their_own_endpoint():
     assert match_teacher("anthropic:some-future-model").entry.id == "anthropic-api"
     # a local OpenAI-compatible server: the model name alone decides
     assert match_teacher("openai:some-future-model", base_url="http://127.0.0.1:8000/v1").entry is None
-    assert match_teacher("openai:meta-llama/Llama-3.1-8B-Instruct", base_url="http://127.0.0.1:8000/v1").entry.id == "llama-3.1"
+    assert (
+        match_teacher("openai:meta-llama/Llama-3.1-8B-Instruct", base_url="http://127.0.0.1:8000/v1").entry.id
+        == "llama-3.1"
+    )
 
 
 def test_invalid_registries_are_refused():
@@ -154,13 +168,16 @@ def test_invalid_registries_are_refused():
 
 # -- the gate ----------------------------------------------------------------------------------
 
+
 def test_gate_blocked_quotes_the_clause():
     d = evaluate("meta-llama/Meta-Llama-3-8B-Instruct")
     assert d.verdict == "blocked" and d.blocked
     msg = d.message()
-    assert msg.startswith("teacher 'meta-llama/Meta-Llama-3-8B-Instruct' matches 'llama-3' (Meta Llama 3 Community "
-                          f"License, checked {REG.get('llama-3').checked}): its terms forbid using outputs to "
-                          "improve other LLMs: ")
+    assert msg.startswith(
+        "teacher 'meta-llama/Meta-Llama-3-8B-Instruct' matches 'llama-3' (Meta Llama 3 Community "
+        f"License, checked {REG.get('llama-3').checked}): its terms forbid using outputs to "
+        "improve other LLMs: "
+    )
     assert "to improve any other large language model (excluding Meta Llama 3" in msg
     assert msg.endswith("record terms.acceptance (who, why, date) in the config to proceed")
     assert "\n" not in msg
@@ -198,14 +215,19 @@ def test_no_competing_terms_block_training_but_not_evaluation(teacher):
     assert "compete" in evaluate(teacher).message()
     assert evaluate(teacher, use="research", commercial=False).verdict == "blocked"
     assert evaluate(teacher, use="evaluation").verdict == "allowed_with_obligations"
-    assert evaluate(teacher, acceptance={**ACCEPT, "why": "an internal classifier; does not compete"}).verdict == "accepted"
+    assert (
+        evaluate(teacher, acceptance={**ACCEPT, "why": "an internal classifier; does not compete"}).verdict
+        == "accepted"
+    )
 
 
 def test_non_commercial_licenses_block_commercial_use_only():
     d = evaluate("mistralai/Mistral-Large-Instruct-2411")
     assert d.verdict == "blocked" and "commercial use" in d.message()
-    assert evaluate("mistralai/Mistral-Large-Instruct-2411", use="research", commercial=False).verdict == \
-        "allowed_with_obligations"
+    assert (
+        evaluate("mistralai/Mistral-Large-Instruct-2411", use="research", commercial=False).verdict
+        == "allowed_with_obligations"
+    )
 
 
 def test_acceptance_must_be_complete():
@@ -214,6 +236,7 @@ def test_acceptance_must_be_complete():
 
 
 # -- the run config, the pipeline's preflight and terms.json ------------------------------------
+
 
 def _fake_model(d: Path, name_or_path: str | None = None, readme: str | None = None) -> Path:
     d.mkdir(parents=True, exist_ok=True)
@@ -231,9 +254,14 @@ def _fake_model(d: Path, name_or_path: str | None = None, readme: str | None = N
 def _cfg(tmp_path: Path, teacher: str, name: str = "helpdesk", **terms):
     (tmp_path / "p.jsonl").write_text('{"id": "a", "prompt": "hi"}\n')
     student = _fake_model(tmp_path / "student")
-    data = {"name": name, "run_dir": "run", "prompts": {"sources": [{"path": "p.jsonl"}]},
-            "teacher": {"model": teacher}, "student": {"model": str(student), "init": "random"},
-            "train": {"methods": ["sft"]}}
+    data = {
+        "name": name,
+        "run_dir": "run",
+        "prompts": {"sources": [{"path": "p.jsonl"}]},
+        "teacher": {"model": teacher},
+        "student": {"model": str(student), "init": "random"},
+        "train": {"methods": ["sft"]},
+    }
     if terms:
         data["terms"] = terms
     return config_from_dict(data, base_dir=tmp_path)
@@ -262,7 +290,7 @@ def test_gate_on_a_config(tmp_path):
     with pytest.raises(UserError, match="terms.use is 'evaluation'"):
         gate(_cfg(tmp_path, "openai:gpt-4o-mini", use="evaluation"))
     d = gate(_cfg(tmp_path, "openai:meta-llama/Llama-3.1-8B-Instruct", name="support"))
-    assert any("does not start with \"Llama\"" in w for w in d.warnings)
+    assert any('does not start with "Llama"' in w for w in d.warnings)
     assert not gate(_cfg(tmp_path, "openai:meta-llama/Llama-3.1-8B-Instruct", name="Llama-support")).warnings
     # without a preflight (e.g. `potstill train` alone) the provenance asks the gate itself
     with pytest.raises(UserError, match="forbid"):
@@ -302,11 +330,14 @@ def test_pipeline_preflight_blocks_accepts_and_records(tmp_path):
     preflight(p)
     assert p.terms.verdict == "accepted"
     rec = json.loads((tmp_path / "run" / "terms.json").read_text())
-    assert rec["verdict"] == "accepted" and rec["acceptance"] == ACCEPT and rec["matched_by"] == "README license 'llama3'"
+    assert (
+        rec["verdict"] == "accepted" and rec["acceptance"] == ACCEPT and rec["matched_by"] == "README license 'llama3'"
+    )
     assert len(rec["teacher_info"]["weights_hash"]) == 64
 
 
 # -- the model card ----------------------------------------------------------------------------
+
 
 def _card(tmp_path, terms: dict | None, name="helpdesk") -> str:
     from potstill.train.card import write_model_card
@@ -346,6 +377,7 @@ def test_model_card_accepted_and_unknown(tmp_path):
 
 
 # -- potstill terms TEACHER ----------------------------------------------------------------------
+
 
 def test_cli_terms(capsys):
     assert cli_main(["terms", "meta-llama/Llama-3.1-70B-Instruct"]) == 0

@@ -11,8 +11,16 @@ from potstill.terms import evaluate, load_registry
 REG = load_registry()
 
 
-@pytest.mark.parametrize("teacher", ["Qwen/Qwen2-72B-Instruct", "Qwen/Qwen2-72B", "Qwen/Qwen2-VL-72B-Instruct",
-                                     "Qwen/Qwen2-Math-72B-Instruct", "qwen2:72b"])
+@pytest.mark.parametrize(
+    "teacher",
+    [
+        "Qwen/Qwen2-72B-Instruct",
+        "Qwen/Qwen2-72B",
+        "Qwen/Qwen2-VL-72B-Instruct",
+        "Qwen/Qwen2-Math-72B-Instruct",
+        "qwen2:72b",
+    ],
+)
 def test_qwen2_72b_models_keep_the_tongyi_qianwen_license_and_are_blocked(teacher):
     d = evaluate(teacher)
     assert d.entry.id == "tongyi-qianwen" and d.verdict == "blocked"
@@ -52,14 +60,17 @@ def test_gemma_and_tongyi_qianwen_require_notices_on_modified_files(entry_id):
     assert any(o.startswith("Modified files:") and "prominent notices" in o for o in REG.get(entry_id).obligations)
 
 
-@pytest.mark.parametrize("teacher,entry_id,verdict", [
-    ("meta-llama/Llama-Guard-3-8B", "llama-3.1", "allowed_with_obligations"),
-    ("llama-guard3:8b", "llama-3.1", "allowed_with_obligations"),
-    ("meta-llama/Llama-Guard-3-1B", "llama-3.2", "allowed_with_obligations"),
-    ("meta-llama/Llama-Guard-3-11B-Vision", "llama-3.2", "allowed_with_obligations"),
-    ("meta-llama/Meta-Llama-Guard-2-8B", "llama-3", "blocked"),
-    ("meta-llama/Llama-Guard-4-12B", "llama-4", "allowed_with_obligations"),
-])
+@pytest.mark.parametrize(
+    "teacher,entry_id,verdict",
+    [
+        ("meta-llama/Llama-Guard-3-8B", "llama-3.1", "allowed_with_obligations"),
+        ("llama-guard3:8b", "llama-3.1", "allowed_with_obligations"),
+        ("meta-llama/Llama-Guard-3-1B", "llama-3.2", "allowed_with_obligations"),
+        ("meta-llama/Llama-Guard-3-11B-Vision", "llama-3.2", "allowed_with_obligations"),
+        ("meta-llama/Meta-Llama-Guard-2-8B", "llama-3", "blocked"),
+        ("meta-llama/Llama-Guard-4-12B", "llama-4", "allowed_with_obligations"),
+    ],
+)
 def test_llama_guard_models_are_under_their_llama_license(teacher, entry_id, verdict):
     d = evaluate(teacher)
     assert d.entry.id == entry_id and d.verdict == verdict

@@ -47,29 +47,46 @@ def _gguf(path: Path, **general) -> Path:
 
 # -- model_metadata ------------------------------------------------------------------------------
 
+
 def test_model_metadata_of_a_gguf_file(tmp_path):
-    f = _gguf(tmp_path / "x.gguf", name="SmolLM2 135M Instruct", license="apache-2.0",
-              base_models=[("SmolLM2 135M", "HuggingFaceTB", "https://huggingface.co/HuggingFaceTB/SmolLM2-135M")])
+    f = _gguf(
+        tmp_path / "x.gguf",
+        name="SmolLM2 135M Instruct",
+        license="apache-2.0",
+        base_models=[("SmolLM2 135M", "HuggingFaceTB", "https://huggingface.co/HuggingFaceTB/SmolLM2-135M")],
+    )
     meta = model_metadata(f)
     assert meta["format"] == "gguf" and meta["name"] == "SmolLM2 135M Instruct" and meta["license"] == "apache-2.0"
     assert meta["license_name"] is None and meta["base_model"] == ["HuggingFaceTB/SmolLM2-135M"]
-    assert meta["source"] == {"name": "GGUF general.name", "license": "GGUF general.license",
-                              "base_model": "GGUF general.base_model.0.repo_url"}
+    assert meta["source"] == {
+        "name": "GGUF general.name",
+        "license": "GGUF general.license",
+        "base_model": "GGUF general.base_model.0.repo_url",
+    }
     assert meta["names"][0] == ("GGUF general.name", "SmolLM2 135M Instruct")
     json.dumps(meta)  # what a model card or provenance can store as it is
 
 
 def test_model_metadata_of_a_hf_directory_and_of_no_model(tmp_path):
-    d = _hf_dir(tmp_path / "ckpt", readme="---\nlicense: other\nlicense_name: Tongyi-Qianwen\nbase_model:\n"
-                "- Qwen/Qwen2-72B\n---\n# card\n", config={"_name_or_path": "/home/me/runs/step-100"})
+    d = _hf_dir(
+        tmp_path / "ckpt",
+        readme="---\nlicense: other\nlicense_name: Tongyi-Qianwen\nbase_model:\n- Qwen/Qwen2-72B\n---\n# card\n",
+        config={"_name_or_path": "/home/me/runs/step-100"},
+    )
     meta = model_metadata(d)
     assert meta["format"] == "hf" and meta["name"] == "step-100"  # a path counts by its last component
     assert meta["license"] == "other" and meta["license_name"] == "tongyi-qianwen"
     assert meta["base_model"] == ["Qwen/Qwen2-72B"] and meta["source"]["license_name"] == "README license_name"
     assert [w for w, _ in meta["names"]] == ["config.json _name_or_path", "README base_model"]
-    assert model_metadata(tmp_path / "missing") == {"format": None, "name": None, "license": None,
-                                                    "license_name": None, "base_model": [], "source": {},
-                                                    "names": []}
+    assert model_metadata(tmp_path / "missing") == {
+        "format": None,
+        "name": None,
+        "license": None,
+        "license_name": None,
+        "base_model": [],
+        "source": {},
+        "names": [],
+    }
 
 
 def test_model_metadata_folds_license_spellings_and_reads_a_directory_of_gguf_files(tmp_path):
@@ -87,6 +104,7 @@ def test_a_broken_gguf_file_is_a_user_error(tmp_path):
 
 
 # -- the gate: metadata first, the directory name last ----------------------------------------------
+
 
 def test_readme_license_names_a_model_in_a_meaningless_directory(tmp_path):
     d = evaluate(str(_hf_dir(tmp_path / "smol-hf", readme="---\nlicense: apache-2.0\n---\n# my model\n")))
@@ -126,8 +144,9 @@ def test_gguf_metadata_names_the_model_and_its_license(tmp_path):
 
 
 def test_gguf_names_with_spaces_and_basename_plus_size_match_the_right_qwen_license(tmp_path):
-    d = evaluate(str(_gguf(tmp_path / "a.gguf", name="Qwen2 72B Instruct", license="other",
-                           license_name="tongyi-qianwen")))
+    d = evaluate(
+        str(_gguf(tmp_path / "a.gguf", name="Qwen2 72B Instruct", license="other", license_name="tongyi-qianwen"))
+    )
     assert d.entry.id == "tongyi-qianwen" and d.verdict == "blocked"
     # without general.name, "Qwen2.5" alone would read as Apache-2.0: its size decides
     e = evaluate(str(_gguf(tmp_path / "b.gguf", basename="Qwen2.5", size_label="72B", finetune="Instruct")))
@@ -141,8 +160,15 @@ def test_gguf_base_model_names_a_fine_tune(tmp_path):
 
 
 def test_a_declared_license_that_would_block_is_reported(tmp_path):
-    d = evaluate(str(_hf_dir(tmp_path / "x", readme="---\nlicense: llama3\n---\n",
-                             config={"_name_or_path": "HuggingFaceTB/SmolLM2-135M"})))
+    d = evaluate(
+        str(
+            _hf_dir(
+                tmp_path / "x",
+                readme="---\nlicense: llama3\n---\n",
+                config={"_name_or_path": "HuggingFaceTB/SmolLM2-135M"},
+            )
+        )
+    )
     assert d.entry.id == "smollm" and d.verdict == "allowed"
     assert any("declares license 'llama3'" in w and "would block" in w for w in d.warnings)
     assert any("declares license 'llama3'" in line for line in d.lines())

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from potstill.config import KDSettings
-from potstill.config import config_from_dict
+from potstill.config import KDSettings, config_from_dict
 from potstill.errors import UserError
 from potstill.models import load_model, load_tokenizer
 from potstill.train import append_card_section, train_student
-from potstill.train.data import Collator, build_features, encode_prompt
 from potstill.train.args import latest_checkpoint, training_arguments
+from potstill.train.data import Collator, build_features, encode_prompt
 from potstill.train.trainer import DistillTrainer
 
 
@@ -91,13 +90,28 @@ def _one_sgd_step(cfg, student_dir, feats, batch, accum, method, teacher=None, t
     tok = load_tokenizer(student_dir, padding_side="right")
     model = load_model(student_dir)
     args = training_arguments(
-        cfg, tmp, per_device_train_batch_size=batch, gradient_accumulation_steps=accum, optim="sgd",
-        learning_rate=1.0, lr_scheduler_type="constant", max_grad_norm=0.0, max_steps=1, logging_steps=1,
-        save_strategy="no", disable_tqdm=True,
+        cfg,
+        tmp,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accum,
+        optim="sgd",
+        learning_rate=1.0,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        max_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
     )
     trainer = DistillTrainer(
-        model=model, args=args, train_dataset=feats, data_collator=Collator(tok.pad_token_id), method=method,
-        teacher=teacher, kd=KDSettings(alpha=0.5, temperature=2.0), vocab_size=len(tok),
+        model=model,
+        args=args,
+        train_dataset=feats,
+        data_collator=Collator(tok.pad_token_id),
+        method=method,
+        teacher=teacher,
+        kd=KDSettings(alpha=0.5, temperature=2.0),
+        vocab_size=len(tok),
     )
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     trainer.train()
@@ -165,7 +179,9 @@ def test_train_student_sft_learns_and_exports(tmp_path, tiny_student_dir, tiny_t
 
 @pytest.mark.parametrize("signal", ["live", "topk"])
 def test_train_student_kd(tmp_path, tiny_student_dir, tiny_teacher_dir, make_pairs, signal):
-    cfg = make_cfg(tmp_path, tiny_student_dir, tiny_teacher_dir, epochs=6, lr=3e-2, kd={"signal": signal, "temperature": 2.0})
+    cfg = make_cfg(
+        tmp_path, tiny_student_dir, tiny_teacher_dir, epochs=6, lr=3e-2, kd={"signal": signal, "temperature": 2.0}
+    )
     out, work = dirs(tmp_path, "kd")
     pairs = make_pairs(8, teacher_dir=tiny_teacher_dir, top_k=8)
     m = train_student("kd", cfg, pairs, out, work)
@@ -229,7 +245,9 @@ def test_lora_resume(tmp_path, tiny_student_dir, tiny_teacher_dir, make_pairs):
     pairs = make_pairs(8)
     out, work = dirs(tmp_path)
     lora = {"enabled": True, "r": 4}
-    train_student("sft", make_cfg(tmp_path, tiny_student_dir, tiny_teacher_dir, save_steps=2, lora=lora), pairs, out, work)
+    train_student(
+        "sft", make_cfg(tmp_path, tiny_student_dir, tiny_teacher_dir, save_steps=2, lora=lora), pairs, out, work
+    )
     cfg2 = make_cfg(tmp_path, tiny_student_dir, tiny_teacher_dir, epochs=3, save_steps=2, lora=lora)
     m = train_student("sft", cfg2, pairs, out, work)
     assert m["resumed_from_step"] == 4 and m["steps"] == 6

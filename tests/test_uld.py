@@ -12,6 +12,7 @@ from potstill.losses.uld import uld_distance, uld_loss
 
 def reference(s_logits: np.ndarray, t_logits: np.ndarray, temperature: float) -> np.ndarray:
     """Sort each softmax decreasingly, zero-pad to the larger vocabulary, sum |difference|."""
+
     def probs(x):
         z = np.exp((x - x.max(-1, keepdims=True)) / temperature)
         return z / z.sum(-1, keepdims=True)
@@ -54,8 +55,10 @@ def test_uld_loss_aligns_responses_by_index():
     total, n = uld_loss(s_logits, s_labels, t_logits, t_labels, temperature=1.0)
     assert n == 5
     # position t predicts token t + 1: response token at index j is predicted at j - 1
-    want = (uld_distance(s_logits[0, [2, 3, 4]], t_logits[0, [3, 4, 5]]).sum()
-            + uld_distance(s_logits[1, [1, 2]], t_logits[1, [5, 6]]).sum())
+    want = (
+        uld_distance(s_logits[0, [2, 3, 4]], t_logits[0, [3, 4, 5]]).sum()
+        + uld_distance(s_logits[1, [1, 2]], t_logits[1, [5, 6]]).sum()
+    )
     assert float(total) == pytest.approx(float(want), rel=1e-6)
     empty, n0 = uld_loss(s_logits, torch.full_like(s_labels, x), t_logits, t_labels)
     assert n0 == 0 and float(empty) == 0.0

@@ -35,8 +35,11 @@ def lp(v, rank=None):
 
 
 def request(prompt, token_ids, finish, logprobs=None, text="vllm text ", prompt_logprobs=None):
-    return NS(prompt_token_ids=prompt, prompt_logprobs=prompt_logprobs,
-              outputs=[NS(token_ids=token_ids, finish_reason=finish, text=text, logprobs=logprobs)])
+    return NS(
+        prompt_token_ids=prompt,
+        prompt_logprobs=prompt_logprobs,
+        outputs=[NS(token_ids=token_ids, finish_reason=finish, text=text, logprobs=logprobs)],
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -45,13 +48,16 @@ def request(prompt, token_ids, finish, logprobs=None, text="vllm text ", prompt_
 
 def test_record_from_output_stop_keeps_eos_and_takes_top_k_of_k_plus_one():
     # position 0: the sampled token 9 is not in the top 2 (vLLM adds it: 3 entries); position 1: it is.
-    logprobs = [{9: lp(-3.0, 5), 4: lp(-0.5, 1), 7: lp(-1.25, 2)},
-                {2: lp(-0.1, 1), 5: lp(-2.5, 2)}]
+    logprobs = [{9: lp(-3.0, 5), 4: lp(-0.5, 1), 7: lp(-1.25, 2)}, {2: lp(-0.1, 1), 5: lp(-2.5, 2)}]
     out = request([1, 2, 3], [9, 2], "stop", logprobs)
     rec = V.record_from_output(out, k=2, decode=lambda ids: f" {ids} ")
-    assert rec == {"text": "[9]", "token_ids": [9, 2], "finish_reason": "stop",
-                   "usage": {"prompt_tokens": 3, "completion_tokens": 2},
-                   "top_logprobs": [[[4, -0.5], [7, -1.25]], [[2, -0.1], [5, -2.5]]]}
+    assert rec == {
+        "text": "[9]",
+        "token_ids": [9, 2],
+        "finish_reason": "stop",
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+        "top_logprobs": [[[4, -0.5], [7, -1.25]], [[2, -0.1], [5, -2.5]]],
+    }
 
 
 def test_record_from_output_length_text_rounding_and_ties():
@@ -68,10 +74,12 @@ def test_record_from_output_length_text_rounding_and_ties():
 
 def test_topk_from_prompt_logprobs_positions_padding_and_tail():
     # prompt [5, 6] + response [7, 8]: entry 2 is the distribution over response token 0.
-    plp = [None,
-           {6: lp(-0.7, 1), 1: lp(-1.0, 2)},
-           {7: lp(-0.2, 1), 3: lp(-2.0, 2), 40: lp(-2.2, 3)},
-           {41: lp(-0.05, 1), 8: lp(-3.5, 4), 2: lp(-3.2, 2), 4: lp(-3.3, 3)}]
+    plp = [
+        None,
+        {6: lp(-0.7, 1), 1: lp(-1.0, 2)},
+        {7: lp(-0.2, 1), 3: lp(-2.0, 2), 40: lp(-2.2, 3)},
+        {41: lp(-0.05, 1), 8: lp(-3.5, 4), 2: lp(-3.2, 2), 4: lp(-3.3, 3)},
+    ]
     ids, lps = V.topk_from_prompt_logprobs(plp, start=2, n=2, k=2, vocab_size=40)
     assert ids.tolist() == [[7, 3], [2, 4]]  # 40 and 41 are padding rows of the output layer: dropped
     np.testing.assert_allclose(lps, [[-0.2, -2.0], [-3.2, -3.3]], rtol=1e-6)
@@ -86,7 +94,9 @@ def test_topk_from_prompt_logprobs_positions_padding_and_tail():
 
 def test_sampling_kwargs_greedy_and_seeded_sampling():
     greedy = V.sampling_kwargs(GenerationSettings(max_new_tokens=7, top_logprobs=3), [1, 2])
-    assert greedy["temperature"] == 0.0 and greedy["max_tokens"] == 7 and greedy["logprobs"] == 3 and "seed" not in greedy
+    assert (
+        greedy["temperature"] == 0.0 and greedy["max_tokens"] == 7 and greedy["logprobs"] == 3 and "seed" not in greedy
+    )
     s = GenerationSettings(do_sample=True, temperature=0.7, top_p=0.9, seed=4)
     a, b = V.sampling_kwargs(s, [1, 2]), V.sampling_kwargs(s, [1, 3])
     assert a["temperature"] == 0.7 and a["top_p"] == 0.9 and a["logprobs"] is None
@@ -171,14 +181,20 @@ def fake_vllm(monkeypatch):
     return mod
 
 
-def write_project(root: Path, teacher: str, student: Path, run_dir: str = "run", n: int = 24, extra: dict | None = None):
+def write_project(
+    root: Path, teacher: str, student: Path, run_dir: str = "run", n: int = 24, extra: dict | None = None
+):
     with open(root / "train.jsonl", "w") as f:
         for i in range(n):
             f.write(json.dumps({"id": f"q{i}", "prompt": f"what is the price of plan {i}?"}) + "\n")
-    cfg = {"name": "tiny", "run_dir": run_dir, "seed": 0,
-           "prompts": {"sources": [{"path": "train.jsonl"}], "test_fraction": 0.0, "validation": 0.0},
-           "teacher": {"model": teacher, "batch_size": 5, "max_new_tokens": 5, "top_logprobs": 3, **(extra or {})},
-           "student": {"model": str(student), "init": "random"}}
+    cfg = {
+        "name": "tiny",
+        "run_dir": run_dir,
+        "seed": 0,
+        "prompts": {"sources": [{"path": "train.jsonl"}], "test_fraction": 0.0, "validation": 0.0},
+        "teacher": {"model": teacher, "batch_size": 5, "max_new_tokens": 5, "top_logprobs": 3, **(extra or {})},
+        "student": {"model": str(student), "init": "random"},
+    }
     path = root / f"{run_dir}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -228,7 +244,9 @@ def test_vllm_teacher_generate_stage_matches_transformers(fake_vllm, tmp_path, t
     assert "model" not in prov["inputs"]["config"] and "vllm" not in prov["inputs"]["config"]
 
 
-def test_vllm_teacher_without_vllm_stops_the_stage_with_one_line(monkeypatch, capsys, tmp_path, tiny_teacher_dir, tiny_student_dir):
+def test_vllm_teacher_without_vllm_stops_the_stage_with_one_line(
+    monkeypatch, capsys, tmp_path, tiny_teacher_dir, tiny_student_dir
+):
     from potstill.cli.main import main
 
     monkeypatch.setitem(sys.modules, "vllm", None)
@@ -279,8 +297,12 @@ def test_real_vllm_generation_and_capture(real_vllm, tmp_path_factory, make_tiny
 
     # head_dim 64: what vLLM's attention kernels support
     model_dir = make_tiny_llama(tmp_path_factory.mktemp("vllm_teacher"), hidden=128, heads=2, kv_heads=1, seed=3)
-    gen = V.VLLMGenerator(model_dir, VLLMSettings(gpu_memory_utilization=0.3, enforce_eager=True, max_model_len=256),
-                          dtype="float16", max_logprobs=4)
+    gen = V.VLLMGenerator(
+        model_dir,
+        VLLMSettings(gpu_memory_utilization=0.3, enforce_eager=True, max_model_len=256),
+        dtype="float16",
+        max_logprobs=4,
+    )
     records = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"what is plan {i}?"}]} for i in range(16)]
     settings = GenerationSettings(max_new_tokens=8, top_logprobs=4)
     got = {r["id"]: r for r in gen.generate(records, settings)}
@@ -293,7 +315,7 @@ def test_real_vllm_generation_and_capture(real_vllm, tmp_path_factory, make_tiny
     same = sum(got[i]["token_ids"] == ref[i]["token_ids"] for i in got) / len(got)
     assert same >= 0.5, f"only {same:.0%} of greedy answers match the transformers backend"  # fp16 near-ties flip
     batch = [(encode_prompt(gen.tokenizer, r["messages"]), ref[r["id"]]["token_ids"]) for r in records[:4]]
-    for (p, resp), (ids, lps) in zip(batch, V.vllm_response_topk(gen.llm, batch, 4)):
+    for (_p, resp), (ids, lps) in zip(batch, V.vllm_response_topk(gen.llm, batch, 4)):
         assert ids.shape == lps.shape == (len(resp), 4)
         assert (np.diff(lps, axis=1) <= 1e-6).all()
 
@@ -369,14 +391,24 @@ def test_direct_form_shards_and_api_teacher_refused(tmp_path, tiny_teacher_dir, 
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"d{i}", "prompt": f"hello {i}"}) + "\n" for i in range(6)))
-    base = ["generate", "--teacher", str(tiny_teacher_dir), "--prompts", str(prompts), "--out", str(tmp_path / "out"),
-            "--max-new-tokens", "3"]
+    base = [
+        "generate",
+        "--teacher",
+        str(tiny_teacher_dir),
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(tmp_path / "out"),
+        "--max-new-tokens",
+        "3",
+    ]
     assert main(base + ["--shard", "0/2"]) == 0 and main(base + ["--shard", "1/2"]) == 0
     assert not (tmp_path / "out" / "generations.jsonl").exists()
     monkeypatch.setattr("potstill.teachers.hf.LocalGenerator", None)  # the merge generates nothing
     assert main(base) == 0
-    assert [json.loads(x)["id"] for x in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()] == \
-        [f"d{i}" for i in range(6)]
+    assert [json.loads(x)["id"] for x in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()] == [
+        f"d{i}" for i in range(6)
+    ]
     assert parse_shard("2/4") == (2, 4)
     for bad in ("4/4", "-1/2", "1", "a/b", "0/0"):
         with pytest.raises(UserError, match="--shard"):

@@ -24,8 +24,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from train_teacher import (eval_sets, greedy_answers, n_params, prompt_ids, sft_example,  # noqa: E402
-                           train_sft)
+from train_teacher import eval_sets, greedy_answers, n_params, prompt_ids, sft_example, train_sft  # noqa: E402
 
 from potstill.tasks.helpdesk import queries  # noqa: E402
 from potstill.tasks.helpdesk.kb import load_kb  # noqa: E402
@@ -60,8 +59,11 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(args.teacher)
     teacher = AutoModelForCausalLM.from_pretrained(args.teacher, dtype=torch.float32).eval()
     train_path = HERE / "data" / "train.jsonl"
-    train = ([json.loads(x) for x in train_path.read_text().splitlines() if x.strip()]
-             if train_path.exists() else queries.generate(kb, "train", 2000, seed=0))
+    train = (
+        [json.loads(x) for x in train_path.read_text().splitlines() if x.strip()]
+        if train_path.exists()
+        else queries.generate(kb, "train", 2000, seed=0)
+    )
     sets = eval_sets(kb)
 
     t0 = time.time()
@@ -72,14 +74,21 @@ def main() -> None:
     print(f"teacher answered {len(train)} train prompts in {t_gen:.0f}s (its train accuracy {train_acc:.3f})")
 
     torch.manual_seed(args.seed)
-    student = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.student),
-                                               dtype=torch.float32)
+    student = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.student), dtype=torch.float32)
     n_t, n_s = n_params(teacher), n_params(student)
     print(f"teacher {n_t:,} params, student {n_s:,} params ({n_t / n_s:.1f}x smaller)")
     examples = [sft_example(tok, p, a) for p, a in zip(train_prompts, teacher_train)]
-    stats = train_sft(student, examples, tok.pad_token_id, args.epochs, args.lr,
-                      batch_size=args.batch_size, seed=args.seed, log_every=200,
-                      max_minutes=args.minutes)
+    stats = train_sft(
+        student,
+        examples,
+        tok.pad_token_id,
+        args.epochs,
+        args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        log_every=200,
+        max_minutes=args.minutes,
+    )
     print(f"student trained {stats['steps']} steps ({stats['epochs']} epochs) in {stats['seconds']:.0f}s")
 
     rows, t1 = {}, time.time()
@@ -96,13 +105,17 @@ def main() -> None:
     for split in sets:
         for name in ("teacher", "student"):
             r = rows[name, split]
-            print(f"{split:6} {name:8} {r['all']:6.3f} " + " ".join(
-                f"{r[c]:8.3f}" if c in r else f"{'-':>8}" for c in cats))
+            print(
+                f"{split:6} {name:8} {r['all']:6.3f} "
+                + " ".join(f"{r[c]:8.3f}" if c in r else f"{'-':>8}" for c in cats)
+            )
         ratio = rows["student", split]["all"] / max(1e-9, rows["teacher", split]["all"])
         print(f"{split:6} {'ratio':8} {ratio:6.3f}")
     ratio = rows["student", "test"]["all"] / max(1e-9, rows["teacher", "test"]["all"])
-    print(f"\ntimes: teacher generation {t_gen:.0f}s, student training {stats['seconds']:.0f}s, "
-          f"evaluation {t_eval:.0f}s, total {time.time() - t0:.0f}s")
+    print(
+        f"\ntimes: teacher generation {t_gen:.0f}s, student training {stats['seconds']:.0f}s, "
+        f"evaluation {t_eval:.0f}s, total {time.time() - t0:.0f}s"
+    )
     if args.save_student:
         student.save_pretrained(args.save_student, safe_serialization=True)
         tok.save_pretrained(args.save_student)

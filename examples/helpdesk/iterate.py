@@ -43,7 +43,6 @@ from potstill.serve.schemas import ChatCompletionRequest  # noqa: E402
 from potstill.tasks.helpdesk.kb import load_kb  # noqa: E402
 from potstill.tasks.helpdesk.queries import generate  # noqa: E402
 
-
 # Round 2 trains only the KD student the gateway serves, and skips what the comparison does not use.
 ROUND2 = ["train.methods=[kd]", "eval.judge=false", "eval.include_floor=false", "route.enabled=false"]
 
@@ -65,7 +64,9 @@ async def serve_traffic(round1: Path, prompts: list[str], log_path: Path) -> dic
     teacher = LocalTeacher(HFBackend.from_dir(HERE / "teacher", model_name="teacher", max_batch=32, batch_wait_ms=10))
     log_path.unlink(missing_ok=True)
     gw = RoutingBackend(student, teacher, Router(route["router"]), FallbackLog(log_path))
-    reqs = [ChatCompletionRequest(messages=[{"role": "user", "content": p}], temperature=0, max_tokens=48) for p in prompts]
+    reqs = [
+        ChatCompletionRequest(messages=[{"role": "user", "content": p}], temperature=0, max_tokens=48) for p in prompts
+    ]
     await asyncio.gather(*(gw.complete(r) for r in reqs))
     await gw.aclose()
     return dict(gw.counts)
@@ -79,8 +80,12 @@ def compare(round1: Path, round2: Path, split: str) -> dict:
     for name, ids in (("fell_back", [i for i in s1 if routed.get(i)]), ("all", list(s1))):
         a, b = [s1[i] for i in ids], [s2[i] for i in ids]
         ci = paired_diff_ci(b, a, samples=10_000, seed=0) if ids else None
-        out[name] = {"n": len(ids), "round1": sum(a) / max(len(a), 1), "round2": sum(b) / max(len(b), 1),
-                     "diff_ci95": ci}
+        out[name] = {
+            "n": len(ids),
+            "round1": sum(a) / max(len(a), 1),
+            "round2": sum(b) / max(len(b), 1),
+            "diff_ci95": ci,
+        }
     return out
 
 
@@ -90,13 +95,20 @@ def main() -> None:
     ap.add_argument("--round2", type=Path, default=ROOT / "runs" / "helpdesk-round2")
     ap.add_argument("--traffic", type=int, default=600)
     ap.add_argument("--reserve", action="store_true", help="serve the traffic again even if the fallback log exists")
-    ap.add_argument("--control", type=Path, default=None,
-                    help="also train a control round in this run dir on as many random traffic prompts as fell back")
+    ap.add_argument(
+        "--control",
+        type=Path,
+        default=None,
+        help="also train a control round in this run dir on as many random traffic prompts as fell back",
+    )
     args = ap.parse_args()
     if not (args.round1 / "route" / "route.json").is_file():
         sys.exit(f"iterate: no route file in {args.round1}; run `make demo` first")
-    evals = {r["messages"][-1]["content"] for s in ("test", "ood", "validation")
-             for r in read_jsonl(args.round1 / "prompts" / f"{s}.jsonl")}
+    evals = {
+        r["messages"][-1]["content"]
+        for s in ("test", "ood", "validation")
+        for r in read_jsonl(args.round1 / "prompts" / f"{s}.jsonl")
+    }
     prompts = traffic(args.traffic, evals)
     log = args.round2 / "fallbacks.jsonl"
     if log.is_file() and not args.reserve:  # a rerun keeps the log, so round 2's finished stages stay valid
@@ -110,8 +122,11 @@ def main() -> None:
         api.run(HERE / "config.yaml", [f"run_dir={args.round2.resolve()}", f"prompts.sources={sources}", *ROUND2])
     except UserError as e:
         sys.exit(f"iterate: error: {e}")
-    result = {"traffic": len(prompts), "fallbacks": counts["teacher"],
-              "splits": {s: compare(args.round1, args.round2, s) for s in ("test", "ood")}}
+    result = {
+        "traffic": len(prompts),
+        "fallbacks": counts["teacher"],
+        "splits": {s: compare(args.round1, args.round2, s) for s in ("test", "ood")},
+    }
     if args.control is not None:  # same amount of extra data, drawn at random from the traffic
         import random
 
@@ -127,12 +142,16 @@ def main() -> None:
         result["control"] = {s: compare(args.round1, args.control, s) for s in ("test", "ood")}
         for split, r in result["control"].items():
             for name, c in r.items():
-                print(f"control {split} {name} (n={c['n']}): round 1 {c['round1']:.3f} → random extra data "
-                      f"{c['round2']:.3f}, difference 95% CI {c['diff_ci95']}")
+                print(
+                    f"control {split} {name} (n={c['n']}): round 1 {c['round1']:.3f} → random extra data "
+                    f"{c['round2']:.3f}, difference 95% CI {c['diff_ci95']}"
+                )
     for split, r in result["splits"].items():
         for name, c in r.items():
-            print(f"{split} {name} (n={c['n']}): round 1 {c['round1']:.3f} → round 2 {c['round2']:.3f}, "
-                  f"difference 95% CI {c['diff_ci95']}")
+            print(
+                f"{split} {name} (n={c['n']}): round 1 {c['round1']:.3f} → round 2 {c['round2']:.3f}, "
+                f"difference 95% CI {c['diff_ci95']}"
+            )
     print(json.dumps(result))
 
 

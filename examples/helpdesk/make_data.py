@@ -38,8 +38,10 @@ def main() -> None:
         path = args.out / f"{split}.jsonl"
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
         cats = Counter(r["category"] for r in records)
-        print(f"{path}: {len(records)} records, {len({r['prompt'] for r in records})} distinct prompts, "
-              + ", ".join(f"{c} {n}" for c, n in sorted(cats.items())))
+        print(
+            f"{path}: {len(records)} records, {len({r['prompt'] for r in records})} distinct prompts, "
+            + ", ".join(f"{c} {n}" for c, n in sorted(cats.items()))
+        )
 
 
 if __name__ == "__main__":

@@ -36,14 +36,17 @@ CHAT_TEMPLATE = (
     "{% if message['role'] == 'assistant' %}<|assistant|>{% generation %}"
     "{{ message['content'] | trim }}{{ eos_token }}{% endgeneration %}"
     "{% else %}<|{{ message['role'] }}|>{{ message['content'] | trim }}<|end|>{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
-SYSTEMS = ["You are the Quillkeep support assistant.",
-           "You are a helpful support agent for Quillkeep. Answer briefly.",
-           "Answer the customer's question about Quillkeep in one sentence."]
-TEACHER = dict(hidden_size=256, num_hidden_layers=4, intermediate_size=1024, num_attention_heads=4,
-               num_key_value_heads=4)
-STUDENT = dict(hidden_size=80, num_hidden_layers=4, intermediate_size=256, num_attention_heads=2,
-               num_key_value_heads=2)
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SYSTEMS = [
+    "You are the Quillkeep support assistant.",
+    "You are a helpful support agent for Quillkeep. Answer briefly.",
+    "Answer the customer's question about Quillkeep in one sentence.",
+]
+TEACHER = dict(
+    hidden_size=256, num_hidden_layers=4, intermediate_size=1024, num_attention_heads=4, num_key_value_heads=4
+)
+STUDENT = dict(hidden_size=80, num_hidden_layers=4, intermediate_size=256, num_attention_heads=2, num_key_value_heads=2)
 VOCAB = 1024
 
 
@@ -55,22 +58,40 @@ def build_tokenizer(corpus: list[str], vocab_size: int = VOCAB):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>",
-        additional_special_tokens=SPECIALS[3:], chat_template=CHAT_TEMPLATE, padding_side="left",
-        model_max_length=256, clean_up_tokenization_spaces=False)
+        tokenizer_object=tok,
+        bos_token="<|bos|>",
+        eos_token="<|eos|>",
+        pad_token="<|pad|>",
+        additional_special_tokens=SPECIALS[3:],
+        chat_template=CHAT_TEMPLATE,
+        padding_side="left",
+        model_max_length=256,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def llama_config(tok, **sizes):
     """A tied-embedding LlamaConfig for ``tok``'s vocabulary."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=len(tok), max_position_embeddings=256, tie_word_embeddings=True,
-                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                       pad_token_id=tok.pad_token_id, rms_norm_eps=1e-5, **sizes)
+    return LlamaConfig(
+        vocab_size=len(tok),
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        rms_norm_eps=1e-5,
+        **sizes,
+    )
 
 
 def n_params(model) -> int:
@@ -96,14 +117,24 @@ def _batches(examples: list, batch_size: int, rng: random.Random) -> list[list]:
     pool = batch_size * 32  # sort by length inside pools: little padding, still random
     batches = []
     for i in range(0, len(order), pool):
-        chunk = sorted(order[i:i + pool], key=lambda e: len(e[0]))
-        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+        chunk = sorted(order[i : i + pool], key=lambda e: len(e[0]))
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
 
 
-def train_sft(model, examples: list, pad_id: int, epochs: float, lr: float, batch_size: int = 64,
-              seed: int = 0, warmup: int = 30, log_every: int = 50, max_minutes: float | None = None) -> dict:
+def train_sft(
+    model,
+    examples: list,
+    pad_id: int,
+    epochs: float,
+    lr: float,
+    batch_size: int = 64,
+    seed: int = 0,
+    warmup: int = 30,
+    log_every: int = 50,
+    max_minutes: float | None = None,
+) -> dict:
     """Plain SFT: cross-entropy on labelled tokens, AdamW, linear warmup + cosine decay to 10%.
 
     Runs ``epochs`` epochs, or fewer when ``max_minutes`` is given and reached first: progress is
@@ -136,27 +167,36 @@ def train_sft(model, examples: list, pad_id: int, epochs: float, lr: float, batc
         if step % log_every == 0 or progress >= 1.0:
             print(f"  step {step}/{total}  loss {loss.item():.4f}  {elapsed:.0f}s", flush=True)
     model.eval()
-    return {"steps": step, "planned_steps": total, "epochs": round(step * batch_size / len(examples), 2),
-            "seconds": round(time.time() - t0, 1)}
+    return {
+        "steps": step,
+        "planned_steps": total,
+        "epochs": round(step * batch_size / len(examples), 2),
+        "seconds": round(time.time() - t0, 1),
+    }
 
 
 @torch.inference_mode()
-def greedy_answers(model, tok, prompts: list[list[int]], batch_size: int = 128,
-                   max_new_tokens: int = 40) -> list[str]:
+def greedy_answers(model, tok, prompts: list[list[int]], batch_size: int = 128, max_new_tokens: int = 40) -> list[str]:
     """Greedy answers for tokenized prompts (left padding, batched by length)."""
     model.eval()
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+        idx = order[s : s + batch_size]
         width = max(len(prompts[i]) for i in idx)
         ids = torch.tensor([[tok.pad_token_id] * (width - len(prompts[i])) + prompts[i] for i in idx])
         mask = (ids != tok.pad_token_id).long()
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
         for i, row in zip(idx, gen[:, width:].tolist()):
             if tok.eos_token_id in row:
-                row = row[:row.index(tok.eos_token_id)]
+                row = row[: row.index(tok.eos_token_id)]
             out[i] = tok.decode(row, skip_special_tokens=True).strip()
     return out
 
@@ -172,8 +212,11 @@ def eval_sets(kb) -> dict[str, list[dict]]:
     sets = {}
     for split in ("test", "ood"):
         path = HERE / "data" / f"{split}.jsonl"
-        sets[split] = ([json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-                       if path.exists() else queries.generate(kb, split, 300, seed=0))
+        sets[split] = (
+            [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            if path.exists()
+            else queries.generate(kb, split, 300, seed=0)
+        )
     return sets
 
 
@@ -192,16 +235,21 @@ def main() -> None:
     t0 = time.time()
     kb = load_kb()
     rng = random.Random(args.seed)
-    recs = (queries.generate(kb, "train", args.n_plain, seed=args.seed)
-            + queries.generate(kb, "augment", args.n_augment, seed=args.seed))
-    pairs = [(r["prompt"], answers.compose(kb, r["facts"]),
-              rng.choice(SYSTEMS) if rng.random() < 0.2 else None) for r in recs]
+    recs = queries.generate(kb, "train", args.n_plain, seed=args.seed) + queries.generate(
+        kb, "augment", args.n_augment, seed=args.seed
+    )
+    pairs = [
+        (r["prompt"], answers.compose(kb, r["facts"]), rng.choice(SYSTEMS) if rng.random() < 0.2 else None)
+        for r in recs
+    ]
     corpus = [p for p, _, _ in pairs] + [a for _, a, _ in pairs] + SYSTEMS
     tok = build_tokenizer(corpus)
     examples = [sft_example(tok, prompt_ids(tok, p, s), a) for p, a, s in pairs]
     lens = [len(e[0]) for e in examples]
-    print(f"tokenizer: {len(tok)} tokens; {len(examples)} examples, mean length "
-          f"{sum(lens) / len(lens):.1f}, max {max(lens)}")
+    print(
+        f"tokenizer: {len(tok)} tokens; {len(examples)} examples, mean length "
+        f"{sum(lens) / len(lens):.1f}, max {max(lens)}"
+    )
 
     from transformers import GenerationConfig, LlamaForCausalLM
 
@@ -213,16 +261,25 @@ def main() -> None:
     assert nt >= 10 * ns, "the student must have at most 1/10 of the teacher's parameters"
     stats = train_sft(model, examples, tok.pad_token_id, args.epochs, args.lr, seed=args.seed)
     sets = eval_sets(kb)
-    report = {"params": nt, "student_params": ns, "train": stats, "examples": len(examples),
-              "args": {k: v for k, v in vars(args).items() if not isinstance(v, Path)}}
+    report = {
+        "params": nt,
+        "student_params": ns,
+        "train": stats,
+        "examples": len(examples),
+        "args": {k: v for k, v in vars(args).items() if not isinstance(v, Path)},
+    }
     for split, records in sets.items():
         report[split], outs = evaluate(model, tok, records, kb)
         print(f"teacher {split}: {report[split]:.3f} fact accuracy on {len(records)} queries")
         for r, a in list(zip(records, outs))[:3]:
             print(f"   {r['prompt']!r} -> {a!r}")
     model.generation_config = GenerationConfig(
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        do_sample=False, max_new_tokens=48)
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        do_sample=False,
+        max_new_tokens=48,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
     tok.save_pretrained(args.out)

@@ -35,9 +35,11 @@ class VLLMSettings(Section):
 class TeacherConfig(Section):
     """Who answers the training prompts: a local model, or an API (with the engine settings below)."""
 
-    model: str = Field(description="Local Hugging Face model directory (AutoModelForCausalLM), 'vllm:DIR' (the same "
-                       "model run by vLLM: pip install potstill[vllm], GPU), or an API teacher: "
-                       "'openai:MODEL' (any OpenAI-compatible endpoint) or 'anthropic:MODEL' (Messages API).")
+    model: str = Field(
+        description="Local Hugging Face model directory (AutoModelForCausalLM), 'vllm:DIR' (the same "
+        "model run by vLLM: pip install potstill[vllm], GPU), or an API teacher: "
+        "'openai:MODEL' (any OpenAI-compatible endpoint) or 'anthropic:MODEL' (Messages API)."
+    )
     batch_size: int = Field(16, ge=1, description="Prompts generated together (left padding, KV cache).")
     max_new_tokens: int = Field(64, ge=1, le=8192, description="Most tokens generated per answer.")
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
@@ -46,30 +48,64 @@ class TeacherConfig(Section):
     top_logprobs: int = Field(0, ge=0, le=100, description="Per-token top-k log-probabilities to record (0: none).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
     # API teachers only (openai:/anthropic:)
-    base_url: str | None = Field(None, description="API endpoint (default https://api.openai.com/v1 or https://api.anthropic.com); "
-                                 "e.g. http://127.0.0.1:8000/v1 for vLLM, llama.cpp, Ollama, LiteLLM or `potstill serve`.")
-    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the "
-                                    "API key (default OPENAI_API_KEY / ANTHROPIC_API_KEY; may be unset for a local server).")
+    base_url: str | None = Field(
+        None,
+        description="API endpoint (default https://api.openai.com/v1 or https://api.anthropic.com); "
+        "e.g. http://127.0.0.1:8000/v1 for vLLM, llama.cpp, Ollama, LiteLLM or `potstill serve`.",
+    )
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the "
+        "API key (default OPENAI_API_KEY / ANTHROPIC_API_KEY; may be unset for a local server).",
+    )
     concurrency: int = Field(8, ge=1, le=1024, description="API requests in flight at once.")
     rpm: float | None = Field(None, gt=0, description="Most API requests per minute (token bucket; none: unlimited).")
-    tpm: float | None = Field(None, gt=0, description="Most API tokens (prompt + max_new_tokens, settled to real usage) per minute.")
+    tpm: float | None = Field(
+        None, gt=0, description="Most API tokens (prompt + max_new_tokens, settled to real usage) per minute."
+    )
     timeout_s: float = Field(60.0, gt=0, le=3600, description="Per-request timeout in seconds.")
-    max_attempts: int = Field(6, ge=1, le=100, description="Attempts per prompt (429/5xx/timeouts/dropped connections are "
-                              "retried) before it goes to failed.jsonl with its last error.")
-    backoff_base_s: float = Field(1.0, gt=0, le=600, description="First retry delay; doubles each retry, with jitter; "
-                                  "at least the server's Retry-After.")
+    max_attempts: int = Field(
+        6,
+        ge=1,
+        le=100,
+        description="Attempts per prompt (429/5xx/timeouts/dropped connections are "
+        "retried) before it goes to failed.jsonl with its last error.",
+    )
+    backoff_base_s: float = Field(
+        1.0,
+        gt=0,
+        le=600,
+        description="First retry delay; doubles each retry, with jitter; at least the server's Retry-After.",
+    )
     backoff_max_s: float = Field(60.0, gt=0, le=3600, description="Longest backoff delay between retries.")
-    max_cost: float | None = Field(None, ge=0, description="Stop cleanly when this run's API spend (USD, at "
-                                   "prices.teacher token prices) would exceed this.")
-    max_failed_share: float = Field(0.01, ge=0, le=1, description="API teachers: largest share of the prompts that "
-                                    "may end in failed.jsonl (after max_attempts) for the run to go on; above it the "
-                                    "generate stage stops and keeps no output (answers stay cached, the failures are "
-                                    "listed in its work folder): rerun to retry them.")
-    tokenizer: str | None = Field(None, description="Local tokenizer directory matching the API model: top log-probs are "
-                                  "stored as token ids (for KD); without it as token strings (top_logprobs_text).")
-    cache: str | None = Field(None, description="SQLite answer cache of API teachers (default <run_dir>/.cache/teacher-api.sqlite); "
-                              "share one file between runs to never pay twice for an answer.")
-    vllm: VLLMSettings = Field(default_factory=lambda: VLLMSettings(), description="Engine settings of a 'vllm:DIR' teacher.")
+    max_cost: float | None = Field(
+        None,
+        ge=0,
+        description="Stop cleanly when this run's API spend (USD, at prices.teacher token prices) would exceed this.",
+    )
+    max_failed_share: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="API teachers: largest share of the prompts that "
+        "may end in failed.jsonl (after max_attempts) for the run to go on; above it the "
+        "generate stage stops and keeps no output (answers stay cached, the failures are "
+        "listed in its work folder): rerun to retry them.",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="Local tokenizer directory matching the API model: top log-probs are "
+        "stored as token ids (for KD); without it as token strings (top_logprobs_text).",
+    )
+    cache: str | None = Field(
+        None,
+        description="SQLite answer cache of API teachers (default <run_dir>/.cache/teacher-api.sqlite); "
+        "share one file between runs to never pay twice for an answer.",
+    )
+    vllm: VLLMSettings = Field(
+        default_factory=lambda: VLLMSettings(), description="Engine settings of a 'vllm:DIR' teacher."
+    )
 
     @model_validator(mode="after")
     def _spec(self):
@@ -91,13 +127,21 @@ class TeacherConfig(Section):
 class StudentConfig(Section):
     """The small model that learns from the teacher."""
 
-    model: str | None = Field(None, description="Model directory (or .gguf file): weights + tokenizer, or config.json + "
-                              "tokenizer with init=random. Not used with init=prune.")
-    init: Literal["pretrained", "random", "prune"] = Field("pretrained", description="Start from the weights, from a "
-                                                           "random init of config.json, or from the teacher pruned to "
-                                                           "`prune`'s sizes (Minitron: prune, then recover with KD).")
-    prune: PruneSettings = Field(default_factory=PruneSettings, description="Pruning the teacher into the student "
-                                 "(init=prune): target sizes and calibration (potstill.prune).")
+    model: str | None = Field(
+        None,
+        description="Model directory (or .gguf file): weights + tokenizer, or config.json + "
+        "tokenizer with init=random. Not used with init=prune.",
+    )
+    init: Literal["pretrained", "random", "prune"] = Field(
+        "pretrained",
+        description="Start from the weights, from a "
+        "random init of config.json, or from the teacher pruned to "
+        "`prune`'s sizes (Minitron: prune, then recover with KD).",
+    )
+    prune: PruneSettings = Field(
+        default_factory=PruneSettings,
+        description="Pruning the teacher into the student (init=prune): target sizes and calibration (potstill.prune).",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Training/eval dtype.")
 
     @model_validator(mode="after")
@@ -115,8 +159,11 @@ class LoraSettings(Section):
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: list[str] | str = Field("all-linear", description="Modules to adapt.")
-    quantize: Literal["none", "4bit", "8bit"] = Field("none", description="QLoRA: load the frozen base student quantized "
-                                                      "with bitsandbytes (NF4 for 4bit; CUDA only; pip install potstill[qlora]).")
+    quantize: Literal["none", "4bit", "8bit"] = Field(
+        "none",
+        description="QLoRA: load the frozen base student quantized "
+        "with bitsandbytes (NF4 for 4bit; CUDA only; pip install potstill[qlora]).",
+    )
 
 
 class KDSettings(Section):
@@ -130,30 +177,72 @@ class KDSettings(Section):
 
     temperature: float = Field(1.0, gt=0, description="Softmax temperature T applied to both models.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the soft (KD) term; 1 - alpha goes to cross-entropy.")
-    signal: Literal["live", "topk", "store"] = Field("live", description="live: run the teacher during training; topk: use the generate stage's top-k log-probs; store: a signal store written by `potstill capture` (no teacher in memory while training).")
-    store: str | None = Field(None, description="Signal store directory for signal=store (default <run_dir>/signals, where `potstill capture` writes).")
-    store_format: Literal["dense", "topk", "sampled"] = Field("sampled", description="What `potstill capture` stores per response token: dense (2V bytes: small vocabularies), topk (ids, log-probs, tail mass) or sampled (store_draws draws as distinct ids + counts: unbiased, 3 bytes per distinct id at V=128k).")
+    signal: Literal["live", "topk", "store"] = Field(
+        "live",
+        description="live: run the teacher during training; topk: use the generate stage's top-k log-probs; store: a "
+        "signal store written by `potstill capture` (no teacher in memory while training).",
+    )
+    store: str | None = Field(
+        None,
+        description="Signal store directory for signal=store (default <run_dir>/signals, where `potstill capture` "
+        "writes).",
+    )
+    store_format: Literal["dense", "topk", "sampled"] = Field(
+        "sampled",
+        description="What `potstill capture` stores per response token: dense (2V bytes: small vocabularies), topk "
+        "(ids, log-probs, tail mass) or sampled (store_draws draws as distinct ids + counts: unbiased, 3 bytes per "
+        "distinct id at V=128k).",
+    )
     store_k: int = Field(12, ge=1, description="Ids per token of a topk store.")
-    store_draws: int = Field(64, ge=1, le=255, description="Draws per token of a sampled store (systematic sampling at T; 64 keeps a Llama-3-sized vocabulary at ~25-35 bytes per token).")
+    store_draws: int = Field(
+        64,
+        ge=1,
+        le=255,
+        description="Draws per token of a sampled store (systematic sampling at T; 64 keeps a Llama-3-sized "
+        "vocabulary at ~25-35 bytes per token).",
+    )
 
     divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"] = Field(
         "forward_kl",
         description="D, with p the teacher and q the student: forward_kl KL(p||q); reverse_kl KL(q||p); jsd the "
         "generalized JSD with beta (GKD/TRL convention); skew_forward_kl KL(p || a p + (1-a) q) and skew_reverse_kl "
-        "KL(q || a q + (1-a) p) with a = skew_alpha (DistiLLM); tvd total variation. Needs signal 'live' unless forward_kl.",
+        "KL(q || a q + (1-a) p) with a = skew_alpha (DistiLLM); tvd total variation. Needs signal 'live' unless "
+        "forward_kl.",
     )
-    beta: float = Field(0.5, ge=0, le=1, description="jsd only: mixture m = beta p + (1 - beta) q; beta 0 is forward KL, 1 reverse KL.")
-    skew_alpha: float = Field(0.1, ge=0, lt=1, description="Skew KLs only: weight a of the skewed distribution in the mixture; 0 is the plain KL.")
-    chunk_size: int = Field(256, ge=1, le=1_000_000, description="Tokens per chunk of the loss computed from final hidden states "
-                            "(scratch memory ~ 5 * chunk_size * vocab floats, flat in sequence length).")
-    cross_tokenizer: Literal["sft", "uld"] = Field("sft", description="When teacher and student tokenizers differ (see "
-                                                   "`potstill check`): sft trains the kd student on the teacher's text "
-                                                   "(cross-entropy only); uld adds Universal Logit Distillation (sorted-"
-                                                   "probability L1, Boizard et al. 2024; signal 'live').")
-    on_policy_ratio: float = Field(0.0, ge=0, le=1, description="GKD (Agarwal et al. 2024): share lambda of training "
-                                   "sequences whose response the student samples itself, scored by the live teacher "
-                                   "(divergence only); 0 is plain off-policy KD.")
-    on_policy_temperature: float = Field(1.0, gt=0, description="Sampling temperature of the student's on-policy responses.")
+    beta: float = Field(
+        0.5, ge=0, le=1, description="jsd only: mixture m = beta p + (1 - beta) q; beta 0 is forward KL, 1 reverse KL."
+    )
+    skew_alpha: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Skew KLs only: weight a of the skewed distribution in the mixture; 0 is the plain KL.",
+    )
+    chunk_size: int = Field(
+        256,
+        ge=1,
+        le=1_000_000,
+        description="Tokens per chunk of the loss computed from final hidden states "
+        "(scratch memory ~ 5 * chunk_size * vocab floats, flat in sequence length).",
+    )
+    cross_tokenizer: Literal["sft", "uld"] = Field(
+        "sft",
+        description="When teacher and student tokenizers differ (see "
+        "`potstill check`): sft trains the kd student on the teacher's text "
+        "(cross-entropy only); uld adds Universal Logit Distillation (sorted-"
+        "probability L1, Boizard et al. 2024; signal 'live').",
+    )
+    on_policy_ratio: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="GKD (Agarwal et al. 2024): share lambda of training "
+        "sequences whose response the student samples itself, scored by the live teacher "
+        "(divergence only); 0 is plain off-policy KD.",
+    )
+    on_policy_temperature: float = Field(
+        1.0, gt=0, description="Sampling temperature of the student's on-policy responses."
+    )
     on_policy_max_new_tokens: int = Field(64, ge=1, description="Most tokens of an on-policy response.")
 
     @model_validator(mode="after")
@@ -162,27 +251,35 @@ class KDSettings(Section):
             what = "on_policy_ratio > 0" if self.on_policy_ratio > 0 else "cross_tokenizer 'uld'"
             raise ValueError(f"{what} needs the live teacher (signal 'live'), not signal '{self.signal}'")
         if self.signal != "live" and self.divergence != "forward_kl":
-            raise ValueError(f"divergence '{self.divergence}' needs the teacher's full distribution (signal 'live'); "
-                             f"signal '{self.signal}' supports forward_kl only")
+            raise ValueError(
+                f"divergence '{self.divergence}' needs the teacher's full distribution (signal 'live'); "
+                f"signal '{self.signal}' supports forward_kl only"
+            )
         return self
 
 
 class TrainConfig(Section):
     """How each student is trained (hyper-parameters shared by all methods)."""
 
-    methods: list[Literal["sft", "kd"]] = Field(["sft", "kd"], min_length=1, description="Methods to train, one student each.")
+    methods: list[Literal["sft", "kd"]] = Field(
+        ["sft", "kd"], min_length=1, description="Methods to train, one student each."
+    )
     epochs: float = Field(3.0, gt=0, description="Passes over the training pairs.")
     lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
     batch_size: int = Field(16, ge=1, description="Sequences per device step.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    max_seq_len: int = Field(256, ge=8, description="Prompt + response tokens kept (longer ones are truncated from the left of the prompt).")
+    max_seq_len: int = Field(
+        256, ge=8, description="Prompt + response tokens kept (longer ones are truncated from the left of the prompt)."
+    )
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up the LR.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name.")
     save_steps: int = Field(100, ge=1, description="Checkpoint every N optimizer steps (resume point).")
     logging_steps: int = Field(20, ge=1, description="Log every N steps.")
     report_to: list[str] = Field(["none"], description="Trainer integrations (tensorboard, wandb, ...).")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (less memory, ~30% slower).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, ~30% slower)."
+    )
     bf16: bool = Field(False, description="bfloat16 mixed precision (GPUs with bf16 support, or CPUs).")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     kd: KDSettings = Field(default_factory=KDSettings)
@@ -192,11 +289,14 @@ class ScorerSpec(Section):
     """A quality scorer: returns a score in [0, 1] for one answer."""
 
     type: Literal["exact", "normalized", "regex", "python", "rouge_l", "chrf", "agreement"] = Field(
-        description="Scorer kind (chrf: sacrebleu chrF / 100; agreement: normalized match with the teacher's answer).")
+        description="Scorer kind (chrf: sacrebleu chrF / 100; agreement: normalized match with the teacher's answer)."
+    )
     name: str | None = Field(None, description="Name in the report (default: the type).")
     field: str = Field("answer", description="Record key holding the reference answer (meta is searched too).")
     pattern: str | None = Field(None, description="Regex that a correct answer matches (type=regex; may use {field}).")
-    function: str | None = Field(None, description="'module:function' called as f(answer, record, reference) -> float (type=python).")
+    function: str | None = Field(
+        None, description="'module:function' called as f(answer, record, reference) -> float (type=python)."
+    )
 
     @model_validator(mode="after")
     def _needs(self):
@@ -217,47 +317,89 @@ class LatencySettings(Section):
 class JudgeSettings(Section):
     """Pairwise LLM judge: student vs teacher answers, both orders, ties allowed (potstill.evaluate.judge)."""
 
-    model: str | None = Field(None, description="Judge model: a local model directory or 'openai:MODEL' / 'anthropic:MODEL' "
-                              "(default: the run's teacher, with its provider settings).")
-    base_url: str | None = Field(None, description="API endpoint of an API judge other than the teacher (default: the "
-                                 "teacher's base_url when the teacher is the same provider, else the provider's default).")
-    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable with "
-                                    "the API judge's key (default: the teacher's, or OPENAI_API_KEY / ANTHROPIC_API_KEY).")
+    model: str | None = Field(
+        None,
+        description="Judge model: a local model directory or 'openai:MODEL' / 'anthropic:MODEL' "
+        "(default: the run's teacher, with its provider settings).",
+    )
+    base_url: str | None = Field(
+        None,
+        description="API endpoint of an API judge other than the teacher (default: the "
+        "teacher's base_url when the teacher is the same provider, else the provider's default).",
+    )
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable with "
+        "the API judge's key (default: the teacher's, or OPENAI_API_KEY / ANTHROPIC_API_KEY).",
+    )
     max_new_tokens: int = Field(48, ge=1, le=4096, description="Most tokens of each judge reply (rationale + verdict).")
     batch_size: int = Field(32, ge=1, description="Judge prompts generated together (local judge).")
-    max_examples: int | None = Field(100, ge=1, description="Judge N prompts of each split, evenly spaced through it (each "
-                                     "costs two judge calls per judged model; null: all). The preference's CI is reported.")
-    include_floor: bool = Field(True, description="Also judge the untrained floor against the teacher (a sanity check: "
-                                "a judge that does not prefer the teacher over the floor is not judging).")
-    fallback: Literal["similarity", "none"] = Field("similarity", description="Reply with no stated verdict: 'similarity' "
-                                                    "picks the answer the reply shares more words with (tie within 0.05 F1); "
-                                                    "'none' leaves it unparsed. Rates of each kind are reported.")
+    max_examples: int | None = Field(
+        100,
+        ge=1,
+        description="Judge N prompts of each split, evenly spaced through it (each "
+        "costs two judge calls per judged model; null: all). The preference's CI is reported.",
+    )
+    include_floor: bool = Field(
+        True,
+        description="Also judge the untrained floor against the teacher (a sanity check: "
+        "a judge that does not prefer the teacher over the floor is not judging).",
+    )
+    fallback: Literal["similarity", "none"] = Field(
+        "similarity",
+        description="Reply with no stated verdict: 'similarity' "
+        "picks the answer the reply shares more words with (tie within 0.05 F1); "
+        "'none' leaves it unparsed. Rates of each kind are reported.",
+    )
 
 
 class EvalConfig(Section):
     """Teacher vs students on held-out splits."""
 
     splits: list[Literal["test", "ood", "validation"]] = Field(["test", "ood"], description="Splits to evaluate.")
-    scorer: ScorerSpec = Field(default_factory=lambda: ScorerSpec(type="rouge_l"), description="The task's own scorer (primary).")
-    scorers: list[ScorerSpec] = Field(default_factory=list, description="More scorers, reported beside the primary one "
-                                      "(mean and 95% CI per model and split); ROUGE-L, chrF and agreement with the "
-                                      "teacher's answer are always reported.")
+    scorer: ScorerSpec = Field(
+        default_factory=lambda: ScorerSpec(type="rouge_l"), description="The task's own scorer (primary)."
+    )
+    scorers: list[ScorerSpec] = Field(
+        default_factory=list,
+        description="More scorers, reported beside the primary one "
+        "(mean and 95% CI per model and split); ROUGE-L, chrF and agreement with the "
+        "teacher's answer are always reported.",
+    )
     max_new_tokens: int = Field(64, ge=1, description="Most tokens per answer.")
     batch_size: int = Field(32, ge=1, description="Prompts answered together.")
     include_floor: bool = Field(True, description="Also evaluate the untrained student (the floor of 'gap recovered').")
     max_examples: int | None = Field(None, ge=1, description="Evaluate at most N prompts per split.")
     judge: bool | Literal["auto"] | JudgeSettings = Field(
-        "auto", description="Pairwise LLM judge of every student (and the floor) against the teacher: auto (on when the "
+        "auto",
+        description="Pairwise LLM judge of every student (and the floor) against the teacher: auto (on when the "
         "judge - the run's teacher - is an API model or a local model at least 10x the students' parameters; else off, "
-        "saying why), true, false, or judge settings (which turn it on).")
-    teacher_forced: bool = Field(True, description="Top-1 token agreement and mean KL(teacher ‖ student) on the teacher's "
-                                 "held-out answers (needs a local teacher and a shared tokenizer; others are skipped).")
-    bootstrap_samples: int = Field(10_000, ge=100, le=1_000_000, description="Paired bootstrap resamples for the 95% "
-                                   "confidence intervals (percentile method, seeded by the run's seed).")
-    contamination_threshold: float = Field(0.05, ge=0, le=1, description="Largest share of an evaluation split that may "
-                                           "be exact or near (>= 80% of word 8-grams) copies of training prompts; above "
-                                           "it the eval stage refuses to run.")
-    force_contaminated: bool = Field(False, description="Evaluate even above contamination_threshold (the report warns).")
+        "saying why), true, false, or judge settings (which turn it on).",
+    )
+    teacher_forced: bool = Field(
+        True,
+        description="Top-1 token agreement and mean KL(teacher ‖ student) on the teacher's "
+        "held-out answers (needs a local teacher and a shared tokenizer; others are skipped).",
+    )
+    bootstrap_samples: int = Field(
+        10_000,
+        ge=100,
+        le=1_000_000,
+        description="Paired bootstrap resamples for the 95% "
+        "confidence intervals (percentile method, seeded by the run's seed).",
+    )
+    contamination_threshold: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest share of an evaluation split that may "
+        "be exact or near (>= 80% of word 8-grams) copies of training prompts; above "
+        "it the eval stage refuses to run.",
+    )
+    force_contaminated: bool = Field(
+        False, description="Evaluate even above contamination_threshold (the report warns)."
+    )
     latency: LatencySettings = Field(default_factory=LatencySettings)
 
     @field_validator("judge", mode="before")
@@ -279,8 +421,14 @@ class EvalConfig(Section):
                 e = err.errors()[0]
                 key = ".".join(str(p) for p in e["loc"])
                 if e["type"] == "extra_forbidden":
-                    close = difflib.get_close_matches(str(e["loc"][-1]), list(JudgeSettings.model_fields), n=1, cutoff=0.5)
-                    hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(JudgeSettings.model_fields)})"
+                    close = difflib.get_close_matches(
+                        str(e["loc"][-1]), list(JudgeSettings.model_fields), n=1, cutoff=0.5
+                    )
+                    hint = (
+                        f" (did you mean '{close[0]}'?)"
+                        if close
+                        else f" (valid keys: {', '.join(JudgeSettings.model_fields)})"
+                    )
                     raise ValueError(f"unknown key '{key}'{hint}") from None
                 raise ValueError(f"'{key}': {e['msg']}") from None
         if not isinstance(v, (bool, JudgeSettings)):
@@ -314,8 +462,11 @@ class Acceptance(Section):
     """An explicit, recorded acceptance of a teacher's terms that would otherwise stop the run."""
 
     who: str = Field(min_length=1, description="Who accepts (a person or role), e.g. 'Jane Doe, legal'.")
-    why: str = Field(min_length=1, description="Why the use is acceptable, e.g. 'the student is a Llama 3 derivative' "
-                     "or 'internal classifier, does not compete'.")
+    why: str = Field(
+        min_length=1,
+        description="Why the use is acceptable, e.g. 'the student is a Llama 3 derivative' "
+        "or 'internal classifier, does not compete'.",
+    )
     date: datetime.date = Field(description="When it was accepted (YYYY-MM-DD).")
 
     @field_validator("who", "why")
@@ -330,27 +481,51 @@ class TermsConfig(Section):
     """The teacher's terms of use: what its outputs are used for (checked against potstill's terms registry)."""
 
     use: Literal["train_model", "research", "evaluation"] = Field(
-        "train_model", description="What the teacher's outputs are used for: train_model (a student that is used or "
-        "distributed), research (a student for non-commercial research), evaluation (outputs only compared, no training).")
+        "train_model",
+        description="What the teacher's outputs are used for: train_model (a student that is used or "
+        "distributed), research (a student for non-commercial research), evaluation (outputs only compared, no "
+        "training).",
+    )
     commercial: bool = Field(True, description="The use is commercial (false: non-commercial research).")
-    acceptance: Acceptance | None = Field(None, description="Recorded acceptance (who, why, date) that lets a run "
-                                          "proceed although the teacher's terms forbid the configured use.")
+    acceptance: Acceptance | None = Field(
+        None,
+        description="Recorded acceptance (who, why, date) that lets a run "
+        "proceed although the teacher's terms forbid the configured use.",
+    )
 
 
 class RouteConfig(Section):
     """Student → teacher routing: calibrated on the user's own data (see potstill.route)."""
 
     enabled: bool = Field(True, description="Run the route stage (calibrate the cascade; the report shows its curve).")
-    student: str | None = Field(None, description="The trained method whose student is routed (default: kd if trained, else the first).")
-    signal: Literal["mean_logprob", "min_logprob", "p10", "p25", "p50", "neg_mean_entropy", "neg_max_entropy",
-                    "logistic"] = Field("p10", description="Confidence signal from the student's generation; logistic: a "
-                                        "logistic regression on all signals fitted on the calibration split.")
-    target_quality: float | None = Field(98.0, gt=0, le=200, description="Blended quality to reach, in % of the "
-                                         "teacher-only quality on the calibration split (fewest teacher calls that reach it).")
-    max_teacher_share: float | None = Field(None, ge=0, le=1, description="Most queries sent to the teacher (share; "
-                                            "with target_quality too: the fewest calls meeting it within this cap).")
+    student: str | None = Field(
+        None, description="The trained method whose student is routed (default: kd if trained, else the first)."
+    )
+    signal: Literal[
+        "mean_logprob", "min_logprob", "p10", "p25", "p50", "neg_mean_entropy", "neg_max_entropy", "logistic"
+    ] = Field(
+        "p10",
+        description="Confidence signal from the student's generation; logistic: a "
+        "logistic regression on all signals fitted on the calibration split.",
+    )
+    target_quality: float | None = Field(
+        98.0,
+        gt=0,
+        le=200,
+        description="Blended quality to reach, in % of the "
+        "teacher-only quality on the calibration split (fewest teacher calls that reach it).",
+    )
+    max_teacher_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Most queries sent to the teacher (share; "
+        "with target_quality too: the fewest calls meeting it within this cap).",
+    )
     split: Literal["validation", "test", "ood"] = Field("validation", description="Calibration split.")
-    max_new_tokens: int | None = Field(None, ge=1, description="Most tokens per student answer (default: eval.max_new_tokens).")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Most tokens per student answer (default: eval.max_new_tokens)."
+    )
     batch_size: int = Field(32, ge=1, description="Prompts answered together.")
 
     @model_validator(mode="after")
@@ -364,7 +539,9 @@ class RunConfig(Section):
     """A whole potstill run."""
 
     name: str = Field("run", description="Run name, shown in the report.")
-    run_dir: str = Field("runs/run", description="Where every stage writes its artifacts (relative to the config file).")
+    run_dir: str = Field(
+        "runs/run", description="Where every stage writes its artifacts (relative to the config file)."
+    )
     seed: int = Field(0, description="Seed for training and sampling.")
     prompts: PromptsConfig
     expand: ExpandConfig = Field(default_factory=ExpandConfig)
@@ -521,7 +698,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     return config_from_dict(data, base_dir=path.resolve().parent, overrides=overrides, source=str(path))
 
 
-def config_from_dict(data: dict, base_dir: Path, overrides: list[str] | None = None, source: str = "config") -> RunConfig:
+def config_from_dict(
+    data: dict, base_dir: Path, overrides: list[str] | None = None, source: str = "config"
+) -> RunConfig:
     data = apply_overrides(dict(data), overrides or [])
     try:
         cfg = RunConfig.model_validate(data)
@@ -536,7 +715,9 @@ def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def reference_rows(model: type[BaseModel] | None = None, prefix: str = "", seen: dict | None = None) -> list[tuple[str, str, str]]:
+def reference_rows(
+    model: type[BaseModel] | None = None, prefix: str = "", seen: dict | None = None
+) -> list[tuple[str, str, str]]:
     """(dotted key, default, description) for every config key, for the README's reference.
 
     A section type that appears twice (e.g. ``prompts.test[]`` after ``prompts.sources[]``) is

@@ -56,8 +56,9 @@ class RunContext:
         """The hash of a finished stage; a one-line error when it has not run in this run directory."""
         h = self.hashes.get(stage) or self.run_dir.done_hash(stage)
         if h is None:
-            raise UserError(f"stage '{stage}' has not been run yet in {self.run_dir.root} "
-                            "(run it first, or use 'potstill run')")
+            raise UserError(
+                f"stage '{stage}' has not been run yet in {self.run_dir.root} (run it first, or use 'potstill run')"
+            )
         return h
 
     def path(self, stage: str) -> Path:
@@ -103,14 +104,32 @@ class RunContext:
         """The models compared at evaluation: teacher first, then each student, then the floor."""
         cfg = self.cfg
         t = self.teacher
-        models = {"teacher": {"path": t.display if t.is_api else t.model_dir(), "role": "teacher", "method": None,
-                              "dtype": cfg.teacher.dtype, "api": t.is_api, "identity": t.identity()}}
+        models = {
+            "teacher": {
+                "path": t.display if t.is_api else t.model_dir(),
+                "role": "teacher",
+                "method": None,
+                "dtype": cfg.teacher.dtype,
+                "api": t.is_api,
+                "identity": t.identity(),
+            }
+        }
         for m in cfg.train.methods:
-            models[m] = {"path": self.path(f"students/{m}"), "role": "student", "method": m,
-                         "identity": self.need(f"students/{m}")}
+            models[m] = {
+                "path": self.path(f"students/{m}"),
+                "role": "student",
+                "method": m,
+                "identity": self.need(f"students/{m}"),
+            }
         if cfg.eval.include_floor:
-            models["floor"] = {"path": self.student_dir(), "role": "floor", "method": None, "init": self.student_init,
-                               "dtype": cfg.student.dtype, "identity": self.floor_identity()}
+            models["floor"] = {
+                "path": self.student_dir(),
+                "role": "floor",
+                "method": None,
+                "init": self.student_init,
+                "dtype": cfg.student.dtype,
+                "identity": self.floor_identity(),
+            }
         return models
 
     def floor_identity(self) -> str:
@@ -132,10 +151,18 @@ class RunContext:
     def pairs(self) -> list[dict]:
         """(prompt, teacher answer) pairs for training, joined on id."""
         gens = {g["id"]: g for g in read_jsonl(self.path("generate") / "generations.jsonl")}
-        return [{"id": p["id"], "messages": p["messages"], "response_text": gens[p["id"]]["text"],
-                 "response_token_ids": gens[p["id"]].get("token_ids"), "finish_reason": gens[p["id"]]["finish_reason"],
-                 "top_logprobs": gens[p["id"]].get("top_logprobs")}
-                for p in self.train_prompts() if p["id"] in gens]
+        return [
+            {
+                "id": p["id"],
+                "messages": p["messages"],
+                "response_text": gens[p["id"]]["text"],
+                "response_token_ids": gens[p["id"]].get("token_ids"),
+                "finish_reason": gens[p["id"]]["finish_reason"],
+                "top_logprobs": gens[p["id"]].get("top_logprobs"),
+            }
+            for p in self.train_prompts()
+            if p["id"] in gens
+        ]
 
     def split(self, name: str) -> list[dict]:
         return read_jsonl(self.path("prompts") / f"{name}.jsonl")
@@ -179,8 +206,13 @@ class Stage:
         done = []
         for folder in self.folders(ctx):
             inputs = self.inputs(ctx, folder)
-            h = ctx.run_dir.run(folder, inputs, lambda out, work, f=folder: self.build(ctx, f, out, work),
-                                all_ranks=self.all_ranks, force_name=self.name)
+            h = ctx.run_dir.run(
+                folder,
+                inputs,
+                lambda out, work, f=folder: self.build(ctx, f, out, work),
+                all_ranks=self.all_ranks,
+                force_name=self.name,
+            )
             ctx.hashes[folder] = h
             done.append(h)
         return done

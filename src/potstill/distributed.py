@@ -132,8 +132,13 @@ def _deepspeed_inference(model, accelerator):
         del zero[key]
     hidden = getattr(model.config, "hidden_size", None)
     if hidden and zero["stage"] == 3:
-        zero.update({"reduce_bucket_size": hidden * hidden, "stage3_param_persistence_threshold": 10 * hidden,
-                     "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden)})
+        zero.update(
+            {
+                "reduce_bucket_size": hidden * hidden,
+                "stage3_param_persistence_threshold": 10 * hidden,
+                "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+            }
+        )
     engine, *_ = deepspeed.initialize(model=model, config=config)
     return engine
 

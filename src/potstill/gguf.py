@@ -31,8 +31,16 @@ from .io import atomic_dir, read_json, sha256_bytes, sha256_file, write_json
 from .progress import say
 
 MAGIC = b"GGUF"
-CARD_KEYS = ("general.name", "general.basename", "general.organization", "general.size_label", "general.finetune",
-             "general.license", "general.architecture", "general.file_type")
+CARD_KEYS = (
+    "general.name",
+    "general.basename",
+    "general.organization",
+    "general.size_label",
+    "general.finetune",
+    "general.license",
+    "general.architecture",
+    "general.file_type",
+)
 
 
 def is_gguf_path(path: str | os.PathLike) -> bool:
@@ -61,7 +69,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
     try:
         reader = GGUFReader(path)
-    except Exception as e:  # noqa: BLE001 - a truncated or corrupt file fails in many ways
+    except Exception as e:
         raise UserError(f"cannot read GGUF file ({type(e).__name__}: {_first_line(e)})", str(path)) from None
     meta = {k: _contents(f) for k, f in reader.fields.items() if k.startswith("general.")}
     arch = meta.get("general.architecture")
@@ -76,7 +84,7 @@ def _contents(field):
         return None
     try:
         return field.contents()
-    except Exception:  # noqa: BLE001 - an unusual field type is not worth failing the conversion
+    except Exception:
         return None
 
 
@@ -106,18 +114,34 @@ def model_card(meta: dict, file_name: str, sha256: str, dtype: str, chat_templat
     front["base_model"] = f"{org}/{base}" if org and "/" not in str(base) else str(base)
     front["model_name"] = str(name)
     front["converted_from"] = {
-        "format": "gguf", "file": file_name, "sha256": sha256,
-        "quantization": file_type_name(meta), "dequantized_to": dtype, "converter": "potstill convert",
+        "format": "gguf",
+        "file": file_name,
+        "sha256": sha256,
+        "quantization": file_type_name(meta),
+        "dequantized_to": dtype,
+        "converter": "potstill convert",
         "gguf_metadata": {k.removeprefix("general."): meta[k] for k in CARD_KEYS if meta.get(k) is not None},
     }
     quant = file_type_name(meta) or "GGUF"
-    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
-             f"# {name}", "",
-             f"Converted by `potstill convert` from the GGUF file `{file_name}` (sha256 `{sha256}`).",
-             f"The {quant} weights were dequantized to {dtype} by transformers: quantization error is kept.", ""]
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(),
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"Converted by `potstill convert` from the GGUF file `{file_name}` (sha256 `{sha256}`).",
+        f"The {quant} weights were dequantized to {dtype} by transformers: quantization error is kept.",
+        "",
+    ]
     if not chat_template:
-        lines += [("The GGUF file has no chat template (`tokenizer.chat_template`): potstill joins the message "
-                   "contents as plain text."), ""]
+        lines += [
+            (
+                "The GGUF file has no chat template (`tokenizer.chat_template`): potstill joins the message "
+                "contents as plain text."
+            ),
+            "",
+        ]
     if meta.get("general.license"):
         lines += [f"License (from the GGUF's `general.license`): {meta['general.license']}.", ""]
     else:
@@ -137,16 +161,20 @@ def _load(path: Path, dtype: str, meta: dict):
         os.symlink(path.resolve(), Path(alone) / path.name)
         try:
             model = AutoModelForCausalLM.from_pretrained(alone, gguf_file=path.name, dtype=getattr(torch, dtype))
-        except Exception as e:  # noqa: BLE001 - transformers raises ValueError, KeyError, ... for what it cannot map
+        except Exception as e:
             import transformers  # defers transformers
 
-            raise UserError(f"transformers {transformers.__version__} cannot load this GGUF model (architecture "
-                            f"{arch!r}; {type(e).__name__}: {_first_line(e)}){_supported(arch)}", str(path)) from None
+            raise UserError(
+                f"transformers {transformers.__version__} cannot load this GGUF model (architecture "
+                f"{arch!r}; {type(e).__name__}: {_first_line(e)}){_supported(arch)}",
+                str(path),
+            ) from None
         try:
             tok = AutoTokenizer.from_pretrained(alone, gguf_file=path.name)
-        except Exception as e:  # noqa: BLE001
-            raise UserError(f"cannot read the GGUF file's tokenizer ({type(e).__name__}: {_first_line(e)})",
-                            str(path)) from None
+        except Exception as e:
+            raise UserError(
+                f"cannot read the GGUF file's tokenizer ({type(e).__name__}: {_first_line(e)})", str(path)
+            ) from None
     return model, tok
 
 
@@ -200,8 +228,9 @@ def _drop_tokens_past(directory: Path, n_tokens: int) -> list[str]:
     return sorted(extra)
 
 
-def convert_gguf(path: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "float32",
-                 sha256: str | None = None) -> Path:
+def convert_gguf(
+    path: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "float32", sha256: str | None = None
+) -> Path:
     """Write ``path`` (a GGUF file) as a Hugging Face model directory ``out_dir`` (atomically) and return it.
 
     ``dtype`` is what the dequantized weights are stored as (``float32`` keeps them exactly).
@@ -265,8 +294,10 @@ def _lock(path: Path):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot write the GGUF cache ({e.strerror or e}); set POTSTILL_CACHE to a writable folder",
-                        str(path.parent)) from None
+        raise UserError(
+            f"cannot write the GGUF cache ({e.strerror or e}); set POTSTILL_CACHE to a writable folder",
+            str(path.parent),
+        ) from None
     try:
         import fcntl  # defers fcntl (POSIX only; Windows has no flock)
     except ImportError:  # no flock (Windows): the atomic rename still keeps the cache consistent
@@ -297,4 +328,3 @@ def gguf_model_dir(path: str | os.PathLike) -> Path:
             say(f"gguf: converting {path.name} to a Hugging Face directory (once per file): {out}")
             convert_gguf(path, out, sha256=digest)
     return out
-

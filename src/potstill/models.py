@@ -65,11 +65,13 @@ def load_tokenizer(path: str | Path, padding_side: str = "left"):
     path = model_path(path)
     if not path.is_dir():
         raise UserError("tokenizer directory does not exist", str(path))
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
+    if not any(
+        (path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    ):
         raise UserError("no tokenizer files (tokenizer.json / tokenizer_config.json) in this directory", str(path))
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
-    except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad dir
+    except Exception as e:
         raise UserError(f"cannot load tokenizer ({type(e).__name__}: {str(e).splitlines()[0]})", str(path)) from None
     tok.padding_side = padding_side
     if tok.pad_token is None:
@@ -85,11 +87,20 @@ def check_quantize(quantize: str) -> None:
     if quantize == "none":
         return
 
-    missing = [what for what, ok in (("bitsandbytes", importlib.util.find_spec("bitsandbytes") is not None),
-                                     ("a CUDA GPU", torch.cuda.is_available())) if not ok]
+    missing = [
+        what
+        for what, ok in (
+            ("bitsandbytes", importlib.util.find_spec("bitsandbytes") is not None),
+            ("a CUDA GPU", torch.cuda.is_available()),
+        )
+        if not ok
+    ]
     if missing:
-        raise UserError(f"train.lora.quantize={quantize} (QLoRA) needs the bitsandbytes package ({QLORA_HINT}) and a "
-                        f"CUDA GPU; missing here: {', '.join(missing)}", where="train.lora.quantize")
+        raise UserError(
+            f"train.lora.quantize={quantize} (QLoRA) needs the bitsandbytes package ({QLORA_HINT}) and a "
+            f"CUDA GPU; missing here: {', '.join(missing)}",
+            where="train.lora.quantize",
+        )
 
 
 def bnb_config(quantize: str):
@@ -98,15 +109,26 @@ def bnb_config(quantize: str):
     from transformers import BitsAndBytesConfig  # defers transformers
 
     if quantize == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_quant_storage=torch.bfloat16,
+        )
     if quantize == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     raise ValueError(f"unknown quantize {quantize!r} (expected '4bit' or '8bit')")
 
 
-def load_model(path: str | Path, dtype: str = "float32", init: str = "pretrained", seed: int = 0, device: str | None = None,
-               quantize: str = "none"):
+def load_model(
+    path: str | Path,
+    dtype: str = "float32",
+    init: str = "pretrained",
+    seed: int = 0,
+    device: str | None = None,
+    quantize: str = "none",
+):
     """Load a causal LM; ``init='random'`` builds it from config.json with a seeded random init;
     ``quantize`` ``4bit`` / ``8bit`` loads the weights with bitsandbytes (:func:`bnb_config`) onto
     this process's GPU (``LOCAL_RANK`` under a launcher)."""
@@ -115,14 +137,18 @@ def load_model(path: str | Path, dtype: str = "float32", init: str = "pretrained
     path = check_model_dir(path, need_weights=(init == "pretrained"))
     if quantize != "none":
         if init != "pretrained":
-            raise UserError("train.lora.quantize needs pretrained student weights (student.init: pretrained)",
-                            where="student.init")
+            raise UserError(
+                "train.lora.quantize needs pretrained student weights (student.init: pretrained)", where="student.init"
+            )
         check_quantize(quantize)
     try:
         if quantize != "none":
-
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], quantization_config=bnb_config(quantize),
-                                                         device_map={"": int(os.environ.get("LOCAL_RANK", "0"))})
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path),
+                dtype=DTYPES[dtype],
+                quantization_config=bnb_config(quantize),
+                device_map={"": int(os.environ.get("LOCAL_RANK", "0"))},
+            )
         elif init == "random":
             config = AutoConfig.from_pretrained(str(path))
             with torch.random.fork_rng(devices=[]):
@@ -132,7 +158,7 @@ def load_model(path: str | Path, dtype: str = "float32", init: str = "pretrained
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
     except UserError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise UserError(f"cannot load model ({type(e).__name__}: {str(e).splitlines()[0]})", str(path)) from None
     if device:
         model.to(device)

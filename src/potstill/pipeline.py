@@ -28,16 +28,16 @@ from .train.stage import TRAIN
 from .train.student import check_kd_tokenizers
 
 STAGES: tuple[Stage, ...] = (
-    PROMPTS,    # sources -> train / validation / test / ood
-    EXPAND,     # more training prompts: perturbed, wrapped, composed, rewritten (expand.enabled)
-    GENERATE,   # the teacher answers the training prompts
-    STUDENT,    # the teacher pruned into the student's starting weights (student.init: prune)
-    SIGNALS,    # the teacher's soft labels, captured once (train.kd.signal: store)
-    TRAIN,      # one student per method
-    EVAL,       # teacher vs students on the held-out splits
-    MEASURE,    # latency, memory, cost per query
-    ROUTE,      # student -> teacher cascade threshold
-    REPORT,     # report.md / .html / .json
+    PROMPTS,  # sources -> train / validation / test / ood
+    EXPAND,  # more training prompts: perturbed, wrapped, composed, rewritten (expand.enabled)
+    GENERATE,  # the teacher answers the training prompts
+    STUDENT,  # the teacher pruned into the student's starting weights (student.init: prune)
+    SIGNALS,  # the teacher's soft labels, captured once (train.kd.signal: store)
+    TRAIN,  # one student per method
+    EVAL,  # teacher vs students on the held-out splits
+    MEASURE,  # latency, memory, cost per query
+    ROUTE,  # student -> teacher cascade threshold
+    REPORT,  # report.md / .html / .json
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -68,8 +68,9 @@ def preflight(ctx: RunContext) -> None:
         model_hash(ctx.student_dir(), cfg.student.init)
         if "kd" in cfg.train.methods:
             say(check_kd_tokenizers(cfg, ctx.teacher, ctx.student_dir())[1])
-    ctx.terms = preflight_terms(cfg, ctx.teacher, ctx.run_dir.root, teacher_hash=teacher_hash, say=say,
-                                decision=decision)
+    ctx.terms = preflight_terms(
+        cfg, ctx.teacher, ctx.run_dir.root, teacher_hash=teacher_hash, say=say, decision=decision
+    )
 
 
 def run_stages(ctx: RunContext, names: list[str] | tuple[str, ...]) -> None:

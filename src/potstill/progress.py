@@ -81,8 +81,11 @@ class PlainTracker:
             self.done += n
             self.tokens += tokens
             self.fields.update(fields)
-            if (self.done >= self.total or self._step(self.done) > self._step(self.printed)
-                    or self.clock() - self.last >= PLAIN_EVERY_S):
+            if (
+                self.done >= self.total
+                or self._step(self.done) > self._step(self.printed)
+                or self.clock() - self.last >= PLAIN_EVERY_S
+            ):
                 self._print()
 
     def tick(self) -> None:

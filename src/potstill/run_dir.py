@@ -51,15 +51,21 @@ class RunDir:
             return None
         try:
             return read_json(f)
-        except Exception:  # noqa: BLE001 - a damaged record means "not done"
+        except Exception:
             return None
 
     def done_hash(self, stage: str) -> str | None:
         prov = self.provenance(stage)
         return prov.get("inputs_hash") if prov else None
 
-    def run(self, stage: str, inputs: dict, build: Callable[[Path | None, Path], dict | None],
-            all_ranks: bool = False, force_name: str | None = None) -> str:
+    def run(
+        self,
+        stage: str,
+        inputs: dict,
+        build: Callable[[Path | None, Path], dict | None],
+        all_ranks: bool = False,
+        force_name: str | None = None,
+    ) -> str:
         """Run ``build(tmp_dir, work_dir)`` unless the stage is done with the same inputs.
 
         ``build`` writes its artifacts into ``tmp_dir`` (renamed onto the stage folder on
@@ -79,9 +85,11 @@ class RunDir:
             return inputs_hash
         if launched():
             if not all_ranks:
-                raise UserError(f"stage '{stage}' is not up to date; a multi-process launch (WORLD_SIZE="
-                                f"{world_size()}) only trains: run the earlier stages in one process first "
-                                "(potstill prompts / generate / capture CONFIG)")
+                raise UserError(
+                    f"stage '{stage}' is not up to date; a multi-process launch (WORLD_SIZE="
+                    f"{world_size()}) only trains: run the earlier stages in one process first "
+                    "(potstill prompts / generate / capture CONFIG)"
+                )
             if not is_main_process():  # a helper rank: trains with the others, writes nothing here
                 build(None, self.work(stage, inputs_hash))
                 return inputs_hash
@@ -90,17 +98,20 @@ class RunDir:
         started = time.time()
         with atomic_dir(self.path(stage)) as tmp:
             extra = build(tmp, work) or {}
-            write_json(tmp / PROVENANCE, {
-                "stage": stage,
-                "inputs_hash": inputs_hash,
-                "inputs": inputs,
-                "outputs": extra,
-                "potstill_version": __version__,
-                "python": platform.python_version(),
-                "host": platform.node(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-                "duration_s": round(time.time() - started, 3),
-            })
+            write_json(
+                tmp / PROVENANCE,
+                {
+                    "stage": stage,
+                    "inputs_hash": inputs_hash,
+                    "inputs": inputs,
+                    "outputs": extra,
+                    "potstill_version": __version__,
+                    "python": platform.python_version(),
+                    "host": platform.node(),
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                    "duration_s": round(time.time() - started, 3),
+                },
+            )
         shutil.rmtree(work, ignore_errors=True)
         say(f"[green]✓[/] {stage}: done in {time.time() - started:.1f}s")
         return inputs_hash

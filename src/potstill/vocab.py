@@ -60,22 +60,22 @@ class VocabMatch:
     """How a teacher's and a student's tokenizers relate (see the module docstring)."""
 
     kind: Kind
-    teacher: str                      # the directories compared
+    teacher: str  # the directories compared
     student: str
-    teacher_fingerprint: str          # potstill.models.tokenizer_fingerprint (vocab, specials, chat template)
+    teacher_fingerprint: str  # potstill.models.tokenizer_fingerprint (vocab, specials, chat template)
     student_fingerprint: str
-    vocab_equal: bool                 # identical token -> id maps, added and special tokens included
-    teacher_vocab: int                # len(tokenizer)
+    vocab_equal: bool  # identical token -> id maps, added and special tokens included
+    teacher_vocab: int  # len(tokenizer)
     student_vocab: int
-    teacher_rows: int | None          # embedding rows (config.json vocab_size); None: tokenizer-only dir
+    teacher_rows: int | None  # embedding rows (config.json vocab_size); None: tokenizer-only dir
     student_rows: int | None
-    usable_vocab: int | None          # ids both sides can score: min(lens, known rows); None if the vocabs differ
-    special_tokens_equal: bool        # bos/eos/pad/unk strings and ids
+    usable_vocab: int | None  # ids both sides can score: min(lens, known rows); None if the vocabs differ
+    special_tokens_equal: bool  # bos/eos/pad/unk strings and ids
     chat_template_equal: bool
-    encoding_equal: bool              # a probe text is split into the same ids
-    vocab_diff: dict = field(default_factory=dict)   # counts and examples: only_teacher, only_student, moved
+    encoding_equal: bool  # a probe text is split into the same ids
+    vocab_diff: dict = field(default_factory=dict)  # counts and examples: only_teacher, only_student, moved
     reasons: list[str] = field(default_factory=list)  # why this kind
-    notes: list[str] = field(default_factory=list)    # what does not change the kind but matters
+    notes: list[str] = field(default_factory=list)  # what does not change the kind but matters
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,16 +110,21 @@ def _vocab_diff(tv: dict[str, int], sv: dict[str, int]) -> tuple[dict, tuple[lis
     only_s = sorted(((k, v) for k, v in sv.items() if k not in tv), key=lambda kv: kv[1])
     moved = sorted(((k, tv[k], sv[k]) for k in tv.keys() & sv.keys() if tv[k] != sv[k]), key=lambda x: x[1])
     summary = {
-        "only_teacher": len(only_t), "only_student": len(only_s), "moved": len(moved),
-        "examples": {"only_teacher": [list(x) for x in only_t[:_EXAMPLES]],
-                     "only_student": [list(x) for x in only_s[:_EXAMPLES]],
-                     "moved": [list(x) for x in moved[:_EXAMPLES]]},
+        "only_teacher": len(only_t),
+        "only_student": len(only_s),
+        "moved": len(moved),
+        "examples": {
+            "only_teacher": [list(x) for x in only_t[:_EXAMPLES]],
+            "only_student": [list(x) for x in only_s[:_EXAMPLES]],
+            "moved": [list(x) for x in moved[:_EXAMPLES]],
+        },
     }
     return summary, (only_t, only_s, moved)
 
 
-def compare_tokenizers(teacher_dir: str | Path, student_dir: str | Path, *, teacher_tok=None,
-                       student_tok=None) -> VocabMatch:
+def compare_tokenizers(
+    teacher_dir: str | Path, student_dir: str | Path, *, teacher_tok=None, student_tok=None
+) -> VocabMatch:
     """Classify the teacher/student tokenizer pair (``same`` / ``padded`` / ``different``) with the facts.
 
     ``teacher_tok`` / ``student_tok``: already loaded tokenizers of those directories (saves a load).
@@ -135,8 +140,9 @@ def compare_tokenizers(teacher_dir: str | Path, student_dir: str | Path, *, teac
     t_sp, s_sp = _specials(t_tok), _specials(s_tok)
     special_equal = t_sp == s_sp
     template_equal = t_tok.chat_template == s_tok.chat_template
-    encoding_equal = all(t_tok(x, add_special_tokens=False).input_ids == s_tok(x, add_special_tokens=False).input_ids
-                         for x in PROBE)
+    encoding_equal = all(
+        t_tok(x, add_special_tokens=False).input_ids == s_tok(x, add_special_tokens=False).input_ids for x in PROBE
+    )
     reasons, notes = [], []
     diff: dict = {}
 
@@ -161,45 +167,78 @@ def compare_tokenizers(teacher_dir: str | Path, student_dir: str | Path, *, teac
         usable = min([t_len, *known])
         if t_rows is not None and s_rows is not None and t_rows != s_rows:
             kind = "padded"
-            reasons.append(f"same token→id map ({t_len} tokens); embedding rows differ: teacher {t_rows}, "
-                           f"student {s_rows}: KD uses the first {usable} logits of both")
+            reasons.append(
+                f"same token→id map ({t_len} tokens); embedding rows differ: teacher {t_rows}, "
+                f"student {s_rows}: KD uses the first {usable} logits of both"
+            )
         else:
             kind = "same"
-            reasons.append(f"same token→id map ({t_len} tokens)"
-                           + (f" and embedding rows ({t_rows})" if t_rows is not None and s_rows is not None else ""))
+            reasons.append(
+                f"same token→id map ({t_len} tokens)"
+                + (f" and embedding rows ({t_rows})" if t_rows is not None and s_rows is not None else "")
+            )
             if t_rows is not None and t_rows > t_len:
-                notes.append(f"both embeddings have {t_rows} rows for a {t_len}-token vocabulary: KD uses the first {usable}")
+                notes.append(
+                    f"both embeddings have {t_rows} rows for a {t_len}-token vocabulary: KD uses the first {usable}"
+                )
         for name, rows, d in (("teacher", t_rows, t_dir), ("student", s_rows, s_dir)):
             if rows is None:
-                notes.append(f"the {name} directory has no config.json (tokenizer only): its embedding rows are unknown")
+                notes.append(
+                    f"the {name} directory has no config.json (tokenizer only): its embedding rows are unknown"
+                )
             elif rows < t_len:
-                notes.append(f"the {name}'s embedding has {rows} rows for a {t_len}-token vocabulary: ids >= {rows} "
-                             f"cannot be fed to it ({d})")
+                notes.append(
+                    f"the {name}'s embedding has {rows} rows for a {t_len}-token vocabulary: ids >= {rows} "
+                    f"cannot be fed to it ({d})"
+                )
         if not encoding_equal:
-            notes.append("the same vocabulary splits text differently (merges, normalizer or pre-tokenizer differ): "
-                         "KD lines up the ids, but the teacher scores text tokenized the student's way")
+            notes.append(
+                "the same vocabulary splits text differently (merges, normalizer or pre-tokenizer differ): "
+                "KD lines up the ids, but the teacher scores text tokenized the student's way"
+            )
 
     if not special_equal:
-        what = "; ".join(f"{k.removesuffix('_token')} {t_sp[k][0]!r}={t_sp[k][1]} vs {s_sp[k][0]!r}={s_sp[k][1]}"
-                         for k in SPECIAL if t_sp[k] != s_sp[k])
-        notes.append(f"special tokens differ (teacher vs student): {what}; answers are re-tokenized and end with the "
-                     "student's eos")
+        what = "; ".join(
+            f"{k.removesuffix('_token')} {t_sp[k][0]!r}={t_sp[k][1]} vs {s_sp[k][0]!r}={s_sp[k][1]}"
+            for k in SPECIAL
+            if t_sp[k] != s_sp[k]
+        )
+        notes.append(
+            f"special tokens differ (teacher vs student): {what}; answers are re-tokenized and end with the "
+            "student's eos"
+        )
     if not template_equal:
-        notes.append("chat templates differ: training prompts are encoded with the student's template (the teacher "
-                     "answered prompts in its own)")
+        notes.append(
+            "chat templates differ: training prompts are encoded with the student's template (the teacher "
+            "answered prompts in its own)"
+        )
 
     return VocabMatch(
-        kind=kind, teacher=str(Path(teacher_dir)), student=str(Path(student_dir)),
-        teacher_fingerprint=tokenizer_fingerprint(t_tok), student_fingerprint=tokenizer_fingerprint(s_tok),
-        vocab_equal=vocab_equal, teacher_vocab=t_len, student_vocab=s_len, teacher_rows=t_rows, student_rows=s_rows,
-        usable_vocab=usable, special_tokens_equal=special_equal, chat_template_equal=template_equal,
-        encoding_equal=encoding_equal, vocab_diff=diff, reasons=reasons, notes=notes,
+        kind=kind,
+        teacher=str(Path(teacher_dir)),
+        student=str(Path(student_dir)),
+        teacher_fingerprint=tokenizer_fingerprint(t_tok),
+        student_fingerprint=tokenizer_fingerprint(s_tok),
+        vocab_equal=vocab_equal,
+        teacher_vocab=t_len,
+        student_vocab=s_len,
+        teacher_rows=t_rows,
+        student_rows=s_rows,
+        usable_vocab=usable,
+        special_tokens_equal=special_equal,
+        chat_template_equal=template_equal,
+        encoding_equal=encoding_equal,
+        vocab_diff=diff,
+        reasons=reasons,
+        notes=notes,
     )
 
 
 KD_SHARED = "kd: teacher and student share a tokenizer"
-KD_SFT = ("kd: tokenizers differ → text-level distillation (SFT on the teacher's answers); "
-          "set train.kd.cross_tokenizer=uld for Universal Logit Distillation")
+KD_SFT = (
+    "kd: tokenizers differ → text-level distillation (SFT on the teacher's answers); "
+    "set train.kd.cross_tokenizer=uld for Universal Logit Distillation"
+)
 KD_ULD = "kd: tokenizers differ → ULD (Universal Logit Distillation over the two vocabularies, live teacher)"
 
 
@@ -223,15 +262,22 @@ def kd_path(match: VocabMatch, kd) -> tuple[Literal["kd", "sft", "uld"], str]:
             raise UserError(
                 f"on_policy_ratio > 0 (GKD) needs the teacher and student to share a tokenizer (the teacher scores the "
                 f"student's own tokens), but {match.teacher} and {match.student} differ ({'; '.join(match.reasons)}); "
-                "set it to 0", where="train.kd.on_policy_ratio",
+                "set it to 0",
+                where="train.kd.on_policy_ratio",
             )
         if kd.cross_tokenizer == "uld":
             return "uld", KD_ULD
         return "sft", KD_SFT
-    for name, rows, d in (("teacher", match.teacher_rows, match.teacher), ("student", match.student_rows, match.student)):
+    for name, rows, d in (
+        ("teacher", match.teacher_rows, match.teacher),
+        ("student", match.student_rows, match.student),
+    ):
         if rows is not None and rows < match.teacher_vocab:
-            raise UserError(f"kd: the {name}'s embedding has {rows} rows for a {match.teacher_vocab}-token "
-                            f"vocabulary (resize its embeddings to the tokenizer)", d)
+            raise UserError(
+                f"kd: the {name}'s embedding has {rows} rows for a {match.teacher_vocab}-token "
+                f"vocabulary (resize its embeddings to the tokenizer)",
+                d,
+            )
     if match.kind == "padded":
         return "kd", f"{KD_SHARED} (padded embeddings: logits truncated to {match.usable_vocab})"
     return "kd", KD_SHARED

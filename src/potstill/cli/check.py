@@ -21,7 +21,8 @@ DESCRIPTION = HELP + (
     "teacher.tokenizer). same: identical token→id maps and embedding rows, token-level KD; padded: identical maps, "
     "embedding rows differ (padded to a multiple of 64/128), KD on the first len(tokenizer) logits; different: the "
     "maps differ, kd trains text-level (train.kd.cross_tokenizer=sft: cross-entropy on the teacher's answers) or "
-    "with Universal Logit Distillation (cross_tokenizer=uld).")
+    "with Universal Logit Distillation (cross_tokenizer=uld)."
+)
 
 
 def add_parser(sub) -> None:
@@ -33,8 +34,14 @@ def add_parser(sub) -> None:
 
 
 def _wrap(label: str, text: str) -> list[str]:
-    return textwrap.wrap(" ".join(str(text).split()), width=100, break_on_hyphens=False, break_long_words=False,
-                         initial_indent=f"{label:<14}", subsequent_indent=" " * 14)
+    return textwrap.wrap(
+        " ".join(str(text).split()),
+        width=100,
+        break_on_hyphens=False,
+        break_long_words=False,
+        initial_indent=f"{label:<14}",
+        subsequent_indent=" " * 14,
+    )
 
 
 def _rows(rows: int | None, n: int) -> str:
@@ -63,16 +70,25 @@ def main(args) -> int:
     out = _wrap("verdict", f"{m.kind}: " + "; ".join(m.reasons))
     out += _wrap("teacher", m.teacher)
     out += _wrap("student", m.student)
-    out += _wrap("vocab", f"teacher {m.teacher_vocab} tokens, student {m.student_vocab} tokens; token→id maps "
-                 f"{yes[m.vocab_equal]}")
-    out += _wrap("embeddings", f"teacher {_rows(m.teacher_rows, m.teacher_vocab)}, "
-                 f"student {_rows(m.student_rows, m.student_vocab)}")
-    out += _wrap("usable vocab", m.usable_vocab if m.usable_vocab is not None else "none shared (different vocabularies)")
+    out += _wrap(
+        "vocab",
+        f"teacher {m.teacher_vocab} tokens, student {m.student_vocab} tokens; token→id maps {yes[m.vocab_equal]}",
+    )
+    out += _wrap(
+        "embeddings",
+        f"teacher {_rows(m.teacher_rows, m.teacher_vocab)}, student {_rows(m.student_rows, m.student_vocab)}",
+    )
+    out += _wrap(
+        "usable vocab", m.usable_vocab if m.usable_vocab is not None else "none shared (different vocabularies)"
+    )
     out += _wrap("specials", f"bos/eos/pad/unk {yes[m.special_tokens_equal]}")
     out += _wrap("chat template", yes[m.chat_template_equal])
     out += _wrap("encoding", f"probe text {'split the same' if m.encoding_equal else 'split differently'}")
-    out += _wrap("fingerprints", f"teacher {m.teacher_fingerprint[:16]}, student {m.student_fingerprint[:16]}"
-                 + (" (equal)" if m.teacher_fingerprint == m.student_fingerprint else ""))
+    out += _wrap(
+        "fingerprints",
+        f"teacher {m.teacher_fingerprint[:16]}, student {m.student_fingerprint[:16]}"
+        + (" (equal)" if m.teacher_fingerprint == m.student_fingerprint else ""),
+    )
     for note in m.notes:
         out += _wrap("note", note)
     if m.kind == "different":

@@ -10,11 +10,20 @@ from ..report import print_summary_table
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="the run's YAML config file")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted config overrides, e.g. train.lr=1e-4 eval.splits=[test]")
-    p.add_argument("--force", action="append", default=[], metavar="STAGE",
-                   help="redo STAGE even if its inputs did not change (repeatable): prompts, expand, generate, "
-                        "student, signals, train, eval, measure, route, report")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted config overrides, e.g. train.lr=1e-4 eval.splits=[test]",
+    )
+    p.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="redo STAGE even if its inputs did not change (repeatable): prompts, expand, generate, "
+        "student, signals, train, eval, measure, route, report",
+    )
 
 
 def show_report(report: dict, prefix: str = "") -> None:

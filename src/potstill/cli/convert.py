@@ -18,15 +18,20 @@ DESCRIPTION = HELP + (
     ". The weights are dequantized by transformers (float32 by default: exact); the tokenizer keeps its chat template; "
     "README.md's front matter carries the GGUF's license and name and the file's sha256. A .gguf path also works "
     "directly wherever potstill takes a model directory (teacher.model, student.model, potstill serve): it is "
-    "converted once into $POTSTILL_CACHE/gguf/ (default ~/.cache/potstill).")
+    "converted once into $POTSTILL_CACHE/gguf/ (default ~/.cache/potstill)."
+)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("convert", help=HELP, description=DESCRIPTION)
     p.add_argument("gguf", metavar="MODEL.gguf", type=Path, help="the GGUF file")
     p.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="the directory to write (must not exist, or be empty)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                   help="how the dequantized weights are stored (default: float32, exact)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="how the dequantized weights are stored (default: float32, exact)",
+    )
     p.set_defaults(func=main)
 
 

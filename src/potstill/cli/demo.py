@@ -20,13 +20,17 @@ def example_dir() -> Path:
         cand = parent / "examples" / "helpdesk" / "config.yaml"
         if cand.is_file():
             return cand.parent
-    raise UserError("the helpdesk example was not found: run the demo from a potstill source checkout (pip install -e .)")
+    raise UserError(
+        "the helpdesk example was not found: run the demo from a potstill source checkout (pip install -e .)"
+    )
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help=HELP, description=HELP)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. train.epochs=1")
-    p.add_argument("--run-dir", default=None, help="where to write the run (default: runs/helpdesk-demo in the current directory)")
+    p.add_argument(
+        "--run-dir", default=None, help="where to write the run (default: runs/helpdesk-demo in the current directory)"
+    )
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo STAGE (repeatable)")
     p.set_defaults(func=main)
 

@@ -49,42 +49,79 @@ HELP = "the teacher answers the training prompts (local model: batched; API: con
 
 # option -> TeacherConfig field
 FLAGS = {
-    "teacher": "model", "base_url": "base_url", "api_key_env": "api_key_env", "concurrency": "concurrency",
-    "rpm": "rpm", "tpm": "tpm", "max_cost": "max_cost", "timeout": "timeout_s", "max_attempts": "max_attempts",
-    "max_new_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p",
-    "top_logprobs": "top_logprobs", "tokenizer": "tokenizer", "batch_size": "batch_size",
-    "backoff_base": "backoff_base_s", "backoff_max": "backoff_max_s", "max_failed_share": "max_failed_share",
+    "teacher": "model",
+    "base_url": "base_url",
+    "api_key_env": "api_key_env",
+    "concurrency": "concurrency",
+    "rpm": "rpm",
+    "tpm": "tpm",
+    "max_cost": "max_cost",
+    "timeout": "timeout_s",
+    "max_attempts": "max_attempts",
+    "max_new_tokens": "max_new_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_logprobs": "top_logprobs",
+    "tokenizer": "tokenizer",
+    "batch_size": "batch_size",
+    "backoff_base": "backoff_base_s",
+    "backoff_max": "backoff_max_s",
+    "max_failed_share": "max_failed_share",
 }
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("generate", help=HELP, description=HELP,
-                       epilog="Give a CONFIG, or --teacher, --prompts and --out. Exit codes: 2 user error, "
-                       "3 finished short (max-cost reached, or prompts failed: rerun to retry them).")
+    p = sub.add_parser(
+        "generate",
+        help=HELP,
+        description=HELP,
+        epilog="Give a CONFIG, or --teacher, --prompts and --out. Exit codes: 2 user error, "
+        "3 finished short (max-cost reached, or prompts failed: rerun to retry them).",
+    )
     p.add_argument("config", nargs="?", help="the run's YAML config file")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. teacher.concurrency=32")
-    p.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo STAGE even if its inputs did not change")
-    p.add_argument("--shard", metavar="I/N", help="answer only part I of N of the prompts (data-parallel; "
-                   "rerun without --shard to merge); default RANK/WORLD_SIZE under torchrun")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. teacher.concurrency=32"
+    )
+    p.add_argument(
+        "--force", action="append", default=[], metavar="STAGE", help="redo STAGE even if its inputs did not change"
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="answer only part I of N of the prompts (data-parallel; "
+        "rerun without --shard to merge); default RANK/WORLD_SIZE under torchrun",
+    )
     p.set_defaults(func=main)
     g = p.add_argument_group("without a config file")
     g.add_argument("--teacher", metavar="MODEL", help="openai:NAME, anthropic:NAME, or a local model directory")
     g.add_argument("--base-url", metavar="URL", help="API endpoint, e.g. http://127.0.0.1:8000/v1")
-    g.add_argument("--api-key-env", metavar="VAR", help="environment variable with the API key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)")
+    g.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="environment variable with the API key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)",
+    )
     g.add_argument("--prompts", metavar="FILE", help="JSONL (or CSV/Parquet) with 'prompt' or 'messages' (and 'id')")
     g.add_argument("--out", metavar="DIR", help="output directory")
     g.add_argument("--concurrency", metavar="N", type=int, help="requests in flight (default 8)")
     g.add_argument("--rpm", metavar="N", type=float, help="most requests per minute")
     g.add_argument("--tpm", metavar="N", type=float, help="most tokens per minute")
-    g.add_argument("--max-cost", type=float, metavar="USD", help="stop cleanly at this API spend (needs --price-in/--price-out)")
+    g.add_argument(
+        "--max-cost", type=float, metavar="USD", help="stop cleanly at this API spend (needs --price-in/--price-out)"
+    )
     g.add_argument("--price-in", type=float, metavar="USD", help="USD per million prompt tokens")
     g.add_argument("--price-out", type=float, metavar="USD", help="USD per million completion tokens")
     g.add_argument("--timeout", type=float, metavar="S", help="per-request timeout in seconds (default 60)")
-    g.add_argument("--backoff-base", metavar="S", type=float, help="first retry delay in seconds (default 1; doubles, with jitter)")
+    g.add_argument(
+        "--backoff-base", metavar="S", type=float, help="first retry delay in seconds (default 1; doubles, with jitter)"
+    )
     g.add_argument("--backoff-max", metavar="S", type=float, help="longest retry delay in seconds (default 60)")
     g.add_argument("--max-attempts", metavar="N", type=int, help="attempts per prompt before failed.jsonl (default 6)")
-    g.add_argument("--max-failed-share", metavar="S", type=float, help="stop (exit 2) when more than this share "
-                   "of the prompts failed (default 0.01; fewer: exit 3)")
+    g.add_argument(
+        "--max-failed-share",
+        metavar="S",
+        type=float,
+        help="stop (exit 2) when more than this share of the prompts failed (default 0.01; fewer: exit 3)",
+    )
     g.add_argument("--max-new-tokens", metavar="N", type=int, help="most tokens per answer (default 64)")
     g.add_argument("--temperature", metavar="T", type=float, help="sample at this temperature (default: greedy)")
     g.add_argument("--top-p", metavar="P", type=float, help="nucleus mass when sampling")
@@ -102,8 +139,10 @@ def main(args) -> int:
         shard = shard_arg(args)
         if shard is not None:
             api.generate_shard(args.config, shard, args.overrides, args.force)
-            say(f"generate: shard {shard[0]}/{shard[1]} done; once every shard is done, run "
-                f"`potstill generate {args.config}` without --shard to merge them")
+            say(
+                f"generate: shard {shard[0]}/{shard[1]} done; once every shard is done, run "
+                f"`potstill generate {args.config}` without --shard to merge them"
+            )
             return 0
 
         cfg = load_config(args.config, list(args.overrides))
@@ -120,8 +159,10 @@ def main(args) -> int:
         raise UserError(f"missing {', '.join(missing)} (or give a CONFIG file)")
     stats = direct(args)
     if "shard" in stats:
-        say(f"generate: shard {stats['shard']}: {stats['records']} answers ({stats['generated']} generated now); "
-            "rerun without --shard to merge")
+        say(
+            f"generate: shard {stats['shard']}: {stats['records']} answers ({stats['generated']} generated now); "
+            "rerun without --shard to merge"
+        )
         return 0
     say(f"generate: {stats['answered']} answered, {stats['failed']} failed → {args.out}")
     failed_exit(stats, Path(args.out) / "failed.jsonl", "the same command")
@@ -132,8 +173,10 @@ def failed_exit(stats: dict, failed_path: Path, rerun: str) -> None:
     """Exit code 3 (:class:`Incomplete`, one line) when the finished generate stage has failed prompts."""
     if stats.get("failed"):
         total = stats["failed"] + stats.get("answered", 0) + stats.get("unanswered", 0)
-        raise Incomplete(f"generate finished, {stats['failed']} of {total} prompts failed (listed with their errors "
-                         f"in {failed_path}); rerun {rerun} to retry them (answered prompts are cached)")
+        raise Incomplete(
+            f"generate finished, {stats['failed']} of {total} prompts failed (listed with their errors "
+            f"in {failed_path}); rerun {rerun} to retry them (answered prompts are cached)"
+        )
 
 
 def shard_arg(args) -> tuple[int, int] | None:
@@ -177,7 +220,6 @@ def direct(args) -> dict:
         say(f"  [yellow]warning[/]: skipped {n_empty} empty prompts")
     spec = teacher_spec(cfg, lambda p: Path(p).expanduser().resolve())
     if spec.is_local:
-
         model_hash(spec.path)  # one-line error unless it is a model
     records = drop_too_long_direct(cfg, spec, records)
     if not records:
@@ -194,8 +236,16 @@ def direct(args) -> dict:
     shard = shard_arg(args)
     if shard is not None:
         return run_generate_shard(cfg, spec, records, work, shard, args.seed)
-    return run_generate(cfg, spec, records, out, work, args.seed, prices=(args.price_in, args.price_out),
-                        cache_path=Path(args.cache) if args.cache else out / "cache.sqlite")
+    return run_generate(
+        cfg,
+        spec,
+        records,
+        out,
+        work,
+        args.seed,
+        prices=(args.price_in, args.price_out),
+        cache_path=Path(args.cache) if args.cache else out / "cache.sqlite",
+    )
 
 
 def drop_too_long_direct(cfg, spec, records: list[dict]) -> list[dict]:

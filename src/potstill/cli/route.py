@@ -16,8 +16,10 @@ from ..progress import say
 from .common import add_config_args
 
 HELP = "routing between student and teacher"
-CALIBRATE = ("calibrate the confidence threshold on the validation split and check it on test/OOD "
-             "(writes <run_dir>/route/route.json for `potstill serve --route`)")
+CALIBRATE = (
+    "calibrate the confidence threshold on the validation split and check it on test/OOD "
+    "(writes <run_dir>/route/route.json for `potstill serve --route`)"
+)
 
 
 def add_parser(sub) -> None:
@@ -25,10 +27,20 @@ def add_parser(sub) -> None:
     rsub = p.add_subparsers(dest="route_command", metavar="ACTION", required=True)
     c = rsub.add_parser("calibrate", help=CALIBRATE, description=CALIBRATE)
     add_config_args(c)
-    c.add_argument("--target-quality", type=float, default=None, metavar="PCT",
-                   help="blended quality to reach, in %% of the teacher's (default: route.target_quality, 98)")
-    c.add_argument("--max-teacher-share", type=float, default=None, metavar="SHARE",
-                   help="most queries sent to the teacher, e.g. 0.2 (alone: the best quality within it)")
+    c.add_argument(
+        "--target-quality",
+        type=float,
+        default=None,
+        metavar="PCT",
+        help="blended quality to reach, in %% of the teacher's (default: route.target_quality, 98)",
+    )
+    c.add_argument(
+        "--max-teacher-share",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="most queries sent to the teacher, e.g. 0.2 (alone: the best quality within it)",
+    )
     c.add_argument("--signal", default=None, help="confidence signal (route.signal), e.g. p10, mean_logprob, logistic")
     c.add_argument("--student", default=None, help="trained method whose student is routed (default: kd)")
     c.add_argument("--out", "-o", type=Path, default=None, help="also copy route.json here")
@@ -69,8 +81,11 @@ def show_route(route: dict) -> None:
         ci = c.get("pct_of_teacher_ci95") or [float("nan")] * 2
         quality = f"{pct:.1f}% of the teacher's quality [{ci[0]:.1f}, {ci[1]:.1f}]" if pct is not None else "n/a"
         tag = " (calibration)" if c.get("calibration") else ""
-        say(f"  {split}{tag}: {100 * c['share']:.1f}% to the teacher [{100 * lo:.1f}, {100 * hi:.1f}] → {quality}; "
-            f"student alone {c['student_pct_of_teacher']:.1f}%" + (f"; APGR {c['apgr']:.3f}" if c.get("apgr") is not None else ""))
+        say(
+            f"  {split}{tag}: {100 * c['share']:.1f}% to the teacher [{100 * lo:.1f}, {100 * hi:.1f}] → {quality}; "
+            f"student alone {c['student_pct_of_teacher']:.1f}%"
+            + (f"; APGR {c['apgr']:.3f}" if c.get("apgr") is not None else "")
+        )
     for n in route.get("notes") or []:
         say(f"  note: {n}")
     say(f"route: {route['path']}")

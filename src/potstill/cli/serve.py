@@ -33,32 +33,64 @@ HELP = "serve a local model with an OpenAI-compatible API (/v1/chat/completions,
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help=HELP, description=HELP)
-    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help="a Hugging Face model directory (config.json + weights)")
+    p.add_argument(
+        "model_dir", metavar="MODEL_DIR", nargs="?", help="a Hugging Face model directory (config.json + weights)"
+    )
     g = p.add_argument_group("routing gateway (instead of MODEL_DIR)")
     g.add_argument("--student", metavar="DIR", help="the student model directory that answers first")
-    g.add_argument("--fallback", metavar="TEACHER", help="the teacher: a local model directory, or openai:MODEL / anthropic:MODEL")
+    g.add_argument(
+        "--fallback", metavar="TEACHER", help="the teacher: a local model directory, or openai:MODEL / anthropic:MODEL"
+    )
     g.add_argument("--route", metavar="ROUTE.json", type=Path, help="the route file from `potstill route calibrate`")
-    g.add_argument("--fallback-log", metavar="PATH", type=Path, default=None,
-                   help="JSONL log of every fallback (default: fallbacks.jsonl beside the route file)")
+    g.add_argument(
+        "--fallback-log",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="JSONL log of every fallback (default: fallbacks.jsonl beside the route file)",
+    )
     g.add_argument("--fallback-base-url", metavar="URL", default=None, help="API endpoint of an API teacher")
-    g.add_argument("--fallback-key-env", metavar="VAR", default=None, help="environment variable with the API teacher's key")
-    g.add_argument("--fallback-timeout", type=float, default=30.0,
-                   help="seconds to wait for the teacher before returning the student's answer, flagged (default: 30)")
+    g.add_argument(
+        "--fallback-key-env", metavar="VAR", default=None, help="environment variable with the API teacher's key"
+    )
+    g.add_argument(
+        "--fallback-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the teacher before returning the student's answer, flagged (default: 30)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     p.add_argument("--name", default=None, help="model name clients ask for (default: the directory's name)")
-    p.add_argument("--api-key-env", metavar="VAR", default=None,
-                   help="require the API key held in environment variable VAR (Authorization: Bearer KEY)")
+    p.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        default=None,
+        help="require the API key held in environment variable VAR (Authorization: Bearer KEY)",
+    )
     p.add_argument("--max-batch", type=int, default=16, help="most requests decoded together (default: 16)")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0,
-                   help="how long to wait for more requests before starting a batch (default: 5)")
-    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024,
-                   help="larger request bodies get 413 (default: 4 MiB)")
-    p.add_argument("--max-tokens", type=int, default=256,
-                   help="completion length when a request gives no max_tokens (default: 256)")
-    p.add_argument("--grace-s", type=float, default=5.0,
-                   help="on SIGTERM/Ctrl-C, seconds the requests in flight get to finish before they are "
-                        "answered 503 (default: 5)")
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long to wait for more requests before starting a batch (default: 5)",
+    )
+    p.add_argument(
+        "--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger request bodies get 413 (default: 4 MiB)"
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=256,
+        help="completion length when a request gives no max_tokens (default: 256)",
+    )
+    p.add_argument(
+        "--grace-s",
+        type=float,
+        default=5.0,
+        help="on SIGTERM/Ctrl-C, seconds the requests in flight get to finish before they are "
+        "answered 503 (default: 5)",
+    )
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=main)
@@ -79,8 +111,11 @@ def main(args) -> int:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise UserError(f"--api-key-env: environment variable {args.api_key_env} is not set or empty")
-    for flag, value in (("--max-batch", args.max_batch), ("--max-body-bytes", args.max_body_bytes),
-                        ("--max-tokens", args.max_tokens)):
+    for flag, value in (
+        ("--max-batch", args.max_batch),
+        ("--max-body-bytes", args.max_body_bytes),
+        ("--max-tokens", args.max_tokens),
+    ):
         if value < 1:
             raise UserError(f"{flag} must be at least 1")
     if not 0 <= args.grace_s <= 3600:
@@ -88,26 +123,36 @@ def main(args) -> int:
     router = load_router(args.route) if gateway else None
     sock = bind(args.host, args.port)
 
-
     def local(path, name=None):
-        return HFBackend.from_dir(path, model_name=name, dtype=args.dtype, device=args.device, max_batch=args.max_batch,
-                                  batch_wait_ms=args.batch_wait_ms, default_max_tokens=args.max_tokens)
+        return HFBackend.from_dir(
+            path,
+            model_name=name,
+            dtype=args.dtype,
+            device=args.device,
+            max_batch=args.max_batch,
+            batch_wait_ms=args.batch_wait_ms,
+            default_max_tokens=args.max_tokens,
+        )
 
     if gateway:
-
         teacher = make_teacher(args, local)
         log = FallbackLog(args.fallback_log or args.route.parent / "fallbacks.jsonl")
-        backend = RoutingBackend(local(args.student), teacher, router, log, model_name=args.name,
-                                 teacher_timeout=args.fallback_timeout)
-        what = (f"gateway {backend.model_name}: {backend.student.model_name} first, {teacher.model_name} when "
-                f"{router.signal} < {router.threshold:.4g}; fallbacks logged to {log.path}")
+        backend = RoutingBackend(
+            local(args.student), teacher, router, log, model_name=args.name, teacher_timeout=args.fallback_timeout
+        )
+        what = (
+            f"gateway {backend.model_name}: {backend.student.model_name} first, {teacher.model_name} when "
+            f"{router.signal} < {router.threshold:.4g}; fallbacks logged to {log.path}"
+        )
     else:
         backend = local(args.model_dir, args.name)
         what = backend.model_name
     app = create_app(backend, api_key=api_key, max_body_bytes=args.max_body_bytes)
     host, port = sock.getsockname()[:2]
-    say(f"serve: {what} on http://{host}:{port}/v1 (batch ≤ {args.max_batch}, "
-        f"{'API key required' if api_key else 'no API key'}); Ctrl-C stops")
+    say(
+        f"serve: {what} on http://{host}:{port}/v1 (batch ≤ {args.max_batch}, "
+        f"{'API key required' if api_key else 'no API key'}); Ctrl-C stops"
+    )
     say(f"serve: stopped{run_server(app, sock, args.grace_s)}")
     return 0
 
@@ -169,18 +214,23 @@ def load_router(path: Path):
     try:
         return Router(read_json(path)["router"])
     except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"not a route file from `potstill route calibrate` ({type(e).__name__}: {e})", str(path)) from None
+        raise UserError(
+            f"not a route file from `potstill route calibrate` ({type(e).__name__}: {e})", str(path)
+        ) from None
 
 
 def make_teacher(args, local):
     """The fallback teacher: an API model (``openai:``/``anthropic:``) or a local model directory."""
 
-    spec = parse_model(args.fallback, base_url=args.fallback_base_url, api_key_env=args.fallback_key_env,
-                       where="--fallback")
+    spec = parse_model(
+        args.fallback, base_url=args.fallback_base_url, api_key_env=args.fallback_key_env, where="--fallback"
+    )
     if spec.is_api:
         key = resolve_api_key(spec.provider, spec.api_key_env, spec.base_url)
-        return ApiTeacher(make_provider(spec.provider, spec.name, spec.base_url, key, args.fallback_timeout, 32),
-                          default_max_tokens=args.max_tokens)
+        return ApiTeacher(
+            make_provider(spec.provider, spec.name, spec.base_url, key, args.fallback_timeout, 32),
+            default_max_tokens=args.max_tokens,
+        )
 
     model_hash(spec.path)  # one-line error unless it is a model
     return LocalTeacher(local(str(spec.model_dir())))
@@ -191,7 +241,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(info[0], socket.SOCK_STREAM, info[2])  # IPPROTO_TCP: asyncio then sets TCP_NODELAY
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)                          # on each connection
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # on each connection
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(info[4])
         sock.listen(128)

@@ -10,8 +10,13 @@ HELP = "train one student per method on the teacher's answers (needs prompts and
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help=HELP, description=HELP)
     add_config_args(p)
-    p.add_argument("--method", action="append", choices=["sft", "kd"], default=None,
-                   help="train only this method (repeatable; default: the config's train.methods)")
+    p.add_argument(
+        "--method",
+        action="append",
+        choices=["sft", "kd"],
+        default=None,
+        help="train only this method (repeatable; default: the config's train.methods)",
+    )
     p.set_defaults(func=main)
 
 

@@ -7,7 +7,18 @@ from .prompts import run_prompts
 from .split import assign_split, drop_contaminated, make_splits, split_point
 
 __all__ = [
-    "PromptsConfig", "SourceSpec", "assign_split", "dedup", "drop_contaminated", "drop_empty",
-    "is_empty", "load_source", "make_splits", "normalise", "read_source", "run_prompts",
-    "split_point", "user_text",
+    "PromptsConfig",
+    "SourceSpec",
+    "assign_split",
+    "dedup",
+    "drop_contaminated",
+    "drop_empty",
+    "is_empty",
+    "load_source",
+    "make_splits",
+    "normalise",
+    "read_source",
+    "run_prompts",
+    "split_point",
+    "user_text",
 ]

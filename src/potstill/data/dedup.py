@@ -22,11 +22,12 @@ def _shingles(text: str, size: int) -> list[bytes]:
     words = _WORD.findall(text)
     if len(words) <= size:
         return [" ".join(words).encode()]
-    return [" ".join(words[i:i + size]).encode() for i in range(len(words) - size + 1)]
+    return [" ".join(words[i : i + size]).encode() for i in range(len(words) - size + 1)]
 
 
-def dedup(records: list[dict], near: bool = True, threshold: float = 0.9, num_perm: int = 128,
-          shingle: int = 3, seed: int = 0) -> tuple[list[dict], dict[str, int]]:
+def dedup(
+    records: list[dict], near: bool = True, threshold: float = 0.9, num_perm: int = 128, shingle: int = 3, seed: int = 0
+) -> tuple[list[dict], dict[str, int]]:
     """Drop duplicate prompts, keeping the first one seen; deterministic for a given ``seed``.
 
     Exact duplicates share the same :func:`normalise` text. Near duplicates are found with
@@ -49,7 +50,6 @@ def dedup(records: list[dict], near: bool = True, threshold: float = 0.9, num_pe
         unique.append((r, key))
     if not near or len(unique) < 2:
         return [r for r, _ in unique], counts
-
 
     base = MinHash(num_perm=num_perm, seed=seed)
     lsh = MinHashLSH(threshold=max(threshold - 0.2, 0.3), num_perm=num_perm)

@@ -18,8 +18,15 @@ from ..chat import encode_prompt
 from ..errors import UserError
 from ..io import sha256_dir
 
-TOKENIZER_FILES = ("tokenizer*", "*.model", "vocab*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
-                   "chat_template*")
+TOKENIZER_FILES = (
+    "tokenizer*",
+    "*.model",
+    "vocab*",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template*",
+)
 
 
 @dataclass(frozen=True)
@@ -65,9 +72,14 @@ def prompt_tokens(record: dict, tokenizer=None) -> int:
     return len(encode_prompt(tokenizer, record["messages"]))
 
 
-def drop_too_long(records: list[dict], tokenizer, limit: int | None, policy: str = "drop",
-                  origins: Mapping[str, str] | None = None, why: str = "prompts.max_prompt_tokens"
-                  ) -> tuple[list[dict], int]:
+def drop_too_long(
+    records: list[dict],
+    tokenizer,
+    limit: int | None,
+    policy: str = "drop",
+    origins: Mapping[str, str] | None = None,
+    why: str = "prompts.max_prompt_tokens",
+) -> tuple[list[dict], int]:
     """The records whose prompt fits in ``limit`` tokens, and how many were dropped.
 
     ``policy`` ``"error"``: the first prompt over the limit is a :class:`UserError` naming it
@@ -83,6 +95,9 @@ def drop_too_long(records: list[dict], tokenizer, limit: int | None, policy: str
             continue
         if policy == "error":
             where = (origins or {}).get(r["id"])
-            raise UserError(f"prompt {r['id']!r} has {n:,} tokens, over the limit of {limit:,} ({why}); shorten it, "
-                            "raise prompts.max_prompt_tokens, or set prompts.too_long: drop", where)
+            raise UserError(
+                f"prompt {r['id']!r} has {n:,} tokens, over the limit of {limit:,} ({why}); shorten it, "
+                "raise prompts.max_prompt_tokens, or set prompts.too_long: drop",
+                where,
+            )
     return kept, len(records) - len(kept)

@@ -25,18 +25,26 @@ class SourceSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(min_length=1, description="File, or directory saved with `save_to_disk`; relative to the config file.")
+    path: str = Field(
+        min_length=1, description="File, or directory saved with `save_to_disk`; relative to the config file."
+    )
     split: str | None = Field(None, description="Split to read from a saved `DatasetDict` (HF format only).")
     format: Literal["auto", "jsonl", "csv", "parquet", "hf"] = Field(
-        "auto", description="File format; `auto` picks it from the extension (a directory is `hf`).")
+        "auto", description="File format; `auto` picks it from the extension (a directory is `hf`)."
+    )
     prompt_field: str = Field("prompt", description="Column holding a plain-text prompt.")
     messages_field: str = Field("messages", description="Column holding a chat as a list of {role, content}.")
-    id_field: str | None = Field("id", description="Column holding a unique id; missing ids are derived from the content.")
+    id_field: str | None = Field(
+        "id", description="Column holding a unique id; missing ids are derived from the content."
+    )
     category_field: str | None = Field("category", description="Column holding the prompt's category, if any.")
     system_prompt: str | None = Field(None, description="System message prepended to chats that do not start with one.")
     limit: int | None = Field(None, ge=1, description="Read at most this many rows from the source.")
-    train_only: bool = Field(False, description="Every row goes to the train split, none to validation/test (e.g. a "
-                             "gateway's fallback log: unlabeled production prompts for the next round).")
+    train_only: bool = Field(
+        False,
+        description="Every row goes to the train split, none to validation/test (e.g. a "
+        "gateway's fallback log: unlabeled production prompts for the next round).",
+    )
 
 
 def resolve_format(spec: SourceSpec, path: Path) -> str:
@@ -47,8 +55,10 @@ def resolve_format(spec: SourceSpec, path: Path) -> str:
         return "hf"
     fmt = _EXTENSIONS.get(path.suffix.lower())
     if fmt is None:
-        raise UserError(f"cannot tell the format from the extension {path.suffix!r}; set format: "
-                        "jsonl, csv, parquet or hf", str(path))
+        raise UserError(
+            f"cannot tell the format from the extension {path.suffix!r}; set format: jsonl, csv, parquet or hf",
+            str(path),
+        )
     return fmt
 
 
@@ -56,8 +66,9 @@ def _not_utf8(path: Path, e: UnicodeDecodeError) -> UserError:
     with open(path, "rb") as f:
         head = f.read(2)
     if head in (b"\xff\xfe", b"\xfe\xff"):
-        return UserError("UTF-16 text (a spreadsheet's 'Unicode text' export?); save it as UTF-8 (e.g. 'CSV UTF-8')",
-                         str(path))
+        return UserError(
+            "UTF-16 text (a spreadsheet's 'Unicode text' export?); save it as UTF-8 (e.g. 'CSV UTF-8')", str(path)
+        )
     return UserError(f"not UTF-8 text ({e.reason} at byte {e.start})", str(path))
 
 
@@ -109,7 +120,7 @@ def _rows_hf(path: Path, split: str | None):
         raise UserError("format hf needs a directory saved with save_to_disk", str(path))
     try:
         ds = datasets.load_from_disk(str(path))
-    except Exception as e:  # noqa: BLE001 - datasets raises many types for "not a dataset"
+    except Exception as e:
         raise UserError(f"not a dataset saved with save_to_disk ({e})", str(path)) from None
     if isinstance(ds, datasets.DatasetDict):
         names = list(ds)
@@ -134,15 +145,21 @@ def _messages(value: Any, where: str, path: Path, field: str) -> list[dict]:
         try:
             value = json.loads(value)
         except (ValueError, RecursionError):  # JSONDecodeError, a > 4300-digit integer, nesting too deep
-            raise UserError(f"{where}: field {field!r} is a string but not a JSON list of messages", str(path)) from None
+            raise UserError(
+                f"{where}: field {field!r} is a string but not a JSON list of messages", str(path)
+            ) from None
     if not isinstance(value, list):
-        raise UserError(f"{where}: field {field!r} must be a list of {{role, content}}, got {type(value).__name__}",
-                        str(path))
+        raise UserError(
+            f"{where}: field {field!r} must be a list of {{role, content}}, got {type(value).__name__}", str(path)
+        )
     out = []
     for i, m in enumerate(value):
         if not (isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in ROLES):
-            raise UserError(f"{where}: field {field!r} item {i} must be {{role: system|user|assistant, "
-                            f"content: string}}, got {one_line(m)[:80]}", str(path))
+            raise UserError(
+                f"{where}: field {field!r} item {i} must be {{role: system|user|assistant, "
+                f"content: string}}, got {one_line(m)[:80]}",
+                str(path),
+            )
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -177,8 +194,12 @@ def read_source(spec: SourceSpec, base_dir: str | Path) -> tuple[list[dict], lis
         raise UserError("split: is only for HF datasets saved with save_to_disk", str(path))
     if fmt != "hf" and path.is_dir():
         raise UserError(f"is a directory, not a {fmt} file", str(path))
-    rows = {"jsonl": lambda: _rows_jsonl(path), "csv": lambda: _rows_csv(path),
-            "parquet": lambda: _rows_parquet(path), "hf": lambda: _rows_hf(path, spec.split)}[fmt]()
+    rows = {
+        "jsonl": lambda: _rows_jsonl(path),
+        "csv": lambda: _rows_csv(path),
+        "parquet": lambda: _rows_parquet(path),
+        "hf": lambda: _rows_hf(path, spec.split),
+    }[fmt]()
     name = path.stem if path.is_file() else path.name
     name += f"-{spec.split}" if spec.split else ""
     used = {spec.prompt_field, spec.messages_field, spec.id_field, spec.category_field}
@@ -201,15 +222,17 @@ def _record(row: dict, where: str, path: Path, spec: SourceSpec, name: str, used
     has_msgs, has_prompt = spec.messages_field in row, spec.prompt_field in row
     if not (has_msgs or has_prompt):
         cols = ", ".join(map(one_line, row)) or "none"
-        raise UserError(f"{where}: no {spec.prompt_field!r} or {spec.messages_field!r} field; "
-                        f"the row has: {cols}", str(path))
+        raise UserError(
+            f"{where}: no {spec.prompt_field!r} or {spec.messages_field!r} field; the row has: {cols}", str(path)
+        )
     if has_msgs and row[spec.messages_field] not in (None, "", []):  # empty: the prompt field, if any
         messages = _messages(row[spec.messages_field], where, path, spec.messages_field)
     else:
         prompt = row.get(spec.prompt_field)
         if prompt is not None and not isinstance(prompt, str):
-            raise UserError(f"{where}: field {spec.prompt_field!r} must be a string, got "
-                            f"{type(prompt).__name__}", str(path))
+            raise UserError(
+                f"{where}: field {spec.prompt_field!r} must be a string, got {type(prompt).__name__}", str(path)
+            )
         messages = [{"role": "user", "content": prompt or ""}]
     raw_id = row.get(spec.id_field) if spec.id_field else None
     generated = raw_id is None or str(raw_id).strip() == ""
@@ -222,8 +245,9 @@ def _record(row: dict, where: str, path: Path, spec: SourceSpec, name: str, used
     try:  # JSON's "\ud800" escapes make strings that no UTF-8 file can hold
         json.dumps(record, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise UserError(f"{where}: text that is not valid Unicode (a lone surrogate escape such as \\ud800)",
-                        str(path)) from None
+        raise UserError(
+            f"{where}: text that is not valid Unicode (a lone surrogate escape such as \\ud800)", str(path)
+        ) from None
     return record, generated
 
 

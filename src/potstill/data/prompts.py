@@ -28,8 +28,9 @@ def hashed_prompts_config(cfg: PromptsConfig, limit: PromptLimit | None = None) 
     return {**out, **(limit or section_limit(cfg)).inputs()}
 
 
-def _load_group(specs: list[SourceSpec], cfg: PromptsConfig, base_dir: Path,
-                owners: dict[str, str]) -> tuple[list[dict], int]:
+def _load_group(
+    specs: list[SourceSpec], cfg: PromptsConfig, base_dir: Path, owners: dict[str, str]
+) -> tuple[list[dict], int]:
     """Load ``specs`` in order, checking ids are unique across every group; return records and #rows."""
     records = []
     for spec in specs:
@@ -43,15 +44,24 @@ def _load_group(specs: list[SourceSpec], cfg: PromptsConfig, base_dir: Path,
             if generated:
                 r["id"] = unique_id(r["id"], owners)
             elif r["id"] in owners:
-                raise UserError(f"{where}: id {r['id']!r} already used at {owners[r['id']]}"
-                                " (ids must be unique across all sources)", path)
+                raise UserError(
+                    f"{where}: id {r['id']!r} already used at {owners[r['id']]}"
+                    " (ids must be unique across all sources)",
+                    path,
+                )
             owners[r["id"]] = f"{path} {where}"
         records += recs
     return records, len(records)
 
 
-def _clean(records: list[dict], cfg: PromptsConfig, dropped: dict[str, int], limit: PromptLimit, tokenizer,
-           owners: dict[str, str]) -> list[dict]:
+def _clean(
+    records: list[dict],
+    cfg: PromptsConfig,
+    dropped: dict[str, int],
+    limit: PromptLimit,
+    tokenizer,
+    owners: dict[str, str],
+) -> list[dict]:
     records, n_empty = drop_empty(records)
     dropped["empty"] += n_empty
     if cfg.dedup:
@@ -74,39 +84,48 @@ def run_prompts(cfg: PromptsConfig, base_dir: Path, out_dir: Path, limit: Prompt
     """
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     limit = limit or section_limit(cfg)
-    dropped = dict.fromkeys(("empty", "exact_duplicate", "near_duplicate", "too_long", "contaminated",
-                             "over_max_prompts"), 0)
+    dropped = dict.fromkeys(
+        ("empty", "exact_duplicate", "near_duplicate", "too_long", "contaminated", "over_max_prompts"), 0
+    )
     owners: dict[str, str] = {}
     pool, loaded = _load_group(cfg.sources, cfg, base_dir, owners)
     test, n_test = _load_group(cfg.test, cfg, base_dir, owners)
     ood, n_ood = _load_group(cfg.ood, cfg, base_dir, owners)
     tokenizer = None
     if limit.max_tokens is not None and limit.tokenizer:
-
         tokenizer = load_tokenizer(limit.tokenizer)
     pool = _clean(pool, cfg, dropped, limit, tokenizer, owners)
     where = ", ".join(str(base_dir / s.path) for s in cfg.sources)
     if not pool:
         n_dup = dropped["exact_duplicate"] + dropped["near_duplicate"]
         too_long = f", {dropped['too_long']} longer than {limit.describe()}" if dropped["too_long"] else ""
-        raise UserError(f"no prompts left after dropping {dropped['empty']} empty and {n_dup} duplicate "
-                        f"prompts{too_long} (of {loaded} read)", where)
+        raise UserError(
+            f"no prompts left after dropping {dropped['empty']} empty and {n_dup} duplicate "
+            f"prompts{too_long} (of {loaded} read)",
+            where,
+        )
     if cfg.max_prompts is not None and len(pool) > cfg.max_prompts:
         dropped["over_max_prompts"] = len(pool) - cfg.max_prompts
-        pool = pool[:cfg.max_prompts]
+        pool = pool[: cfg.max_prompts]
     test = _clean(test, cfg, dropped, limit, tokenizer, owners) if cfg.test else None
     ood = _clean(ood, cfg, dropped, limit, tokenizer, owners)
     splits, dropped["contaminated"] = make_splits(
-        pool, cfg.validation, cfg.test_fraction, cfg.seed, test_records=test, ood_records=ood)
+        pool, cfg.validation, cfg.test_fraction, cfg.seed, test_records=test, ood_records=ood
+    )
     if not splits["train"]:
-        raise UserError(f"all {len(pool)} prompts fell into validation/test; add prompts or lower "
-                        "validation/test_fraction", where)
+        raise UserError(
+            f"all {len(pool)} prompts fell into validation/test; add prompts or lower validation/test_fraction", where
+        )
     stats: dict = {"loaded": loaded + n_test + n_ood}
     for name in SPLITS:
         stats[name] = write_jsonl(out_dir / f"{name}.jsonl", splits[name])
     stats["dropped"] = dropped
     if limit.max_tokens is not None:
-        stats["max_prompt_tokens"] = {"limit": limit.max_tokens, "policy": limit.policy, "why": limit.why,
-                                      "counted_with": limit.tokenizer or "estimate"}
+        stats["max_prompt_tokens"] = {
+            "limit": limit.max_tokens,
+            "policy": limit.policy,
+            "why": limit.why,
+            "counted_with": limit.tokenizer or "estimate",
+        }
     write_json(out_dir / "stats.json", stats)
     return stats

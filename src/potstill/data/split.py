@@ -32,9 +32,14 @@ def drop_contaminated(train: list[dict], others: list[dict]) -> tuple[list[dict]
     return kept, len(others) - len(kept)
 
 
-def make_splits(records: list[dict], validation: float = 0.1, test: float = 0.1, seed: int = 0,
-                test_records: list[dict] | None = None,
-                ood_records: list[dict] | None = None) -> tuple[dict[str, list[dict]], int]:
+def make_splits(
+    records: list[dict],
+    validation: float = 0.1,
+    test: float = 0.1,
+    seed: int = 0,
+    test_records: list[dict] | None = None,
+    ood_records: list[dict] | None = None,
+) -> tuple[dict[str, list[dict]], int]:
     """Split ``records`` by a seeded hash of their ids; keep source order within each split.
 
     Records marked ``train_only`` (from a ``train_only`` source) always go to train.
@@ -47,7 +52,9 @@ def make_splits(records: list[dict], validation: float = 0.1, test: float = 0.1,
     explicit_test = test_records is not None
     out: dict[str, list[dict]] = {name: [] for name in SPLITS}
     for r in records:
-        split = "train" if r.get("train_only") else assign_split(r["id"], validation, 0.0 if explicit_test else test, seed)
+        split = (
+            "train" if r.get("train_only") else assign_split(r["id"], validation, 0.0 if explicit_test else test, seed)
+        )
         out[split].append(r)
     if explicit_test:
         out["test"] = list(test_records)

@@ -21,13 +21,19 @@ class PromptsStage(Stage):
     def inputs(self, ctx: RunContext, folder: str) -> dict:
         p = ctx.cfg.prompts
         files = [s.path for s in (*p.sources, *p.test, *p.ood)]
-        return {"config": hashed_prompts_config(p, prompt_limit(ctx.cfg, ctx.teacher)),
-                "files": {f: file_hash(ctx.cfg.resolve(f)) for f in files}}
+        return {
+            "config": hashed_prompts_config(p, prompt_limit(ctx.cfg, ctx.teacher)),
+            "files": {f: file_hash(ctx.cfg.resolve(f)) for f in files},
+        }
 
     def build(self, ctx: RunContext, folder: str, out: Path, work: Path) -> dict:
         stats = run_prompts(ctx.cfg.prompts, ctx.cfg.base_dir, out, prompt_limit(ctx.cfg, ctx.teacher))
-        say("  prompts: " + ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, int))
-            + "; dropped " + ", ".join(f"{k}={v}" for k, v in stats.get("dropped", {}).items()))
+        say(
+            "  prompts: "
+            + ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, int))
+            + "; dropped "
+            + ", ".join(f"{k}={v}" for k, v in stats.get("dropped", {}).items())
+        )
         return stats
 
 

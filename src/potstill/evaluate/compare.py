@@ -43,14 +43,22 @@ OOD_RETENTION_POINTS = 10.0  # warn when OOD % of teacher is more than this many
 JUDGE_PARSE_WARN = 0.5  # warn when the judge stated a verdict in fewer than this share of replies
 
 
-def answers_path(root: Path, name: str, spec: dict, split: str, records: list[dict],
-                 settings: GenerationSettings) -> Path:
+def answers_path(
+    root: Path, name: str, spec: dict, split: str, records: list[dict], settings: GenerationSettings
+) -> Path:
     """Where one model's answers on one split are kept: keyed by the model's identity (weights hash;
     the name when none is given), the split's prompts and the generation settings, and by nothing
     else, so a change of scorer, judge or bootstrap reuses them."""
-    key = sha256_json({"model": spec.get("identity") or [name, str(spec["path"])], "dtype": spec.get("dtype", "float32"),
-                       "init": spec.get("init", "pretrained"), "prompts": sha256_json([[r["id"], r["messages"]] for r in records]),
-                       "max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample})
+    key = sha256_json(
+        {
+            "model": spec.get("identity") or [name, str(spec["path"])],
+            "dtype": spec.get("dtype", "float32"),
+            "init": spec.get("init", "pretrained"),
+            "prompts": sha256_json([[r["id"], r["messages"]] for r in records]),
+            "max_new_tokens": settings.max_new_tokens,
+            "do_sample": settings.do_sample,
+        }
+    )
     return Path(root) / f"{name}__{split}__{key[:16]}.jsonl"
 
 
@@ -64,11 +72,15 @@ def cached_answers(path: Path, records: list[dict]) -> list[dict] | None:
 
 def params_path(root: Path, name: str, spec: dict) -> Path:
     """Where a model's parameter count is kept beside its cached answers (a fully cached model is never loaded)."""
-    key = sha256_json({"model": spec.get("identity") or [name, str(spec["path"])], "init": spec.get("init", "pretrained")})
+    key = sha256_json(
+        {"model": spec.get("identity") or [name, str(spec["path"])], "init": spec.get("init", "pretrained")}
+    )
     return Path(root) / f"{name}__{key[:16]}.params.json"
 
 
-def answer_split(gen: LocalGenerator, records: list[dict], settings: GenerationSettings, path: Path, label: str) -> list[dict]:
+def answer_split(
+    gen: LocalGenerator, records: list[dict], settings: GenerationSettings, path: Path, label: str
+) -> list[dict]:
     """Answers of one model on one split, cached in ``path`` once complete."""
     rows = cached_answers(path, records)
     if rows is not None:
@@ -76,9 +88,13 @@ def answer_split(gen: LocalGenerator, records: list[dict], settings: GenerationS
     by_id = {}
     with track(len(records), label) as bar:
         for rec in gen.generate(records, settings):
-            by_id[rec["id"]] = {"id": rec["id"], "text": rec["text"], "finish_reason": rec["finish_reason"],
-                                "prompt_tokens": rec["usage"]["prompt_tokens"],
-                                "completion_tokens": rec["usage"]["completion_tokens"]}
+            by_id[rec["id"]] = {
+                "id": rec["id"],
+                "text": rec["text"],
+                "finish_reason": rec["finish_reason"],
+                "prompt_tokens": rec["usage"]["prompt_tokens"],
+                "completion_tokens": rec["usage"]["completion_tokens"],
+            }
             bar.advance(1, tokens=rec["usage"]["completion_tokens"])
     rows = [by_id[r["id"]] for r in records]
     write_jsonl(path, rows)
@@ -94,8 +110,15 @@ def _sig(x, digits: int = 6):
     return float(f"{x:.{digits}g}") if isinstance(x, (int, float)) else None
 
 
-def summarize(scores: dict[str, list[float]], roles: dict[str, str], records: list[dict],
-              rouge: dict[str, list[float]], *, samples: int = 10_000, seed: int = 0) -> dict:
+def summarize(
+    scores: dict[str, list[float]],
+    roles: dict[str, str],
+    records: list[dict],
+    rouge: dict[str, list[float]],
+    *,
+    samples: int = 10_000,
+    seed: int = 0,
+) -> dict:
     """Per model: mean score, % of teacher, gap recovered, ROUGE-L, per-category means, and the statistics.
 
     Statistics (paired over the prompts, see :mod:`.stats`): ``ci95`` of the score,
@@ -162,18 +185,37 @@ def retention_warnings(split_results: dict[str, dict], roles: dict[str, str]) ->
         a = split_results[id_split]["models"].get(name, {}).get("pct_of_teacher")
         b = split_results["ood"]["models"].get(name, {}).get("pct_of_teacher")
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a - b > OOD_RETENTION_POINTS:
-            out.append({"kind": "ood_retention", "model": name, "id_split": id_split, "ood_split": "ood",
-                        "id_pct_of_teacher": a, "ood_pct_of_teacher": b, "points": round(a - b, 3),
-                        "message": f"{name}: OOD retention {b:.1f}% of the teacher is {a - b:.1f} points below its "
-                                   f"{id_split} retention {a:.1f}% (more than {OOD_RETENTION_POINTS:.0f} points): "
-                                   "the student holds up worse off-distribution than the ID numbers suggest"})
+            out.append(
+                {
+                    "kind": "ood_retention",
+                    "model": name,
+                    "id_split": id_split,
+                    "ood_split": "ood",
+                    "id_pct_of_teacher": a,
+                    "ood_pct_of_teacher": b,
+                    "points": round(a - b, 3),
+                    "message": f"{name}: OOD retention {b:.1f}% of the teacher is {a - b:.1f} points below its "
+                    f"{id_split} retention {a:.1f}% (more than {OOD_RETENTION_POINTS:.0f} points): "
+                    "the student holds up worse off-distribution than the ID numbers suggest",
+                }
+            )
     return out
 
 
-def run_eval(cfg: EvalConfig, models: dict[str, dict], splits: dict[str, list[dict]], out_dir: Path,
-             work_dir: Path, seed: int = 0, answers: dict[str, dict[str, list[dict]]] | None = None,
-             judge=None, judge_model: str | None = None, contamination: dict | None = None,
-             warnings: list | None = None, cache_dir: Path | None = None) -> dict:
+def run_eval(
+    cfg: EvalConfig,
+    models: dict[str, dict],
+    splits: dict[str, list[dict]],
+    out_dir: Path,
+    work_dir: Path,
+    seed: int = 0,
+    answers: dict[str, dict[str, list[dict]]] | None = None,
+    judge=None,
+    judge_model: str | None = None,
+    contamination: dict | None = None,
+    warnings: list | None = None,
+    cache_dir: Path | None = None,
+) -> dict:
     """Evaluate ``models`` ({name: {path, role, method, init, dtype}}, teacher first) on ``splits``.
 
     ``answers`` holds answers produced elsewhere ({model: {split: rows}}, e.g. an API teacher's);
@@ -192,32 +234,50 @@ def run_eval(cfg: EvalConfig, models: dict[str, dict], splits: dict[str, list[di
     extra = {scorer_name(s): build_scorer(s) for s in cfg.scorers}
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=seed)
     answers = dict(answers or {})
-    results = {"scorer": scorer_name(cfg.scorer), "models": {}, "splits": {},
-               "warnings": [{"kind": "contamination", "message": w} for w in (warnings or [])], "notes": [],
-               "contamination": contamination,
-               "bootstrap": {"samples": cfg.bootstrap_samples, "seed": seed, "level": 0.95, "method": "paired percentile"},
-               "judge": None}
+    results = {
+        "scorer": scorer_name(cfg.scorer),
+        "models": {},
+        "splits": {},
+        "warnings": [{"kind": "contamination", "message": w} for w in (warnings or [])],
+        "notes": [],
+        "contamination": contamination,
+        "bootstrap": {"samples": cfg.bootstrap_samples, "seed": seed, "level": 0.95, "method": "paired percentile"},
+        "judge": None,
+    }
     for name, spec in models.items():
         if name in answers:
-            results["models"][name] = {"role": spec["role"], "method": spec.get("method"), "path": str(spec["path"]),
-                                       "params": None, "eval_seconds": None}
+            results["models"][name] = {
+                "role": spec["role"],
+                "method": spec.get("method"),
+                "path": str(spec["path"]),
+                "params": None,
+                "eval_seconds": None,
+            }
             continue
-        paths = {split: answers_path(cache_dir or work_dir, name, spec, split, records, settings)
-                 for split, records in splits.items()}
+        paths = {
+            split: answers_path(cache_dir or work_dir, name, spec, split, records, settings)
+            for split, records in splits.items()
+        }
         answers[name], gen, started = {}, None, time.perf_counter()
         for split, records in splits.items():
             rows = cached_answers(paths[split], records)
             if rows is None:
-                gen = gen or LocalGenerator(spec["path"], dtype=spec.get("dtype", "float32"),
-                                            init=spec.get("init", "pretrained"), seed=seed)
+                gen = gen or LocalGenerator(
+                    spec["path"], dtype=spec.get("dtype", "float32"), init=spec.get("init", "pretrained"), seed=seed
+                )
                 rows = answer_split(gen, records, settings, paths[split], f"eval {name}/{split}")
             answers[name][split] = rows
         p_file = params_path(cache_dir or work_dir, name, spec)
         params = gen.params if gen is not None else (read_json(p_file) if p_file.exists() else {}).get("params")
         write_json(p_file, {"params": params})
-        results["models"][name] = {"role": spec["role"], "method": spec.get("method"), "path": str(spec["path"]),
-                                   "params": params, "eval_seconds": round(time.perf_counter() - started, 3),
-                                   "answers_cached": gen is None}
+        results["models"][name] = {
+            "role": spec["role"],
+            "method": spec.get("method"),
+            "path": str(spec["path"]),
+            "params": params,
+            "eval_seconds": round(time.perf_counter() - started, 3),
+            "answers_cached": gen is None,
+        }
         del gen
     roles = {n: m["role"] for n, m in results["models"].items()}
     teacher = next(n for n, r in roles.items() if r == "teacher")
@@ -230,19 +290,21 @@ def run_eval(cfg: EvalConfig, models: dict[str, dict], splits: dict[str, list[di
         for name in models:
             texts = [a["text"] for a in answers[name][split]]
             all_scores[split][name] = [score(t, r, ref) for t, r, ref in zip(texts, records, refs)]
-            items = {"rouge_l": [rouge(t, r, ref) for t, r, ref in zip(texts, records, refs)],
-                     "chrf": [chrf(t, r, ref) for t, r, ref in zip(texts, records, refs)],
-                     "agreement": [agree(t, r, ref) for t, r, ref in zip(texts, records, refs)]}
+            items = {
+                "rouge_l": [rouge(t, r, ref) for t, r, ref in zip(texts, records, refs)],
+                "chrf": [chrf(t, r, ref) for t, r, ref in zip(texts, records, refs)],
+                "agreement": [agree(t, r, ref) for t, r, ref in zip(texts, records, refs)],
+            }
             for sname, fn in extra.items():
                 items[f"scorer:{sname}"] = [fn(t, r, ref) for t, r, ref in zip(texts, records, refs)]
             per_item[split][name] = items
 
     tf: dict[str, dict[str, dict]] = {}
     if cfg.teacher_forced:
-
         say("  teacher-forced measures (top-1 agreement, KL) on the teacher's answers")
-        tf, tf_notes = run_teacher_forced(models, splits, {s: answers[teacher][s] for s in splits},
-                                          batch_size=cfg.batch_size, seed=seed)
+        tf, tf_notes = run_teacher_forced(
+            models, splits, {s: answers[teacher][s] for s in splits}, batch_size=cfg.batch_size, seed=seed
+        )
         results["notes"] += tf_notes
 
     judged: dict[str, dict[str, dict]] = {}
@@ -253,34 +315,50 @@ def run_eval(cfg: EvalConfig, models: dict[str, dict], splits: dict[str, list[di
         if judge is None:
             results["notes"].append(f"judge {judge_model}: an API judge is built by the pipeline; not run here")
         else:
-
             judged = run_judge(cfg, judge, roles, splits, answers, all_scores, out_dir, work_dir, seed)
-            results["judge"] = {"model": judge_model, "fallback": jset.fallback, "max_examples": jset.max_examples,
-                                "max_new_tokens": jset.max_new_tokens, "template": TEMPLATE,
-                                "combine": "both orders agree -> that verdict; disagree -> tie; one order only -> it"}
+            results["judge"] = {
+                "model": judge_model,
+                "fallback": jset.fallback,
+                "max_examples": jset.max_examples,
+                "max_new_tokens": jset.max_new_tokens,
+                "template": TEMPLATE,
+                "combine": "both orders agree -> that verdict; disagree -> tie; one order only -> it",
+            }
             if hasattr(judge, "close"):
                 judge.close()
 
     for split, records in splits.items():
-        summary = summarize(all_scores[split], roles, records, {n: per_item[split][n]["rouge_l"] for n in models},
-                            samples=cfg.bootstrap_samples, seed=seed)
+        summary = summarize(
+            all_scores[split],
+            roles,
+            records,
+            {n: per_item[split][n]["rouge_l"] for n in models},
+            samples=cfg.bootstrap_samples,
+            seed=seed,
+        )
         for name in models:
             m, items = summary[name], per_item[split][name]
             m["chrf"] = round(mean(items["chrf"]), 6) if items["chrf"] else None
             m["agreement"] = round(mean(items["agreement"]), 6) if items["agreement"] else None
             if extra:
-
-                m["scorers"] = {s: {"score": round(mean(items[f"scorer:{s}"]), 6) if records else None,
-                                    "ci95": rounded(bootstrap_ci(items[f"scorer:{s}"], cfg.bootstrap_samples, seed))}
-                                for s in extra}
+                m["scorers"] = {
+                    s: {
+                        "score": round(mean(items[f"scorer:{s}"]), 6) if records else None,
+                        "ci95": rounded(bootstrap_ci(items[f"scorer:{s}"], cfg.bootstrap_samples, seed)),
+                    }
+                    for s in extra
+                }
             m.update(degeneration_summary(answers[name][split], answers[teacher][split]))
             t = (tf.get(split) or {}).get(name)
             m["top1_agreement"] = t["top1_agreement"] if t else None
             m["kl"] = t["kl"] if t else None
             m["judge"] = (judged.get(split) or {}).get(name)
-            rows = [{**a, "score": s, "rouge_l": rl, "chrf": round(c, 6), "agreement": ag}
-                    for a, s, rl, c, ag in zip(answers[name][split], all_scores[split][name], items["rouge_l"],
-                                               items["chrf"], items["agreement"])]
+            rows = [
+                {**a, "score": s, "rouge_l": rl, "chrf": round(c, 6), "agreement": ag}
+                for a, s, rl, c, ag in zip(
+                    answers[name][split], all_scores[split][name], items["rouge_l"], items["chrf"], items["agreement"]
+                )
+            ]
             write_jsonl(out_dir / "answers" / f"{name}__{split}.jsonl", rows)
         results["splits"][split] = {"n": len(records), "models": summary}
 
@@ -288,24 +366,34 @@ def run_eval(cfg: EvalConfig, models: dict[str, dict], splits: dict[str, list[di
     summaries = [j for by_model in judged.values() for j in by_model.values()]
     replies = sum(j["replies"] for j in summaries)
     if replies:
+
         def share(key: str) -> float:
             return sum((j[key] or 0) * j["replies"] for j in summaries) / replies
 
         agree_n = sum(j["scorer_agreement_n"] for j in summaries)
-        agree = sum((j["scorer_agreement"] or 0) * j["scorer_agreement_n"] for j in summaries) / agree_n if agree_n else None
+        agree = (
+            sum((j["scorer_agreement"] or 0) * j["scorer_agreement_n"] for j in summaries) / agree_n
+            if agree_n
+            else None
+        )
         results["judge"]["parse_rate"] = round(share("parse_rate"), 6)
         results["judge"]["fallback_rate"] = round(share("fallback_rate"), 6)
         results["judge"]["unparsed_rate"] = round(share("unparsed_rate"), 6)
         results["judge"]["scorer_agreement"] = round(agree, 6) if agree is not None else None
         results["judge"]["replies"] = replies
         if share("parse_rate") < JUDGE_PARSE_WARN:
-            results["warnings"].append({
-                "kind": "judge_reliability", "model": None,
-                "message": f"judge {judge_model}: a verdict was stated in {100 * share('parse_rate'):.0f}% of its {replies} "
-                           f"replies; {100 * share('fallback_rate'):.0f}% were decided by the similarity fallback and "
-                           f"{100 * share('unparsed_rate'):.0f}% stayed unparsed; where the task scorer separates the two "
-                           f"answers it agrees with the scorer {_pct(agree)} of the time ({agree_n} prompts): treat the "
-                           "judge's win rates as weak evidence"})
+            results["warnings"].append(
+                {
+                    "kind": "judge_reliability",
+                    "model": None,
+                    "message": f"judge {judge_model}: a verdict was stated in {100 * share('parse_rate'):.0f}% of "
+                    f"its {replies} "
+                    f"replies; {100 * share('fallback_rate'):.0f}% were decided by the similarity fallback and "
+                    f"{100 * share('unparsed_rate'):.0f}% stayed unparsed; where the task scorer separates the two "
+                    f"answers it agrees with the scorer {_pct(agree)} of the time ({agree_n} prompts): treat the "
+                    "judge's win rates as weak evidence",
+                }
+            )
     write_json(out_dir / "results.json", results)
     shutil.rmtree(work_dir, ignore_errors=True)
     return results

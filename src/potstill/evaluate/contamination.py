@@ -54,7 +54,7 @@ class TrainIndex:
             table: dict[tuple, str] = {}
             for rid, w in self.words:
                 for i in range(len(w) - k + 1):
-                    table.setdefault(tuple(w[i:i + k]), rid)
+                    table.setdefault(tuple(w[i : i + k]), rid)
             self._grams[k] = table
         return self._grams[k]
 
@@ -64,13 +64,14 @@ class TrainIndex:
             return 0.0, None
         k = min(self.n, len(w))
         table = self.grams(k)
-        grams = [tuple(w[i:i + k]) for i in range(len(w) - k + 1)]
+        grams = [tuple(w[i : i + k]) for i in range(len(w) - k + 1)]
         hits = [table[g] for g in grams if g in table]
         return len(hits) / len(grams), (hits[0] if hits else None)
 
 
-def contamination_report(splits: dict[str, list[dict]], train: list[dict], n: int = NGRAM,
-                         near: float = NEAR_DUPLICATE) -> dict:
+def contamination_report(
+    splits: dict[str, list[dict]], train: list[dict], n: int = NGRAM, near: float = NEAR_DUPLICATE
+) -> dict:
     """Per evaluation split: exact and n-gram overlap with ``train``.
 
     Returns ``{"ngram": n, "near_duplicate": near, "train_prompts": int, "splits": {SPLIT: {"n",
@@ -96,10 +97,15 @@ def contamination_report(splits: dict[str, list[dict]], train: list[dict], n: in
             if is_exact or is_near:
                 contaminated += 1
                 if len(examples) < EXAMPLES:
-                    examples.append({"id": r.get("id"), "train_id": train_id, "overlap": round(ov, 4), "exact": is_exact})
+                    examples.append(
+                        {"id": r.get("id"), "train_id": train_id, "overlap": round(ov, 4), "exact": is_exact}
+                    )
         m = len(records)
         out["splits"][split] = {
-            "n": m, "exact": exact, "near_duplicates": near_dups, "contaminated": contaminated,
+            "n": m,
+            "exact": exact,
+            "near_duplicates": near_dups,
+            "contaminated": contaminated,
             "contaminated_rate": round(contaminated / m, 6) if m else 0.0,
             "mean_ngram_overlap": round(sum(overlaps) / m, 6) if m else 0.0,
             "max_ngram_overlap": round(max(overlaps), 6) if overlaps else 0.0,
@@ -119,15 +125,19 @@ def check_contamination(report: dict, threshold: float, force: bool = False) -> 
     for split, s in report["splits"].items():
         if not s["contaminated"]:
             continue
-        line = (f"{split}: {s['contaminated']} of {s['n']} evaluation prompts ({100 * s['contaminated_rate']:.1f}%) "
-                f"are exact ({s['exact']}) or near ({s['near_duplicates']}, >= {report['near_duplicate']:.0%} of "
-                f"{report['ngram']}-grams) copies of training prompts")
+        line = (
+            f"{split}: {s['contaminated']} of {s['n']} evaluation prompts ({100 * s['contaminated_rate']:.1f}%) "
+            f"are exact ({s['exact']}) or near ({s['near_duplicates']}, >= {report['near_duplicate']:.0%} of "
+            f"{report['ngram']}-grams) copies of training prompts"
+        )
         (over if s["contaminated_rate"] > threshold else notes).append(line)
     if over and not force:
         report["refused"] = True
         first = report["splits"][over[0].split(":")[0]]["examples"][0]
-        raise UserError(f"contaminated evaluation: {over[0]} (over eval.contamination_threshold={threshold}; "
-                        f"e.g. {first['id']} ~ training {first['train_id']}); fix the splits or set "
-                        "eval.force_contaminated=true")
+        raise UserError(
+            f"contaminated evaluation: {over[0]} (over eval.contamination_threshold={threshold}; "
+            f"e.g. {first['id']} ~ training {first['train_id']}); fix the splits or set "
+            "eval.force_contaminated=true"
+        )
     report["refused"] = False
     return [line + (" (over the threshold; forced)" if line in over else "") for line in over + notes]

@@ -74,8 +74,9 @@ def distillation_cost_usd(train_s: float, generate_s: float, usd_per_hour: float
     return (train_s + generate_s) / 3600.0 * usd_per_hour
 
 
-def break_even(distill_cost_usd: float, teacher_cost_per_query: float, student_cost_per_query: float,
-               queries_per_day: int) -> dict:
+def break_even(
+    distill_cost_usd: float, teacher_cost_per_query: float, student_cost_per_query: float, queries_per_day: int
+) -> dict:
     """Queries and days until the one-off distillation cost is paid back by per-query savings.
 
     Returns ``{"distill_cost_usd", "savings_per_query_usd", "queries", "days"}``: ``queries`` is the

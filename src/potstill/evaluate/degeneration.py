@@ -23,8 +23,11 @@ _WORD = re.compile(r"\w+")
 NGRAM = 3
 # A student's answers on a split are flagged when a share is above its floor AND above TIMES_TEACHER
 # times the teacher's share on the same prompts: (measure, floor, what it is).
-WARN_ABOVE = (("repetition", 0.2, "repeated word 3-grams"), ("empty_rate", 0.05, "empty answers"),
-              ("finish_length_rate", 0.1, "answers cut at max_new_tokens"))
+WARN_ABOVE = (
+    ("repetition", 0.2, "repeated word 3-grams"),
+    ("empty_rate", 0.05, "empty answers"),
+    ("finish_length_rate", 0.1, "answers cut at max_new_tokens"),
+)
 TIMES_TEACHER = 2.0
 
 
@@ -35,7 +38,7 @@ def words(text: str) -> list[str]:
 def repetition_rate(text: str, n: int = NGRAM) -> float:
     """Share of the word n-grams of ``text`` that already occurred earlier in it."""
     w = words(text)
-    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+    grams = [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
     if not grams:
         return 0.0
     return 1.0 - len(set(grams)) / len(grams)
@@ -57,7 +60,13 @@ def degeneration_summary(rows: Sequence[dict], teacher_rows: Sequence[dict], n: 
     """
     texts = [r.get("text") or "" for r in rows]
     if not texts:
-        return {"repetition": None, "length_ratio": None, "mean_words": None, "finish_length_rate": None, "empty_rate": None}
+        return {
+            "repetition": None,
+            "length_ratio": None,
+            "mean_words": None,
+            "finish_length_rate": None,
+            "empty_rate": None,
+        }
     reps = [repetition_rate(t, n) for t in texts]
     return {
         "repetition": round(sum(reps) / len(reps), 6),
@@ -96,7 +105,14 @@ def degeneration_warnings(splits: dict[str, dict[str, dict]], roles: dict[str, s
                 flagged[key] = {"model": x, "teacher": t}
                 parts.append(f"{100 * x:.0f}% {what}" + (f" (teacher {100 * t:.0f}%)" if t is not None else ""))
             if flagged:
-                out.append({"kind": "degeneration", "model": name, "split": split, "measures": flagged,
-                            "message": f"{name} on {split}: degenerate answers: {', '.join(parts)}; read its "
-                                       "answers before trusting its scores"})
+                out.append(
+                    {
+                        "kind": "degeneration",
+                        "model": name,
+                        "split": split,
+                        "measures": flagged,
+                        "message": f"{name} on {split}: degenerate answers: {', '.join(parts)}; read its "
+                        "answers before trusting its scores",
+                    }
+                )
     return out

@@ -65,11 +65,17 @@ _STRICT = [
     re.compile(r"verdict\s*[:=\-]?\s*[\*\"'\[\(]*\s*(answer\s+)?(?P<v>a|b|tie|c)\b", re.I),
     re.compile(r"\[\[\s*(?P<v>a|b|c|tie)\s*\]\]", re.I),
 ]
-_TIE = re.compile(r"\b(it'?s a tie|a tie|tie\b|equally (good|bad|helpful|correct)|both (answers )?(are )?(equally|"
-                  r"the same|equivalent|identical)|neither (answer )?is better|no (clear )?difference)", re.I)
+_TIE = re.compile(
+    r"\b(it'?s a tie|a tie|tie\b|equally (good|bad|helpful|correct)|both (answers )?(are )?(equally|"
+    r"the same|equivalent|identical)|neither (answer )?is better|no (clear )?difference)",
+    re.I,
+)
 _SIDE = [
-    re.compile(r"\b(answer|response|option)\s*\(?(?P<v>[ab])\)?\s+(is|was|seems|looks)\s+(clearly\s+|much\s+|slightly\s+)?"
-               r"(better|superior|preferable|more\s+\w+|best)", re.I),
+    re.compile(
+        r"\b(answer|response|option)\s*\(?(?P<v>[ab])\)?\s+(is|was|seems|looks)\s+(clearly\s+|much\s+|slightly\s+)?"
+        r"(better|superior|preferable|more\s+\w+|best)",
+        re.I,
+    ),
     re.compile(r"\bprefer(red|able)?\s+(answer\s+|response\s+)?\(?(?P<v>[ab])\)?(?![\w'])", re.I),
     re.compile(r"\b(answer|response)\s+(?P<v>[ab])\s+wins\b", re.I),
     re.compile(r"(^|[.!?]\s+)(?P<v>[AB])\s+is\s+better\b"),
@@ -81,9 +87,13 @@ _WORD = re.compile(r"\w+")
 
 def judge_messages(question: str, a: str, b: str) -> list[dict]:
     """The judge's chat prompt for one (question, answer A, answer B)."""
-    return [{"role": "system", "content": SYSTEM},
-            {"role": "user", "content": TEMPLATE.format(question=question.strip(), a=a.strip() or "(empty)",
-                                                         b=b.strip() or "(empty)")}]
+    return [
+        {"role": "system", "content": SYSTEM},
+        {
+            "role": "user",
+            "content": TEMPLATE.format(question=question.strip(), a=a.strip() or "(empty)", b=b.strip() or "(empty)"),
+        },
+    ]
 
 
 def _norm_verdict(v: str) -> str:
@@ -102,7 +112,9 @@ def _f1(x: list[str], y: list[str]) -> float:
     return 2 * p * r / (p + r)
 
 
-def parse_verdict(text: str, a: str | None = None, b: str | None = None, fallback: str = "similarity") -> tuple[str | None, str]:
+def parse_verdict(
+    text: str, a: str | None = None, b: str | None = None, fallback: str = "similarity"
+) -> tuple[str | None, str]:
     """``(verdict, how)``: verdict ``"A"``, ``"B"``, ``"tie"`` or None; how ``strict``, ``lenient``,
     ``similarity`` or ``none`` (see the module docstring). ``a``/``b`` are the answers, for the fallback."""
     text = text or ""
@@ -148,8 +160,14 @@ def combine(first: str | None, second: str | None) -> str | None:
     return first if first == second else "tie"
 
 
-def judge_pairs(judge: JudgeFn, questions: Sequence[str], student: Sequence[str], teacher: Sequence[str],
-                ids: Sequence[str] | None = None, fallback: str = "similarity") -> list[dict]:
+def judge_pairs(
+    judge: JudgeFn,
+    questions: Sequence[str],
+    student: Sequence[str],
+    teacher: Sequence[str],
+    ids: Sequence[str] | None = None,
+    fallback: str = "similarity",
+) -> list[dict]:
     """Judge every (student, teacher) answer pair in both orders; one row per prompt.
 
     Row: ``{"id", "outcome": "win"|"tie"|"loss"|None, "consistent": bool|None, "identical": bool,
@@ -177,16 +195,35 @@ def judge_pairs(judge: JudgeFn, questions: Sequence[str], student: Sequence[str]
         for reply, student_is_a in zip(by_index[i], (True, False)):
             a, b = (s, t) if student_is_a else (t, s)
             verdict, how = parse_verdict(reply, a, b, fallback)
-            orders.append({"student_position": "A" if student_is_a else "B", "verdict": verdict, "parse": how,
-                           "outcome": _outcome(verdict, student_is_a), "rationale": reply})
+            orders.append(
+                {
+                    "student_position": "A" if student_is_a else "B",
+                    "verdict": verdict,
+                    "parse": how,
+                    "outcome": _outcome(verdict, student_is_a),
+                    "rationale": reply,
+                }
+            )
         o1, o2 = orders[0]["outcome"], orders[1]["outcome"]
-        rows.append({"id": ids[i], "outcome": combine(o1, o2), "identical": False,
-                     "consistent": (o1 == o2) if o1 is not None and o2 is not None else None, "orders": orders})
+        rows.append(
+            {
+                "id": ids[i],
+                "outcome": combine(o1, o2),
+                "identical": False,
+                "consistent": (o1 == o2) if o1 is not None and o2 is not None else None,
+                "orders": orders,
+            }
+        )
     return rows
 
 
-def judge_summary(rows: Sequence[dict], student_scores: Sequence[float] | None = None,
-                  teacher_scores: Sequence[float] | None = None, samples: int = 10_000, seed: int = 0) -> dict:
+def judge_summary(
+    rows: Sequence[dict],
+    student_scores: Sequence[float] | None = None,
+    teacher_scores: Sequence[float] | None = None,
+    samples: int = 10_000,
+    seed: int = 0,
+) -> dict:
     """Win/tie/loss rates (student vs teacher) over decided prompts, with the judge's reliability.
 
     Keys: ``n``, ``decided``, ``identical``, ``win``, ``tie``, ``loss`` (rates), ``preference``
@@ -217,25 +254,37 @@ def judge_summary(rows: Sequence[dict], student_scores: Sequence[float] | None =
                 total += 1
                 agree += (r["outcome"] == "win") == (s > t)
     return {
-        "n": n, "decided": len(decided), "identical": sum(r["identical"] for r in rows),
+        "n": n,
+        "decided": len(decided),
+        "identical": sum(r["identical"] for r in rows),
         **{o: rate(counts[o], len(decided)) for o in OUTCOMES},
         "preference": rate(sum(pref), len(pref)) if pref else None,
         "preference_ci95": rounded(bootstrap_ci(pref, samples, seed)) if pref else None,
         "replies": len(replies),
-        "strict_rate": rate(how["strict"], len(replies)), "lenient_rate": rate(how["lenient"], len(replies)),
-        "fallback_rate": rate(how["similarity"], len(replies)), "unparsed_rate": rate(how["none"], len(replies)),
+        "strict_rate": rate(how["strict"], len(replies)),
+        "lenient_rate": rate(how["lenient"], len(replies)),
+        "fallback_rate": rate(how["similarity"], len(replies)),
+        "unparsed_rate": rate(how["none"], len(replies)),
         "parse_rate": rate(how["strict"] + how["lenient"], len(replies)),
         "consistency": rate(sum(r["consistent"] for r in both), len(both)),
         "first_position_rate": rate(sum(v == "A" for v in ab), len(ab)),
-        "scorer_agreement": rate(agree, total), "scorer_agreement_n": total,
+        "scorer_agreement": rate(agree, total),
+        "scorer_agreement_n": total,
     }
 
 
 # -- judges -------------------------------------------------------------------------------
 
 
-def local_judge(path: str | Path, *, dtype: str = "float32", max_new_tokens: int = 48, batch_size: int = 16,
-                seed: int = 0, generator=None) -> JudgeFn:
+def local_judge(
+    path: str | Path,
+    *,
+    dtype: str = "float32",
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    seed: int = 0,
+    generator=None,
+) -> JudgeFn:
     """A judge served by a local model directory (loaded on the first call, then kept), greedy."""
 
     state = {"gen": generator}
@@ -243,7 +292,6 @@ def local_judge(path: str | Path, *, dtype: str = "float32", max_new_tokens: int
 
     def judge(prompts: list[list[dict]]) -> list[str]:
         if state["gen"] is None:
-
             state["gen"] = LocalGenerator(path, dtype=dtype, seed=seed)
         records = [{"id": str(i), "messages": m} for i, m in enumerate(prompts)]
         out = {r["id"]: r["text"] for r in state["gen"].generate(records, settings)}
@@ -253,8 +301,15 @@ def local_judge(path: str | Path, *, dtype: str = "float32", max_new_tokens: int
     return judge
 
 
-def api_judge(teacher_cfg, spec, work_dir: str | Path, *, seed: int = 0, prices: tuple = (None, None),
-              cache_path: str | Path | None = None) -> JudgeFn:
+def api_judge(
+    teacher_cfg,
+    spec,
+    work_dir: str | Path,
+    *,
+    seed: int = 0,
+    prices: tuple = (None, None),
+    cache_path: str | Path | None = None,
+) -> JudgeFn:
     """A judge served by an API model (``spec``, a :class:`~potstill.teachers.spec.ModelSpec`; its request
     settings from ``teacher_cfg``), through the teacher's engine and answer cache."""
 
@@ -265,8 +320,16 @@ def api_judge(teacher_cfg, spec, work_dir: str | Path, *, seed: int = 0, prices:
         calls["n"] += 1
         out = work / f"judge-{calls['n']}"
         records = [{"id": f"j{i}", "messages": m} for i, m in enumerate(prompts)]
-        run_generate(teacher_cfg, spec, records, out, work / f"judge-{calls['n']}.work", seed, prices=prices,
-                     cache_path=Path(cache_path) if cache_path else None)
+        run_generate(
+            teacher_cfg,
+            spec,
+            records,
+            out,
+            work / f"judge-{calls['n']}.work",
+            seed,
+            prices=prices,
+            cache_path=Path(cache_path) if cache_path else None,
+        )
         rows = {g["id"]: g["text"] for g in read_jsonl(out / "generations.jsonl")}
         return [rows.get(f"j{i}", "") for i in range(len(prompts))]  # a failed request: no verdict
 

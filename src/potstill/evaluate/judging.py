@@ -29,8 +29,10 @@ def auto_judge(judge_is_api: bool, judge_params: int | None, student_params: lis
     if judge_params and biggest and judge_params >= AUTO_MIN_RATIO * biggest:
         return True, f"eval.judge auto: on (the judge has {judge_params / biggest:.0f}x the students' parameters)"
     ratio = f"{judge_params / biggest:.1f}x" if judge_params and biggest else "an unknown multiple of"
-    return False, (f"eval.judge auto: off (the local judge has {ratio} the students' parameters, under "
-                   f"{AUTO_MIN_RATIO:.0f}x: too small to judge them; set eval.judge: true to run it anyway)")
+    return False, (
+        f"eval.judge auto: off (the local judge has {ratio} the students' parameters, under "
+        f"{AUTO_MIN_RATIO:.0f}x: too small to judge them; set eval.judge: true to run it anyway)"
+    )
 
 
 def default_judge(cfg: EvalConfig, models: dict[str, dict], seed: int):
@@ -41,16 +43,31 @@ def default_judge(cfg: EvalConfig, models: dict[str, dict], seed: int):
     if settings.model is not None:
         if parse_model(settings.model, where="eval.judge.model").is_api:
             return None, settings.model
-        return local_judge(settings.model, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
-                           seed=seed), str(settings.model)
+        return local_judge(
+            settings.model, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, seed=seed
+        ), str(settings.model)
     if teacher.get("api"):
         return None, str(teacher["path"])
-    return local_judge(teacher["path"], dtype=teacher.get("dtype", "float32"), max_new_tokens=settings.max_new_tokens,
-                       batch_size=settings.batch_size, seed=seed), str(teacher["path"])
+    return local_judge(
+        teacher["path"],
+        dtype=teacher.get("dtype", "float32"),
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+        seed=seed,
+    ), str(teacher["path"])
 
 
-def run_judge(cfg: EvalConfig, judge, roles: dict[str, str], splits: dict[str, list[dict]], answers: dict,
-              scores: dict[str, dict[str, list[float]]], out_dir: Path, work_dir: Path, seed: int) -> dict[str, dict[str, dict]]:
+def run_judge(
+    cfg: EvalConfig,
+    judge,
+    roles: dict[str, str],
+    splits: dict[str, list[dict]],
+    answers: dict,
+    scores: dict[str, dict[str, list[float]]],
+    out_dir: Path,
+    work_dir: Path,
+    seed: int,
+) -> dict[str, dict[str, dict]]:
     """Judge each student (and the floor) against the teacher on every split; ``{split: {model: summary}}``."""
     settings = cfg.judge_settings()
     teacher = next(n for n, r in roles.items() if r == "teacher")
@@ -67,12 +84,21 @@ def run_judge(cfg: EvalConfig, judge, roles: dict[str, str], splits: dict[str, l
             rows = read_jsonl(cache) if cache.exists() else []
             if len(rows) != k:
                 say(f"  judging {name} vs {teacher} on {split} ({k} prompts, both orders)")
-                rows = judge_pairs(judge, [user_text(r) for r in recs], [answers[name][split][i]["text"] for i in idx],
-                                   [answers[teacher][split][i]["text"] for i in idx], ids=[r["id"] for r in recs],
-                                   fallback=settings.fallback)
+                rows = judge_pairs(
+                    judge,
+                    [user_text(r) for r in recs],
+                    [answers[name][split][i]["text"] for i in idx],
+                    [answers[teacher][split][i]["text"] for i in idx],
+                    ids=[r["id"] for r in recs],
+                    fallback=settings.fallback,
+                )
                 write_jsonl(cache, rows)
             write_jsonl(out_dir / "judge" / f"{name}__{split}.jsonl", rows)
-            out[split][name] = judge_summary(rows, [scores[split][name][i] for i in idx],
-                                             [scores[split][teacher][i] for i in idx],
-                                             samples=cfg.bootstrap_samples, seed=seed)
+            out[split][name] = judge_summary(
+                rows,
+                [scores[split][name][i] for i in idx],
+                [scores[split][teacher][i] for i in idx],
+                samples=cfg.bootstrap_samples,
+                seed=seed,
+            )
     return out

@@ -30,15 +30,36 @@ from ..teachers.base import GenerationSettings
 from ..teachers.hf import LocalGenerator
 
 RESULT_KEYS = (
-    "params", "device", "torch_threads", "latency_p50_s", "latency_p95_s", "latency_mean_s", "latencies_s",
-    "tokens_per_s", "batched_queries_per_s", "batched_tokens_per_s", "mean_prompt_tokens",
-    "mean_completion_tokens", "peak_rss_mb", "cuda_peak_mb",
+    "params",
+    "device",
+    "torch_threads",
+    "latency_p50_s",
+    "latency_p95_s",
+    "latency_mean_s",
+    "latencies_s",
+    "tokens_per_s",
+    "batched_queries_per_s",
+    "batched_tokens_per_s",
+    "mean_prompt_tokens",
+    "mean_completion_tokens",
+    "peak_rss_mb",
+    "cuda_peak_mb",
 )
 
 
-def measure_model(path, *, init: str = "pretrained", dtype: str = "float32", seed: int = 0, records: list[dict],
-                  max_new_tokens: int, queries: int, batch_size: int, device: str | None = None,
-                  timeout_s: float | None = None) -> dict:
+def measure_model(
+    path,
+    *,
+    init: str = "pretrained",
+    dtype: str = "float32",
+    seed: int = 0,
+    records: list[dict],
+    max_new_tokens: int,
+    queries: int,
+    batch_size: int,
+    device: str | None = None,
+    timeout_s: float | None = None,
+) -> dict:
     """Measure latency, throughput and peak memory of the model at ``path`` in a fresh subprocess.
 
     ``records`` are prompt records ``{"id", "messages": [...]}``. Returns a dict with (at least)
@@ -55,16 +76,28 @@ def measure_model(path, *, init: str = "pretrained", dtype: str = "float32", see
         raise ValueError("queries, batch_size and max_new_tokens must be >= 1")
     check_model_dir(path, need_weights=(init == "pretrained"))
     spec = {
-        "path": str(Path(path).resolve()), "init": init, "dtype": dtype, "seed": seed, "device": device,
+        "path": str(Path(path).resolve()),
+        "init": init,
+        "dtype": dtype,
+        "seed": seed,
+        "device": device,
         "records": [{"id": r.get("id"), "messages": r["messages"]} for r in records],
-        "max_new_tokens": max_new_tokens, "queries": queries, "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "queries": queries,
+        "batch_size": batch_size,
     }
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2])  # the directory that holds the potstill package
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
-        proc = subprocess.run([sys.executable, "-m", "potstill.evaluate.measure"], input=json.dumps(spec),
-                              capture_output=True, text=True, env=env, timeout=timeout_s)
+        proc = subprocess.run(
+            [sys.executable, "-m", "potstill.evaluate.measure"],
+            input=json.dumps(spec),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout_s,
+        )
     except subprocess.TimeoutExpired as e:
         raise RuntimeError(f"measuring {path} timed out after {timeout_s}s") from e
     if proc.returncode != 0:
@@ -94,7 +127,6 @@ def _run(spec: dict) -> dict:
     """The child's side: load, warm up, time batch 1 and batched load."""
     import torch  # defers torch
 
-
     cuda = (spec.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -106,10 +138,14 @@ def _run(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer  # defers transformers (imported before the clock)  # noqa: F401
 
     t0 = time.perf_counter()
-    gen = LocalGenerator(spec["path"], dtype=spec["dtype"], init=spec["init"], seed=spec["seed"], device=spec.get("device"))
+    gen = LocalGenerator(
+        spec["path"], dtype=spec["dtype"], init=spec["init"], seed=spec["seed"], device=spec.get("device")
+    )
     load_s = time.perf_counter() - t0
     torch.manual_seed(spec["seed"])
-    settings = GenerationSettings(max_new_tokens=spec["max_new_tokens"], do_sample=False, batch_size=1, seed=spec["seed"])
+    settings = GenerationSettings(
+        max_new_tokens=spec["max_new_tokens"], do_sample=False, batch_size=1, seed=spec["seed"]
+    )
     prompts = [encode_prompt(gen.tokenizer, r["messages"]) for r in spec["records"]]
     queries, bs = spec["queries"], spec["batch_size"]
 
@@ -134,18 +170,26 @@ def _run(spec: dict) -> dict:
     batched_tokens = 0
     start = time.perf_counter()
     for i in range(0, len(batched), bs):
-        outs = gen.generate_batch(batched[i: i + bs], settings)
+        outs = gen.generate_batch(batched[i : i + bs], settings)
         batched_tokens += sum(o["usage"]["completion_tokens"] for o in outs)
     sync()
     batched_s = time.perf_counter() - start
 
     total = sum(latencies)
     return {
-        "params": gen.params, "device": str(gen.device), "torch_threads": torch.get_num_threads(),
-        "dtype": spec["dtype"], "load_s": load_s, "queries": queries, "batch_size": bs,
-        "batched_queries": len(batched), "max_new_tokens": spec["max_new_tokens"],
-        "latency_p50_s": percentile(latencies, 50), "latency_p95_s": percentile(latencies, 95),
-        "latency_mean_s": total / len(latencies), "latencies_s": latencies,
+        "params": gen.params,
+        "device": str(gen.device),
+        "torch_threads": torch.get_num_threads(),
+        "dtype": spec["dtype"],
+        "load_s": load_s,
+        "queries": queries,
+        "batch_size": bs,
+        "batched_queries": len(batched),
+        "max_new_tokens": spec["max_new_tokens"],
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+        "latency_mean_s": total / len(latencies),
+        "latencies_s": latencies,
         "tokens_per_s": sum(completion) / total if total > 0 else None,
         "batched_queries_per_s": len(batched) / batched_s if batched_s > 0 else None,
         "batched_tokens_per_s": batched_tokens / batched_s if batched_s > 0 else None,

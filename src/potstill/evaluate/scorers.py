@@ -84,12 +84,16 @@ def build_scorer(spec: ScorerSpec) -> Scorer:
         def against_reference(answer, record, reference=None):
             target = _target(record, spec.field, reference)
             return metric(answer, target) if target else 0.0
+
         return against_reference
     if kind == "agreement":
+
         def agreement(answer, record, reference=None):
             return float(reference is not None and normalize(answer) == normalize(reference))
+
         return agreement
     if kind == "regex":
+
         def regex(answer, record, reference=None):
             fields = {**(record.get("meta") or {}), **record}
             try:
@@ -97,12 +101,14 @@ def build_scorer(spec: ScorerSpec) -> Scorer:
             except (KeyError, IndexError):
                 pattern = spec.pattern
             return float(re.search(pattern, answer, flags=re.IGNORECASE) is not None)
+
         return regex
     norm = normalize if kind == "normalized" else str.strip
 
     def match(answer, record, reference=None):
         target = _target(record, spec.field, reference)
         return float(target is not None and norm(answer) == norm(target))
+
     return match
 
 

@@ -37,8 +37,11 @@ def judge_spec(ctx: RunContext):
     spec = parse_model(js.model, ctx.cfg.resolve, where="eval.judge.model")
     if spec.is_api:  # the teacher's endpoint and key when it is the same provider
         same = ctx.teacher.provider == spec.provider
-        spec = replace(spec, base_url=js.base_url or (ctx.teacher.base_url if same else None),
-                       api_key_env=js.api_key_env or (ctx.teacher.api_key_env if same else None))
+        spec = replace(
+            spec,
+            base_url=js.base_url or (ctx.teacher.base_url if same else None),
+            api_key_env=js.api_key_env or (ctx.teacher.api_key_env if same else None),
+        )
     return spec
 
 
@@ -59,13 +62,22 @@ def build_judge(ctx: RunContext, work: Path):
     """``(JudgeFn, name)`` for the eval stage; an API judge goes through the teacher's engine and answer cache."""
     cfg, js, spec = ctx.cfg, ctx.cfg.eval.judge_settings(), judge_spec(ctx)
     if spec.is_api:
-        tcfg = ctx.teacher_config().model_copy(update={"model": spec.raw, "top_logprobs": 0, "do_sample": False,
-                                                       "max_new_tokens": js.max_new_tokens, "tokenizer": None})
-        return api_judge(tcfg, spec, work / "judge-api", seed=cfg.seed, prices=ctx.teacher_prices(),
-                         cache_path=ctx.api_cache()), spec.display
+        tcfg = ctx.teacher_config().model_copy(
+            update={
+                "model": spec.raw,
+                "top_logprobs": 0,
+                "do_sample": False,
+                "max_new_tokens": js.max_new_tokens,
+                "tokenizer": None,
+            }
+        )
+        return api_judge(
+            tcfg, spec, work / "judge-api", seed=cfg.seed, prices=ctx.teacher_prices(), cache_path=ctx.api_cache()
+        ), spec.display
     dtype = cfg.teacher.dtype if spec is ctx.teacher else "float32"
-    return local_judge(spec.model_dir(), dtype=dtype, max_new_tokens=js.max_new_tokens, batch_size=js.batch_size,
-                       seed=cfg.seed), str(spec.path)
+    return local_judge(
+        spec.model_dir(), dtype=dtype, max_new_tokens=js.max_new_tokens, batch_size=js.batch_size, seed=cfg.seed
+    ), str(spec.path)
 
 
 class EvalStage(Stage):
@@ -73,9 +85,14 @@ class EvalStage(Stage):
 
     def inputs(self, ctx: RunContext, folder: str) -> dict:
         cfg = ctx.cfg
-        inputs = {"config": cfg.eval.model_dump(mode="json", exclude={"latency"}, exclude_defaults=True),
-                  "prompts": ctx.need("prompts"), "students": {m: ctx.need(f"students/{m}") for m in cfg.train.methods},
-                  "teacher": ctx.teacher.identity(), "floor": ctx.floor_identity(), "seed": cfg.seed}
+        inputs = {
+            "config": cfg.eval.model_dump(mode="json", exclude={"latency"}, exclude_defaults=True),
+            "prompts": ctx.need("prompts"),
+            "students": {m: ctx.need(f"students/{m}") for m in cfg.train.methods},
+            "teacher": ctx.teacher.identity(),
+            "floor": ctx.floor_identity(),
+            "seed": cfg.seed,
+        }
         spec = judge_spec(ctx)
         if spec is not None and spec is not ctx.teacher:
             inputs["judge"] = spec.identity()
@@ -95,9 +112,20 @@ class EvalStage(Stage):
             judge, judge_name = build_judge(ctx, work)
         elif eval_cfg.judge_settings() is not None:
             eval_cfg = eval_cfg.model_copy(update={"judge": False})
-        results = run_eval(eval_cfg, ctx.models(), splits, out, work, cfg.seed, answers=answers, judge=judge,
-                           judge_model=judge_name, contamination=contamination, warnings=lines,
-                           cache_dir=ctx.run_dir.root / ".cache" / "answers")
+        results = run_eval(
+            eval_cfg,
+            ctx.models(),
+            splits,
+            out,
+            work,
+            cfg.seed,
+            answers=answers,
+            judge=judge,
+            judge_model=judge_name,
+            contamination=contamination,
+            warnings=lines,
+            cache_dir=ctx.run_dir.root / ".cache" / "answers",
+        )
         for w in results["warnings"]:
             say(f"  [yellow]warning[/]: {w['message']}")
         return {"splits": list(results["splits"]), "warnings": len(results["warnings"])}
@@ -107,18 +135,30 @@ def api_perf(eval_dir: Path) -> dict:
     """An API teacher is not run here: its cost comes from token prices and its measured token counts."""
     rows = [r for f in sorted((eval_dir / "answers").glob("teacher__*.jsonl")) for r in read_jsonl(f)]
     n = max(len(rows), 1)
-    return {"api": True, "params": None, "latency_p50_s": None, "latency_p95_s": None, "latencies_s": [],
-            "tokens_per_s": None, "peak_rss_mb": None, "batched_queries_per_s": None,
-            "mean_prompt_tokens": sum(r.get("prompt_tokens", 0) for r in rows) / n,
-            "mean_completion_tokens": sum(r.get("completion_tokens", 0) for r in rows) / n}
+    return {
+        "api": True,
+        "params": None,
+        "latency_p50_s": None,
+        "latency_p95_s": None,
+        "latencies_s": [],
+        "tokens_per_s": None,
+        "peak_rss_mb": None,
+        "batched_queries_per_s": None,
+        "mean_prompt_tokens": sum(r.get("prompt_tokens", 0) for r in rows) / n,
+        "mean_completion_tokens": sum(r.get("completion_tokens", 0) for r in rows) / n,
+    }
 
 
 class MeasureStage(Stage):
     name = "measure"
 
     def inputs(self, ctx: RunContext, folder: str) -> dict:
-        return {"latency": ctx.cfg.eval.latency.model_dump(mode="json"), "max_new_tokens": ctx.cfg.eval.max_new_tokens,
-                "eval": ctx.need("eval"), "machine": machine()}
+        return {
+            "latency": ctx.cfg.eval.latency.model_dump(mode="json"),
+            "max_new_tokens": ctx.cfg.eval.max_new_tokens,
+            "eval": ctx.need("eval"),
+            "machine": machine(),
+        }
 
     def build(self, ctx: RunContext, folder: str, out: Path, work: Path) -> dict:
         cfg = ctx.cfg
@@ -129,9 +169,16 @@ class MeasureStage(Stage):
                 perf[name] = api_perf(ctx.path("eval"))
                 continue
             say(f"  measuring {name}")
-            perf[name] = measure_model(spec["path"], init=spec.get("init", "pretrained"), dtype=spec.get("dtype", "float32"),
-                                       seed=cfg.seed, records=records, max_new_tokens=cfg.eval.max_new_tokens,
-                                       queries=cfg.eval.latency.queries, batch_size=cfg.eval.latency.batch_size)
+            perf[name] = measure_model(
+                spec["path"],
+                init=spec.get("init", "pretrained"),
+                dtype=spec.get("dtype", "float32"),
+                seed=cfg.seed,
+                records=records,
+                max_new_tokens=cfg.eval.max_new_tokens,
+                queries=cfg.eval.latency.queries,
+                batch_size=cfg.eval.latency.batch_size,
+            )
         write_json(out / "perf.json", {"machine": machine(), "models": perf})
         return {"models": list(perf)}
 

@@ -68,15 +68,18 @@ def resampled_means(scores: dict[str, Sequence[float]], samples: int = 10_000, s
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def bootstrap_ci(values: Sequence[float], samples: int = 10_000, seed: int = 0, level: float = LEVEL) -> list[float] | None:
+def bootstrap_ci(
+    values: Sequence[float], samples: int = 10_000, seed: int = 0, level: float = LEVEL
+) -> list[float] | None:
     """Percentile bootstrap interval ``[lo, hi]`` of the mean of ``values`` (None when empty)."""
     if len(values) == 0:
         return None
     return _interval(resampled_means({"x": values}, samples, seed)["x"], level)
 
 
-def paired_diff_ci(a: Sequence[float], b: Sequence[float], samples: int = 10_000, seed: int = 0,
-                   level: float = LEVEL) -> list[float] | None:
+def paired_diff_ci(
+    a: Sequence[float], b: Sequence[float], samples: int = 10_000, seed: int = 0, level: float = LEVEL
+) -> list[float] | None:
     """Percentile paired-bootstrap interval of ``mean(a) - mean(b)`` (a, b scored on the same items)."""
     if len(a) == 0:
         return None
@@ -84,8 +87,14 @@ def paired_diff_ci(a: Sequence[float], b: Sequence[float], samples: int = 10_000
     return _interval(m["a"] - m["b"], level)
 
 
-def paired_bootstrap(scores: dict[str, Sequence[float]], teacher: str, floor: str | None = None,
-                     samples: int = 10_000, seed: int = 0, level: float = LEVEL) -> dict[str, dict]:
+def paired_bootstrap(
+    scores: dict[str, Sequence[float]],
+    teacher: str,
+    floor: str | None = None,
+    samples: int = 10_000,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict[str, dict]:
     """Paired percentile intervals for every model against ``teacher`` (and ``floor``).
 
     Returns ``{model: {"score": [lo, hi], "diff_vs_teacher": [lo, hi], "pct_of_teacher": [lo, hi],
@@ -95,7 +104,9 @@ def paired_bootstrap(scores: dict[str, Sequence[float]], teacher: str, floor: st
     of the resamples (e.g. a teacher mean of 0); ``gap_recovered`` is None without a floor.
     """
     if not scores or len(next(iter(scores.values()))) == 0:
-        return {k: {"score": None, "diff_vs_teacher": None, "pct_of_teacher": None, "gap_recovered": None} for k in scores}
+        return {
+            k: {"score": None, "diff_vs_teacher": None, "pct_of_teacher": None, "gap_recovered": None} for k in scores
+        }
     means = resampled_means(scores, samples, seed)
     t = means[teacher]
     f = means.get(floor) if floor else None
@@ -106,7 +117,9 @@ def paired_bootstrap(scores: dict[str, Sequence[float]], teacher: str, floor: st
                 "score": _interval(m, level),
                 "diff_vs_teacher": _interval(m - t, level),
                 "pct_of_teacher": _interval(np.where(t != 0, 100 * m / t, np.nan), level),
-                "gap_recovered": _interval(np.where(t - f != 0, (m - f) / (t - f), np.nan), level) if f is not None else None,
+                "gap_recovered": _interval(np.where(t - f != 0, (m - f) / (t - f), np.nan), level)
+                if f is not None
+                else None,
             }
     return out
 
@@ -136,8 +149,13 @@ def mcnemar(a: Sequence[float], b: Sequence[float]) -> dict:
     k = min(a_only, b_only)
     # mid-p = 2 * (P(X <= k) - P(X = k) / 2) = p_exact - P(X = k) for k < n/2, and 1 when b == c
     p_mid = p_exact - float(binom.pmf(k, n, 0.5)) if 2 * k != n else 1.0
-    return {"a_only": a_only, "b_only": b_only, "discordant": n, "p_exact": min(1.0, p_exact),
-            "p_midp": float(min(1.0, max(0.0, p_mid)))}
+    return {
+        "a_only": a_only,
+        "b_only": b_only,
+        "discordant": n,
+        "p_exact": min(1.0, p_exact),
+        "p_midp": float(min(1.0, max(0.0, p_mid))),
+    }
 
 
 def rounded(interval: list[float] | None, digits: int = 6) -> list[float] | None:

@@ -31,8 +31,11 @@ def _sequences(tokenizer, records: Sequence[dict], teacher_rows: Sequence[dict])
 
     out = []
     for rec, ans in zip(records, teacher_rows):
-        pair = {"messages": rec["messages"], "response_text": ans.get("text") or "",
-                "finish_reason": ans.get("finish_reason", "stop")}
+        pair = {
+            "messages": rec["messages"],
+            "response_text": ans.get("text") or "",
+            "finish_reason": ans.get("finish_reason", "stop"),
+        }
         prompt, resp = pair_ids(tokenizer, pair, reuse_teacher_ids=False)
         if not resp:
             continue
@@ -51,9 +54,9 @@ def _batch(seqs: list[tuple[list[int], int]], pad: int, device) -> tuple[torch.T
     att = torch.zeros((len(seqs), width), dtype=torch.long)
     pred = torch.zeros((len(seqs), width), dtype=torch.bool)  # position p predicts token p + 1
     for i, (s, start) in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        att[i, :len(s)] = 1
-        pred[i, start - 1:len(s) - 1] = True
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+        pred[i, start - 1 : len(s) - 1] = True
     return ids.to(device), att.to(device), pred.to(device)
 
 
@@ -63,8 +66,15 @@ def _log_probs(model, ids, att, pred, vocab: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def teacher_forced_measures(teacher, students: dict, tokenizer, records: Sequence[dict], teacher_rows: Sequence[dict],
-                            batch_size: int = 16, device=None) -> dict[str, dict]:
+def teacher_forced_measures(
+    teacher,
+    students: dict,
+    tokenizer,
+    records: Sequence[dict],
+    teacher_rows: Sequence[dict],
+    batch_size: int = 16,
+    device=None,
+) -> dict[str, dict]:
     """``{name: {"top1_agreement", "kl", "tokens"}}`` for each model in ``students`` against ``teacher``.
 
     ``teacher`` and ``students`` are loaded causal LMs sharing ``tokenizer``; ``teacher_rows`` are the
@@ -72,14 +82,16 @@ def teacher_forced_measures(teacher, students: dict, tokenizer, records: Sequenc
     """
     device = device or next(teacher.parameters()).device
     seqs = sorted(_sequences(tokenizer, records, teacher_rows), key=lambda x: len(x[0]))
-    vocab = min([len(tokenizer), teacher.get_output_embeddings().weight.shape[0]]
-                + [m.get_output_embeddings().weight.shape[0] for m in students.values()])
+    vocab = min(
+        [len(tokenizer), teacher.get_output_embeddings().weight.shape[0]]
+        + [m.get_output_embeddings().weight.shape[0] for m in students.values()]
+    )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     agree = {n: 0 for n in students}
     kl = {n: 0.0 for n in students}
     tokens = 0
     for i in range(0, len(seqs), batch_size):
-        ids, att, pred = _batch(seqs[i:i + batch_size], pad, device)
+        ids, att, pred = _batch(seqs[i : i + batch_size], pad, device)
         lp_t = _log_probs(teacher, ids, att, pred, vocab)
         top_t = lp_t.argmax(-1)
         p_t = lp_t.exp()
@@ -88,12 +100,23 @@ def teacher_forced_measures(teacher, students: dict, tokenizer, records: Sequenc
             lp_s = _log_probs(model, ids, att, pred, vocab)
             agree[name] += int((lp_s.argmax(-1) == top_t).sum())
             kl[name] += float((p_t * (lp_t - lp_s)).sum())
-    return {n: {"top1_agreement": round(agree[n] / tokens, 6) if tokens else None,
-                "kl": round(kl[n] / tokens, 6) if tokens else None, "tokens": tokens} for n in students}
+    return {
+        n: {
+            "top1_agreement": round(agree[n] / tokens, 6) if tokens else None,
+            "kl": round(kl[n] / tokens, 6) if tokens else None,
+            "tokens": tokens,
+        }
+        for n in students
+    }
 
 
-def run_teacher_forced(models: dict[str, dict], splits: dict[str, list[dict]], teacher_answers: dict[str, list[dict]],
-                       batch_size: int = 16, seed: int = 0) -> tuple[dict[str, dict[str, dict]], list[str]]:
+def run_teacher_forced(
+    models: dict[str, dict],
+    splits: dict[str, list[dict]],
+    teacher_answers: dict[str, list[dict]],
+    batch_size: int = 16,
+    seed: int = 0,
+) -> tuple[dict[str, dict[str, dict]], list[str]]:
     """Load the local teacher and every other model of ``models`` (the eval stage's specs) and measure each split.
 
     Returns ``({split: {model: measures}}, notes)``; a model whose tokenizer differs from the
@@ -113,12 +136,17 @@ def run_teacher_forced(models: dict[str, dict], splits: dict[str, list[dict]], t
         if tokenizer_fingerprint(load_tokenizer(spec["path"])) != fp:
             notes.append(f"{name}: tokenizer differs from the teacher's, no teacher-forced measures")
             continue
-        students[name] = load_model(spec["path"], dtype=spec.get("dtype", "float32"), init=spec.get("init", "pretrained"),
-                                    seed=seed).to(device).eval()
+        students[name] = (
+            load_model(spec["path"], dtype=spec.get("dtype", "float32"), init=spec.get("init", "pretrained"), seed=seed)
+            .to(device)
+            .eval()
+        )
     if not students:
         return {}, notes
     teacher = load_model(spec_t["path"], dtype=spec_t.get("dtype", "float32")).to(device).eval()
-    out = {split: teacher_forced_measures(teacher, students, tok, records, teacher_answers[split], batch_size, device)
-           for split, records in splits.items()}
+    out = {
+        split: teacher_forced_measures(teacher, students, tok, records, teacher_answers[split], batch_size, device)
+        for split, records in splits.items()
+    }
     del teacher, students
     return out, notes

@@ -21,8 +21,13 @@ def lower_first(text: str) -> str:
     stripped = text.lstrip()
     word = stripped.split(maxsplit=1)[0] if stripped else ""
     core = word.rstrip(",.!?;:")
-    if not core or not core[0].isupper() or core == "I" or core.startswith("I'") \
-            or any(c.isupper() or c.isdigit() for c in core[1:]):
+    if (
+        not core
+        or not core[0].isupper()
+        or core == "I"
+        or core.startswith("I'")
+        or any(c.isupper() or c.isdigit() for c in core[1:])
+    ):
         return text
     i = len(text) - len(stripped)
     return text[:i] + stripped[0].lower() + stripped[1:]
@@ -40,9 +45,15 @@ def _glue(parts: list[str], rng: random.Random, newline_rate: float) -> str:
 def wrap(text: str, settings: WrapSettings, rng_seed: int) -> str:
     """``text`` with a greeting, a context sentence, a polite lead-in and/or a sign-off (at least one)."""
     rng = random.Random(rng_seed)
-    want = {part: rng.random() < rate for part, rate in (
-        ("greeting", settings.greeting_rate), ("context", settings.context_rate),
-        ("politeness", settings.politeness_rate), ("signoff", settings.signoff_rate))}
+    want = {
+        part: rng.random() < rate
+        for part, rate in (
+            ("greeting", settings.greeting_rate),
+            ("context", settings.context_rate),
+            ("politeness", settings.politeness_rate),
+            ("signoff", settings.signoff_rate),
+        )
+    }
     if not any(want.values()):
         want[rng.choice(sorted(want))] = True
     before, body = [], text.strip()

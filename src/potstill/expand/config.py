@@ -26,16 +26,21 @@ class MethodSettings(Section):
     """How many expansions one method makes."""
 
     enabled: bool = Field(True, description="Run this method.")
-    share: float = Field(0.25, ge=0, le=1, description="Share of the training prompts this method expands "
-                         "(chosen by a seeded hash of each prompt id).")
+    share: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Share of the training prompts this method expands (chosen by a seeded hash of each prompt id).",
+    )
     copies: int = Field(1, ge=1, le=32, description="Expansions made from each chosen prompt.")
 
 
 class RuleSettings(MethodSettings):
     """A rule-based perturbation of the last user message."""
 
-    rate: float = Field(0.1, ge=0, le=1, description="Share of the eligible words changed (at least one when > 0); "
-                        "0 changes nothing.")
+    rate: float = Field(
+        0.1, ge=0, le=1, description="Share of the eligible words changed (at least one when > 0); 0 changes nothing."
+    )
 
 
 class CasingSettings(RuleSettings):
@@ -43,8 +48,10 @@ class CasingSettings(RuleSettings):
 
     rate: float = Field(1.0, ge=0, le=1, description="Share of the words whose case is changed; 0 changes nothing.")
     styles: dict[Literal["lower", "upper", "capitalize"], float] = Field(
-        {"lower": 0.8, "upper": 0.2}, min_length=1,
-        description="Relative weights of the styles: lower ('how do i'), upper ('HOW DO I'), capitalize ('How Do I').")
+        {"lower": 0.8, "upper": 0.2},
+        min_length=1,
+        description="Relative weights of the styles: lower ('how do i'), upper ('HOW DO I'), capitalize ('How Do I').",
+    )
 
     @field_validator("styles")
     @classmethod
@@ -57,9 +64,11 @@ class PunctuationSettings(RuleSettings):
 
     rate: float = Field(0.5, ge=0, le=1, description="Share of the punctuation marks changed; 0 changes nothing.")
     ops: dict[Literal["drop", "repeat", "space", "swap"], float] = Field(
-        {"drop": 0.6, "repeat": 0.2, "space": 0.1, "swap": 0.1}, min_length=1,
+        {"drop": 0.6, "repeat": 0.2, "space": 0.1, "swap": 0.1},
+        min_length=1,
         description="Relative weights of the changes: drop the mark, repeat it ('??'), put a space before it, "
-        "swap '?' with '.' or '!'.")
+        "swap '?' with '.' or '!'.",
+    )
 
     @field_validator("ops")
     @classmethod
@@ -75,12 +84,16 @@ class WrapSettings(MethodSettings):
     context_rate: float = Field(0.4, ge=0, le=1, description="Probability of a context sentence before the message.")
     politeness_rate: float = Field(0.3, ge=0, le=1, description="Probability of a polite lead-in to the question.")
     signoff_rate: float = Field(0.4, ge=0, le=1, description="Probability of a sign-off after the message.")
-    newline_rate: float = Field(0.2, ge=0, le=1, description="Probability that the parts are joined by a line break "
-                                "instead of a space.")
+    newline_rate: float = Field(
+        0.2, ge=0, le=1, description="Probability that the parts are joined by a line break instead of a space."
+    )
     greetings: list[str] = Field(GREETINGS, min_length=1, description="Greetings (replace the built-in list).")
     contexts: list[str] = Field(CONTEXTS, min_length=1, description="Context sentences said before the question.")
-    politeness: list[str] = Field(POLITENESS, min_length=1, description="Lead-ins; the question's first letter is "
-                                  "lower-cased after one that ends in a comma or a word.")
+    politeness: list[str] = Field(
+        POLITENESS,
+        min_length=1,
+        description="Lead-ins; the question's first letter is lower-cased after one that ends in a comma or a word.",
+    )
     signoffs: list[str] = Field(SIGNOFFS, min_length=1, description="Sign-offs (thanks, closings).")
 
 
@@ -91,12 +104,17 @@ class ComposeSettings(MethodSettings):
     min_parts: int = Field(2, ge=2, le=8, description="Fewest prompts joined into one message.")
     max_parts: int = Field(2, ge=2, le=8, description="Most prompts joined into one message.")
     same_category: bool = Field(False, description="Join only prompts of the same category.")
-    joiners: list[str] = Field(JOINERS, min_length=1, description="Text put between two parts; the next part's "
-                               "first letter is lower-cased after one that ends in a comma or a word.")
+    joiners: list[str] = Field(
+        JOINERS,
+        min_length=1,
+        description="Text put between two parts; the next part's "
+        "first letter is lower-cased after one that ends in a comma or a word.",
+    )
     intros: list[str] = Field(INTROS, min_length=1, description="Openers said before the first part.")
     intro_rate: float = Field(0.3, ge=0, le=1, description="Probability of an opener.")
-    numbered_rate: float = Field(0.15, ge=0, le=1, description="Probability of a numbered list ('1. ... 2. ...') "
-                                 "instead of joiners.")
+    numbered_rate: float = Field(
+        0.15, ge=0, le=1, description="Probability of a numbered list ('1. ... 2. ...') instead of joiners."
+    )
 
     @model_validator(mode="after")
     def _parts(self):
@@ -108,10 +126,13 @@ class ComposeSettings(MethodSettings):
 class Instruction(Section):
     """One writer instruction; ``{prompt}`` is replaced by the seed prompt's last user message."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
-                      description="Short name, kept in each rewrite's meta.")
-    method: Literal["paraphrase", "evolve"] = Field(description="paraphrase: same request in other words; "
-                                                    "evolve: a changed request (more casual, specific, constrained).")
+    name: str = Field(
+        min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Short name, kept in each rewrite's meta."
+    )
+    method: Literal["paraphrase", "evolve"] = Field(
+        description="paraphrase: same request in other words; "
+        "evolve: a changed request (more casual, specific, constrained)."
+    )
     template: str = Field(min_length=1, description="The message sent to the writer; must contain {prompt}.")
 
     @field_validator("template")
@@ -129,19 +150,33 @@ def _default_instructions() -> list[Instruction]:
 class WriterSettings(MethodSettings):
     """A writer model rewrites seed prompts (paraphrase / evolve), cached and resumable like teacher answers."""
 
-    enabled: bool = Field(False, description="Run the writer (needs `model`, or a `cache_file` that covers "
-                          "every seed).")
+    enabled: bool = Field(
+        False, description="Run the writer (needs `model`, or a `cache_file` that covers every seed)."
+    )
     share: float = Field(0.5, ge=0, le=1, description="Share of the training prompts rewritten.")
-    copies: int | None = Field(None, ge=1, le=32, description="Instructions applied per chosen prompt, drawn without "
-                               "repeats (none: all of them).")
-    model: str | None = Field(None, description="Local Hugging Face model directory, 'vllm:DIR', 'openai:MODEL' or "
-                              "'anthropic:MODEL' (as teacher.model); relative to the config file.")
-    instructions: list[Instruction] = Field(default_factory=_default_instructions, min_length=1,
-                                            description="Instruction templates (replace the built-in ones).")
+    copies: int | None = Field(
+        None,
+        ge=1,
+        le=32,
+        description="Instructions applied per chosen prompt, drawn without repeats (none: all of them).",
+    )
+    model: str | None = Field(
+        None,
+        description="Local Hugging Face model directory, 'vllm:DIR', 'openai:MODEL' or "
+        "'anthropic:MODEL' (as teacher.model); relative to the config file.",
+    )
+    instructions: list[Instruction] = Field(
+        default_factory=_default_instructions,
+        min_length=1,
+        description="Instruction templates (replace the built-in ones).",
+    )
     system_prompt: str | None = Field(None, description="System message sent to the writer before each instruction.")
-    cache_file: str | None = Field(None, description="JSONL of shipped rewrites (written by `python -m "
-                                   "potstill.expand.cachefile`); when present, rewrites are read from it and only "
-                                   "missing ones are generated.")
+    cache_file: str | None = Field(
+        None,
+        description="JSONL of shipped rewrites (written by `python -m "
+        "potstill.expand.cachefile`); when present, rewrites are read from it and only "
+        "missing ones are generated.",
+    )
     max_new_tokens: int = Field(96, ge=1, le=8192, description="Most tokens of one rewrite.")
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature (with do_sample).")
@@ -149,8 +184,9 @@ class WriterSettings(MethodSettings):
     batch_size: int = Field(16, ge=1, description="Prompts generated together (local writer).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype (local writer).")
     base_url: str | None = Field(None, description="API endpoint of an API writer (as teacher.base_url).")
-    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-                                    description="Environment variable holding the writer's API key.")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the writer's API key."
+    )
     concurrency: int = Field(8, ge=1, le=1024, description="API requests in flight at once.")
     max_cost: float | None = Field(None, ge=0, description="Stop when the writer's API spend (USD) would exceed this.")
     min_chars: int = Field(3, ge=1, description="Shortest rewrite kept (characters).")
@@ -181,27 +217,45 @@ class ExpandConfig(Section):
 
     enabled: bool = Field(False, description="Run the expand stage between prompts and generate.")
     seed: int | None = Field(None, description="Seed of every random choice (default: the run's seed).")
-    max_total: int | None = Field(None, ge=0, description="Most expansions kept (a seeded sample, after dedup and "
-                                  "the contamination check).")
-    near_dup_threshold: float = Field(0.9, ge=0.5, le=1.0, description="Estimated Jaccard similarity of word "
-                                      "3-shingles above which an expansion is a near duplicate and dropped.")
-    protect: str = Field(r"\d", description="Regex: words in which it matches are never changed by typo, swap and "
-                         "dropout (default: words with digits, e.g. codes, prices, versions).")
-    typo: RuleSettings = Field(default_factory=lambda: RuleSettings(share=0.3),
-                               description="Keyboard typos (nlpaug KeyboardAug): a neighbouring key in each changed "
-                               "word.")
-    swap: RuleSettings = Field(default_factory=lambda: RuleSettings(share=0.2),
-                               description="Swapped adjacent characters (nlpaug RandomCharAug swap).")
-    dropout: RuleSettings = Field(default_factory=lambda: RuleSettings(share=0.2),
-                                  description="Dropped words (nlpaug RandomWordAug delete).")
-    casing: CasingSettings = Field(default_factory=lambda: CasingSettings(share=0.2),
-                                   description="Case changes (all lower-case, SHOUTING, Title Case).")
-    punctuation: PunctuationSettings = Field(default_factory=lambda: PunctuationSettings(share=0.2),
-                                             description="Dropped, repeated, spaced or swapped punctuation.")
+    max_total: int | None = Field(
+        None, ge=0, description="Most expansions kept (a seeded sample, after dedup and the contamination check)."
+    )
+    near_dup_threshold: float = Field(
+        0.9,
+        ge=0.5,
+        le=1.0,
+        description="Estimated Jaccard similarity of word "
+        "3-shingles above which an expansion is a near duplicate and dropped.",
+    )
+    protect: str = Field(
+        r"\d",
+        description="Regex: words in which it matches are never changed by typo, swap and "
+        "dropout (default: words with digits, e.g. codes, prices, versions).",
+    )
+    typo: RuleSettings = Field(
+        default_factory=lambda: RuleSettings(share=0.3),
+        description="Keyboard typos (nlpaug KeyboardAug): a neighbouring key in each changed word.",
+    )
+    swap: RuleSettings = Field(
+        default_factory=lambda: RuleSettings(share=0.2),
+        description="Swapped adjacent characters (nlpaug RandomCharAug swap).",
+    )
+    dropout: RuleSettings = Field(
+        default_factory=lambda: RuleSettings(share=0.2), description="Dropped words (nlpaug RandomWordAug delete)."
+    )
+    casing: CasingSettings = Field(
+        default_factory=lambda: CasingSettings(share=0.2),
+        description="Case changes (all lower-case, SHOUTING, Title Case).",
+    )
+    punctuation: PunctuationSettings = Field(
+        default_factory=lambda: PunctuationSettings(share=0.2),
+        description="Dropped, repeated, spaced or swapped punctuation.",
+    )
     wrap: WrapSettings = Field(default_factory=WrapSettings, description="Greetings, context, politeness, sign-offs.")
     compose: ComposeSettings = Field(default_factory=ComposeSettings, description="Several questions in one message.")
-    writer: WriterSettings = Field(default_factory=WriterSettings, description="Writer-model paraphrases and "
-                                   "Evol-Instruct-style rewrites.")
+    writer: WriterSettings = Field(
+        default_factory=WriterSettings, description="Writer-model paraphrases and Evol-Instruct-style rewrites."
+    )
 
     @field_validator("protect")
     @classmethod
@@ -220,5 +274,6 @@ def hashed_expand_config(cfg: ExpandConfig) -> dict:
     """The settings that decide the stage's output (its config input): the writer's run-only settings
     (key, concurrency, budget, the cache file's path) change no rewrite and are left out; hash the
     cache file's content separately."""
-    return cfg.model_dump(mode="json", exclude={"enabled": True, "writer": RUN_ONLY_WRITER_FIELDS},
-                          exclude_defaults=True)
+    return cfg.model_dump(
+        mode="json", exclude={"enabled": True, "writer": RUN_ONLY_WRITER_FIELDS}, exclude_defaults=True
+    )

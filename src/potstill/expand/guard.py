@@ -30,7 +30,7 @@ class EvalGuard:
         for i, r in enumerate(records):
             w = prompt_words(r)
             k = min(n, len(w))
-            counts = Counter(tuple(w[j:j + k]) for j in range(len(w) - k + 1)) if w else Counter()
+            counts = Counter(tuple(w[j : j + k]) for j in range(len(w) - k + 1)) if w else Counter()
             self.sizes.append(sum(counts.values()))
             table = self.grams.setdefault(k, {})
             for g, c in counts.items():
@@ -51,7 +51,7 @@ class EvalGuard:
             if k == 0 or len(w) < k:
                 continue
             found: Counter = Counter()
-            for g in {tuple(w[j:j + k]) for j in range(len(w) - k + 1)}:
+            for g in {tuple(w[j : j + k]) for j in range(len(w) - k + 1)}:
                 for i, c in table.get(g, ()):
                     found[i] += c
             for i, c in sorted(found.items()):

@@ -7,8 +7,18 @@ the config (``expand.wrap.greetings``, ``expand.compose.joiners``, ``expand.writ
 from __future__ import annotations
 
 GREETINGS = [
-    "Hi!", "Hello,", "Hey there.", "Hi there,", "Good morning!", "Good afternoon.", "Hey,", "Hello again!",
-    "Hi team,", "Evening!", "Howdy.", "Hiya,",
+    "Hi!",
+    "Hello,",
+    "Hey there.",
+    "Hi there,",
+    "Good morning!",
+    "Good afternoon.",
+    "Hey,",
+    "Hello again!",
+    "Hi team,",
+    "Evening!",
+    "Howdy.",
+    "Hiya,",
 ]
 
 CONTEXTS = [
@@ -27,39 +37,80 @@ CONTEXTS = [
 ]
 
 POLITENESS = [
-    "Could you tell me,", "I was wondering,", "Sorry to bother you, but", "If you don't mind me asking,",
-    "Would you be able to help?", "Can I ask something?", "Quick question:", "Could you help me out?",
-    "Please help:", "I'd appreciate a hand with this:",
+    "Could you tell me,",
+    "I was wondering,",
+    "Sorry to bother you, but",
+    "If you don't mind me asking,",
+    "Would you be able to help?",
+    "Can I ask something?",
+    "Quick question:",
+    "Could you help me out?",
+    "Please help:",
+    "I'd appreciate a hand with this:",
 ]
 
 SIGNOFFS = [
-    "Thanks!", "Thanks in advance.", "Cheers.", "Appreciate it!", "Thank you so much.", "Thanks a lot!",
-    "Any help is welcome.", "Thanks for your time.", "Much appreciated.", "ty",
+    "Thanks!",
+    "Thanks in advance.",
+    "Cheers.",
+    "Appreciate it!",
+    "Thank you so much.",
+    "Thanks a lot!",
+    "Any help is welcome.",
+    "Thanks for your time.",
+    "Much appreciated.",
+    "ty",
 ]
 
 JOINERS = [
-    " Also, ", " And ", "\n", " Oh, and ", " One more thing: ", " Separately, ", " Plus, ", "\n\nAlso: ",
-    " While I'm at it, ", " Second question: ", " On another note, ", " And one more: ",
+    " Also, ",
+    " And ",
+    "\n",
+    " Oh, and ",
+    " One more thing: ",
+    " Separately, ",
+    " Plus, ",
+    "\n\nAlso: ",
+    " While I'm at it, ",
+    " Second question: ",
+    " On another note, ",
+    " And one more: ",
 ]
 
 INTROS = [
-    "A couple of questions.", "Two things:", "I have a few questions.", "Some questions for you:",
-    "Bundling these together:", "Hoping you can help with these.",
+    "A couple of questions.",
+    "Two things:",
+    "I have a few questions.",
+    "Some questions for you:",
+    "Bundling these together:",
+    "Hoping you can help with these.",
 ]
 
 _REPLY_ONLY = "Reply with the rewritten message only."
 
 DEFAULT_INSTRUCTIONS = [
-    {"name": "paraphrase", "method": "paraphrase",
-     "template": "Rewrite the following user message so that it asks for exactly the same thing in different words. "
-                 f"{_REPLY_ONLY}\n\nMessage: {{prompt}}"},
-    {"name": "casual", "method": "evolve",
-     "template": "Rewrite the following user message the way a busy person would type it into a chat box: short, "
-                 f"informal, still asking for the same thing. {_REPLY_ONLY}\n\nMessage: {{prompt}}"},
-    {"name": "specific", "method": "evolve",
-     "template": "Rewrite the following user message so that it mentions one concrete detail of the user's own "
-                 f"situation while asking the same question. {_REPLY_ONLY}\n\nMessage: {{prompt}}"},
-    {"name": "constraint", "method": "evolve",
-     "template": "Rewrite the following user message, adding one reasonable requirement on the answer (for example "
-                 f"its length or its format) while keeping the question. {_REPLY_ONLY}\n\nMessage: {{prompt}}"},
+    {
+        "name": "paraphrase",
+        "method": "paraphrase",
+        "template": "Rewrite the following user message so that it asks for exactly the same thing in different words. "
+        f"{_REPLY_ONLY}\n\nMessage: {{prompt}}",
+    },
+    {
+        "name": "casual",
+        "method": "evolve",
+        "template": "Rewrite the following user message the way a busy person would type it into a chat box: short, "
+        f"informal, still asking for the same thing. {_REPLY_ONLY}\n\nMessage: {{prompt}}",
+    },
+    {
+        "name": "specific",
+        "method": "evolve",
+        "template": "Rewrite the following user message so that it mentions one concrete detail of the user's own "
+        f"situation while asking the same question. {_REPLY_ONLY}\n\nMessage: {{prompt}}",
+    },
+    {
+        "name": "constraint",
+        "method": "evolve",
+        "template": "Rewrite the following user message, adding one reasonable requirement on the answer (for example "
+        f"its length or its format) while keeping the question. {_REPLY_ONLY}\n\nMessage: {{prompt}}",
+    },
 ]

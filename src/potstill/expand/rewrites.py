@@ -64,16 +64,36 @@ def provenance(cfg: WriterSettings, rows: list[dict], seed: int) -> dict:
     for r in rows:
         if r.get("writer") and r["writer"] not in writers:
             writers.append(r["writer"])
-    return {"format": FORMAT, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "potstill_version": __version__, "writers": writers, "system_prompt": cfg.system_prompt,
-            "instructions": [{**i.model_dump(mode="json"), "sha": s} for i in cfg.instructions
-                             if (s := instruction_sha(i, cfg.system_prompt)) in shas],
-            "settings": {"max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample,
-                         "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": seed}}
+    return {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "potstill_version": __version__,
+        "writers": writers,
+        "system_prompt": cfg.system_prompt,
+        "instructions": [
+            {**i.model_dump(mode="json"), "sha": s}
+            for i in cfg.instructions
+            if (s := instruction_sha(i, cfg.system_prompt)) in shas
+        ],
+        "settings": {
+            "max_new_tokens": cfg.max_new_tokens,
+            "do_sample": cfg.do_sample,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "seed": seed,
+        },
+    }
 
 
-def run_writer(cfg: WriterSettings, records: list[dict], seed: int, out_dir: Path, work_dir: Path,
-               runner: WriterRunner | None = None, base_dir: str | Path = ".") -> tuple[list[tuple], dict]:
+def run_writer(
+    cfg: WriterSettings,
+    records: list[dict],
+    seed: int,
+    out_dir: Path,
+    work_dir: Path,
+    runner: WriterRunner | None = None,
+    base_dir: str | Path = ".",
+) -> tuple[list[tuple], dict]:
     """Rewrite the chosen seed prompts; returns ``([(seed record, instruction, text, writer)], stats)``.
 
     Rewrites in ``cfg.cache_file`` (when it exists) are used as they are; the missing ones go to
@@ -106,9 +126,16 @@ def run_writer(cfg: WriterSettings, records: list[dict], seed: int, out_dir: Pat
         for (r, ins, sha), rec in zip(todo, asked):
             g = answers.get(rec["id"])
             if g is not None:
-                rows[(r["id"], sha)] = {"seed_id": r["id"], "seed_sha": seed_sha(seed_text(r)), "instruction": ins.name,
-                                        "instruction_sha": sha, "method": ins.method, "raw": g["text"],
-                                        "finish_reason": g.get("finish_reason"), "writer": identity}
+                rows[(r["id"], sha)] = {
+                    "seed_id": r["id"],
+                    "seed_sha": seed_sha(seed_text(r)),
+                    "instruction": ins.name,
+                    "instruction_sha": sha,
+                    "method": ins.method,
+                    "raw": g["text"],
+                    "finish_reason": g.get("finish_reason"),
+                    "writer": identity,
+                }
     accepted, rejected, used = [], Counter(), []
     for r, ins, sha in jobs:
         row = rows.get((r["id"], sha))
@@ -123,8 +150,15 @@ def run_writer(cfg: WriterSettings, records: list[dict], seed: int, out_dir: Pat
             accepted.append((r, ins, text, row.get("writer")))
     write_jsonl(Path(out_dir) / "writer" / "rewrites.jsonl", used)
     write_json(Path(out_dir) / "writer" / "provenance.json", provenance(cfg, used, seed))
-    stats = {"asked": len(jobs), "from_cache_file": n_cached, "stale_in_cache_file": stale, "sent_to_writer": len(todo),
-             "unanswered": len(jobs) - len(used), "rejected": dict(sorted(rejected.items())), "accepted": len(accepted)}
+    stats = {
+        "asked": len(jobs),
+        "from_cache_file": n_cached,
+        "stale_in_cache_file": stale,
+        "sent_to_writer": len(todo),
+        "unanswered": len(jobs) - len(used),
+        "rejected": dict(sorted(rejected.items())),
+        "accepted": len(accepted),
+    }
     return accepted, stats
 
 
@@ -137,9 +171,11 @@ def export_rewrites(expand_dir: str | Path, path: str | Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m potstill.expand.rewrites",
-                                     description="Export an expand stage's writer rewrites as a rewrites file "
-                                                 "(expand.writer.cache_file) with its provenance header.")
+    parser = argparse.ArgumentParser(
+        prog="python -m potstill.expand.rewrites",
+        description="Export an expand stage's writer rewrites as a rewrites file "
+        "(expand.writer.cache_file) with its provenance header.",
+    )
     parser.add_argument("expand_dir", help="The expand stage's output directory (RUN/expand).")
     parser.add_argument("out", help="The rewrites file to write (JSONL).")
     args = parser.parse_args(argv)

@@ -53,13 +53,23 @@ def _augmenter(kind: str, rate: float, protect: str):
     if kind == "typo":
         import nlpaug.augmenter.char as nac  # defers nlpaug (expand stage only)
 
-        return nac.KeyboardAug(aug_word_p=rate, aug_word_min=1, aug_word_max=None, aug_char_min=1, aug_char_max=1,
-                               include_special_char=False, include_numeric=False, include_upper_case=False, **common)
+        return nac.KeyboardAug(
+            aug_word_p=rate,
+            aug_word_min=1,
+            aug_word_max=None,
+            aug_char_min=1,
+            aug_char_max=1,
+            include_special_char=False,
+            include_numeric=False,
+            include_upper_case=False,
+            **common,
+        )
     if kind == "swap":
         import nlpaug.augmenter.char as nac  # defers nlpaug (expand stage only)
 
-        return nac.RandomCharAug(action="swap", aug_word_p=rate, aug_word_min=1, aug_word_max=None, aug_char_min=1,
-                                 aug_char_max=1, **common)
+        return nac.RandomCharAug(
+            action="swap", aug_word_p=rate, aug_word_min=1, aug_word_max=None, aug_char_min=1, aug_char_max=1, **common
+        )
     if kind == "dropout":
         import nlpaug.augmenter.word as naw  # defers nlpaug (expand stage only)
 
@@ -78,7 +88,7 @@ def _nlpaug(kind: str, text: str, settings: RuleSettings, rng_seed: int, protect
             if body.strip():
                 result = aug.augment(body)
                 body = result[0] if isinstance(result, list) and result else (result or body)
-            out.append(body + line[len(line.rstrip("\r\n")):])
+            out.append(body + line[len(line.rstrip("\r\n")) :])
     return "".join(out)
 
 

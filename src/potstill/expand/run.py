@@ -78,10 +78,12 @@ def _wraps(cfg: ExpandConfig, train: list[dict], seed: int) -> list[dict]:
     s = cfg.wrap
     if not s.enabled:
         return []
-    return [expansion(r, wrap(seed_text(r), s, rng_seed(seed, "wrap", r["id"], copy)), "wrap", [r["id"]],
-                      r.get("category"))
-            for r in train if seed_text(r) is not None and chosen(seed, "wrap", r["id"], s.share)
-            for copy in range(s.copies)]
+    return [
+        expansion(r, wrap(seed_text(r), s, rng_seed(seed, "wrap", r["id"], copy)), "wrap", [r["id"]], r.get("category"))
+        for r in train
+        if seed_text(r) is not None and chosen(seed, "wrap", r["id"], s.share)
+        for copy in range(s.copies)
+    ]
 
 
 def _composes(cfg: ExpandConfig, train: list[dict], seed: int) -> list[dict]:
@@ -108,8 +110,9 @@ def _composes(cfg: ExpandConfig, train: list[dict], seed: int) -> list[dict]:
                 parts = [r, *(group[i] for i in picks)]
                 cats = {p.get("category") for p in parts}
                 text = compose([seed_text(p) for p in parts], s, rng.getrandbits(64))
-                out.append(expansion(r, text, "compose", [p["id"] for p in parts],
-                                     cats.pop() if len(cats) == 1 else None))
+                out.append(
+                    expansion(r, text, "compose", [p["id"] for p in parts], cats.pop() if len(cats) == 1 else None)
+                )
     return out
 
 
@@ -127,8 +130,7 @@ def _keep_out_of_eval(candidates: list[dict], splits: dict[str, list[dict]]) -> 
     return clean, contaminated, examples
 
 
-def _dedup(train: list[dict], candidates: list[dict], threshold: float, seed: int,
-           dropped: Counter) -> list[dict]:
+def _dedup(train: list[dict], candidates: list[dict], threshold: float, seed: int, dropped: Counter) -> list[dict]:
     """Candidates that are not exact or near duplicates of an original or an earlier candidate.
 
     Casing and punctuation changes are compared on their exact messages (normalisation would call
@@ -155,9 +157,17 @@ def _dedup(train: list[dict], candidates: list[dict], threshold: float, seed: in
     return [c for c in candidates if id(c) in keep]
 
 
-def run_expand(cfg: ExpandConfig, train_records: list[dict], eval_records_by_split: dict[str, list[dict]],
-               out_dir: Path, work_dir: Path, seed: int = 0, writer_runner: WriterRunner | None = None, *,
-               base_dir: str | Path = ".") -> dict:
+def run_expand(
+    cfg: ExpandConfig,
+    train_records: list[dict],
+    eval_records_by_split: dict[str, list[dict]],
+    out_dir: Path,
+    work_dir: Path,
+    seed: int = 0,
+    writer_runner: WriterRunner | None = None,
+    *,
+    base_dir: str | Path = ".",
+) -> dict:
     """Expand ``train_records``; write ``out_dir/train.jsonl`` and ``out_dir/stats.json``; return the stats.
 
     Runs every method whose ``enabled`` is set (``cfg.enabled`` is the pipeline's switch, not read
@@ -172,8 +182,11 @@ def run_expand(cfg: ExpandConfig, train_records: list[dict], eval_records_by_spl
     seed = cfg.seed if cfg.seed is not None else seed
     dropped: Counter = Counter()
     unchanged: Counter = Counter()
-    candidates = [*_rules(cfg, train_records, seed, unchanged), *_wraps(cfg, train_records, seed),
-                  *_composes(cfg, train_records, seed)]
+    candidates = [
+        *_rules(cfg, train_records, seed, unchanged),
+        *_wraps(cfg, train_records, seed),
+        *_composes(cfg, train_records, seed),
+    ]
     writer_stats = None
     if cfg.writer.enabled:
         accepted, writer_stats = run_writer(cfg.writer, train_records, seed, out_dir, work_dir, writer_runner, base_dir)
@@ -197,9 +210,14 @@ def run_expand(cfg: ExpandConfig, train_records: list[dict], eval_records_by_spl
     n = write_jsonl(out_dir / "train.jsonl", [*train_records, *kept])
     per_method = Counter(c["meta"]["method"] for c in kept)
     stats = {
-        "seeds": len(train_records), "expansions": len(kept), "train": n,
-        "methods": {m: {"made": made[m], "kept": per_method[m], "unchanged": unchanged[m]}
-                    for m in METHODS if made[m] or unchanged[m]},
+        "seeds": len(train_records),
+        "expansions": len(kept),
+        "train": n,
+        "methods": {
+            m: {"made": made[m], "kept": per_method[m], "unchanged": unchanged[m]}
+            for m in METHODS
+            if made[m] or unchanged[m]
+        },
         "dropped": {k: dropped[k] for k in ("exact_duplicate", "near_duplicate", "contaminated", "over_max_total")}
         | {"unchanged": sum(unchanged.values())},
         "contaminated": {"by_split": dict(sorted(contaminated.items())), "examples": examples},

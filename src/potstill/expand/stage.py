@@ -37,15 +37,22 @@ class ExpandStage(Stage):
         cfg = ctx.cfg
         runner = None
         if cfg.expand.writer.enabled and cfg.expand.writer.model:
-            runner = make_writer_runner(cfg.expand.writer, base_dir=cfg.base_dir,
-                                        cache_path=ctx.run_dir.root / ".cache" / "writer-api.sqlite",
-                                        prices=ctx.teacher_prices(), seed=cfg.seed)
+            runner = make_writer_runner(
+                cfg.expand.writer,
+                base_dir=cfg.base_dir,
+                cache_path=ctx.run_dir.root / ".cache" / "writer-api.sqlite",
+                prices=ctx.teacher_prices(),
+                seed=cfg.seed,
+            )
         evals = {s: ctx.split(s) for s in ("validation", "test", "ood")}
-        stats = run_expand(cfg.expand, ctx.split("train"), evals, out, work, cfg.seed, writer_runner=runner,
-                           base_dir=cfg.base_dir)
-        say(f"  expand: {stats['seeds']} seed prompts + {stats['expansions']} expansions "
+        stats = run_expand(
+            cfg.expand, ctx.split("train"), evals, out, work, cfg.seed, writer_runner=runner, base_dir=cfg.base_dir
+        )
+        say(
+            f"  expand: {stats['seeds']} seed prompts + {stats['expansions']} expansions "
             + ", ".join(f"{m}={v['kept']}" for m, v in stats["methods"].items())
-            + f"; dropped {stats['dropped']}")
+            + f"; dropped {stats['dropped']}"
+        )
         return stats
 
 

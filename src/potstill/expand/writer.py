@@ -35,7 +35,9 @@ _LIST = re.compile(r"^(?:[-*•]\s+|\d+[.)]\s+)")
 _LABEL = re.compile(
     r"^(?:\*\*)?(?:(?:the\s+)?(?:paraphrased?|rewritten|reworded|revised|new|casual|specific|evolved|final)\s+)?"
     r"(?:version|question|prompt|request|message|query|rewrite|paraphrase|output|text|user)(?:\s*\d+)?"
-    r"(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*", re.IGNORECASE)
+    r"(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*",
+    re.IGNORECASE,
+)
 
 
 def seed_text(record: dict) -> str | None:
@@ -97,8 +99,9 @@ def clean_rewrite(raw: str) -> tuple[str, bool]:
     return text, len(lines) > 1
 
 
-def reject_reason(text: str, more: bool, finish_reason: str | None, seed: str, ins: Instruction,
-                  cfg: WriterSettings) -> str | None:
+def reject_reason(
+    text: str, more: bool, finish_reason: str | None, seed: str, ins: Instruction, cfg: WriterSettings
+) -> str | None:
     """Why a cleaned rewrite is dropped (empty, truncated, echo, overlong), or None to keep it."""
     if len(text) < cfg.min_chars:
         return "empty"
@@ -115,20 +118,34 @@ def reject_reason(text: str, more: bool, finish_reason: str | None, seed: str, i
 
 def writer_spec(cfg: WriterSettings, base_dir: str | Path = "."):
     """The writer's model as a :class:`~potstill.teachers.spec.ModelSpec` (paths against ``base_dir``)."""
-    return parse_model(cfg.model, lambda p: (Path(base_dir) / Path(p).expanduser()).resolve(), base_url=cfg.base_url,
-                       api_key_env=cfg.api_key_env, where="expand.writer.model")
+    return parse_model(
+        cfg.model,
+        lambda p: (Path(base_dir) / Path(p).expanduser()).resolve(),
+        base_url=cfg.base_url,
+        api_key_env=cfg.api_key_env,
+        where="expand.writer.model",
+    )
 
 
 def teacher_config(cfg: WriterSettings, engine: dict | None = None):
     """The writer's settings as a :class:`potstill.config.TeacherConfig` (what ``run_generate`` takes);
     ``engine`` adds other teacher settings (e.g. rpm, timeout_s, max_attempts, backoff_base_s)."""
 
-
     try:
-        return TeacherConfig(model=cfg.model, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                             do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p, dtype=cfg.dtype,
-                             base_url=cfg.base_url, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-                             max_cost=cfg.max_cost, **(engine or {}))
+        return TeacherConfig(
+            model=cfg.model,
+            batch_size=cfg.batch_size,
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=cfg.do_sample,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            dtype=cfg.dtype,
+            base_url=cfg.base_url,
+            api_key_env=cfg.api_key_env,
+            concurrency=cfg.concurrency,
+            max_cost=cfg.max_cost,
+            **(engine or {}),
+        )
     except ValidationError as e:
         err = e.errors()[0]
         raise UserError(f"expand.writer.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
@@ -143,22 +160,38 @@ def writer_identity(cfg: WriterSettings, base_dir: str | Path = ".") -> dict:
     return {"model": cfg.model, **({"base_url": cfg.base_url} if spec.is_api else {}), "sha256": spec.identity()}
 
 
-def make_writer_runner(cfg: WriterSettings, base_dir: str | Path = ".", cache_path: Path | None = None,
-                       prices: tuple[float | None, float | None] = (None, None), seed: int = 0,
-                       engine: dict | None = None) -> WriterRunner:
+def make_writer_runner(
+    cfg: WriterSettings,
+    base_dir: str | Path = ".",
+    cache_path: Path | None = None,
+    prices: tuple[float | None, float | None] = (None, None),
+    seed: int = 0,
+    engine: dict | None = None,
+) -> WriterRunner:
     """A runner that answers instruction records with ``cfg.model`` through ``run_generate``.
 
     ``base_dir`` resolves a local model path; ``cache_path`` is an API writer's answer cache (default
     ``work_dir/cache.sqlite``); ``prices`` its USD per million input/output tokens (for ``max_cost``);
     ``engine`` more :class:`~potstill.config.TeacherConfig` settings of an API writer (rate limits, retries).
     """
+
     def run(records: list[dict], out_dir: Path, work_dir: Path) -> list[dict]:
         if not cfg.model:
-            raise UserError(f"{len(records)} rewrites are missing from expand.writer.cache_file and no "
-                            "expand.writer.model is set to write them")
+            raise UserError(
+                f"{len(records)} rewrites are missing from expand.writer.cache_file and no "
+                "expand.writer.model is set to write them"
+            )
         Path(work_dir).mkdir(parents=True, exist_ok=True)
-        run_generate(teacher_config(cfg, engine), writer_spec(cfg, base_dir), records, Path(out_dir), Path(work_dir), seed,
-                     prices=prices, cache_path=cache_path or Path(work_dir) / "cache.sqlite")
+        run_generate(
+            teacher_config(cfg, engine),
+            writer_spec(cfg, base_dir),
+            records,
+            Path(out_dir),
+            Path(work_dir),
+            seed,
+            prices=prices,
+            cache_path=cache_path or Path(work_dir) / "cache.sqlite",
+        )
         return read_jsonl(Path(out_dir) / "generations.jsonl")
 
     return run

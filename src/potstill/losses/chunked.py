@@ -128,7 +128,9 @@ def kd_value_and_grad(
         val = torch.abs(diff, out=log_p).sum(-1).mul_(0.5)
         return val, _project_(diff.sign_().mul_(q).mul_(0.5), q)
     if name == "jsd":
-        log_m = torch.logaddexp(torch.add(log_p, math.log(beta), out=w0), torch.add(log_q, math.log1p(-beta), out=w1), out=w0)
+        log_m = torch.logaddexp(
+            torch.add(log_p, math.log(beta), out=w0), torch.add(log_q, math.log1p(-beta), out=w1), out=w0
+        )
         dp = torch.sub(log_p, log_m, out=w1)
         p = log_p.exp_()
         kl_pm = _zero_where_zero_(dp, p, flag).mul_(p).sum(-1)  # sum p (log p - log m)
@@ -441,7 +443,13 @@ def chunked_distillation_loss(
         target tokens, and detached sums ``{"ce", "kd"}`` (``kd`` only with a teacher).
     """
     if kd is not None:  # the KD settings object, as the trainer passes it down from the config
-        alpha, temperature, divergence, beta, skew_alpha = kd.alpha, kd.temperature, kd.divergence, kd.beta, kd.skew_alpha
+        alpha, temperature, divergence, beta, skew_alpha = (
+            kd.alpha,
+            kd.temperature,
+            kd.divergence,
+            kd.beta,
+            kd.skew_alpha,
+        )
     check_divergence(divergence, beta, skew_alpha)
     chunk_size = _check_chunk(chunk_size)
     if not 0.0 <= alpha <= 1.0:
@@ -478,8 +486,17 @@ def chunked_distillation_loss(
     mode = "dense" if dense else "sparse" if sparse else "none"
     kd_w = alpha * temperature**2 if mode != "none" else 0.0
     ce_w = 1.0 - alpha if mode != "none" else 1.0
-    spec = _Spec(mode=mode, divergence=divergence, beta=beta, skew_alpha=skew_alpha, temperature=temperature,
-                 kd_weight=kd_w, ce_weight=ce_w, vocab_size=v, chunk_size=chunk_size)
+    spec = _Spec(
+        mode=mode,
+        divergence=divergence,
+        beta=beta,
+        skew_alpha=skew_alpha,
+        temperature=temperature,
+        kd_weight=kd_w,
+        ce_weight=ce_w,
+        vocab_size=v,
+        chunk_size=chunk_size,
+    )
     loss, sums = _ChunkedLoss.apply(h, weight, bias, ht, teacher_weight, teacher_bias, y, ids, probs, spec)
     parts = {"ce": sums[1]}
     if sparse:  # cross-entropy -> KL: add the targets' sum pi log pi (a constant)
@@ -525,8 +542,17 @@ def chunked_sparse_target_loss(
     v = weight.shape[0] if vocab_size is None else min(int(vocab_size), weight.shape[0])
     if ids is not None and ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < v:
         raise ValueError(f"target_ids must be in [0, {v}) (the vocabulary)")
-    spec = _Spec(mode="sparse", divergence="forward_kl", beta=0.5, skew_alpha=0.1, temperature=temperature,
-                 kd_weight=1.0, ce_weight=0.0, vocab_size=v, chunk_size=chunk_size)
+    spec = _Spec(
+        mode="sparse",
+        divergence="forward_kl",
+        beta=0.5,
+        skew_alpha=0.1,
+        temperature=temperature,
+        kd_weight=1.0,
+        ce_weight=0.0,
+        vocab_size=v,
+        chunk_size=chunk_size,
+    )
     loss, _ = _ChunkedLoss.apply(h, weight, bias, None, None, None, None, ids, probs, spec)
     return loss
 

@@ -50,7 +50,7 @@ The divergences (``name`` for :func:`divergence`):
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -440,7 +440,13 @@ def distillation_loss(
         detached per-term sums: ``ce``, and ``kd`` (the divergence without ``alpha``/``T**2``) for KD.
     """
     if kd is not None:  # the KD settings object, as the trainer passes it down from the config
-        alpha, temperature, divergence, beta, skew_alpha = kd.alpha, kd.temperature, kd.divergence, kd.beta, kd.skew_alpha
+        alpha, temperature, divergence, beta, skew_alpha = (
+            kd.alpha,
+            kd.temperature,
+            kd.divergence,
+            kd.beta,
+            kd.skew_alpha,
+        )
     check_divergence(divergence, beta, skew_alpha)
     mask = labels != ignore_index
     n_tokens = mask.sum()
@@ -451,9 +457,7 @@ def distillation_loss(
     s_logits = student_logits if vocab_size is None else student_logits[..., :vocab_size]
     if teacher_logits is not None:
         t_logits = teacher_logits if vocab_size is None else teacher_logits[..., :vocab_size]
-        kd = divergence_from_logits(
-            divergence, s_logits, t_logits, mask, temperature, beta=beta, skew_alpha=skew_alpha
-        )
+        kd = divergence_from_logits(divergence, s_logits, t_logits, mask, temperature, beta=beta, skew_alpha=skew_alpha)
     else:
         if divergence != "forward_kl":
             raise ValueError(f"a sparse teacher signal supports only divergence 'forward_kl', not '{divergence}'")

@@ -42,9 +42,14 @@ def response_positions(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -
     return [torch.nonzero(row != ignore_index).flatten() for row in labels[:, 1:]]
 
 
-def uld_loss(student_logits: torch.Tensor, student_labels: torch.Tensor, teacher_logits: torch.Tensor,
-             teacher_labels: torch.Tensor, temperature: float = 1.0,
-             ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, int]:
+def uld_loss(
+    student_logits: torch.Tensor,
+    student_labels: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    teacher_labels: torch.Tensor,
+    temperature: float = 1.0,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[torch.Tensor, int]:
     """``(sum of ULD distances, aligned positions)`` over a batch.
 
     ``*_logits`` are ``[B, L, V]`` (position t predicts token t + 1), ``*_labels`` ``[B, L]`` with

@@ -62,11 +62,11 @@ def calibration_hash(seqs: list[list[int]]) -> str:
 def batches(seqs: list[list[int]], batch_size: int, pad_id: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Right-padded ``(input_ids, attention_mask)`` ``[B, T]`` batches, in order."""
     for start in range(0, len(seqs), batch_size):
-        chunk = seqs[start:start + batch_size]
+        chunk = seqs[start : start + batch_size]
         width = max(map(len, chunk))
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for row, s in enumerate(chunk):
-            ids[row, :len(s)] = torch.tensor(s)
-            mask[row, :len(s)] = 1
+            ids[row, : len(s)] = torch.tensor(s)
+            mask[row, : len(s)] = 1
         yield ids.to(device), mask.to(device)

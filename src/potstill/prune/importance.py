@@ -87,23 +87,27 @@ def measure(model, seqs: list[list[int]], settings, pad_id: int) -> Importance:
             y = out[0] if isinstance(out, tuple) else out
             cos = F.cosine_similarity(x.float(), y.float(), dim=-1)
             cos_sum[i] += float((cos * state["mask"]).sum())
+
         return hook
 
     def on_norm(i):
         def hook(module, args, out):
             norm_agg[i].add(out, state["mask"])
             norm_ms[i].add(args[0], state["mask"])
+
         return hook
 
     def on_o_proj(i):
         def hook(module, args):
             a = args[0]
             head_agg[i].add(a.view(*a.shape[:-1], -1, head_dim).float().norm(dim=-1), state["mask"])
+
         return hook
 
     def on_down_proj(i):
         def hook(module, args):
             mlp_agg[i].add(args[0], state["mask"])
+
         return hook
 
     for i, layer in enumerate(layers):
@@ -126,9 +130,14 @@ def measure(model, seqs: list[list[int]], settings, pad_id: int) -> Importance:
     layer_scores = 1.0 - cos_sum / max(tokens, 1)
     if settings.depth_metric == "loss":
         layer_scores = skip_loss_increase(model, seqs, settings, pad_id)
-    return Importance(layers=layer_scores.float(), norms=torch.stack([a.value() for a in norm_agg]),
-                      heads=torch.stack([a.value() for a in head_agg]), mlp=torch.stack([a.value() for a in mlp_agg]),
-                      norm_input_ms=torch.stack([a.value() for a in norm_ms]), tokens=tokens)
+    return Importance(
+        layers=layer_scores.float(),
+        norms=torch.stack([a.value() for a in norm_agg]),
+        heads=torch.stack([a.value() for a in head_agg]),
+        mlp=torch.stack([a.value() for a in mlp_agg]),
+        norm_input_ms=torch.stack([a.value() for a in norm_ms]),
+        tokens=tokens,
+    )
 
 
 @torch.no_grad()

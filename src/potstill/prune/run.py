@@ -17,13 +17,30 @@ from .importance import Importance, measure
 from .settings import PruneSettings, Shape, target_shape
 from .slicing import Kept, check_supported, choose, norm_scales, slice_state_dict, student_config
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt",
-                   "vocab.txt", "spiece.model", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "spiece.model",
+    "generation_config.json",
+)
 
 
-def prune_model(teacher_dir: Path, out_dir: Path, settings: PruneSettings, calibration: list,
-                tokenizer=None, device: str | None = None) -> dict:
+def prune_model(
+    teacher_dir: Path,
+    out_dir: Path,
+    settings: PruneSettings,
+    calibration: list,
+    tokenizer=None,
+    device: str | None = None,
+) -> dict:
     """Prune the teacher at ``teacher_dir`` to ``settings``' sizes and write the student to ``out_dir``.
 
     ``calibration``: token id lists, or chat records ``{"messages", "response_text"?}`` formatted with
@@ -64,15 +81,27 @@ def prune_model(teacher_dir: Path, out_dir: Path, settings: PruneSettings, calib
     record = {
         "format": 1,
         "method": "one-shot activation-importance pruning (Minitron), no gradients",
-        "teacher": {"path": str(teacher_dir.resolve()), "model_hash": model_hash(teacher_dir),
-                    "model_type": config.model_type, "shape": teacher_shape.as_dict(), "params": teacher_params},
+        "teacher": {
+            "path": str(teacher_dir.resolve()),
+            "model_hash": model_hash(teacher_dir),
+            "model_type": config.model_type,
+            "shape": teacher_shape.as_dict(),
+            "params": teacher_params,
+        },
         "student": {"shape": target.as_dict(), "params": count_params(student)},
         "settings": settings.model_dump(mode="json"),
         "calibration": {"sequences": len(seqs), "tokens": imp.tokens, "hash": calibration_hash(seqs)},
         "importance": _importance_record(imp, kept, settings),
-        "kept": {"counts": {"layers": len(kept.layers), "hidden": len(kept.hidden), "heads": target.num_attention_heads,
-                            "kv_heads": target.num_key_value_heads, "mlp": target.intermediate_size},
-                 **kept.as_dict()},
+        "kept": {
+            "counts": {
+                "layers": len(kept.layers),
+                "hidden": len(kept.hidden),
+                "heads": target.num_attention_heads,
+                "kv_heads": target.num_key_value_heads,
+                "mlp": target.intermediate_size,
+            },
+            **kept.as_dict(),
+        },
         "norm_scales": None if scales is None else [round(scales[r], 6) for r in sorted(scales)],
         "versions": _versions(),
     }
@@ -85,11 +114,20 @@ def prune_model(teacher_dir: Path, out_dir: Path, settings: PruneSettings, calib
             shutil.copytree(teacher_dir / "additional_chat_templates", tmp / "additional_chat_templates")
         record["seconds"] = round(time.perf_counter() - start, 3)
         write_json(tmp / "prune.json", record)
-    say(f"prune: {record['teacher']['params']:,} -> {record['student']['params']:,} parameters in "
-        f"{record['seconds']:.1f}s, kept layers {kept.layers} -> {out_dir}")
-    return {"out_dir": str(out_dir), "teacher_params": teacher_params, "student_params": record["student"]["params"],
-            "shape": target.as_dict(), "kept_layers": kept.layers, "calibration_sequences": len(seqs),
-            "calibration_tokens": imp.tokens, "seconds": record["seconds"]}
+    say(
+        f"prune: {record['teacher']['params']:,} -> {record['student']['params']:,} parameters in "
+        f"{record['seconds']:.1f}s, kept layers {kept.layers} -> {out_dir}"
+    )
+    return {
+        "out_dir": str(out_dir),
+        "teacher_params": teacher_params,
+        "student_params": record["student"]["params"],
+        "shape": target.as_dict(),
+        "kept_layers": kept.layers,
+        "calibration_sequences": len(seqs),
+        "calibration_tokens": imp.tokens,
+        "seconds": record["seconds"],
+    }
 
 
 def _build(config, state: dict, dtype: torch.dtype):
@@ -112,8 +150,10 @@ def _stored_dtype(config) -> torch.dtype:
 
 
 def _describe(s: Shape) -> str:
-    return (f"{s.num_layers} layers x hidden {s.hidden_size}, {s.num_attention_heads}/{s.num_key_value_heads} heads, "
-            f"MLP {s.intermediate_size}")
+    return (
+        f"{s.num_layers} layers x hidden {s.hidden_size}, {s.num_attention_heads}/{s.num_key_value_heads} heads, "
+        f"MLP {s.intermediate_size}"
+    )
 
 
 def _round(t: torch.Tensor) -> list:
@@ -122,9 +162,14 @@ def _round(t: torch.Tensor) -> list:
 
 def _importance_record(imp: Importance, kept: Kept, settings: PruneSettings) -> dict:
     """Scores as measured on the teacher (all its layers); ``hidden`` summed over the kept layers' norms."""
-    return {"layer_metric": settings.depth_metric, "aggregation": settings.aggregation,
-            "layers": _round(imp.layers), "hidden": _round(imp.hidden(kept.layers)),
-            "heads": _round(imp.heads), "mlp": _round(imp.mlp)}
+    return {
+        "layer_metric": settings.depth_metric,
+        "aggregation": settings.aggregation,
+        "layers": _round(imp.layers),
+        "hidden": _round(imp.hidden(kept.layers)),
+        "heads": _round(imp.heads),
+        "mlp": _round(imp.mlp),
+    }
 
 
 def _versions() -> dict:

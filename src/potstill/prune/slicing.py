@@ -23,8 +23,11 @@ _LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 def check_supported(config) -> None:
     if getattr(config, "model_type", None) not in SUPPORTED:
-        raise UserError(f"cannot prune a '{getattr(config, 'model_type', '?')}' model: pruning supports "
-                        f"{', '.join(SUPPORTED)} (Llama-style module names)", "student.init")
+        raise UserError(
+            f"cannot prune a '{getattr(config, 'model_type', '?')}' model: pruning supports "
+            f"{', '.join(SUPPORTED)} (Llama-style module names)",
+            "student.init",
+        )
 
 
 @dataclass
@@ -39,8 +42,13 @@ class Kept:
     mlp: list[torch.Tensor]
 
     def as_dict(self) -> dict:
-        return {"layers": self.layers, "hidden": self.hidden.tolist(), "heads": [h.tolist() for h in self.heads],
-                "kv_heads": [h.tolist() for h in self.kv_heads], "mlp": [m.tolist() for m in self.mlp]}
+        return {
+            "layers": self.layers,
+            "hidden": self.hidden.tolist(),
+            "heads": [h.tolist() for h in self.heads],
+            "kv_heads": [h.tolist() for h in self.kv_heads],
+            "mlp": [m.tolist() for m in self.mlp],
+        }
 
 
 def top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -59,8 +67,13 @@ def choose(imp: Importance, teacher: Shape, target: Shape) -> Kept:
         groups = top(best, target.num_key_value_heads)
         kv_heads.append(groups)
         heads.append(torch.cat([top(per_group[j], g_new) + j * g for j in groups.tolist()]))
-    return Kept(layers=layers, hidden=top(imp.hidden(layers), target.hidden_size), heads=heads, kv_heads=kv_heads,
-                mlp=[top(imp.mlp[i], target.intermediate_size) for i in layers])
+    return Kept(
+        layers=layers,
+        hidden=top(imp.hidden(layers), target.hidden_size),
+        heads=heads,
+        kv_heads=kv_heads,
+        mlp=[top(imp.mlp[i], target.intermediate_size) for i in layers],
+    )
 
 
 def norm_scales(imp: Importance, kept: Kept) -> dict[int, float]:

@@ -25,10 +25,15 @@ class StudentStage(Stage):
 
     def inputs(self, ctx: RunContext, folder: str) -> dict:
         if not ctx.teacher.is_local:
-            raise UserError("student.init: prune needs the teacher's weights (a local model directory or GGUF file)",
-                            "student.init")
-        return {"prune": hashed(ctx.cfg.student.prune), "teacher": ctx.teacher.identity(),
-                "generate": ctx.need("generate"), "seed": ctx.cfg.seed}
+            raise UserError(
+                "student.init: prune needs the teacher's weights (a local model directory or GGUF file)", "student.init"
+            )
+        return {
+            "prune": hashed(ctx.cfg.student.prune),
+            "teacher": ctx.teacher.identity(),
+            "generate": ctx.need("generate"),
+            "seed": ctx.cfg.seed,
+        }
 
     def build(self, ctx: RunContext, folder: str, out: Path, work: Path) -> dict:
         pairs = ctx.pairs()

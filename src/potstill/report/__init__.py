@@ -25,7 +25,9 @@ def print_summary_table(report: dict, console=None) -> None:
     rich_table = RichTable(title=f"potstill: {report.get('name') or 'run'}", title_justify="left")
     for i, (header, numeric) in enumerate(zip(table.headers, table.numeric)):
         widest = max((len(row[i]) for row in table.rows), default=1)  # cells stay whole; headers may wrap
-        rich_table.add_column(header, justify="right" if numeric else "left", overflow="fold", min_width=min(widest, 30))
+        rich_table.add_column(
+            header, justify="right" if numeric else "left", overflow="fold", min_width=min(widest, 30)
+        )
     for row in table.rows:
         rich_table.add_row(*(Text(c) for c in row))  # Text: model names are never parsed as markup
     console.print(rich_table)

@@ -59,9 +59,21 @@ from .markdown import render_markdown
 from .tables import fmt_seconds, split_label
 
 ROLE_ORDER = {"teacher": 0, "student": 1, "floor": 2}
-PERF_KEYS = ("latency_p50_s", "latency_p95_s", "latency_mean_s", "latencies_s", "tokens_per_s", "batched_queries_per_s",
-             "batched_tokens_per_s", "peak_rss_mb", "cuda_peak_mb", "device", "torch_threads", "mean_prompt_tokens",
-             "mean_completion_tokens")
+PERF_KEYS = (
+    "latency_p50_s",
+    "latency_p95_s",
+    "latency_mean_s",
+    "latencies_s",
+    "tokens_per_s",
+    "batched_queries_per_s",
+    "batched_tokens_per_s",
+    "peak_rss_mb",
+    "cuda_peak_mb",
+    "device",
+    "torch_threads",
+    "mean_prompt_tokens",
+    "mean_completion_tokens",
+)
 COST_KEYS = ("cost_per_query_usd", "cost_per_1m_queries_usd", "cost_per_year_usd", "price_basis")
 
 
@@ -87,8 +99,14 @@ def _models(results: dict, perf: dict, costs: dict) -> dict:
     for name in names:
         info, p, c = results["models"][name], perf.get(name) or {}, costs.get(name) or {}
         params = info.get("params") if info.get("params") is not None else p.get("params")
-        out[name] = {"role": info.get("role"), "method": info.get("method"), "path": info.get("path"), "params": params,
-                     **{k: p.get(k) for k in PERF_KEYS}, **{k: c.get(k) for k in COST_KEYS}}
+        out[name] = {
+            "role": info.get("role"),
+            "method": info.get("method"),
+            "path": info.get("path"),
+            "params": params,
+            **{k: p.get(k) for k in PERF_KEYS},
+            **{k: c.get(k) for k in COST_KEYS},
+        }
         if "eval_seconds" in info:
             out[name]["eval_seconds"] = info["eval_seconds"]
     teacher = next((m for m in out.values() if m["role"] == "teacher"), None)
@@ -133,19 +151,24 @@ def summary_sentence(report: dict) -> str:
     text += "."
     teacher = next((t for t in report["models"].values() if t["role"] == "teacher"), None)
     if teacher and m.get("speedup_p50_vs_teacher"):
-        text += (f" Its median batch-1 latency is {fmt_seconds(m['latency_p50_s'])}, against the teacher's "
-                 f"{fmt_seconds(teacher['latency_p50_s'])} ({m['speedup_p50_vs_teacher']:.1f}x faster).")
+        text += (
+            f" Its median batch-1 latency is {fmt_seconds(m['latency_p50_s'])}, against the teacher's "
+            f"{fmt_seconds(teacher['latency_p50_s'])} ({m['speedup_p50_vs_teacher']:.1f}x faster)."
+        )
     params = (m.get("params"), teacher and teacher.get("params"))
     if all(isinstance(x, int) and x > 0 for x in params):
         text += f" It has {params[1] / params[0]:.1f}x fewer parameters."
-    if any(isinstance(w, dict) and w.get("kind") == "ood_retention" and w.get("model") == best
-           for w in report.get("warnings") or []):
+    if any(
+        isinstance(w, dict) and w.get("kind") == "ood_retention" and w.get("model") == best
+        for w in report.get("warnings") or []
+    ):
         text += " Warning: its OOD retention is more than 10 points below its in-distribution retention."
     return text
 
 
-def assemble_report(results: dict, perf: dict, costs: dict, training: dict, cfg_summary: dict,
-                    routing: dict | None = None) -> dict:
+def assemble_report(
+    results: dict, perf: dict, costs: dict, training: dict, cfg_summary: dict, routing: dict | None = None
+) -> dict:
     """The report dict (see the module docstring for its schema), without writing anything."""
     costs = dict(costs or {})
     break_even = costs.pop("break_even", None)
@@ -158,6 +181,7 @@ def assemble_report(results: dict, perf: dict, costs: dict, training: dict, cfg_
     students = [n for n, m in models.items() if m["role"] == "student"]
     best = None
     if students and primary:
+
         def score(n):
             s = splits[primary].get(n, {}).get("score")
             return s if isinstance(s, (int, float)) else float("-inf")
@@ -168,23 +192,43 @@ def assemble_report(results: dict, perf: dict, costs: dict, training: dict, cfg_
         warnings += degeneration_warnings(splits, {n: m["role"] for n, m in models.items()})
     report = {
         "schema_version": 1,
-        "name": cfg_summary.get("name"), "teacher": cfg_summary.get("teacher"), "student": cfg_summary.get("student"),
-        "machine": cfg_summary.get("machine"), "scorer": results.get("scorer"),
-        "queries_per_day": cfg_summary.get("queries_per_day"), "prices": cfg_summary.get("prices"),
-        "primary_split": primary, "summary": "", "best_student": best,
-        "models": models, "splits": splits, "split_sizes": sizes,
-        "break_even": break_even, "training": dict(training or {}),
-        "warnings": warnings, "notes": list(results.get("notes") or []),
-        "contamination": results.get("contamination"), "judge": results.get("judge"),
-        "bootstrap": results.get("bootstrap"), "routing": routing,
+        "name": cfg_summary.get("name"),
+        "teacher": cfg_summary.get("teacher"),
+        "student": cfg_summary.get("student"),
+        "machine": cfg_summary.get("machine"),
+        "scorer": results.get("scorer"),
+        "queries_per_day": cfg_summary.get("queries_per_day"),
+        "prices": cfg_summary.get("prices"),
+        "primary_split": primary,
+        "summary": "",
+        "best_student": best,
+        "models": models,
+        "splits": splits,
+        "split_sizes": sizes,
+        "break_even": break_even,
+        "training": dict(training or {}),
+        "warnings": warnings,
+        "notes": list(results.get("notes") or []),
+        "contamination": results.get("contamination"),
+        "judge": results.get("judge"),
+        "bootstrap": results.get("bootstrap"),
+        "routing": routing,
     }
     report = _clean(report)
     report["summary"] = summary_sentence(report)
     return report
 
 
-def build_report(results: dict, perf: dict, costs: dict, training: dict, cfg_summary: dict, out_dir: Path,
-                 update_cards: bool = True, routing: dict | None = None) -> dict:
+def build_report(
+    results: dict,
+    perf: dict,
+    costs: dict,
+    training: dict,
+    cfg_summary: dict,
+    out_dir: Path,
+    update_cards: bool = True,
+    routing: dict | None = None,
+) -> dict:
     """Write ``report.md``, ``report.html`` and ``report.json`` (each atomically) and return the report dict.
 
     With ``update_cards``, each student's model card (``<path>/README.md``, when it exists) gets the
@@ -197,6 +241,5 @@ def build_report(results: dict, perf: dict, costs: dict, training: dict, cfg_sum
     write_text(out_dir / "report.html", render_html(report))
     write_json(out_dir / "report.json", report)
     if update_cards:
-
         update_model_cards(report)
     return report

@@ -33,30 +33,42 @@ def html_table(table: Table) -> str:
     numeric = table.numeric or [False] * len(table.headers)
     head = "".join(f"<th>{escape(h)}</th>" for h in table.headers)
     body = "".join(
-        "<tr>" + "".join(f'<td class="num">{escape(c)}</td>' if n else f"<td>{escape(c)}</td>"
-                         for c, n in zip(row, numeric)) + "</tr>\n"
-        for row in table.rows)
+        "<tr>"
+        + "".join(f'<td class="num">{escape(c)}</td>' if n else f"<td>{escape(c)}</td>" for c, n in zip(row, numeric))
+        + "</tr>\n"
+        for row in table.rows
+    )
     note = f"<p>{escape(table.note)}</p>" if table.note else ""
-    return (f"<h2>{escape(table.title)}</h2>\n<div class=\"scroll\"><table>\n<thead><tr>{head}</tr></thead>\n"
-            f"<tbody>\n{body}</tbody></table></div>\n{note}")
+    return (
+        f'<h2>{escape(table.title)}</h2>\n<div class="scroll"><table>\n<thead><tr>{head}</tr></thead>\n'
+        f"<tbody>\n{body}</tbody></table></div>\n{note}"
+    )
 
 
 def html_figure(title: str, png: bytes) -> str:
     """An embedded PNG with its caption."""
     data = base64.b64encode(png).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(title)}">'
-            f"<figcaption>{escape(title)}</figcaption></figure>")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{escape(title)}">'
+        f"<figcaption>{escape(title)}</figcaption></figure>"
+    )
 
 
 def render_html(report: dict) -> str:
     """The whole report as HTML: summary, tables and figures, with no external resources."""
     title, summary, context = header_lines(report)
-    parts = [f"<h1>{escape(title)}</h1>", f'<p class="summary">{escape(summary)}</p>',
-             f'<p class="context">{escape(context)}</p>']
+    parts = [
+        f"<h1>{escape(title)}</h1>",
+        f'<p class="summary">{escape(summary)}</p>',
+        f'<p class="context">{escape(context)}</p>',
+    ]
     warnings = warning_lines(report)
     if warnings:
-        parts.append('<h2>Warnings</h2>\n<div class="warnings" id="warnings"><ul>'
-                     + "".join(f"<li>{escape(w)}</li>" for w in warnings) + "</ul></div>")
+        parts.append(
+            '<h2>Warnings</h2>\n<div class="warnings" id="warnings"><ul>'
+            + "".join(f"<li>{escape(w)}</li>" for w in warnings)
+            + "</ul></div>"
+        )
     parts += [html_table(t) for t in all_tables(report)]
     notes = [str(n) for n in (report.get("notes") or [])]
     if notes:
@@ -65,6 +77,9 @@ def render_html(report: dict) -> str:
     if figures:
         parts.append("<h2>Figures</h2>")
         parts += [html_figure(t, png) for t, png in figures]
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(parts) + "\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(parts)
+        + "\n</body>\n</html>\n"
+    )

@@ -16,9 +16,12 @@ def md_escape(text: str) -> str:
 def md_table(table: Table) -> str:
     """A titled GitHub-flavoured Markdown table (numeric columns right-aligned)."""
     numeric = table.numeric or [False] * len(table.headers)
-    lines = [f"## {md_escape(table.title)}", "",
-             "| " + " | ".join(md_escape(h) for h in table.headers) + " |",
-             "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"]
+    lines = [
+        f"## {md_escape(table.title)}",
+        "",
+        "| " + " | ".join(md_escape(h) for h in table.headers) + " |",
+        "|" + "|".join("---:" if n else ":---" for n in numeric) + "|",
+    ]
     lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in table.rows]
     if table.note:
         lines += ["", md_escape(table.note)]

@@ -61,8 +61,15 @@ def quality_vs_cost(report: dict) -> bytes | None:
         for x, y, n in zip(xs, ys, names):
             ci = by_model.get(n, {}).get("pct_of_teacher_ci95")
             if _ci(ci) and report["models"][n].get("role") != "teacher":
-                ax.errorbar([x], [y], yerr=[[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]], fmt="none",
-                            ecolor="#777777", elinewidth=1, capsize=2)
+                ax.errorbar(
+                    [x],
+                    [y],
+                    yerr=[[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]],
+                    fmt="none",
+                    ecolor="#777777",
+                    elinewidth=1,
+                    capsize=2,
+                )
         handles.append(Line2D([], [], marker=marker, color="#555555", linestyle="", label=split_label(split)))
         if i == 0:  # label each point of the first split; models on the same spot share one label
             spots: dict[tuple, list[str]] = {}
@@ -85,8 +92,9 @@ def _ci(x) -> bool:
     return isinstance(x, (list, tuple)) and len(x) == 2 and all(_num(v) for v in x)
 
 
-def _grouped_bars(groups: list[str], series: dict[str, list], ylabel: str, height: float = 3.6,
-                  errors: dict[str, list] | None = None) -> bytes | None:
+def _grouped_bars(
+    groups: list[str], series: dict[str, list], ylabel: str, height: float = 3.6, errors: dict[str, list] | None = None
+) -> bytes | None:
     """Bars for ``series[name][i]`` at group ``i``; missing values are skipped. ``errors[name][i]`` is an
     optional ``[lo, hi]`` interval drawn as an error bar."""
     if not groups or not series or not any(_num(v) for vals in series.values() for v in vals):
@@ -104,7 +112,12 @@ def _grouped_bars(groups: list[str], series: dict[str, list], ylabel: str, heigh
             lo = [max(0.0, h - c[0]) if _ci(c) else 0.0 for h, c in zip(heights, cis)]
             hi = [max(0.0, c[1] - h) if _ci(c) else 0.0 for h, c in zip(heights, cis)]
             ax.errorbar(pos, heights, yerr=[lo, hi], fmt="none", ecolor="#333333", elinewidth=1, capsize=3)
-    ax.set_xticks(range(len(groups)), [tex_safe(g) for g in groups], rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
+    ax.set_xticks(
+        range(len(groups)),
+        [tex_safe(g) for g in groups],
+        rotation=30 if len(groups) > 4 else 0,
+        ha="right" if len(groups) > 4 else "center",
+    )
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(True, axis="y", alpha=0.3)
@@ -116,8 +129,9 @@ def score_bars(report: dict) -> bytes | None:
     splits = list(report["splits"])
     series = {n: [report["splits"][s].get(n, {}).get("score") for s in splits] for n in report["models"]}
     errors = {n: [report["splits"][s].get(n, {}).get("ci95") for s in splits] for n in report["models"]}
-    return _grouped_bars([split_label(s) for s in splits], series, f"score ({report.get('scorer') or 'scorer'})",
-                         errors=errors)
+    return _grouped_bars(
+        [split_label(s) for s in splits], series, f"score ({report.get('scorer') or 'scorer'})", errors=errors
+    )
 
 
 def latency_plot(report: dict) -> bytes | None:
@@ -140,8 +154,13 @@ def category_bars(report: dict, split: str) -> bytes | None:
     cats = sorted({c for q in by_model.values() for c in (q.get("per_category") or {})})
     series = {n: [(by_model.get(n, {}).get("per_category") or {}).get(c) for c in cats] for n in report["models"]}
     errors = {n: [(by_model.get(n, {}).get("per_category_ci95") or {}).get(c) for c in cats] for n in report["models"]}
-    return _grouped_bars(cats, series, "score (95% CI)" if any(_ci(e) for v in errors.values() for e in v) else "score",
-                         height=4.0, errors=errors)
+    return _grouped_bars(
+        cats,
+        series,
+        "score (95% CI)" if any(_ci(e) for v in errors.values() for e in v) else "score",
+        height=4.0,
+        errors=errors,
+    )
 
 
 def ci_plot(report: dict) -> bytes | None:
@@ -157,9 +176,15 @@ def ci_plot(report: dict) -> bytes | None:
     fig = new_figure(6.4, max(2.4, 0.8 + 0.38 * len(items)))
     ax = fig.add_subplot()
     ys = list(range(len(items)))[::-1]
-    for y, (label, d, (lo, hi), role) in zip(ys, items):
-        ax.errorbar([d], [y], xerr=[[max(0.0, d - lo)], [max(0.0, hi - d)]], fmt="o", capsize=4,
-                    color=COLORS.get(role, "#cc6600"))
+    for y, (_label, d, (lo, hi), role) in zip(ys, items):
+        ax.errorbar(
+            [d],
+            [y],
+            xerr=[[max(0.0, d - lo)], [max(0.0, hi - d)]],
+            fmt="o",
+            capsize=4,
+            color=COLORS.get(role, "#cc6600"),
+        )
     ax.axvline(0.0, color="#1f4e79", linestyle="--", linewidth=1)
     ax.set_yticks(ys, [tex_safe(i[0]) for i in items])
     ax.set_xlabel(f"score - teacher's score, 95% CI ({report.get('scorer') or 'scorer'})")
@@ -176,8 +201,11 @@ def break_even_plot(report: dict) -> bytes | None:
     teacher = next((m for m in report["models"].values() if m.get("role") == "teacher"), None)
     student = report["models"].get(who) if who else None
     one_off = be.get("distill_cost_usd")
-    if not teacher or not student or not all(_num(x) for x in (one_off, teacher.get("cost_per_query_usd"),
-                                                                   student.get("cost_per_query_usd"))):
+    if (
+        not teacher
+        or not student
+        or not all(_num(x) for x in (one_off, teacher.get("cost_per_query_usd"), student.get("cost_per_query_usd")))
+    ):
         return None
     tq, sq = teacher["cost_per_query_usd"], student["cost_per_query_usd"]
     q_be = be.get("queries")
@@ -187,12 +215,19 @@ def break_even_plot(report: dict) -> bytes | None:
     fig = new_figure()
     ax = fig.add_subplot()
     ax.plot(xs, [tq * x for x in xs], color=COLORS["teacher"], label="teacher")
-    ax.plot(xs, [one_off + sq * x for x in xs], color=COLORS["student"], label=tex_safe(f"{who}: distillation + serving"))
+    ax.plot(
+        xs, [one_off + sq * x for x in xs], color=COLORS["student"], label=tex_safe(f"{who}: distillation + serving")
+    )
     if isinstance(q_be, int) and q_be > 0:
         ax.axvline(q_be, color="#cc6600", linestyle="--", linewidth=1)
         days = be.get("days")
-        ax.annotate(f"break-even: {q_be:,} queries" + (f" ({days:,.1f} days)" if _num(days) else ""), (q_be, tq * q_be),
-                    textcoords="offset points", xytext=(6, -14), fontsize=8)
+        ax.annotate(
+            f"break-even: {q_be:,} queries" + (f" ({days:,.1f} days)" if _num(days) else ""),
+            (q_be, tq * q_be),
+            textcoords="offset points",
+            xytext=(6, -14),
+            fontsize=8,
+        )
     ax.set_xlabel("queries served")
     ax.set_ylabel("cumulative cost (USD)")
     ax.legend(fontsize=8, loc="upper left")

@@ -19,24 +19,46 @@ def routing_table(report: dict) -> Table | None:
     for split, c in r["checks"].items():
         cost = c.get("cost") or {}
         label = split_label(split) + (" (calibration)" if c.get("calibration") else "")
-        rows.append([label, str(c.get("n", NA)), fmt_num(100 * c["share"], ".1f", "%") if _ok(c.get("share")) else NA,
-                     _pct_ci(c.get("share_ci95")), fmt_num(c.get("student_pct_of_teacher"), ".1f", "%"),
-                     fmt_num(c.get("pct_of_teacher"), ".1f", "%"), fmt_ci(c.get("pct_of_teacher_ci95"), ".1f", "%"),
-                     fmt_num(c.get("apgr"), ".3f"), fmt_usd(cost.get("cascade_usd")),
-                     fmt_num(100 * cost["saving_vs_teacher"], ".1f", "%") if _ok(cost.get("saving_vs_teacher")) else NA])
+        rows.append(
+            [
+                label,
+                str(c.get("n", NA)),
+                fmt_num(100 * c["share"], ".1f", "%") if _ok(c.get("share")) else NA,
+                _pct_ci(c.get("share_ci95")),
+                fmt_num(c.get("student_pct_of_teacher"), ".1f", "%"),
+                fmt_num(c.get("pct_of_teacher"), ".1f", "%"),
+                fmt_ci(c.get("pct_of_teacher_ci95"), ".1f", "%"),
+                fmt_num(c.get("apgr"), ".3f"),
+                fmt_usd(cost.get("cascade_usd")),
+                fmt_num(100 * cost["saving_vs_teacher"], ".1f", "%") if _ok(cost.get("saving_vs_teacher")) else NA,
+            ]
+        )
     router, target = r.get("router") or {}, r.get("target") or {}
     goal = []
     if _ok(target.get("quality_pct_of_teacher")):
         goal.append(f"at least {target['quality_pct_of_teacher']:g}% of the teacher's quality")
     if _ok(target.get("max_teacher_share")):
         goal.append(f"at most {100 * target['max_teacher_share']:g}% of queries to the teacher")
-    note = (f"Student {r.get('student', {}).get('method')} answers; when its {router.get('signal')} score is below "
-            f"{fmt_num(router.get('threshold'), '.4g')} the teacher answers instead. Threshold calibrated on "
-            f"{target.get('split')} for {' and '.join(goal) or 'the target'}"
-            + ("" if target.get("met", True) else " (not reached there)") + ". Cost per query: the student always runs, "
-            "plus the teacher's cost for the routed share. APGR: area under the normalized routing curve (0.5 = random).")
-    headers = ["Split", "Queries", "To teacher", "Share 95% CI", "Student alone", "Cascade % of teacher",
-               "Cascade 95% CI", "APGR", "Cost/query", "Saving vs teacher"]
+    note = (
+        f"Student {r.get('student', {}).get('method')} answers; when its {router.get('signal')} score is below "
+        f"{fmt_num(router.get('threshold'), '.4g')} the teacher answers instead. Threshold calibrated on "
+        f"{target.get('split')} for {' and '.join(goal) or 'the target'}"
+        + ("" if target.get("met", True) else " (not reached there)")
+        + ". Cost per query: the student always runs, "
+        "plus the teacher's cost for the routed share. APGR: area under the normalized routing curve (0.5 = random)."
+    )
+    headers = [
+        "Split",
+        "Queries",
+        "To teacher",
+        "Share 95% CI",
+        "Student alone",
+        "Cascade % of teacher",
+        "Cascade 95% CI",
+        "APGR",
+        "Cost/query",
+        "Saving vs teacher",
+    ]
     return Table("Routing: student with teacher fallback", headers, rows, [False] + [True] * 9, note=note)
 
 
@@ -55,7 +77,7 @@ def routing_plot(report: dict) -> bytes | None:
             continue
         xs = [100 * p["share"] for p in pts]
         ys = [100 * p["quality"] / top for p in pts]
-        line, = ax.plot(xs, ys, label=tex_safe(split_label(split)))
+        (line,) = ax.plot(xs, ys, label=tex_safe(split_label(split)))
         chk = (r.get("checks") or {}).get(split)
         if chk and _ok(chk.get("pct_of_teacher")):
             ax.plot([100 * chk["share"]], [chk["pct_of_teacher"]], "o", color=line.get_color())

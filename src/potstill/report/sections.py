@@ -22,19 +22,31 @@ from .tables import (
 
 def all_tables(report: dict) -> list[Table]:
     """Every table of the report, in display order."""
-    tables = [models_table(report), students_table(report), *ci_tables(report), *category_tables(report),
-              agreement_table(report), scorers_table(report), judge_table(report), contamination_table(report),
-              cost_table(report), routing_table(report), training_table(report)]
+    tables = [
+        models_table(report),
+        students_table(report),
+        *ci_tables(report),
+        *category_tables(report),
+        agreement_table(report),
+        scorers_table(report),
+        judge_table(report),
+        contamination_table(report),
+        cost_table(report),
+        routing_table(report),
+        training_table(report),
+    ]
     return [t for t in tables if t is not None]
 
 
 def make_plots(report: dict) -> list[tuple[str, bytes]]:
     """Every figure of the report as ``(title, png_bytes)``, in display order."""
-    figures = [("Quality vs cost per query", quality_vs_cost(report)),
-               ("Score per split (95% confidence intervals)", score_bars(report)),
-               ("Difference to the teacher with 95% confidence intervals", ci_plot(report)),
-               ("Latency distribution (batch 1)", latency_plot(report)),
-               ("Break-even: cumulative cost, from the run's measured costs", break_even_plot(report)),
-               ("Routing curve: blended quality vs teacher share (dot: calibrated threshold)", routing_plot(report))]
+    figures = [
+        ("Quality vs cost per query", quality_vs_cost(report)),
+        ("Score per split (95% confidence intervals)", score_bars(report)),
+        ("Difference to the teacher with 95% confidence intervals", ci_plot(report)),
+        ("Latency distribution (batch 1)", latency_plot(report)),
+        ("Break-even: cumulative cost, from the run's measured costs", break_even_plot(report)),
+        ("Routing curve: blended quality vs teacher share (dot: calibrated threshold)", routing_plot(report)),
+    ]
     figures += [(f"Per-category score ({split_label(s)})", category_bars(report, s)) for s in report["splits"]]
     return [(title, png) for title, png in figures if png is not None]

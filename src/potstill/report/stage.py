@@ -25,8 +25,9 @@ def distill_break_even(ctx: RunContext, costs: dict, training: dict) -> dict:
     one_off = gen.get("cost_usd", 0.0) if ctx.teacher.is_api else gen.get("generation_seconds", 0) / 3600 * t_hour
     one_off += sum(t.get("runtime_s", 0) for t in training.values()) / 3600 * max(t_hour, s_hour)
     best = min(cfg.train.methods, key=lambda m: costs[m]["cost_per_query_usd"])
-    return break_even(one_off, costs["teacher"]["cost_per_query_usd"], costs[best]["cost_per_query_usd"],
-                      cfg.prices.queries_per_day)
+    return break_even(
+        one_off, costs["teacher"]["cost_per_query_usd"], costs[best]["cost_per_query_usd"], cfg.prices.queries_per_day
+    )
 
 
 def route_hash(ctx: RunContext) -> str | None:
@@ -37,8 +38,13 @@ class ReportStage(Stage):
     name = "report"
 
     def inputs(self, ctx: RunContext, folder: str) -> dict:
-        inputs = {"eval": ctx.need("eval"), "measure": ctx.need("measure"), "prices": hashed(ctx.cfg.prices),
-                  "name": ctx.cfg.name, "students": {m: ctx.need(f"students/{m}") for m in ctx.cfg.train.methods}}
+        inputs = {
+            "eval": ctx.need("eval"),
+            "measure": ctx.need("measure"),
+            "prices": hashed(ctx.cfg.prices),
+            "name": ctx.cfg.name,
+            "students": {m: ctx.need(f"students/{m}") for m in ctx.cfg.train.methods},
+        }
         if route_hash(ctx):
             inputs["route"] = route_hash(ctx)
         return inputs
@@ -47,14 +53,23 @@ class ReportStage(Stage):
         cfg = ctx.cfg
         routing = None
         if route_hash(ctx):
-            routing = {**read_json(ctx.path("route") / "route.json"), "curves": read_json(ctx.path("route") / "curves.json")}
+            routing = {
+                **read_json(ctx.path("route") / "route.json"),
+                "curves": read_json(ctx.path("route") / "curves.json"),
+            }
         results = read_json(ctx.path("eval") / "results.json")
         perf = read_json(ctx.path("measure") / "perf.json")["models"]
         training = {m: read_json(ctx.path(f"students/{m}") / "training.json") for m in cfg.train.methods}
         costs = run_costs(cfg.prices, ctx.path("eval"), ctx.path("measure"))
         costs["break_even"] = distill_break_even(ctx, costs, training)
-        summary = {"name": cfg.name, "teacher": ctx.teacher.display, "student": cfg.student.model, "machine": machine(),
-                   "queries_per_day": cfg.prices.queries_per_day, "prices": cfg.prices.model_dump(mode="json")}
+        summary = {
+            "name": cfg.name,
+            "teacher": ctx.teacher.display,
+            "student": cfg.student.model,
+            "machine": machine(),
+            "queries_per_day": cfg.prices.queries_per_day,
+            "prices": cfg.prices.model_dump(mode="json"),
+        }
         build_report(results, perf, costs, training, summary, out, routing=routing)
         return {"files": ["report.md", "report.html", "report.json"]}
 

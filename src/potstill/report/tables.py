@@ -9,8 +9,13 @@ import math
 from dataclasses import dataclass, field
 
 NA = "n/a"
-TRAINING_LABELS = {"runtime_s": "Training time", "train_loss": "Final train loss", "steps": "Steps",
-                   "epochs": "Epochs", "examples": "Examples"}
+TRAINING_LABELS = {
+    "runtime_s": "Training time",
+    "train_loss": "Final train loss",
+    "steps": "Steps",
+    "epochs": "Epochs",
+    "examples": "Examples",
+}
 
 
 @dataclass
@@ -134,17 +139,36 @@ def models_table(report: dict, compact: bool = False) -> Table:
         headers = ["Model", "Role", "Method", "Params", "p50", "Tok/s", "Memory", "Cost/query"]
         headers += [f"{split_label(s)} vs teacher" for s in splits]
     else:
-        headers = ["Model", "Role", "Method", "Params", "p50 latency", "p95 latency", "Tokens/s", "Peak memory",
-                   "Cost/query", "Cost/1M queries"]
+        headers = [
+            "Model",
+            "Role",
+            "Method",
+            "Params",
+            "p50 latency",
+            "p95 latency",
+            "Tokens/s",
+            "Peak memory",
+            "Cost/query",
+            "Cost/1M queries",
+        ]
         for s in splits:
             lab = split_label(s)
             headers += [f"{lab} score", f"{lab} % of teacher", f"{lab} gap recovered"]
     rows = []
     for name, m in report["models"].items():
-        row = [name, m.get("role") or NA, m.get("method") or "-", fmt_params(m.get("params")),
-               fmt_seconds(m.get("latency_p50_s"))]
+        row = [
+            name,
+            m.get("role") or NA,
+            m.get("method") or "-",
+            fmt_params(m.get("params")),
+            fmt_seconds(m.get("latency_p50_s")),
+        ]
         row += [] if compact else [fmt_seconds(m.get("latency_p95_s"))]
-        row += [fmt_num(m.get("tokens_per_s"), ",.1f"), fmt_mb(m.get("peak_rss_mb")), fmt_usd(m.get("cost_per_query_usd"))]
+        row += [
+            fmt_num(m.get("tokens_per_s"), ",.1f"),
+            fmt_mb(m.get("peak_rss_mb")),
+            fmt_usd(m.get("cost_per_query_usd")),
+        ]
         row += [] if compact else [fmt_usd(m.get("cost_per_1m_queries_usd"))]
         for s in splits:
             q = report["splits"][s].get(name, {})
@@ -165,20 +189,30 @@ def students_table(report: dict) -> Table | None:
     rows = []
     for s in report["splits"]:
         lab = split_label(s)
-        for key, text, spec, suffix in (("score", "score", ".3f", ""), ("pct_of_teacher", "% of teacher", ".1f", "%"),
-                                        ("gap_recovered", "gap recovered", ".2f", ""), ("rouge_l", "ROUGE-L", ".3f", "")):
-            rows.append([f"{lab} {text}"] + [fmt_num(report["splits"][s].get(n, {}).get(key), spec, suffix) for n in students])
+        for key, text, spec, suffix in (
+            ("score", "score", ".3f", ""),
+            ("pct_of_teacher", "% of teacher", ".1f", "%"),
+            ("gap_recovered", "gap recovered", ".2f", ""),
+            ("rouge_l", "ROUGE-L", ".3f", ""),
+        ):
+            rows.append(
+                [f"{lab} {text}"] + [fmt_num(report["splits"][s].get(n, {}).get(key), spec, suffix) for n in students]
+            )
             ci_key = "ci95" if key == "score" else f"{key}_ci95"
             if any(report["splits"][s].get(n, {}).get(ci_key) for n in students):
-                rows.append([f"{lab} {text} 95% CI"] + [fmt_ci(report["splits"][s].get(n, {}).get(ci_key), spec, suffix)
-                                                        for n in students])
+                rows.append(
+                    [f"{lab} {text} 95% CI"]
+                    + [fmt_ci(report["splits"][s].get(n, {}).get(ci_key), spec, suffix) for n in students]
+                )
     rows.append(["p50 latency"] + [fmt_seconds(m.get("latency_p50_s")) for m in students.values()])
     rows.append(["Tokens/s"] + [fmt_num(m.get("tokens_per_s"), ",.1f") for m in students.values()])
     rows.append(["Cost/query"] + [fmt_usd(m.get("cost_per_query_usd")) for m in students.values()])
     training = report.get("training") or {}
     for key, text in (("runtime_s", "Training time"), ("train_loss", "Final train loss")):
         if any(key in (training.get(m.get("method")) or {}) for m in students.values()):
-            rows.append([text] + [fmt_value(key, (training.get(m.get("method")) or {}).get(key)) for m in students.values()])
+            rows.append(
+                [text] + [fmt_value(key, (training.get(m.get("method")) or {}).get(key)) for m in students.values()]
+            )
     headers = ["Metric"] + [model_label(n, m) for n, m in students.items()]
     return Table(title, headers, rows, [False] + [True] * len(students))
 
@@ -190,18 +224,27 @@ def category_tables(report: dict) -> list[Table]:
     for s, by_model in report["splits"].items():
         cats: list[str] = []
         for n in names:
-            for c in (by_model.get(n, {}).get("per_category") or {}):
+            for c in by_model.get(n, {}).get("per_category") or {}:
                 if c not in cats:
                     cats.append(c)
         if not cats:
             continue
         counts: dict[str, int] = {}
         for n in names:
-            for c, k in ((by_model.get(n, {}).get("per_category_n") or {}).items()):
+            for c, k in (by_model.get(n, {}).get("per_category_n") or {}).items():
                 counts.setdefault(c, k)
-        rows = [[c] + [fmt_with_ci((by_model.get(n, {}).get("per_category") or {}).get(c),
-                                   (by_model.get(n, {}).get("per_category_ci95") or {}).get(c)) for n in names]
-                + ([str(counts.get(c, NA))] if counts else []) for c in sorted(cats)]
+        rows = [
+            [c]
+            + [
+                fmt_with_ci(
+                    (by_model.get(n, {}).get("per_category") or {}).get(c),
+                    (by_model.get(n, {}).get("per_category_ci95") or {}).get(c),
+                )
+                for n in names
+            ]
+            + ([str(counts.get(c, NA))] if counts else [])
+            for c in sorted(cats)
+        ]
         headers = ["Category"] + names + (["n"] if counts else [])
         tables.append(Table(f"Per category ({split_label(s)})", headers, rows, [False] + [True] * (len(headers) - 1)))
     return tables
@@ -221,34 +264,68 @@ def ci_tables(report: dict) -> list[Table]:
             if q is None:
                 continue
             if report["models"][name].get("role") == "teacher":  # the reference itself: nothing to compare
-                rows.append([name, fmt_with_ci(q.get("score"), q.get("ci95")), "-", "-", "-", "-", "-",
-                             str(q["n"]) if isinstance(q.get("n"), int) else NA])
+                rows.append(
+                    [
+                        name,
+                        fmt_with_ci(q.get("score"), q.get("ci95")),
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        str(q["n"]) if isinstance(q.get("n"), int) else NA,
+                    ]
+                )
                 continue
-            rows.append([name, fmt_with_ci(q.get("score"), q.get("ci95")),
-                         fmt_with_ci(q.get("diff_vs_teacher"), q.get("diff_ci95"), "+.3f"),
-                         fmt_with_ci(q.get("pct_of_teacher"), q.get("pct_of_teacher_ci95"), ".1f", "%"),
-                         fmt_with_ci(q.get("gap_recovered"), q.get("gap_recovered_ci95"), ".2f"),
-                         fmt_p(q.get("mcnemar_p")), fmt_p(q.get("mcnemar_midp")),
-                         str(q["n"]) if isinstance(q.get("n"), int) else NA])
-        note = (f"95% confidence intervals: paired percentile bootstrap over the prompts "
-                f"({boot.get('samples', 'n/a')} resamples, seed {boot.get('seed', 'n/a')}). McNemar: exact two-sided "
-                "test (and mid-p) of each model against the teacher on the discordant prompts; only for binary scores.")
-        tables.append(Table(f"Quality with 95% confidence intervals ({split_label(s)})",
-                            ["Model", "Score", "vs teacher", "% of teacher", "Gap recovered", "McNemar p", "mid-p", "n"],
-                            rows, [False] + [True] * 7, note=note))
+            rows.append(
+                [
+                    name,
+                    fmt_with_ci(q.get("score"), q.get("ci95")),
+                    fmt_with_ci(q.get("diff_vs_teacher"), q.get("diff_ci95"), "+.3f"),
+                    fmt_with_ci(q.get("pct_of_teacher"), q.get("pct_of_teacher_ci95"), ".1f", "%"),
+                    fmt_with_ci(q.get("gap_recovered"), q.get("gap_recovered_ci95"), ".2f"),
+                    fmt_p(q.get("mcnemar_p")),
+                    fmt_p(q.get("mcnemar_midp")),
+                    str(q["n"]) if isinstance(q.get("n"), int) else NA,
+                ]
+            )
+        note = (
+            f"95% confidence intervals: paired percentile bootstrap over the prompts "
+            f"({boot.get('samples', 'n/a')} resamples, seed {boot.get('seed', 'n/a')}). McNemar: exact two-sided "
+            "test (and mid-p) of each model against the teacher on the discordant prompts; only for binary scores."
+        )
+        tables.append(
+            Table(
+                f"Quality with 95% confidence intervals ({split_label(s)})",
+                ["Model", "Score", "vs teacher", "% of teacher", "Gap recovered", "McNemar p", "mid-p", "n"],
+                rows,
+                [False] + [True] * 7,
+                note=note,
+            )
+        )
     return tables
 
 
-AGREEMENT_COLUMNS = (("rouge_l", "ROUGE-L", "num"), ("chrf", "chrF", "num"), ("agreement", "Same answer", "pct"),
-                     ("top1_agreement", "Top-1 agreement", "pct"), ("kl", "KL(teacher||model)", "num"),
-                     ("repetition", "Repeated 3-grams", "pct"), ("length_ratio", "Length ratio", "ratio"),
-                     ("finish_length_rate", "Hit max tokens", "pct"), ("empty_rate", "Empty answers", "pct"))
+AGREEMENT_COLUMNS = (
+    ("rouge_l", "ROUGE-L", "num"),
+    ("chrf", "chrF", "num"),
+    ("agreement", "Same answer", "pct"),
+    ("top1_agreement", "Top-1 agreement", "pct"),
+    ("kl", "KL(teacher||model)", "num"),
+    ("repetition", "Repeated 3-grams", "pct"),
+    ("length_ratio", "Length ratio", "ratio"),
+    ("finish_length_rate", "Hit max tokens", "pct"),
+    ("empty_rate", "Empty answers", "pct"),
+)
 
 
 def agreement_table(report: dict) -> Table | None:
     """Agreement with the teacher's answers (surface and teacher-forced) and degeneration, per model and split."""
-    present = [c for c in AGREEMENT_COLUMNS
-               if any(_ok((q or {}).get(c[0])) for by in report["splits"].values() for q in by.values())]
+    present = [
+        c
+        for c in AGREEMENT_COLUMNS
+        if any(_ok((q or {}).get(c[0])) for by in report["splits"].values() for q in by.values())
+    ]
     if not present:
         return None
     fmt = {"num": lambda x: fmt_num(x), "pct": fmt_pct, "ratio": lambda x: fmt_num(x, ".2f")}
@@ -258,12 +335,19 @@ def agreement_table(report: dict) -> Table | None:
             q = by_model.get(name)
             if q is not None:
                 rows.append([name, split_label(s)] + [fmt[kind](q.get(key)) for key, _, kind in present])
-    note = ("Against the teacher's answers to the same prompts: ROUGE-L and chrF (surface overlap), same answer "
-            "(equal after normalisation); top-1 agreement and KL(teacher||model) in nats per token are teacher-forced on "
-            "the teacher's held-out answers. Degeneration: share of repeated word 3-grams within an answer, mean answer "
-            "length relative to the teacher's, shares of answers cut at max_new_tokens and of empty answers.")
-    return Table("Agreement with the teacher and degeneration", ["Model", "Split"] + [h for _, h, _ in present], rows,
-                 [False, False] + [True] * len(present), note=note)
+    note = (
+        "Against the teacher's answers to the same prompts: ROUGE-L and chrF (surface overlap), same answer "
+        "(equal after normalisation); top-1 agreement and KL(teacher||model) in nats per token are teacher-forced on "
+        "the teacher's held-out answers. Degeneration: share of repeated word 3-grams within an answer, mean answer "
+        "length relative to the teacher's, shares of answers cut at max_new_tokens and of empty answers."
+    )
+    return Table(
+        "Agreement with the teacher and degeneration",
+        ["Model", "Split"] + [h for _, h, _ in present],
+        rows,
+        [False, False] + [True] * len(present),
+        note=note,
+    )
 
 
 def scorers_table(report: dict) -> Table | None:
@@ -271,7 +355,7 @@ def scorers_table(report: dict) -> Table | None:
     names: list[str] = []
     for by in report["splits"].values():
         for q in by.values():
-            for k in ((q or {}).get("scorers") or {}):
+            for k in (q or {}).get("scorers") or {}:
                 if k not in names:
                     names.append(k)
     if not names:
@@ -282,8 +366,10 @@ def scorers_table(report: dict) -> Table | None:
             q = by_model.get(name)
             if q is not None:
                 sc = q.get("scorers") or {}
-                rows.append([name, split_label(s)] + [fmt_with_ci((sc.get(k) or {}).get("score"), (sc.get(k) or {}).get("ci95"))
-                                                      for k in names])
+                rows.append(
+                    [name, split_label(s)]
+                    + [fmt_with_ci((sc.get(k) or {}).get("score"), (sc.get(k) or {}).get("ci95")) for k in names]
+                )
     return Table("More scorers", ["Model", "Split"] + names, rows, [False, False] + [True] * len(names))
 
 
@@ -295,27 +381,57 @@ def judge_table(report: dict) -> Table | None:
             j = (by_model.get(name) or {}).get("judge")
             if not j:
                 continue
-            rows.append([name, split_label(s), fmt_pct(j.get("win")), fmt_pct(j.get("tie")), fmt_pct(j.get("loss")),
-                         fmt_with_ci(j.get("preference"), j.get("preference_ci95"), ".2f"),
-                         f"{j.get('decided', 0)}/{j.get('n', 0)}", fmt_pct(j.get("identical", 0) / j["n"]) if j.get("n") else NA,
-                         fmt_pct(j.get("parse_rate")), fmt_pct(j.get("fallback_rate")), fmt_pct(j.get("consistency")),
-                         fmt_pct(j.get("first_position_rate")), fmt_pct(j.get("scorer_agreement"))])
+            rows.append(
+                [
+                    name,
+                    split_label(s),
+                    fmt_pct(j.get("win")),
+                    fmt_pct(j.get("tie")),
+                    fmt_pct(j.get("loss")),
+                    fmt_with_ci(j.get("preference"), j.get("preference_ci95"), ".2f"),
+                    f"{j.get('decided', 0)}/{j.get('n', 0)}",
+                    fmt_pct(j.get("identical", 0) / j["n"]) if j.get("n") else NA,
+                    fmt_pct(j.get("parse_rate")),
+                    fmt_pct(j.get("fallback_rate")),
+                    fmt_pct(j.get("consistency")),
+                    fmt_pct(j.get("first_position_rate")),
+                    fmt_pct(j.get("scorer_agreement")),
+                ]
+            )
     if not rows:
         return None
     info = report.get("judge") or {}
     overall = ""
     if info.get("replies"):
-        overall = (f" Over its {info['replies']} replies: {fmt_pct(info.get('parse_rate'))} stated a verdict, "
-                   f"{fmt_pct(info.get('fallback_rate'))} were decided by the fallback, {fmt_pct(info.get('unparsed_rate'))} "
-                   f"stayed unparsed; agreement with the task scorer {fmt_pct(info.get('scorer_agreement'))}.")
-    note = (f"Judge: {info.get('model') or 'n/a'}.{overall} Each prompt is judged twice, the model's answer first as A, then as B; "
-            "both orders agreeing give the verdict, disagreeing ones a tie, and identical answers are a tie without a "
-            "call. Preference = win + tie/2. Stated: share of replies with a verdict the judge wrote itself; fallback: "
-            f"share decided by word overlap of the reply with one answer ({info.get('fallback', 'similarity')}); "
-            "consistent: both orders agree; 'A' chosen: share of A among A/B verdicts (0.5 = no position bias); "
-            "agrees with scorer: where the task scorer separates the two answers.")
-    headers = ["Model", "Split", "Win", "Tie", "Loss", "Preference", "Decided", "Identical", "Stated", "Fallback",
-               "Consistent", "'A' chosen", "Agrees with scorer"]
+        overall = (
+            f" Over its {info['replies']} replies: {fmt_pct(info.get('parse_rate'))} stated a verdict, "
+            f"{fmt_pct(info.get('fallback_rate'))} were decided by the fallback, {fmt_pct(info.get('unparsed_rate'))} "
+            f"stayed unparsed; agreement with the task scorer {fmt_pct(info.get('scorer_agreement'))}."
+        )
+    note = (
+        f"Judge: {info.get('model') or 'n/a'}.{overall} Each prompt is judged twice, the model's answer first as A, "
+        "then as B; "
+        "both orders agreeing give the verdict, disagreeing ones a tie, and identical answers are a tie without a "
+        "call. Preference = win + tie/2. Stated: share of replies with a verdict the judge wrote itself; fallback: "
+        f"share decided by word overlap of the reply with one answer ({info.get('fallback', 'similarity')}); "
+        "consistent: both orders agree; 'A' chosen: share of A among A/B verdicts (0.5 = no position bias); "
+        "agrees with scorer: where the task scorer separates the two answers."
+    )
+    headers = [
+        "Model",
+        "Split",
+        "Win",
+        "Tie",
+        "Loss",
+        "Preference",
+        "Decided",
+        "Identical",
+        "Stated",
+        "Fallback",
+        "Consistent",
+        "'A' chosen",
+        "Agrees with scorer",
+    ]
     return Table("LLM judge vs the teacher", headers, rows, [False, False] + [True] * 11, note=note)
 
 
@@ -324,15 +440,34 @@ def contamination_table(report: dict) -> Table | None:
     c = report.get("contamination") or {}
     if not c.get("splits"):
         return None
-    rows = [[split_label(s), str(d.get("n")), str(d.get("exact")), str(d.get("near_duplicates")),
-             fmt_pct(d.get("contaminated_rate")), fmt_pct(d.get("mean_ngram_overlap")), fmt_pct(d.get("max_ngram_overlap"))]
-            for s, d in c["splits"].items()]
+    rows = [
+        [
+            split_label(s),
+            str(d.get("n")),
+            str(d.get("exact")),
+            str(d.get("near_duplicates")),
+            fmt_pct(d.get("contaminated_rate")),
+            fmt_pct(d.get("mean_ngram_overlap")),
+            fmt_pct(d.get("max_ngram_overlap")),
+        ]
+        for s, d in c["splits"].items()
+    ]
     n, near = c.get("ngram", "n"), c.get("near_duplicate")
     thr = c.get("threshold")
-    note = (f"Evaluation prompts against {c.get('train_prompts', 'the')} training prompts (user turns, normalised words). "
-            f"Exact: same words; near: at least {fmt_pct(near)} of the prompt's word {n}-grams occur in training. "
-            + (f"Threshold {fmt_pct(thr)} of a split" + (" (exceeded, forced)." if c.get("forced") and any(
-                d.get("contaminated_rate", 0) > thr for d in c["splits"].values()) else ".") if _ok(thr) else ""))
+    note = (
+        f"Evaluation prompts against {c.get('train_prompts', 'the')} training prompts (user turns, normalised words). "
+        f"Exact: same words; near: at least {fmt_pct(near)} of the prompt's word {n}-grams occur in training. "
+        + (
+            f"Threshold {fmt_pct(thr)} of a split"
+            + (
+                " (exceeded, forced)."
+                if c.get("forced") and any(d.get("contaminated_rate", 0) > thr for d in c["splits"].values())
+                else "."
+            )
+            if _ok(thr)
+            else ""
+        )
+    )
     headers = ["Split", "Prompts", "Exact", "Near", "Contaminated", f"Mean {n}-gram overlap", "Max overlap"]
     return Table("Contamination check", headers, rows, [False] + [True] * 6, note=note)
 
@@ -340,13 +475,23 @@ def contamination_table(report: dict) -> Table | None:
 def cost_table(report: dict) -> Table:
     """Cost per query, per million and per year, with the yearly saving against the teacher."""
     qpd = report.get("queries_per_day")
-    teacher_year = next((m.get("cost_per_year_usd") for m in report["models"].values() if m.get("role") == "teacher"), None)
+    teacher_year = next(
+        (m.get("cost_per_year_usd") for m in report["models"].values() if m.get("role") == "teacher"), None
+    )
     rows = []
     for name, m in report["models"].items():
         year = m.get("cost_per_year_usd")
         saving = teacher_year - year if _ok(teacher_year) and _ok(year) else None
-        rows.append([name, m.get("price_basis") or NA, fmt_usd(m.get("cost_per_query_usd")),
-                     fmt_usd(m.get("cost_per_1m_queries_usd")), fmt_usd(year), fmt_usd(saving)])
+        rows.append(
+            [
+                name,
+                m.get("price_basis") or NA,
+                fmt_usd(m.get("cost_per_query_usd")),
+                fmt_usd(m.get("cost_per_1m_queries_usd")),
+                fmt_usd(year),
+                fmt_usd(saving),
+            ]
+        )
     title = f"Cost at {qpd:,} queries/day" if isinstance(qpd, int) else "Cost"
     headers = ["Model", "Price basis", "Cost/query", "Cost/1M queries", "Cost/year", "Saving/year vs teacher"]
     return Table(title, headers, rows, [False, False, True, True, True, True], note=break_even_text(report))

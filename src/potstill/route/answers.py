@@ -17,8 +17,15 @@ from ..teachers.hf import LocalGenerator
 from .features import features
 
 
-def answer_with_confidence(model_dir: str | Path, records: list[dict], max_new_tokens: int, batch_size: int = 32,
-                           dtype: str = "float32", cache: Path | None = None, label: str = "route") -> list[dict]:
+def answer_with_confidence(
+    model_dir: str | Path,
+    records: list[dict],
+    max_new_tokens: int,
+    batch_size: int = 32,
+    dtype: str = "float32",
+    cache: Path | None = None,
+    label: str = "route",
+) -> list[dict]:
     """``[{"id", "text", "finish_reason", "features"}]`` for ``records`` (cached in ``cache`` once complete)."""
     if cache is not None and cache.exists():
         rows = read_jsonl(cache)
@@ -27,12 +34,13 @@ def answer_with_confidence(model_dir: str | Path, records: list[dict], max_new_t
 
     gen = LocalGenerator(model_dir, dtype=dtype)
     context = context_length(gen.model)
-    encoded = sorted(((i, encode_prompt(gen.tokenizer, r["messages"])) for i, r in enumerate(records)),
-                     key=lambda x: len(x[1]))
+    encoded = sorted(
+        ((i, encode_prompt(gen.tokenizer, r["messages"])) for i, r in enumerate(records)), key=lambda x: len(x[1])
+    )
     out: list[dict | None] = [None] * len(records)
     with track(len(records), label) as bar:
         for start in range(0, len(encoded), batch_size):
-            part = encoded[start: start + batch_size]
+            part = encoded[start : start + batch_size]
             rows = []
             for _, prompt in part:
                 limit = min(max_new_tokens, context - len(prompt)) if context else max_new_tokens
@@ -40,8 +48,12 @@ def answer_with_confidence(model_dir: str | Path, records: list[dict], max_new_t
             for group in fit_context(rows, context):
                 generate_rows(gen.model, gen.tokenizer, gen.eos_ids, group, gen.device)
             for (i, _), row in zip(part, rows):
-                out[i] = {"id": records[i]["id"], "text": row.text, "finish_reason": row.finish,
-                          "features": features(row.kept_steps())}
+                out[i] = {
+                    "id": records[i]["id"],
+                    "text": row.text,
+                    "finish_reason": row.finish,
+                    "features": features(row.kept_steps()),
+                }
             bar.advance(len(part), tokens=sum(len(r.tokens) for r in rows))
     if cache is not None:
         write_jsonl(cache, out)

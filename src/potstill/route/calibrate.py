@@ -80,8 +80,14 @@ def choose(points: list[dict], target_pct: float | None = None, max_share: float
     return {**best, "met": target_pct is None}
 
 
-def check(scores: Sequence[float], student: Sequence[float], teacher: Sequence[float], threshold: float,
-          samples: int = 10_000, seed: int = 0) -> dict:
+def check(
+    scores: Sequence[float],
+    student: Sequence[float],
+    teacher: Sequence[float],
+    threshold: float,
+    samples: int = 10_000,
+    seed: int = 0,
+) -> dict:
     """Apply ``threshold`` to a split: realized teacher share and blended quality, each with a 95% interval."""
     from scipy.stats import binomtest  # defers scipy
 
@@ -94,12 +100,19 @@ def check(scores: Sequence[float], student: Sequence[float], teacher: Sequence[f
     share_ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
     boot = paired_bootstrap({"blended": blended, "student": a, "teacher": b}, "teacher", samples=samples, seed=seed)
     q_t = float(b.mean())
-    return {"n": n, "teacher_calls": k, "share": k / n, "share_ci95": rounded([share_ci.low, share_ci.high]),
-            "quality": float(blended.mean()), "quality_ci95": rounded(boot["blended"]["score"]),
-            "pct_of_teacher": 100 * float(blended.mean()) / q_t if q_t else None,
-            "pct_of_teacher_ci95": rounded(boot["blended"]["pct_of_teacher"], 3),
-            "student_quality": float(a.mean()), "teacher_quality": q_t,
-            "student_pct_of_teacher": 100 * float(a.mean()) / q_t if q_t else None}
+    return {
+        "n": n,
+        "teacher_calls": k,
+        "share": k / n,
+        "share_ci95": rounded([share_ci.low, share_ci.high]),
+        "quality": float(blended.mean()),
+        "quality_ci95": rounded(boot["blended"]["score"]),
+        "pct_of_teacher": 100 * float(blended.mean()) / q_t if q_t else None,
+        "pct_of_teacher_ci95": rounded(boot["blended"]["pct_of_teacher"], 3),
+        "student_quality": float(a.mean()),
+        "teacher_quality": q_t,
+        "student_pct_of_teacher": 100 * float(a.mean()) / q_t if q_t else None,
+    }
 
 
 def fit_logistic(feats: list[dict], student: Sequence[float], teacher: Sequence[float], seed: int = 0) -> dict:
@@ -115,11 +128,19 @@ def fit_logistic(feats: list[dict], student: Sequence[float], teacher: Sequence[
     y = (np.asarray(student, dtype=np.float64) >= np.asarray(teacher, dtype=np.float64)).astype(int)
     bad, good = int((y == 0).sum()), int((y == 1).sum())
     if min(bad, good) < MIN_CLASS:
-        raise ValueError(f"the calibration split has {bad} queries where the student did worse than the teacher "
-                         f"and {good} where it did not; a logistic router needs at least {MIN_CLASS} of each")
+        raise ValueError(
+            f"the calibration split has {bad} queries where the student did worse than the teacher "
+            f"and {good} where it did not; a logistic router needs at least {MIN_CLASS} of each"
+        )
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale == 0] = 1.0
     model = LogisticRegression(C=1.0, class_weight="balanced", random_state=seed, max_iter=1000)
     model.fit((x - mean) / scale, y)
-    return {"signal": "logistic", "features": list(LOGISTIC_FEATURES), "mean": mean.tolist(), "scale": scale.tolist(),
-            "coef": model.coef_[0].tolist(), "intercept": float(model.intercept_[0])}
+    return {
+        "signal": "logistic",
+        "features": list(LOGISTIC_FEATURES),
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "coef": model.coef_[0].tolist(),
+        "intercept": float(model.intercept_[0]),
+    }

@@ -35,14 +35,29 @@ EMPTY_ENTROPY = 50.0
 def features(steps: Sequence[tuple[float, float]]) -> dict[str, float]:
     """The confidence features of one answer from its ``(logprob, entropy)`` steps."""
     if not steps:
-        return {"mean_logprob": EMPTY_LOGPROB, "min_logprob": EMPTY_LOGPROB, "p10": 0.0, "p25": 0.0, "p50": 0.0,
-                "mean_entropy": EMPTY_ENTROPY, "max_entropy": EMPTY_ENTROPY, "tokens": 0.0}
+        return {
+            "mean_logprob": EMPTY_LOGPROB,
+            "min_logprob": EMPTY_LOGPROB,
+            "p10": 0.0,
+            "p25": 0.0,
+            "p50": 0.0,
+            "mean_entropy": EMPTY_ENTROPY,
+            "max_entropy": EMPTY_ENTROPY,
+            "tokens": 0.0,
+        }
     lp = np.maximum(np.array([s[0] for s in steps], dtype=np.float64), EMPTY_LOGPROB)
     ent = np.array([s[1] for s in steps], dtype=np.float64)
     p10, p25, p50 = np.quantile(np.exp(lp), [0.10, 0.25, 0.50])
-    return {"mean_logprob": float(lp.mean()), "min_logprob": float(lp.min()), "p10": float(p10), "p25": float(p25),
-            "p50": float(p50), "mean_entropy": float(ent.mean()), "max_entropy": float(ent.max()),
-            "tokens": float(len(steps))}
+    return {
+        "mean_logprob": float(lp.mean()),
+        "min_logprob": float(lp.min()),
+        "p10": float(p10),
+        "p25": float(p25),
+        "p50": float(p50),
+        "mean_entropy": float(ent.mean()),
+        "max_entropy": float(ent.max()),
+        "tokens": float(len(steps)),
+    }
 
 
 class Router:

@@ -61,14 +61,30 @@ class FallbackLog:
                 os.close(fd)
 
 
-def fallback_record(messages: list[dict], student_model: str, student_text: str, score: float, feats: dict,
-                    threshold: float, teacher_model: str, teacher_text: str | None, error: str | None) -> dict:
+def fallback_record(
+    messages: list[dict],
+    student_model: str,
+    student_text: str,
+    score: float,
+    feats: dict,
+    threshold: float,
+    teacher_model: str,
+    teacher_text: str | None,
+    error: str | None,
+) -> dict:
     """One fallback log line; ``messages`` make it a prompt record for the next round's training."""
     digest = hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
-    return {"id": f"fallback-{digest}", "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "messages": messages, "score": score, "threshold": threshold, "features": feats,
-            "student": {"model": student_model, "text": student_text},
-            "teacher": {"model": teacher_model, "text": teacher_text}, "teacher_error": error}
+    return {
+        "id": f"fallback-{digest}",
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "messages": messages,
+        "score": score,
+        "threshold": threshold,
+        "features": feats,
+        "student": {"model": student_model, "text": student_text},
+        "teacher": {"model": teacher_model, "text": teacher_text},
+        "teacher_error": error,
+    }
 
 
 class LocalTeacher:
@@ -79,8 +95,11 @@ class LocalTeacher:
 
     async def answer(self, req: ChatCompletionRequest) -> dict:
         (row,) = await self.backend.run(req.model_copy(update={"n": 1, "logprobs": False}))
-        return {"text": row.text, "finish_reason": row.finish,
-                "usage": {"prompt_tokens": len(row.prompt), "completion_tokens": len(row.tokens)}}
+        return {
+            "text": row.text,
+            "finish_reason": row.finish,
+            "usage": {"prompt_tokens": len(row.prompt), "completion_tokens": len(row.tokens)},
+        }
 
     def abort(self, reason: str) -> int:
         return self.backend.abort(reason)
@@ -104,15 +123,23 @@ class ApiTeacher:
             for i in range(self.concurrency):
                 self.slots.put_nowait(i)
         temperature = 1.0 if req.temperature is None else req.temperature
-        params = {"max_tokens": req.token_limit() or self.default_max_tokens, "do_sample": temperature > 0,
-                  "temperature": temperature, "top_p": req.top_p or 1.0, "seed": req.seed}
+        params = {
+            "max_tokens": req.token_limit() or self.default_max_tokens,
+            "do_sample": temperature > 0,
+            "temperature": temperature,
+            "top_p": req.top_p or 1.0,
+            "seed": req.seed,
+        }
         slot = await self.slots.get()
         try:
             out = await self.provider.complete(req.wire_messages(), params, slot=slot)
         finally:
             self.slots.put_nowait(slot)
-        return {"text": out["text"], "finish_reason": out["finish_reason"] if out["finish_reason"] == "length" else "stop",
-                "usage": out["usage"]}
+        return {
+            "text": out["text"],
+            "finish_reason": out["finish_reason"] if out["finish_reason"] == "length" else "stop",
+            "usage": out["usage"],
+        }
 
     async def aclose(self) -> None:
         await self.provider.aclose()
@@ -121,8 +148,15 @@ class ApiTeacher:
 class RoutingBackend:
     """Student first, teacher below the threshold (see the module docstring)."""
 
-    def __init__(self, student: HFBackend, teacher, router: Router, log: FallbackLog | None = None,
-                 model_name: str | None = None, teacher_timeout: float | None = None):
+    def __init__(
+        self,
+        student: HFBackend,
+        teacher,
+        router: Router,
+        log: FallbackLog | None = None,
+        model_name: str | None = None,
+        teacher_timeout: float | None = None,
+    ):
         self.student, self.teacher, self.router, self.log = student, teacher, router, log
         self.teacher_timeout = teacher_timeout
         self.model_name = model_name or student.model_name
@@ -130,8 +164,13 @@ class RoutingBackend:
         self.asking: set[asyncio.Task] = set()  # teacher calls in flight (ended by abort)
 
     def stats(self) -> dict:
-        return {**self.counts, "threshold": self.router.threshold, "signal": self.router.signal,
-                "fallback_log": str(self.log.path) if self.log else None, "student_backend": self.student.stats()}
+        return {
+            **self.counts,
+            "threshold": self.router.threshold,
+            "signal": self.router.signal,
+            "fallback_log": str(self.log.path) if self.log else None,
+            "student_backend": self.student.stats(),
+        }
 
     def abort(self, reason: str = "the server is shutting down") -> int:
         """Shutdown: the student's requests in flight get 503; those waiting for the teacher get the
@@ -155,8 +194,13 @@ class RoutingBackend:
         rows = await self.student.run(req, confidence=True)
         feats = features(rows[0].kept_steps())
         score = self.router.score(feats)
-        info = {"routed_to": "student", "score": score, "threshold": self.router.threshold,
-                "student_model": self.student.model_name, "teacher_error": None}
+        info = {
+            "routed_to": "student",
+            "score": score,
+            "threshold": self.router.threshold,
+            "student_model": self.student.model_name,
+            "teacher_error": None,
+        }
         completion = self.student.completion(req, rows).model_dump()
         if not self.router.to_teacher(score):
             self.counts["student"] += 1
@@ -173,12 +217,22 @@ class RoutingBackend:
             ans = call.result()
         except asyncio.CancelledError:  # abort(): the server is shutting down
             info["teacher_error"] = "the server is shutting down"
-        except Exception as e:  # noqa: BLE001 - any teacher failure: the student's answer, flagged
+        except Exception as e:
             info["teacher_error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
         if self.log:  # every fallback, answered or not, is material for the next round
-            self.log.append(fallback_record(req.wire_messages(), self.student.model_name, rows[0].text, score, feats,
-                                            self.router.threshold, self.teacher.model_name,
-                                            ans and ans["text"], info["teacher_error"]))
+            self.log.append(
+                fallback_record(
+                    req.wire_messages(),
+                    self.student.model_name,
+                    rows[0].text,
+                    score,
+                    feats,
+                    self.router.threshold,
+                    self.teacher.model_name,
+                    ans and ans["text"],
+                    info["teacher_error"],
+                )
+            )
         if ans is None:
             self.counts["teacher_errors"] += 1
             self.counts["student"] += 1
@@ -186,10 +240,15 @@ class RoutingBackend:
         self.counts["teacher"] += 1
         info["routed_to"] = "teacher"
         p, c = ans["usage"]["prompt_tokens"], ans["usage"]["completion_tokens"]
-        teacher = ChatCompletion(id=new_id(), created=int(time.time()), model=self.teacher.model_name,
-                                 choices=[Choice(index=0, message=AssistantMessage(content=ans["text"]),
-                                                 finish_reason=ans["finish_reason"])],
-                                 usage=Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c))
+        teacher = ChatCompletion(
+            id=new_id(),
+            created=int(time.time()),
+            model=self.teacher.model_name,
+            choices=[
+                Choice(index=0, message=AssistantMessage(content=ans["text"]), finish_reason=ans["finish_reason"])
+            ],
+            usage=Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c),
+        )
         return teacher.model_dump(), info
 
     async def complete(self, req: ChatCompletionRequest) -> dict:
@@ -198,8 +257,12 @@ class RoutingBackend:
 
     async def stream(self, req: ChatCompletionRequest):
         completion, info = await self.decide(req)
-        head = dict(id=completion["id"], created=completion["created"], model=completion["model"],
-                    system_fingerprint=completion.get("system_fingerprint"))
+        head = dict(
+            id=completion["id"],
+            created=completion["created"],
+            model=completion["model"],
+            system_fingerprint=completion.get("system_fingerprint"),
+        )
         choice = completion["choices"][0]
 
         def chunk(delta: Delta, finish=None, logprobs=None) -> dict:

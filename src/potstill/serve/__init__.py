@@ -9,5 +9,12 @@ from .backend import ChatBackend, HFBackend, model_fingerprint
 from .batcher import Batcher
 from .schemas import APIError, ChatCompletionRequest
 
-__all__ = ["APIError", "Batcher", "ChatBackend", "ChatCompletionRequest", "HFBackend", "create_app",
-           "model_fingerprint"]
+__all__ = [
+    "APIError",
+    "Batcher",
+    "ChatBackend",
+    "ChatCompletionRequest",
+    "HFBackend",
+    "create_app",
+    "model_fingerprint",
+]

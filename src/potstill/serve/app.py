@@ -40,23 +40,41 @@ DRAIN_LIMIT = 64 * 1024 * 1024  # read (and drop) at most this much of a too-lar
 MODEL_HEADER = "x-potstill-model"
 CLIENT_GONE = 499  # nginx's "client closed request": logged, never seen by the client
 
-REQUEST_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}}
-ERRORS = {status: {"model": ErrorResponse, "description": what} for status, what in (
-    (400, "invalid request (bad JSON, field, role, or prompt + max_tokens beyond the context)"),
-    (401, "missing or wrong API key"), (404, "unknown model"), (413, "request body too large"),
-    (500, "backend failure"), (503, "the server is shutting down"))}
-CHAT_RESPONSES = {200: {"model": ChatCompletion, "description": "the completion (JSON), or server-sent "
-                        "events of chat.completion.chunk objects with `stream: true`",
-                        "content": {"text/event-stream": {}}}, **ERRORS}
+REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
+    }
+}
+ERRORS = {
+    status: {"model": ErrorResponse, "description": what}
+    for status, what in (
+        (400, "invalid request (bad JSON, field, role, or prompt + max_tokens beyond the context)"),
+        (401, "missing or wrong API key"),
+        (404, "unknown model"),
+        (413, "request body too large"),
+        (500, "backend failure"),
+        (503, "the server is shutting down"),
+    )
+}
+CHAT_RESPONSES = {
+    200: {
+        "model": ChatCompletion,
+        "description": "the completion (JSON), or server-sent "
+        "events of chat.completion.chunk objects with `stream: true`",
+        "content": {"text/event-stream": {}},
+    },
+    **ERRORS,
+}
 
 
 class ClientGone(Exception):
     """The client disconnected before its answer was ready."""
 
 
-def create_app(backend, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               model_name: str | None = None) -> FastAPI:
+def create_app(
+    backend, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, model_name: str | None = None
+) -> FastAPI:
     """Build the app serving ``backend`` (see :class:`potstill.serve.backend.ChatBackend`).
 
     ``api_key``: when set, ``/v1/*`` needs ``Authorization: Bearer KEY`` (or ``x-api-key``).
@@ -125,8 +143,12 @@ def create_app(backend, api_key: str | None = None, max_body_bytes: int = DEFAUL
         authorize(request)
         req = parse_request(await read_json(request, max_body_bytes))
         if req.model is not None and req.model not in names:
-            raise APIError(404, f"The model {req.model!r} does not exist; this server has {', '.join(names)}.",
-                           code="model_not_found", param="model")
+            raise APIError(
+                404,
+                f"The model {req.model!r} does not exist; this server has {', '.join(names)}.",
+                code="model_not_found",
+                param="model",
+            )
         if req.stream:
             chunks = backend.stream(req).__aiter__()
             try:
@@ -139,19 +161,26 @@ def create_app(backend, api_key: str | None = None, max_body_bytes: int = DEFAUL
                 if isinstance(e, APIError):
                     raise
                 raise APIError(500, "the backend sent no chunks") from None
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 await chunks.aclose()
                 raise internal(e) from None
-            return StreamingResponse(sse(first, chunks), media_type="text/event-stream",
-                                     headers={MODEL_HEADER: str(field(first, "model")), **route_headers(first),
-                                              "cache-control": "no-cache", "x-accel-buffering": "no"})
+            return StreamingResponse(
+                sse(first, chunks),
+                media_type="text/event-stream",
+                headers={
+                    MODEL_HEADER: str(field(first, "model")),
+                    **route_headers(first),
+                    "cache-control": "no-cache",
+                    "x-accel-buffering": "no",
+                },
+            )
         try:
             resp = await unless_disconnected(request, backend.complete(req))
         except ClientGone:
             return client_gone()
         except APIError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise internal(e) from None
         return JSONResponse(dump(resp), headers={MODEL_HEADER: str(field(resp, "model")), **route_headers(resp)})
 
@@ -224,8 +253,9 @@ async def read_json(request: Request, limit: int) -> dict:
         try:
             json.dumps(data, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            raise APIError(400, "The request body is not valid JSON (a lone UTF-16 surrogate escape).",
-                           code="invalid_json") from None
+            raise APIError(
+                400, "The request body is not valid JSON (a lone UTF-16 surrogate escape).", code="invalid_json"
+            ) from None
     return data
 
 
@@ -236,8 +266,12 @@ def parse_request(data: dict) -> ChatCompletionRequest:
     except ValidationError as e:
         errors = e.errors(include_url=False)
         problems = "; ".join(f"{param(err['loc']) or 'body'}: {err['msg']}" for err in errors[:3])
-        raise APIError(400, f"Invalid request: {problems}", param=param(errors[0]["loc"]) or None,
-                       code="invalid_value" if errors[0]["type"] == "invalid_value" else "invalid_request") from None
+        raise APIError(
+            400,
+            f"Invalid request: {problems}",
+            param=param(errors[0]["loc"]) or None,
+            code="invalid_value" if errors[0]["type"] == "invalid_value" else "invalid_request",
+        ) from None
 
 
 def param(loc: tuple) -> str:
@@ -279,7 +313,7 @@ async def sse(first, chunks):
         async for c in chunks:
             yield f"data: {json.dumps(dump(c), ensure_ascii=False)}\n\n"
         yield "data: [DONE]\n\n"
-    except Exception as e:  # noqa: BLE001 - headers are sent; report in-band like OpenAI does
+    except Exception as e:
         err = e if isinstance(e, APIError) else internal(e)
         yield f"data: {json.dumps(err.body())}\n\n"
     finally:

@@ -69,23 +69,37 @@ def model_fingerprint(path: str | Path) -> str:
 class HFBackend:
     """Serves one local causal LM (a :class:`potstill.teachers.hf.LocalGenerator`) with batching."""
 
-    def __init__(self, generator, model_name: str, max_batch: int = 16, batch_wait_ms: float = 5.0,
-                 default_max_tokens: int = 256, fingerprint: str | None = None):
+    def __init__(
+        self,
+        generator,
+        model_name: str,
+        max_batch: int = 16,
+        batch_wait_ms: float = 5.0,
+        default_max_tokens: int = 256,
+        fingerprint: str | None = None,
+    ):
         self.gen, self.model_name = generator, model_name
         self.fingerprint = fingerprint or model_fingerprint(generator.path)
         self.default_max_tokens = default_max_tokens
         self.context = context_length(generator.model)
         self.text = TokenText(generator.tokenizer)
-        self.batcher = Batcher(self._run, max_batch=max_batch, wait_ms=batch_wait_ms,
-                               cancel=lambda row: row.cancelled.set())
+        self.batcher = Batcher(
+            self._run, max_batch=max_batch, wait_ms=batch_wait_ms, cancel=lambda row: row.cancelled.set()
+        )
         self.requests = 0
         # Encode once now: a tokenizer saved with padding/truncation settings resets them on its first
         # call, which must not race the decoding thread (the Rust tokenizer refuses shared mutation).
         encode_prompt(generator.tokenizer, [{"role": "user", "content": "hello"}])
 
     @classmethod
-    def from_dir(cls, path: str | Path, model_name: str | None = None, dtype: str = "float32",
-                 device: str | None = None, **kwargs) -> HFBackend:
+    def from_dir(
+        cls,
+        path: str | Path,
+        model_name: str | None = None,
+        dtype: str = "float32",
+        device: str | None = None,
+        **kwargs,
+    ) -> HFBackend:
         """Load the model in ``path`` (raises :class:`potstill.errors.UserError` for a bad dir)."""
 
         gen = LocalGenerator(path, dtype=dtype, device=device)
@@ -113,35 +127,55 @@ class HFBackend:
     def _rows(self, req: ChatCompletionRequest, n: int, on_event=None, confidence: bool = False) -> list[Row]:
         try:
             prompt = encode_prompt(self.gen.tokenizer, req.wire_messages())
-        except Exception as e:  # noqa: BLE001 - chat templates raise their own errors for odd messages
-            raise APIError(400, f"cannot format these messages with the model's chat template ({e})",
-                           code="invalid_messages") from None
+        except Exception as e:
+            raise APIError(
+                400, f"cannot format these messages with the model's chat template ({e})", code="invalid_messages"
+            ) from None
         room = (self.context - len(prompt)) if self.context else None
         if room is not None and room < 1:
-            raise APIError(400, f"the prompt is {len(prompt)} tokens; this model's context is {self.context}",
-                           code="context_length_exceeded", param="messages")
+            raise APIError(
+                400,
+                f"the prompt is {len(prompt)} tokens; this model's context is {self.context}",
+                code="context_length_exceeded",
+                param="messages",
+            )
         asked = req.token_limit()
         if room is not None and asked is not None and asked > room:
-            raise APIError(400, f"This model's maximum context length is {self.context} tokens. However, you "
-                                f"requested {len(prompt) + asked} tokens ({len(prompt)} in the messages, {asked} in "
-                                "the completion). Please reduce the length of the messages or completion.",
-                           code="context_length_exceeded",
-                           param="max_completion_tokens" if req.max_completion_tokens else "max_tokens")
+            raise APIError(
+                400,
+                f"This model's maximum context length is {self.context} tokens. However, you "
+                f"requested {len(prompt) + asked} tokens ({len(prompt)} in the messages, {asked} in "
+                "the completion). Please reduce the length of the messages or completion.",
+                code="context_length_exceeded",
+                param="max_completion_tokens" if req.max_completion_tokens else "max_tokens",
+            )
         limit = asked or self.default_max_tokens
         limit = min(limit, room) if room is not None else limit
         temperature = 1.0 if req.temperature is None else req.temperature
         self.requests += 1
-        return [Row(prompt=prompt, max_tokens=limit, temperature=temperature, top_p=req.top_p or 1.0,
-                    logprobs=req.logprobs, k=req.k(), stops=req.stops(),
-                    seed=None if req.seed is None else req.seed + i, on_event=on_event, confidence=confidence)
-                for i in range(n)]
+        return [
+            Row(
+                prompt=prompt,
+                max_tokens=limit,
+                temperature=temperature,
+                top_p=req.top_p or 1.0,
+                logprobs=req.logprobs,
+                k=req.k(),
+                stops=req.stops(),
+                seed=None if req.seed is None else req.seed + i,
+                on_event=on_event,
+                confidence=confidence,
+            )
+            for i in range(n)
+        ]
 
     def _entries(self, entries) -> list[TokenLogprob]:
         out = []
         for tid, lp, tops in entries:
             text, data = self.text.get(tid)
-            top = [TopLogprob(token=self.text.get(t)[0], logprob=v, bytes=self.text.get(t)[1], token_id=t)
-                   for t, v in tops]
+            top = [
+                TopLogprob(token=self.text.get(t)[0], logprob=v, bytes=self.text.get(t)[1], token_id=t) for t, v in tops
+            ]
             out.append(TokenLogprob(token=text, logprob=lp, bytes=data, token_id=tid, top_logprobs=top))
         return out
 
@@ -158,16 +192,26 @@ class HFBackend:
     def completion(self, req: ChatCompletionRequest, rows: list[Row]) -> ChatCompletion:
         """The OpenAI completion object for decoded ``rows``."""
         choices = [
-            Choice(index=i, message=AssistantMessage(content=r.text), finish_reason=r.finish,
-                   logprobs=ChoiceLogprobs(content=self._entries(r.entries[: r.kept])) if r.logprobs else None,
-                   token_ids=r.token_ids())
+            Choice(
+                index=i,
+                message=AssistantMessage(content=r.text),
+                finish_reason=r.finish,
+                logprobs=ChoiceLogprobs(content=self._entries(r.entries[: r.kept])) if r.logprobs else None,
+                token_ids=r.token_ids(),
+            )
             for i, r in enumerate(rows)
         ]
         used = sum(len(r.tokens) for r in rows)
-        return ChatCompletion(id=new_id(), created=int(time.time()), model=self.model_name,
-                              system_fingerprint=self.fingerprint, choices=choices,
-                              usage=Usage(prompt_tokens=len(rows[0].prompt), completion_tokens=used,
-                                          total_tokens=len(rows[0].prompt) + used))
+        return ChatCompletion(
+            id=new_id(),
+            created=int(time.time()),
+            model=self.model_name,
+            system_fingerprint=self.fingerprint,
+            choices=choices,
+            usage=Usage(
+                prompt_tokens=len(rows[0].prompt), completion_tokens=used, total_tokens=len(rows[0].prompt) + used
+            ),
+        )
 
     async def stream(self, req: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         """Answer a streamed request: a role chunk, content chunks as tokens are decoded, a finish chunk."""
@@ -198,8 +242,9 @@ class HFBackend:
             yield chunk(Delta(), finish=finish)
             if req.stream_options and req.stream_options.include_usage:
                 p, c = len(row.prompt), len(row.tokens)
-                yield ChatCompletionChunk(**head, choices=[],
-                                          usage=Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c))
+                yield ChatCompletionChunk(
+                    **head, choices=[], usage=Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
+                )
         finally:
             row.cancelled.set()
             if not task.done():

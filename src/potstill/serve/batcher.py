@@ -25,8 +25,14 @@ log = logging.getLogger("potstill.serve")
 class Batcher:
     """Collects submitted items into batches for ``run`` (see the module docstring)."""
 
-    def __init__(self, run: Callable[[list[Any]], None], max_batch: int = 16, wait_ms: float = 5.0,
-                 key: Callable[[Any], Hashable] | None = None, cancel: Callable[[Any], None] | None = None):
+    def __init__(
+        self,
+        run: Callable[[list[Any]], None],
+        max_batch: int = 16,
+        wait_ms: float = 5.0,
+        key: Callable[[Any], Hashable] | None = None,
+        cancel: Callable[[Any], None] | None = None,
+    ):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.run, self.max_batch, self.wait = run, max_batch, max(0.0, wait_ms) / 1000.0
@@ -44,9 +50,13 @@ class Batcher:
 
     def stats(self) -> dict:
         """Counters: batches run, rows run, the largest batch; items waiting and running now (not cancelled)."""
-        return {"batches": self.batches, "rows": self.rows, "max_batch_rows": self.max_rows,
-                "waiting": sum(not f.done() for _, f in self._pending),
-                "running": sum(not f.done() for _, f in self._running)}
+        return {
+            "batches": self.batches,
+            "rows": self.rows,
+            "max_batch_rows": self.max_rows,
+            "waiting": sum(not f.done() for _, f in self._pending),
+            "running": sum(not f.done() for _, f in self._running),
+        }
 
     async def submit(self, item: Any) -> None:
         """Queue ``item``; returns once its batch has run (re-raises the batch's exception)."""
@@ -85,7 +95,7 @@ class Batcher:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (asyncio.CancelledError, Exception):
                 pass
         self._task, self._aborted = None, None
 
@@ -97,7 +107,7 @@ class Batcher:
         if self.wait and len(self._pending) < self.max_batch:
             await asyncio.sleep(self.wait)
         live = [(item, fut) for item, fut in self._pending if not fut.done()]  # drop cancelled requests
-        batch, self._pending = live[: self.max_batch], live[self.max_batch:]
+        batch, self._pending = live[: self.max_batch], live[self.max_batch :]
         return batch
 
     async def _work(self) -> None:
@@ -109,7 +119,7 @@ class Batcher:
                     groups.setdefault(self.key(item), []).append((item, fut))
                 for group in groups.values():
                     await self._run_group(group)
-            except Exception as e:  # noqa: BLE001 - a bug here must not strand waiting requests
+            except Exception as e:
                 log.exception("batching failed")
                 for _, fut in batch:
                     if not fut.done():
@@ -124,7 +134,7 @@ class Batcher:
         self._running = group
         try:
             await asyncio.to_thread(self.run, items)
-        except Exception as e:  # noqa: BLE001 - handed to every waiting request
+        except Exception as e:
             log.exception("batch of %d failed", len(items))
             error = e
         finally:

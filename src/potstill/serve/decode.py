@@ -192,8 +192,8 @@ def finalize(r: Row, tokenizer, eos: set[int]) -> None:
     if r.text is None:
         r.text = tokenizer.decode([t for t in r.tokens[: r.kept] if t not in eos], skip_special_tokens=True)
     if r.on_event is not None and not r.cancelled.is_set():
-        rest = r.text[len(r.emitted_text):] if r.text.startswith(r.emitted_text) else ""
-        left = r.entries[r.emitted_entries: r.kept] if r.logprobs else []
+        rest = r.text[len(r.emitted_text) :] if r.text.startswith(r.emitted_text) else ""
+        left = r.entries[r.emitted_entries : r.kept] if r.logprobs else []
         r.emitted_text += rest
         r.emitted_entries += len(left)
         r.on_event({"text": rest, "entries": left, "finish": r.finish})
@@ -205,9 +205,9 @@ def _emit(r: Row, full: str) -> None:
     safe = len(full) - _holdback(full, r.stops)
     if not full.startswith(r.emitted_text):  # the decoder changed earlier text; settle at the end
         return
-    delta = full[len(r.emitted_text): safe] if safe > len(r.emitted_text) else ""
+    delta = full[len(r.emitted_text) : safe] if safe > len(r.emitted_text) else ""
     n = sum(1 for p in r.prefix_len if p <= safe) if r.logprobs else 0
-    new_entries = r.entries[r.emitted_entries: n]
+    new_entries = r.entries[r.emitted_entries : n]
     if delta or new_entries:
         r.emitted_text += delta
         r.emitted_entries += len(new_entries)
@@ -234,15 +234,21 @@ def generate_rows(model, tokenizer, eos_ids: set[int], rows: list[Row], device) 
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        input_ids[i, width - len(r.prompt):] = torch.tensor(r.prompt)
-        attention[i, width - len(r.prompt):] = 1
+        input_ids[i, width - len(r.prompt) :] = torch.tensor(r.prompt)
+        attention[i, width - len(r.prompt) :] = 1
         if r.seed is not None and r.temperature > 0:
             r.generator = torch.Generator(device=device).manual_seed(r.seed)
     controller = RowController(rows, tokenizer, eos_ids)
     model.generate(
-        input_ids=input_ids.to(device), attention_mask=attention.to(device),
-        max_new_tokens=max(r.max_tokens for r in rows), do_sample=False,
-        temperature=None, top_p=None, top_k=None, pad_token_id=pad, eos_token_id=sorted(eos_ids),
+        input_ids=input_ids.to(device),
+        attention_mask=attention.to(device),
+        max_new_tokens=max(r.max_tokens for r in rows),
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=pad,
+        eos_token_id=sorted(eos_ids),
         logits_processor=LogitsProcessorList([controller]),
         stopping_criteria=StoppingCriteriaList([RowsDone(rows)]),
     )
@@ -282,7 +288,5 @@ class TokenText:
 def _is_byte_level(tokenizer) -> bool:
     try:
         return "ByteLevel" in json.dumps(json.loads(tokenizer.backend_tokenizer.to_str()).get("decoder"))
-    except Exception:  # noqa: BLE001 - slow or unusual tokenizers: fall back to the decoded text
+    except Exception:
         return False
-
-

@@ -26,11 +26,19 @@ INT64 = 2**63
 class APIError(Exception):
     """An error answered as ``{"error": {"message", "type", "code"}}`` with an HTTP status."""
 
-    TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-             413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error"}
+    TYPES = {
+        400: "invalid_request_error",
+        401: "invalid_request_error",
+        404: "invalid_request_error",
+        413: "invalid_request_error",
+        429: "rate_limit_error",
+        500: "server_error",
+        503: "server_error",
+    }
 
-    def __init__(self, status: int, message: str, code: str | None = None, type: str | None = None,
-                 param: str | None = None):
+    def __init__(
+        self, status: int, message: str, code: str | None = None, type: str | None = None, param: str | None = None
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
         self.type = type or self.TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
@@ -51,8 +59,9 @@ class TextPart(BaseModel):
     @classmethod
     def _text_only(cls, v):
         if v != "text":
-            raise PydanticCustomError("invalid_value", "only text content parts are supported, got {got}",
-                                      {"got": repr(v)[:40]})
+            raise PydanticCustomError(
+                "invalid_value", "only text content parts are supported, got {got}", {"got": repr(v)[:40]}
+            )
         return v
 
 
@@ -77,10 +86,16 @@ class ChatMessage(BaseModel):
         if v in ROLES:
             return v
         if v in ("tool", "function"):
-            raise PydanticCustomError("invalid_value", "'{role}' messages are not supported: this server has no "
-                                      "tool calling. Supported roles: {roles}.", {"role": v, "roles": ", ".join(ROLES)})
-        raise PydanticCustomError("invalid_value", "Invalid value: {got}. Supported values are: {roles}.",
-                                  {"got": repr(v)[:40], "roles": ", ".join(repr(r) for r in ROLES)})
+            raise PydanticCustomError(
+                "invalid_value",
+                "'{role}' messages are not supported: this server has no tool calling. Supported roles: {roles}.",
+                {"role": v, "roles": ", ".join(ROLES)},
+            )
+        raise PydanticCustomError(
+            "invalid_value",
+            "Invalid value: {got}. Supported values are: {roles}.",
+            {"got": repr(v)[:40], "roles": ", ".join(repr(r) for r in ROLES)},
+        )
 
 
 class StreamOptions(BaseModel):
@@ -135,6 +150,7 @@ class ChatCompletionRequest(BaseModel):
 
 
 # ---- responses (dumped with model_dump(); shapes match openai.types.chat) ----
+
 
 class TopLogprob(BaseModel):
     token: str

@@ -71,8 +71,10 @@ def _resolve(alt, mapper, where: str) -> tuple[int, float]:
         raise UserError(f"{where}: top_logprobs give token strings; a tokenizer is needed to map them to ids")
     i = mapper.token_id(token, raw, tid)
     if i is None:
-        raise UserError(f"{where}: API token {token!r} is not a token of the student's tokenizer "
-                        "(the API's tokenizer differs; its top_logprobs cannot be used for KD)")
+        raise UserError(
+            f"{where}: API token {token!r} is not a token of the student's tokenizer "
+            "(the API's tokenizer differs; its top_logprobs cannot be used for KD)"
+        )
     return int(i), lp
 
 
@@ -104,8 +106,10 @@ def sparse_from_top_logprobs(
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
     if not renormalize and temperature != 1.0:
-        raise UserError(f"{where}: un-renormalised top-k probabilities exist only at temperature 1 "
-                        f"(the tail's tempered mass is unknown); got T={temperature}")
+        raise UserError(
+            f"{where}: un-renormalised top-k probabilities exist only at temperature 1 "
+            f"(the tail's tempered mass is unknown); got T={temperature}"
+        )
     if tokenizer is not None:
         vocab_size = vocab_size or len(tokenizer)
     per_pos: list[dict[int, float]] = []
@@ -172,9 +176,17 @@ class TopLogprobsTargets:
     def get(self, example_id) -> tuple[np.ndarray, np.ndarray]:
         self.length(example_id)
         rows = self.rows[str(example_id)]
-        if self._mapper is None and self._tokenizer is not None and any(_needs_mapper(a) for a in _alternatives(rows[0])):
+        if (
+            self._mapper is None
+            and self._tokenizer is not None
+            and any(_needs_mapper(a) for a in _alternatives(rows[0]))
+        ):
             self._mapper = token_mapper(self._tokenizer)
         return sparse_from_top_logprobs(
-            rows, temperature=self.temperature, renormalize=self.renormalize,
-            vocab_size=self.vocab_size, mapper=self._mapper, where=f"pair '{example_id}' top_logprobs",
+            rows,
+            temperature=self.temperature,
+            renormalize=self.renormalize,
+            vocab_size=self.vocab_size,
+            mapper=self._mapper,
+            where=f"pair '{example_id}' top_logprobs",
         )

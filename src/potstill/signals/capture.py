@@ -43,7 +43,9 @@ def _example_rng(seed: int, example_id: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, h]))
 
 
-def check_settings(fmt: str, vocab_size: int, k: int | None, draws: int | None, temperature: float, sampling: str) -> None:
+def check_settings(
+    fmt: str, vocab_size: int, k: int | None, draws: int | None, temperature: float, sampling: str
+) -> None:
     if fmt not in F.FORMATS:
         raise UserError(f"unknown signal format '{fmt}' (expected one of {', '.join(F.FORMATS)})")
     if temperature is None or not temperature > 0:
@@ -166,9 +168,10 @@ def capture_signals(
     draws = int(draws) if fmt == "sampled" else None
     check_settings(fmt, vocab, k, draws, temperature, sampling)
     if vllm is not None and (fmt != "topk" or float(temperature) != 1.0):
-        raise UserError(f"capture with vLLM stores top-k log-probs at T=1 only (got {fmt} at T={temperature}): "
-                        "use store_format topk and temperature 1, or a plain model directory as the teacher")
-
+        raise UserError(
+            f"capture with vLLM stores top-k log-probs at T=1 only (got {fmt} at T={temperature}): "
+            "use store_format topk and temperature 1, or a plain model directory as the teacher"
+        )
 
     examples, seen = [], set()
     for pair in pairs:
@@ -196,8 +199,12 @@ def capture_signals(
         "seed": int(seed),
     }
     provenance = {
-        "teacher": {"path": str(teacher_dir), "model_hash": teacher_hash, "dtype": dtype,
-                    **({"engine": "vllm"} if vllm is not None else {})},
+        "teacher": {
+            "path": str(teacher_dir),
+            "model_hash": teacher_hash,
+            "dtype": dtype,
+            **({"engine": "vllm"} if vllm is not None else {}),
+        },
         "tokenizer": {
             "path": str(tokenizer_dir or teacher_dir),
             "fingerprint": tokenizer_fingerprint(tok),
@@ -215,7 +222,7 @@ def capture_signals(
         log.info("capture: %s is complete with these settings", out_dir)
         return done
     records: list[dict | None] = []
-    for si, members in enumerate(plan):
+    for si, _members in enumerate(plan):
         rec_path = work / f"{shard_name(si)}.json"
         rec = None
         if rec_path.is_file():
@@ -223,8 +230,11 @@ def capture_signals(
                 rec = read_json(rec_path)
             except UserError:
                 rec = None
-        if rec is not None and (rec.get("key") != key or [[e, n, h] for e, n, _, h in rec.get("index", [])] != want_index[si]
-                                or not shard_record_ok(work, rec)):
+        if rec is not None and (
+            rec.get("key") != key
+            or [[e, n, h] for e, n, _, h in rec.get("index", [])] != want_index[si]
+            or not shard_record_ok(work, rec)
+        ):
             rec = None
         records.append(rec)
     todo = [si for si, rec in enumerate(records) if rec is None]
@@ -236,16 +246,19 @@ def capture_signals(
     if todo:
         score = None
         if vllm is not None:  # vLLM gives the top-k rows directly (no logits)
-
             score = capture_scorer(teacher_dir, vllm, k, vocab, seed=seed, dtype=dtype)
         else:
             device = device or default_device()
             if model is None:
                 model = load_model(teacher_dir, dtype=dtype)
             model.to(device).eval()
-            rows_model = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else vocab
+            rows_model = (
+                model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else vocab
+            )
             if rows_model < vocab:
-                raise UserError(f"the teacher has {rows_model} output rows for a {vocab}-token tokenizer", str(teacher_dir))
+                raise UserError(
+                    f"the teacher has {rows_model} output rows for a {vocab}-token tokenizer", str(teacher_dir)
+                )
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         total = sum(1 for si in todo for i in plan[si] if examples[i][2])
         with track(total, "capture") as bar:
@@ -268,12 +281,19 @@ def capture_signals(
                     outs = teacher_response_logits(model, pairs_ids, pad, device)
                     for i, logits in zip(chunk, outs):
                         rng = _example_rng(seed, examples[i][0]) if fmt == "sampled" else None
-                        rows[i] = F.encode_rows(fmt, logits[:, :vocab], temperature, k=k, draws=draws,
-                                                sampling=sampling, rng=rng)
+                        rows[i] = F.encode_rows(
+                            fmt, logits[:, :vocab], temperature, k=k, draws=draws, sampling=sampling, rng=rng
+                        )
                     bar.advance(len(chunk), tokens=sum(len(examples[i][2]) for i in chunk))
                 records[si] = write_shard(
-                    work, si, fmt, [(examples[i][0], rows[i], examples[i][3]) for i in members], vocab,
-                    k=k, draws=draws, key=key,
+                    work,
+                    si,
+                    fmt,
+                    [(examples[i][0], rows[i], examples[i][3]) for i in members],
+                    vocab,
+                    k=k,
+                    draws=draws,
+                    key=key,
                 )
     out_dir.mkdir(parents=True, exist_ok=True)
     if work != out_dir:

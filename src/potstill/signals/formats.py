@@ -145,11 +145,13 @@ def encode_rows(
             lp = torch.log_softmax(z, -1)
             vals, ids = lp.topk(int(k), dim=-1)
             tail = (1.0 - vals.double().exp().sum(-1)).clamp(0.0, 1.0)
-            parts.append({
-                "ids": ids.cpu().numpy().astype(np.int64),
-                "logprobs": vals.to(torch.float16).cpu().numpy(),
-                "tail": tail.to(torch.float16).cpu().numpy(),
-            })
+            parts.append(
+                {
+                    "ids": ids.cpu().numpy().astype(np.int64),
+                    "logprobs": vals.to(torch.float16).cpu().numpy(),
+                    "tail": tail.to(torch.float16).cpu().numpy(),
+                }
+            )
         elif fmt == "sampled":
             p = torch.softmax(z.double(), -1)
             nu, ids, counts = draw_counts(p, int(draws), _uniforms(rng, z.shape[0], int(draws), sampling))
@@ -165,18 +167,26 @@ def empty_rows(fmt: str, vocab_size: int, k: int | None) -> dict[str, np.ndarray
     if fmt == "dense":
         return {"probs": np.zeros((0, vocab_size), np.float16)}
     if fmt == "topk":
-        return {"ids": np.zeros((0, k), np.int64), "logprobs": np.zeros((0, k), np.float16),
-                "tail": np.zeros((0,), np.float16)}
+        return {
+            "ids": np.zeros((0, k), np.int64),
+            "logprobs": np.zeros((0, k), np.float16),
+            "tail": np.zeros((0,), np.float16),
+        }
     return {"nuniq": np.zeros(0, np.int64), "ids": np.zeros(0, np.int64), "counts": np.zeros(0, np.int64)}
 
 
-def pack_rows(fmt: str, rows: dict[str, np.ndarray], vocab_size: int, draws: int | None = None) -> dict[str, np.ndarray]:
+def pack_rows(
+    fmt: str, rows: dict[str, np.ndarray], vocab_size: int, draws: int | None = None
+) -> dict[str, np.ndarray]:
     """Unpacked rows (:func:`encode_rows`) -> the arrays written to a shard (see the module doc)."""
     if fmt == "dense":
         return {"probs": rows["probs"].astype(np.float16)}
     if fmt == "topk":
-        return {"ids": pack(rows["ids"], id_bytes(vocab_size)), "logprobs": rows["logprobs"].astype(np.float16),
-                "tail": rows["tail"].astype(np.float16)}
+        return {
+            "ids": pack(rows["ids"], id_bytes(vocab_size)),
+            "logprobs": rows["logprobs"].astype(np.float16),
+            "tail": rows["tail"].astype(np.float16),
+        }
     vals = rows["ids"].astype(np.int64) | ((rows["counts"].astype(np.int64) - 1) << id_bits(vocab_size))
     return {"nuniq": rows["nuniq"].astype(np.uint8), "entries": pack(vals, entry_bytes(vocab_size, draws))}
 
@@ -185,7 +195,9 @@ def pack_rows(fmt: str, rows: dict[str, np.ndarray], vocab_size: int, draws: int
 # Shard arrays: names, dtypes and per-position widths
 
 
-def array_specs(fmt: str, vocab_size: int, k: int | None = None, draws: int | None = None) -> dict[str, tuple[str, tuple]]:
+def array_specs(
+    fmt: str, vocab_size: int, k: int | None = None, draws: int | None = None
+) -> dict[str, tuple[str, tuple]]:
     """``{array: (dtype, trailing shape)}``; the leading dim is positions (``entries``: entries)."""
     if fmt == "dense":
         return {"probs": ("float16", (vocab_size,))}

@@ -51,23 +51,46 @@ class SignalsStage(Stage):
 
     def inputs(self, ctx: RunContext, folder: str) -> dict:
         if ctx.teacher.kind not in ("local", "gguf", "vllm"):
-            raise UserError("capture needs the teacher as a local model directory or GGUF file (an API teacher's "
-                            "signals are its top_logprobs: use train.kd.signal=topk)", "teacher.model")
-        return {"capture": capture_settings(ctx.cfg, **self.overrides), "teacher": ctx.teacher.identity(),
-                "generate": ctx.need("generate"), "seed": ctx.cfg.seed}
+            raise UserError(
+                "capture needs the teacher as a local model directory or GGUF file (an API teacher's "
+                "signals are its top_logprobs: use train.kd.signal=topk)",
+                "teacher.model",
+            )
+        return {
+            "capture": capture_settings(ctx.cfg, **self.overrides),
+            "teacher": ctx.teacher.identity(),
+            "generate": ctx.need("generate"),
+            "seed": ctx.cfg.seed,
+        }
 
     def build(self, ctx: RunContext, folder: str, out: Path, work: Path) -> dict:
         s = capture_settings(ctx.cfg, **self.overrides)
         m = capture_signals(
-            ctx.teacher.model_dir(), ctx.pairs(), out, fmt=s["fmt"], k=s["k"], draws=s["draws"],
-            temperature=s["temperature"], batch_size=s["batch_size"], seed=ctx.cfg.seed, sampling=s["sampling"],
-            dtype=s["dtype"], work_dir=work, teacher_hash=ctx.teacher.identity(),
+            ctx.teacher.model_dir(),
+            ctx.pairs(),
+            out,
+            fmt=s["fmt"],
+            k=s["k"],
+            draws=s["draws"],
+            temperature=s["temperature"],
+            batch_size=s["batch_size"],
+            seed=ctx.cfg.seed,
+            sampling=s["sampling"],
+            dtype=s["dtype"],
+            work_dir=work,
+            teacher_hash=ctx.teacher.identity(),
             vllm=ctx.cfg.teacher.vllm if ctx.teacher.kind == "vllm" else None,
         )
-        say(f"  signals: {m['format']} store, {m['examples']} examples, {m['positions']} tokens, "
-            f"{m['bytes_per_token']} bytes/token")
-        return {"format": m["format"], "examples": m["examples"], "positions": m["positions"],
-                "bytes_per_token": m["bytes_per_token"]}
+        say(
+            f"  signals: {m['format']} store, {m['examples']} examples, {m['positions']} tokens, "
+            f"{m['bytes_per_token']} bytes/token"
+        )
+        return {
+            "format": m["format"],
+            "examples": m["examples"],
+            "positions": m["positions"],
+            "bytes_per_token": m["bytes_per_token"],
+        }
 
 
 SIGNALS = SignalsStage()

@@ -191,7 +191,8 @@ class SignalStore:
             partial = any(self.path.glob("shard-*.npy"))
             raise UserError(
                 "incomplete signal store: no manifest.json (the capture did not finish; rerun potstill capture)"
-                if partial else "not a signal store (no manifest.json)",
+                if partial
+                else "not a signal store (no manifest.json)",
                 str(self.path),
             )
         self.manifest = read_json(mf)
@@ -223,8 +224,11 @@ class SignalStore:
     # -- opening -------------------------------------------------------------------------
     def _open_shard_meta(self, si: int, shard: dict) -> None:
         if set(shard["files"]) != set(self._specs):
-            raise UserError(f"shard {shard['name']} lists arrays {sorted(shard['files'])}, expected "
-                            f"{sorted(self._specs)} for format '{self.format}'", str(self.path / MANIFEST))
+            raise UserError(
+                f"shard {shard['name']} lists arrays {sorted(shard['files'])}, expected "
+                f"{sorted(self._specs)} for format '{self.format}'",
+                str(self.path / MANIFEST),
+            )
         pos = ent = 0
         for eid, n, m, h in shard["index"]:
             if eid in self._index:
@@ -233,7 +237,9 @@ class SignalStore:
             pos += int(n)
             ent += int(m)
         if pos != shard["positions"] or (self.format == "sampled" and ent != shard["entries"]):
-            raise UserError(f"the index of shard {shard['name']} does not add up to its rows", str(self.path / MANIFEST))
+            raise UserError(
+                f"the index of shard {shard['name']} does not add up to its rows", str(self.path / MANIFEST)
+            )
 
     def _open_arrays(self, si: int) -> None:
         shard = self._shards[si]
@@ -245,17 +251,25 @@ class SignalStore:
             size = p.stat().st_size
             if size != spec["bytes"]:
                 what = "truncated" if size < spec["bytes"] else "the wrong size"
-                raise UserError(f"signal store shard {shard['name']} is {what}: {size} bytes, the manifest says "
-                                f"{spec['bytes']} (recapture with potstill capture)", str(p))
+                raise UserError(
+                    f"signal store shard {shard['name']} is {what}: {size} bytes, the manifest says "
+                    f"{spec['bytes']} (recapture with potstill capture)",
+                    str(p),
+                )
             try:
                 arr = np.load(p, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError, EOFError) as e:
-                raise UserError(f"signal store shard {shard['name']} is not a readable .npy file ({e})", str(p)) from None
+                raise UserError(
+                    f"signal store shard {shard['name']} is not a readable .npy file ({e})", str(p)
+                ) from None
             dtype, tail = self._specs[arr_name]
             lead = shard["entries"] if arr_name == "entries" else shard["positions"]
             if str(arr.dtype) != dtype or tuple(arr.shape) != (lead, *tail) or list(arr.shape) != spec["shape"]:
-                raise UserError(f"signal store shard {shard['name']} has {arr.dtype}{list(arr.shape)}, expected "
-                                f"{dtype}{[lead, *tail]}", str(p))
+                raise UserError(
+                    f"signal store shard {shard['name']} has {arr.dtype}{list(arr.shape)}, expected "
+                    f"{dtype}{[lead, *tail]}",
+                    str(p),
+                )
             arrays[arr_name] = arr
         self._arrays[si] = arrays
 
@@ -266,8 +280,11 @@ class SignalStore:
         for spec in shard["files"].values():
             p = self.path / spec["file"]
             if sha256_file(p) != spec["sha256"]:
-                raise UserError(f"signal store shard {shard['name']} is corrupted: its sha256 differs from the "
-                                "manifest (recapture with potstill capture)", str(p))
+                raise UserError(
+                    f"signal store shard {shard['name']} is corrupted: its sha256 differs from the "
+                    "manifest (recapture with potstill capture)",
+                    str(p),
+                )
         self._verified.add(si)
 
     def __getstate__(self):  # picklable for DataLoader workers: memory maps are reopened
@@ -320,14 +337,19 @@ class SignalStore:
         try:
             return self._index[str(example_id)]
         except KeyError:
-            raise UserError(f"example '{example_id}' is not in the signal store (it was captured from other "
-                            "pairs; rerun potstill capture)", str(self.path)) from None
+            raise UserError(
+                f"example '{example_id}' is not in the signal store (it was captured from other "
+                "pairs; rerun potstill capture)",
+                str(self.path),
+            ) from None
 
     # -- rows ----------------------------------------------------------------------------
     def _bad(self, si: int, arr_name: str, what: str) -> UserError:
         shard = self._shards[si]
-        return UserError(f"signal store shard {shard['name']} is corrupted: {what} (recapture with potstill capture)",
-                         str(self.path / shard["files"][arr_name]["file"]))
+        return UserError(
+            f"signal store shard {shard['name']} is corrupted: {what} (recapture with potstill capture)",
+            str(self.path / shard["files"][arr_name]["file"]),
+        )
 
     def get(self, example_id, tail: TopkTail = "renormalize") -> tuple[np.ndarray, np.ndarray]:
         """The example's sparse teacher target: ``(ids [L, k] int64, probs [L, k] float32)``.

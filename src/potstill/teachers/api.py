@@ -34,15 +34,23 @@ FATAL = {"auth", "not_found", "unavailable"}
 
 def teacher_identity(provider: str, model: str, base_url: str | None) -> str:
     """What stands for an API teacher's weights in stage hashes: provider, model and endpoint."""
-    return sha256_json({"provider": provider, "model": model, "base_url": (base_url or PROVIDERS[provider]["url"]).rstrip("/")})
+    return sha256_json(
+        {"provider": provider, "model": model, "base_url": (base_url or PROVIDERS[provider]["url"]).rstrip("/")}
+    )
 
 
 class ApiError(Exception):
     """A failed request. ``kind``: rate_limit, server, timeout, connection, malformed (retried);
     auth, not_found, unavailable (stop the run); bad_request (that row goes to the dead-letter file)."""
 
-    def __init__(self, kind: str, message: str, status: int | None = None, retry_after: float | None = None,
-                 connect: bool = False):
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        connect: bool = False,
+    ):
         super().__init__(message)
         self.kind, self.status, self.retry_after, self.connect = kind, status, retry_after, connect
 
@@ -103,8 +111,12 @@ class Provider:
         c = self._clients.get(slot)
         if c is None:
             c = self._clients[slot] = httpx.AsyncClient(
-                base_url=self.base_url + "/", timeout=httpx.Timeout(self.timeout), trust_env=False, headers=self.headers(),
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+                base_url=self.base_url + "/",
+                timeout=httpx.Timeout(self.timeout),
+                trust_env=False,
+                headers=self.headers(),
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            )
         return c
 
     @property
@@ -183,13 +195,26 @@ class OpenAIProvider(Provider):
         logprobs = None
         content = (choice.get("logprobs") or {}).get("content") if params.get("top_logprobs") else None
         if content:
-            logprobs = [[p["token"], float(p["logprob"]), p.get("bytes"),
-                         [[t["token"], float(t["logprob"]), t.get("bytes"), t.get("token_id")] for t in p.get("top_logprobs") or []],
-                         p.get("token_id")]
-                        for p in content]
+            logprobs = [
+                [
+                    p["token"],
+                    float(p["logprob"]),
+                    p.get("bytes"),
+                    [
+                        [t["token"], float(t["logprob"]), t.get("bytes"), t.get("token_id")]
+                        for t in p.get("top_logprobs") or []
+                    ],
+                    p.get("token_id"),
+                ]
+                for p in content
+            ]
         reason = choice.get("finish_reason") or "stop"
-        return {"text": text, "finish_reason": "stop" if reason == "eos" else reason,
-                "usage": _usage(usage.get("prompt_tokens"), usage.get("completion_tokens")), "logprobs": logprobs}
+        return {
+            "text": text,
+            "finish_reason": "stop" if reason == "eos" else reason,
+            "usage": _usage(usage.get("prompt_tokens"), usage.get("completion_tokens")),
+            "logprobs": logprobs,
+        }
 
 
 class AnthropicProvider(Provider):
@@ -206,8 +231,11 @@ class AnthropicProvider(Provider):
 
     def body(self, messages, params) -> dict:
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-        body = {"model": self.model, "max_tokens": params["max_tokens"],
-                "messages": [m for m in messages if m["role"] != "system"]}
+        body = {
+            "model": self.model,
+            "max_tokens": params["max_tokens"],
+            "messages": [m for m in messages if m["role"] != "system"],
+        }
         if system:
             body["system"] = system
         if params.get("do_sample"):
@@ -224,8 +252,12 @@ class AnthropicProvider(Provider):
         reason = data.get("stop_reason")
         finish = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", None: "stop"}.get(reason, reason)
         usage = data.get("usage") or {}
-        return {"text": text, "finish_reason": finish,
-                "usage": _usage(usage.get("input_tokens"), usage.get("output_tokens")), "logprobs": None}
+        return {
+            "text": text,
+            "finish_reason": finish,
+            "usage": _usage(usage.get("input_tokens"), usage.get("output_tokens")),
+            "logprobs": None,
+        }
 
 
 def resolve_api_key(provider: str, key_env: str | None, base_url: str | None) -> str | None:
@@ -242,8 +274,9 @@ def resolve_api_key(provider: str, key_env: str | None, base_url: str | None) ->
     return key
 
 
-def make_provider(provider: str, model: str, base_url: str | None, api_key: str | None, timeout: float,
-                  concurrency: int) -> Provider:
+def make_provider(
+    provider: str, model: str, base_url: str | None, api_key: str | None, timeout: float, concurrency: int
+) -> Provider:
     """A :class:`Provider` for ``provider`` ("openai" or "anthropic")."""
     cls = {"openai": OpenAIProvider, "anthropic": AnthropicProvider}[provider]
     return cls(model, base_url, api_key, timeout, concurrency)
@@ -257,11 +290,14 @@ def preflight_error(p: Provider, err: ApiError, attempts: int, key_env: str | No
     if err.kind == "auth":
         return UserError(f"the teacher API at {p.url} rejected the API key ({err}); check ${env}")
     if err.kind == "not_found":
-        return UserError(f"model '{p.model}' not found at {p.url} ({err}); check the model name and the base URL "
-                         f"(OpenAI-compatible servers usually need it to end in /v1)")
+        return UserError(
+            f"model '{p.model}' not found at {p.url} ({err}); check the model name and the base URL "
+            f"(OpenAI-compatible servers usually need it to end in /v1)"
+        )
     if err.kind == "unavailable":
-        return UserError(f"the teacher API at {p.url} stopped answering: {err}; the answers so far are cached, "
-                         "rerun to continue")
+        return UserError(
+            f"the teacher API at {p.url} stopped answering: {err}; the answers so far are cached, rerun to continue"
+        )
     if err.kind == "bad_request":
         return UserError(f"the teacher API at {p.url} refused the request for model '{p.model}' ({err})")
     return UserError(f"the teacher API at {p.url} kept failing: {err} ({attempts} attempts)")

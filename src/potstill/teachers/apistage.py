@@ -33,16 +33,29 @@ class BudgetStop(Incomplete):
 def request_params(cfg: TeacherConfig, seed: int, provider: str) -> dict:
     """The decoding parameters sent to the API (and hashed into the cache key)."""
     sample = cfg.do_sample
-    return {"max_tokens": cfg.max_new_tokens, "do_sample": sample,
-            "temperature": cfg.temperature if sample else 0.0, "top_p": cfg.top_p if sample else 1.0,
-            "top_logprobs": cfg.top_logprobs if provider == "openai" else 0, "seed": seed}
+    return {
+        "max_tokens": cfg.max_new_tokens,
+        "do_sample": sample,
+        "temperature": cfg.temperature if sample else 0.0,
+        "top_p": cfg.top_p if sample else 1.0,
+        "top_logprobs": cfg.top_logprobs if provider == "openai" else 0,
+        "seed": seed,
+    }
 
 
 def engine_settings(cfg: TeacherConfig, prices: tuple[float | None, float | None]) -> EngineSettings:
-    return EngineSettings(concurrency=cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm, timeout_s=cfg.timeout_s,
-                          max_attempts=cfg.max_attempts, backoff_base_s=cfg.backoff_base_s,
-                          backoff_max_s=cfg.backoff_max_s, max_cost=cfg.max_cost,
-                          usd_per_1m_in=prices[0] or 0.0, usd_per_1m_out=prices[1] or 0.0)
+    return EngineSettings(
+        concurrency=cfg.concurrency,
+        rpm=cfg.rpm,
+        tpm=cfg.tpm,
+        timeout_s=cfg.timeout_s,
+        max_attempts=cfg.max_attempts,
+        backoff_base_s=cfg.backoff_base_s,
+        backoff_max_s=cfg.backoff_max_s,
+        max_cost=cfg.max_cost,
+        usd_per_1m_in=prices[0] or 0.0,
+        usd_per_1m_out=prices[1] or 0.0,
+    )
 
 
 async def preflight(provider, params: dict, s: EngineSettings, key_env: str | None) -> None:
@@ -70,9 +83,16 @@ async def _run_engine(cfg, provider, cache, settings, params, jobs, seed, priced
 
             def on_done(r, job, answer):
                 done = len(r.answered) + len(r.failed)
-                bar.advance(1, tokens=answer["usage"]["completion_tokens"] if answer else 0,
-                            **{"answers/s": f"{done / max(time.perf_counter() - t0, 1e-9):.1f}", "retries": r.retries,
-                               "failed": len(r.failed), "cost": f"${r.cost_usd:.4f}"})
+                bar.advance(
+                    1,
+                    tokens=answer["usage"]["completion_tokens"] if answer else 0,
+                    **{
+                        "answers/s": f"{done / max(time.perf_counter() - t0, 1e-9):.1f}",
+                        "retries": r.retries,
+                        "failed": len(r.failed),
+                        "cost": f"${r.cost_usd:.4f}",
+                    },
+                )
 
             return await Engine(provider, cache, settings, params, on_done, seed).run(jobs)
     finally:
@@ -91,16 +111,25 @@ def _estimate(jobs: list[Job], params: dict, settings: EngineSettings, priced: b
     say(line)
 
 
-def run_api_generate(cfg: TeacherConfig, spec: ModelSpec, records: list[dict], out_dir: Path, seed: int = 0,
-                     prices: tuple[float | None, float | None] = (None, None), cache_path: Path | None = None) -> dict:
+def run_api_generate(
+    cfg: TeacherConfig,
+    spec: ModelSpec,
+    records: list[dict],
+    out_dir: Path,
+    seed: int = 0,
+    prices: tuple[float | None, float | None] = (None, None),
+    cache_path: Path | None = None,
+) -> dict:
     """Answer ``records`` with an API teacher; writes the outputs into ``out_dir`` and returns the stats."""
     provider_name, model = spec.provider, spec.name
     params = request_params(cfg, seed, provider_name)
     settings = engine_settings(cfg, prices)
     priced = prices[0] is not None or prices[1] is not None
     if cfg.max_cost is not None and not priced:
-        raise UserError("max_cost needs the teacher's token prices (prices.teacher.usd_per_1m_input_tokens / "
-                        "usd_per_1m_output_tokens, or --price-in / --price-out)")
+        raise UserError(
+            "max_cost needs the teacher's token prices (prices.teacher.usd_per_1m_input_tokens / "
+            "usd_per_1m_output_tokens, or --price-in / --price-out)"
+        )
     if cfg.top_logprobs and provider_name == "anthropic":
         say("  [yellow]warning[/]: the Anthropic Messages API returns no log-probabilities; top_logprobs ignored")
     base_url = spec.base_url
@@ -133,7 +162,6 @@ def run_api_generate(cfg: TeacherConfig, spec: ModelSpec, records: list[dict], o
 def _write_outputs(cfg, records, keys, answers, result, out_dir: Path, elapsed: float, n_cached: int) -> dict:
     mapper = None
     if cfg.tokenizer and cfg.top_logprobs:
-
         mapper = TokenMapper(load_tokenizer(cfg.tokenizer))
     rows = [to_record(r["id"], answers[keys[r["id"]]], mapper) for r in records if keys[r["id"]] in answers]
     failed_by_key = result.failed if result else {}
@@ -144,25 +172,34 @@ def _write_outputs(cfg, records, keys, answers, result, out_dir: Path, elapsed: 
     if n_len:
         say(f"  [yellow]warning[/]: {n_len} of {len(rows)} answers hit max_new_tokens (finish_reason=length)")
     if failed:
-        say(f"  [yellow]warning[/]: {len(failed)} prompts failed after retries (see failed.jsonl); "
-            "a rerun asks only for them (answers are cached; a written stage needs --force generate)")
+        say(
+            f"  [yellow]warning[/]: {len(failed)} prompts failed after retries (see failed.jsonl); "
+            "a rerun asks only for them (answers are cached; a written stage needs --force generate)"
+        )
     if cfg.top_logprobs and rows and not any(r.get("top_logprobs") or r.get("top_logprobs_text") for r in rows):
         say("  [yellow]warning[/]: the API returned no log-probabilities")
     elif mapper and any(r.get("top_logprobs_text") for r in rows):
         n = sum(bool(r.get("top_logprobs_text")) for r in rows)
         say(f"  [yellow]warning[/]: {n} answers had tokens unknown to {cfg.tokenizer}; kept as top_logprobs_text")
     stats = {
-        "answered": len(rows), "failed": len(failed), "unanswered": len(records) - len(rows) - len(failed),
-        "cached_before": n_cached, "finish_length": n_len,
+        "answered": len(rows),
+        "failed": len(failed),
+        "unanswered": len(records) - len(rows) - len(failed),
+        "cached_before": n_cached,
+        "finish_length": n_len,
         "completion_tokens": sum(r["usage"]["completion_tokens"] for r in rows),
         "prompt_tokens": sum(r["usage"]["prompt_tokens"] for r in rows),
-        "requests": result.requests if result else 0, "retries": result.retries if result else 0,
+        "requests": result.requests if result else 0,
+        "retries": result.retries if result else 0,
         "cost_usd": round(result.cost_usd, 6) if result else 0.0,
-        "stopped": result.stopped if result else None, "generation_seconds": round(elapsed, 3),
+        "stopped": result.stopped if result else None,
+        "generation_seconds": round(elapsed, 3),
     }
     write_json(out_dir / "stats.json", stats)
     if stats["stopped"] == "max_cost":
-        raise BudgetStop(f"max_cost ${cfg.max_cost:g} reached (${stats['cost_usd']:.4f} spent): {len(rows)} of "
-                         f"{len(records)} prompts answered, {stats['unanswered']} left; rerun with a higher max_cost "
-                         "to continue (cached answers are not paid again)")
+        raise BudgetStop(
+            f"max_cost ${cfg.max_cost:g} reached (${stats['cost_usd']:.4f} spent): {len(rows)} of "
+            f"{len(records)} prompts answered, {stats['unanswered']} left; rerun with a higher max_cost "
+            "to continue (cached answers are not paid again)"
+        )
     return stats

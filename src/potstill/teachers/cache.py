@@ -2,10 +2,10 @@
 
 One row per answered request, keyed on a hash of provider, model, decoding parameters and
 messages (not the endpoint: a local server restarted on another port still hits the cache;
-keep separate cache files for different servers that serve different weights under one name). Each answer is committed in its own transaction as soon as it
-arrives, so a process killed at any moment (even SIGKILL) loses at most the requests that
-were still in flight; a restart reads the cache and never asks (or pays) twice for a cached
-answer. Only successful answers are stored: failures are never cached.
+keep separate cache files for different servers that serve different weights under one name).
+Each answer is committed in its own transaction as soon as it arrives, so a process killed at
+any moment (even SIGKILL) loses at most the requests that were still in flight; a restart reads
+the cache and never asks (or pays) twice for a cached answer. Only successful answers are stored: failures are never cached.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class AnswerCache:
         out: dict[str, dict] = {}
         keys = list(dict.fromkeys(keys))
         for i in range(0, len(keys), 500):
-            chunk = keys[i: i + 500]
+            chunk = keys[i : i + 500]
             marks = ",".join("?" * len(chunk))
             for key, result in self.db.execute(f"SELECT key, result FROM answers WHERE key IN ({marks})", chunk):
                 out[key] = json.loads(result)
@@ -60,7 +60,8 @@ class AnswerCache:
         now = time.time()
         self.db.execute(  # autocommit: one statement, one committed transaction
             "INSERT OR REPLACE INTO answers (key, provider, model, result, created) VALUES (?, ?, ?, ?, ?)",
-            (key, provider, model, json.dumps(result, ensure_ascii=False), now))
+            (key, provider, model, json.dumps(result, ensure_ascii=False), now),
+        )
         return now
 
     def created(self) -> dict[str, float]:

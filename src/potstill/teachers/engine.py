@@ -70,8 +70,15 @@ def estimate_tokens(messages: list[dict]) -> int:
 class Engine:
     """Runs jobs against one provider; ``on_done(result, job, answer_or_None)`` after each job."""
 
-    def __init__(self, provider: Provider, cache: AnswerCache, settings: EngineSettings, params: dict,
-                 on_done: Callable[[EngineResult, Job, dict | None], None] | None = None, seed: int = 0):
+    def __init__(
+        self,
+        provider: Provider,
+        cache: AnswerCache,
+        settings: EngineSettings,
+        params: dict,
+        on_done: Callable[[EngineResult, Job, dict | None], None] | None = None,
+        seed: int = 0,
+    ):
         self.provider, self.cache, self.s, self.params = provider, cache, settings, params
         self.on_done = on_done or (lambda *a: None)
         self.limiter = RateLimiter(settings.rpm, settings.tpm)
@@ -85,7 +92,9 @@ class Engine:
 
     def cost(self, usage: dict) -> float:
         """USD for one answer's usage at the configured prices."""
-        return (usage["prompt_tokens"] * self.s.usd_per_1m_in + usage["completion_tokens"] * self.s.usd_per_1m_out) / 1e6
+        return (
+            usage["prompt_tokens"] * self.s.usd_per_1m_in + usage["completion_tokens"] * self.s.usd_per_1m_out
+        ) / 1e6
 
     def worst_cost(self, job: Job) -> float:
         return self.cost({"prompt_tokens": job.est_prompt_tokens, "completion_tokens": self.params["max_tokens"]})
@@ -163,7 +172,9 @@ class Engine:
                 await self._release(worst, 0.0)
                 self.failures_in_a_row += 1
                 if err.retryable and self.failures_in_a_row >= self.breaker and not self.stop:
-                    err = ApiError("unavailable", f"{self.failures_in_a_row} requests in a row failed, the last with: {err}")
+                    err = ApiError(
+                        "unavailable", f"{self.failures_in_a_row} requests in a row failed, the last with: {err}"
+                    )
             else:
                 self.failures_in_a_row = 0
                 u = answer["usage"]

@@ -36,8 +36,21 @@ from .base import GenerationSettings
 from .spec import ModelSpec
 
 LOCAL_FIELDS = ("model", "batch_size", "max_new_tokens", "do_sample", "temperature", "top_p", "top_logprobs", "dtype")
-RUN_ONLY_FIELDS = {"batch_size", "dtype", "api_key_env", "concurrency", "rpm", "tpm", "timeout_s", "max_attempts",
-                   "backoff_base_s", "backoff_max_s", "max_cost", "cache", "max_failed_share"}
+RUN_ONLY_FIELDS = {
+    "batch_size",
+    "dtype",
+    "api_key_env",
+    "concurrency",
+    "rpm",
+    "tpm",
+    "timeout_s",
+    "max_attempts",
+    "backoff_base_s",
+    "backoff_max_s",
+    "max_cost",
+    "cache",
+    "max_failed_share",
+}
 
 
 def hashed_teacher_config(cfg: TeacherConfig, spec: ModelSpec) -> dict:
@@ -56,8 +69,13 @@ def hashed_teacher_config(cfg: TeacherConfig, spec: ModelSpec) -> dict:
 
 def settings_from(cfg: TeacherConfig, seed: int) -> GenerationSettings:
     return GenerationSettings(
-        max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
-        top_p=cfg.top_p, top_logprobs=cfg.top_logprobs, batch_size=cfg.batch_size, seed=seed,
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=cfg.do_sample,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_logprobs=cfg.top_logprobs,
+        batch_size=cfg.batch_size,
+        seed=seed,
     )
 
 
@@ -122,6 +140,7 @@ def _answer(cfg: TeacherConfig, spec: ModelSpec, todo: list[dict], seed: int, pa
     (flushed and fsynced) and to ``done``."""
     gen = local_generator(cfg, spec, seed)
     with open(path, "a", encoding="utf-8") as f, track(len(todo), "generate") as bar:
+
         def flush(batch: list[dict]) -> None:
             for rec in batch:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -133,16 +152,18 @@ def _answer(cfg: TeacherConfig, spec: ModelSpec, todo: list[dict], seed: int, pa
             done[rec["id"]] = rec
 
 
-def run_generate_shard(cfg: TeacherConfig, spec: ModelSpec, records: list[dict], work_dir: Path,
-                       shard: tuple[int, int], seed: int = 0) -> dict:
+def run_generate_shard(
+    cfg: TeacherConfig, spec: ModelSpec, records: list[dict], work_dir: Path, shard: tuple[int, int], seed: int = 0
+) -> dict:
     """Answer shard ``I`` of ``N`` of ``records`` into ``work_dir/shard-I-of-N.jsonl``; returns counts.
 
     Resumable: a rerun generates only the shard's records not in the file yet (none once it is
     done). The stage itself is written by :func:`run_generate`, which merges the parts.
     """
     if spec.is_api:
-        raise UserError("--shard is for local and vllm: teachers (an API teacher is already concurrent: "
-                        "raise teacher.concurrency)")
+        raise UserError(
+            "--shard is for local and vllm: teachers (an API teacher is already concurrent: raise teacher.concurrency)"
+        )
     mine = [r for r in records if shard_of(r["id"], shard[1]) == shard[0]]
     path = shard_path(work_dir, shard)
     done = read_partial(path)
@@ -169,23 +190,39 @@ def check_failed_share(cfg: TeacherConfig, failed: int, total: int, failed_path:
     keep = Path(work_dir) / "failed.jsonl"
     if Path(failed_path).resolve() != keep.resolve():
         shutil.copyfile(failed_path, keep)
-    raise UserError(f"{failed} of {total} prompts failed after retries, over teacher.max_failed_share "
-                    f"{cfg.max_failed_share:g}; their errors are in {keep}; rerun to retry them (answered prompts "
-                    "are cached, not paid again)")
+    raise UserError(
+        f"{failed} of {total} prompts failed after retries, over teacher.max_failed_share "
+        f"{cfg.max_failed_share:g}; their errors are in {keep}; rerun to retry them (answered prompts "
+        "are cached, not paid again)"
+    )
 
 
-def run_generate(cfg: TeacherConfig, spec: ModelSpec, records: list[dict], out_dir: Path,
-                 work_dir: Path, seed: int = 0, prices: tuple[float | None, float | None] = (None, None),
-                 cache_path: Path | None = None) -> dict:
+def run_generate(
+    cfg: TeacherConfig,
+    spec: ModelSpec,
+    records: list[dict],
+    out_dir: Path,
+    work_dir: Path,
+    seed: int = 0,
+    prices: tuple[float | None, float | None] = (None, None),
+    cache_path: Path | None = None,
+) -> dict:
     """Answer ``records`` with the teacher; returns the stats written to ``stats.json``.
 
-    ``spec`` is the teacher (:func:`potstill.teachers.spec.parse_model`); ``prices`` are the API's USD per million input/output tokens and ``cache_path`` its
-    answer cache (API only). Finished shard parts in ``work_dir`` count as generated.
+    ``spec`` is the teacher (:func:`potstill.teachers.spec.parse_model`); ``prices`` are the API's USD
+    per million input/output tokens and ``cache_path`` its answer cache (API only). Finished shard
+    parts in ``work_dir`` count as generated.
     """
     if spec.is_api:
-
-        stats = run_api_generate(cfg, spec, records, out_dir, seed=seed, prices=prices,
-                                 cache_path=cache_path or Path(work_dir) / "cache.sqlite")
+        stats = run_api_generate(
+            cfg,
+            spec,
+            records,
+            out_dir,
+            seed=seed,
+            prices=prices,
+            cache_path=cache_path or Path(work_dir) / "cache.sqlite",
+        )
         check_failed_share(cfg, stats["failed"], len(records), Path(out_dir) / "failed.jsonl", Path(work_dir))
         return stats
     partial = work_dir / "partial.jsonl"
@@ -227,13 +264,30 @@ def api_answers(ctx, splits: dict[str, list[dict]], work: Path, max_new_tokens: 
     answers = {}
     for split, records in splits.items():
         out = work / f"api-{split}"
-        run_generate(cfg, ctx.teacher, records, out, work / f"api-{split}.work", ctx.cfg.seed,
-                     prices=ctx.teacher_prices(), cache_path=ctx.api_cache())
+        run_generate(
+            cfg,
+            ctx.teacher,
+            records,
+            out,
+            work / f"api-{split}.work",
+            ctx.cfg.seed,
+            prices=ctx.teacher_prices(),
+            cache_path=ctx.api_cache(),
+        )
         rows = {g["id"]: g for g in read_jsonl(out / "generations.jsonl")}
         missing = [r["id"] for r in records if r["id"] not in rows]
         if missing:
-            raise UserError(f"the API teacher did not answer {len(missing)} {split} prompts (first: {missing[0]}); "
-                            f"see {out / 'failed.jsonl'} and rerun")
-        answers[split] = [{"id": r["id"], "text": rows[r["id"]]["text"], "finish_reason": rows[r["id"]]["finish_reason"],
-                           **rows[r["id"]]["usage"]} for r in records]
+            raise UserError(
+                f"the API teacher did not answer {len(missing)} {split} prompts (first: {missing[0]}); "
+                f"see {out / 'failed.jsonl'} and rerun"
+            )
+        answers[split] = [
+            {
+                "id": r["id"],
+                "text": rows[r["id"]]["text"],
+                "finish_reason": rows[r["id"]]["finish_reason"],
+                **rows[r["id"]]["usage"],
+            }
+            for r in records
+        ]
     return answers

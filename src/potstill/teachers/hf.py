@@ -20,8 +20,16 @@ from .base import GenerationSettings
 class LocalGenerator:
     """Generates answers from a local model directory or ``.gguf`` file (or an already loaded model)."""
 
-    def __init__(self, path: str | Path, dtype: str = "float32", init: str = "pretrained", seed: int = 0,
-                 device: str | None = None, model=None, tokenizer=None):
+    def __init__(
+        self,
+        path: str | Path,
+        dtype: str = "float32",
+        init: str = "pretrained",
+        seed: int = 0,
+        device: str | None = None,
+        model=None,
+        tokenizer=None,
+    ):
         self.path = model_path(path)  # a .gguf file: its converted directory
         self.device = device or default_device()
         self.tokenizer = tokenizer or load_tokenizer(self.path, padding_side="left")
@@ -38,7 +46,7 @@ class LocalGenerator:
     def _eos_ids(self) -> set[int]:
         ids = set()
         gc_eos = getattr(self.model.generation_config, "eos_token_id", None)
-        for e in (gc_eos if isinstance(gc_eos, list) else [gc_eos]):
+        for e in gc_eos if isinstance(gc_eos, list) else [gc_eos]:
             if e is not None:
                 ids.add(int(e))
         if self.tokenizer.eos_token_id is not None:
@@ -53,8 +61,8 @@ class LocalGenerator:
         input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
         attention = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):
-            input_ids[i, width - len(p):] = torch.tensor(p)
-            attention[i, width - len(p):] = 1
+            input_ids[i, width - len(p) :] = torch.tensor(p)
+            attention[i, width - len(p) :] = 1
         kwargs = dict(
             max_new_tokens=settings.max_new_tokens,
             do_sample=settings.do_sample,
@@ -69,7 +77,9 @@ class LocalGenerator:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs)
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs
+        )
         new = out.sequences[:, width:].cpu()
         top = None
         if settings.top_logprobs > 0:
@@ -102,8 +112,13 @@ class LocalGenerator:
             records.append(rec)
         return records
 
-    def generate(self, records: list[dict], settings: GenerationSettings,
-                 on_batch: Callable[[list[dict]], None] | None = None, check_context: bool = False) -> Iterator[dict]:
+    def generate(
+        self,
+        records: list[dict],
+        settings: GenerationSettings,
+        on_batch: Callable[[list[dict]], None] | None = None,
+        check_context: bool = False,
+    ) -> Iterator[dict]:
         """Yield one generation record per prompt record, in batches sorted by prompt length.
 
         ``check_context``: before anything is generated, a prompt that leaves no room for
@@ -118,7 +133,7 @@ class LocalGenerator:
             lengths = [(r["id"], len(p)) for r, p in encoded]
             check_context_fits(lengths, settings.max_new_tokens, self.context, self.path)
         for start in range(0, len(encoded), settings.batch_size):
-            chunk = encoded[start: start + settings.batch_size]
+            chunk = encoded[start : start + settings.batch_size]
             outs = self.generate_batch([p for _, p in chunk], settings)
             batch = [{"id": r["id"], **o} for (r, _), o in zip(chunk, outs)]
             if on_batch:
@@ -134,6 +149,9 @@ def check_context_fits(lengths: list[tuple[str, int]], max_new_tokens: int, cont
     over = [(n, rid) for rid, n in lengths if n + max_new_tokens > context]
     if over:
         n, rid = max(over)
-        raise UserError(f"{len(over)} prompt(s) too long for the teacher: the longest, {rid!r}, has {n:,} tokens, and "
-                        f"with teacher.max_new_tokens {max_new_tokens} the context is {context:,}; rerun the prompts "
-                        "stage (--force prompts) to drop them, or set prompts.max_prompt_tokens", str(model))
+        raise UserError(
+            f"{len(over)} prompt(s) too long for the teacher: the longest, {rid!r}, has {n:,} tokens, and "
+            f"with teacher.max_new_tokens {max_new_tokens} the context is {context:,}; rerun the prompts "
+            "stage (--force prompts) to drop them, or set prompts.max_prompt_tokens",
+            str(model),
+        )

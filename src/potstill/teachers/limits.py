@@ -55,11 +55,14 @@ def context_limit(teacher: TeacherConfig, spec: ModelSpec, teacher_dir: Path | N
         return None, f"no context length in {teacher_dir / 'config.json'}"
     source = "teacher.vllm.max_model_len" if vllm_len else "max_position_embeddings"
     if context <= teacher.max_new_tokens:
-        raise UserError(f"teacher.max_new_tokens {teacher.max_new_tokens} leaves no room for a prompt in the "
-                        f"teacher's context of {context} tokens ({source}); lower teacher.max_new_tokens",
-                        str(teacher_dir))
-    return context - teacher.max_new_tokens, (f"the teacher's context {context} ({source}) less "
-                                              f"teacher.max_new_tokens {teacher.max_new_tokens}")
+        raise UserError(
+            f"teacher.max_new_tokens {teacher.max_new_tokens} leaves no room for a prompt in the "
+            f"teacher's context of {context} tokens ({source}); lower teacher.max_new_tokens",
+            str(teacher_dir),
+        )
+    return context - teacher.max_new_tokens, (
+        f"the teacher's context {context} ({source}) less teacher.max_new_tokens {teacher.max_new_tokens}"
+    )
 
 
 def teacher_context_limit(cfg: RunConfig) -> int | None:

@@ -103,8 +103,15 @@ class TokenMapper:
 
 def to_record(rid: str, answer: dict, mapper: TokenMapper | None) -> dict:
     """The ``generations.jsonl`` record of prompt ``rid`` from a cached API answer."""
-    rec = {"id": rid, "text": answer["text"], "token_ids": None, "finish_reason": answer["finish_reason"],
-           "usage": answer["usage"], "attempts": answer.get("attempts", 1), "top_logprobs": None}
+    rec = {
+        "id": rid,
+        "text": answer["text"],
+        "token_ids": None,
+        "finish_reason": answer["finish_reason"],
+        "usage": answer["usage"],
+        "attempts": answer.get("attempts", 1),
+        "top_logprobs": None,
+    }
     lp = answer.get("logprobs")
     if lp:
         mapped = mapper.map(lp, answer["finish_reason"]) if mapper else None

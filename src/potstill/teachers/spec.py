@@ -124,8 +124,14 @@ def _kind_of(text: str) -> tuple[Kind, str]:
     return KINDS[-1], text
 
 
-def parse_model(text: str, resolve: Callable[[str], Path] | None = None, *, base_url: str | None = None,
-                api_key_env: str | None = None, where: str = "teacher.model") -> ModelSpec:
+def parse_model(
+    text: str,
+    resolve: Callable[[str], Path] | None = None,
+    *,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    where: str = "teacher.model",
+) -> ModelSpec:
     """Parse a model spec once; a one-line :class:`UserError` naming ``where`` when it is malformed.
 
     ``base_url`` and ``api_key_env`` belong to API models only (an error otherwise).
@@ -136,16 +142,28 @@ def parse_model(text: str, resolve: Callable[[str], Path] | None = None, *, base
     try:
         name, path = kind.parse(rest, resolve)
     except ValueError as e:
-        raise UserError(f"'{text}' {e} (expected e.g. '{kind.prefix or 'DIR'}:MODEL')" if kind.api else f"'{text}' {e}",
-                        where=where) from None
+        raise UserError(
+            f"'{text}' {e} (expected e.g. '{kind.prefix or 'DIR'}:MODEL')" if kind.api else f"'{text}' {e}", where=where
+        ) from None
     if base_url is not None and not kind.api:
-        raise UserError(f"base_url is only for API models ('openai:MODEL' or 'anthropic:MODEL'), not '{text}'",
-                        where=where.rsplit(".", 1)[0] + ".base_url")
+        raise UserError(
+            f"base_url is only for API models ('openai:MODEL' or 'anthropic:MODEL'), not '{text}'",
+            where=where.rsplit(".", 1)[0] + ".base_url",
+        )
     if base_url is not None and not base_url.startswith(("http://", "https://")):
-        raise UserError(f"base_url must start with http:// or https:// (got {base_url!r})",
-                        where=where.rsplit(".", 1)[0] + ".base_url")
-    return ModelSpec(kind=kind.name, raw=text, name=name, path=path, provider=kind.name if kind.api else None,
-                     base_url=base_url if kind.api else None, api_key_env=api_key_env if kind.api else None)
+        raise UserError(
+            f"base_url must start with http:// or https:// (got {base_url!r})",
+            where=where.rsplit(".", 1)[0] + ".base_url",
+        )
+    return ModelSpec(
+        kind=kind.name,
+        raw=text,
+        name=name,
+        path=path,
+        provider=kind.name if kind.api else None,
+        base_url=base_url if kind.api else None,
+        api_key_env=api_key_env if kind.api else None,
+    )
 
 
 def teacher_spec(teacher_cfg, resolve: Callable[[str], Path]) -> ModelSpec:

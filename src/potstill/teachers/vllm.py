@@ -63,10 +63,17 @@ def make_engine(path: str | Path, settings, seed: int = 0, dtype: str = "auto", 
     """A ``vllm.LLM`` for the model directory ``path`` with the ``teacher.vllm`` engine ``settings``
     (:class:`potstill.config.VLLMSettings`)."""
     vllm = import_vllm()
-    return vllm.LLM(model=str(path), tokenizer=str(path), tensor_parallel_size=settings.tensor_parallel_size,
-                    gpu_memory_utilization=settings.gpu_memory_utilization, max_model_len=settings.max_model_len,
-                    enforce_eager=settings.enforce_eager, seed=seed, dtype=dtype,
-                    max_logprobs=max(MAX_LOGPROBS, int(max_logprobs)))
+    return vllm.LLM(
+        model=str(path),
+        tokenizer=str(path),
+        tensor_parallel_size=settings.tensor_parallel_size,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_model_len=settings.max_model_len,
+        enforce_eager=settings.enforce_eager,
+        seed=seed,
+        dtype=dtype,
+        max_logprobs=max(MAX_LOGPROBS, int(max_logprobs)),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,7 +86,9 @@ def top_entries(position, k: int) -> list[tuple[int, float]]:
     vLLM adds the sampled (or, for prompt log-probs, the actual) token when it is not among the
     top k, so a position may hold ``k + 1`` entries; ties are broken by vLLM's rank, then the id.
     """
-    items = sorted(position.items(), key=lambda kv: (-float(kv[1].logprob), getattr(kv[1], "rank", None) or 0, int(kv[0])))
+    items = sorted(
+        position.items(), key=lambda kv: (-float(kv[1].logprob), getattr(kv[1], "rank", None) or 0, int(kv[0]))
+    )
     return [(int(t), float(lp.logprob)) for t, lp in items[:k]]
 
 
@@ -103,13 +112,18 @@ def record_from_output(output, k: int = 0, decode: Callable[[list[int]], str] | 
         if out.logprobs is None or len(out.logprobs) < len(ids):
             raise RuntimeError("vLLM returned no log-probs for a request that asked for them")
         top = [[[t, round(lp, 6)] for t, lp in top_entries(out.logprobs[j], k)] for j in range(len(ids))]
-    return {"text": text, "token_ids": ids, "finish_reason": out.finish_reason,
-            "usage": {"prompt_tokens": len(output.prompt_token_ids), "completion_tokens": len(ids)},
-            "top_logprobs": top}
+    return {
+        "text": text,
+        "token_ids": ids,
+        "finish_reason": out.finish_reason,
+        "usage": {"prompt_tokens": len(output.prompt_token_ids), "completion_tokens": len(ids)},
+        "top_logprobs": top,
+    }
 
 
-def topk_from_prompt_logprobs(prompt_logprobs: Sequence, start: int, n: int, k: int,
-                              vocab_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def topk_from_prompt_logprobs(
+    prompt_logprobs: Sequence, start: int, n: int, k: int, vocab_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k ``(ids int64 [n, k], logprobs float32 [n, k])`` at prompt positions ``start .. start+n-1``.
 
     ``prompt_logprobs`` is vLLM's per prompt token list (``None`` at position 0, then
@@ -134,7 +148,8 @@ def topk_from_prompt_logprobs(prompt_logprobs: Sequence, start: int, n: int, k: 
 
 
 def topk_rows(ids: np.ndarray, logprobs: np.ndarray) -> dict[str, np.ndarray]:
-    """Top-k ids/log-probs (T=1) -> the unpacked rows of a ``topk`` store (:func:`potstill.signals.formats.encode_rows`)."""
+    """Top-k ids/log-probs (T=1) -> the unpacked rows of a ``topk`` store
+    (:func:`potstill.signals.formats.encode_rows`)."""
     tail = np.clip(1.0 - np.exp(logprobs.astype(np.float64)).sum(-1), 0.0, 1.0)
     return {"ids": ids.astype(np.int64), "logprobs": logprobs.astype(np.float16), "tail": tail.astype(np.float16)}
 
@@ -168,13 +183,23 @@ class VLLMGenerator(LocalGenerator):
     an already built engine (tests, notebooks).
     """
 
-    def __init__(self, path: str | Path, settings, seed: int = 0, dtype: str = "auto", max_logprobs: int = 0,
-                 llm=None, tokenizer=None):
+    def __init__(
+        self,
+        path: str | Path,
+        settings,
+        seed: int = 0,
+        dtype: str = "auto",
+        max_logprobs: int = 0,
+        llm=None,
+        tokenizer=None,
+    ):
         if llm is None:
             import_vllm()  # the install hint before anything is loaded
         self.path = Path(path)
         self.tokenizer = tokenizer or load_tokenizer(path, padding_side="left")
-        self.llm = llm if llm is not None else make_engine(path, settings, seed=seed, dtype=dtype, max_logprobs=max_logprobs)
+        self.llm = (
+            llm if llm is not None else make_engine(path, settings, seed=seed, dtype=dtype, max_logprobs=max_logprobs)
+        )
 
         self.context = getattr(settings, "max_model_len", None) or model_context(path)
 
@@ -188,15 +213,22 @@ class VLLMGenerator(LocalGenerator):
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         return [record_from_output(o, settings.top_logprobs, self._decode) for o in outs]
 
-    def generate(self, records: list[dict], settings: GenerationSettings,
-                 on_batch: Callable[[list[dict]], None] | None = None, check_context: bool = False) -> Iterator[dict]:
+    def generate(
+        self,
+        records: list[dict],
+        settings: GenerationSettings,
+        on_batch: Callable[[list[dict]], None] | None = None,
+        check_context: bool = False,
+    ) -> Iterator[dict]:
         """As :meth:`LocalGenerator.generate`, in chunks of at least ``CHUNK`` prompts."""
-        return super().generate(records, replace(settings, batch_size=max(settings.batch_size, CHUNK)), on_batch,
-                                check_context)
+        return super().generate(
+            records, replace(settings, batch_size=max(settings.batch_size, CHUNK)), on_batch, check_context
+        )
 
 
-def vllm_response_topk(llm, batch: list[tuple[list[int], list[int]]], k: int, vocab_size: int | None = None,
-                       margin: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def vllm_response_topk(
+    llm, batch: list[tuple[list[int], list[int]]], k: int, vocab_size: int | None = None, margin: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The teacher's top-k at every response position of each ``(prompt_ids, response_ids)``.
 
     One prefill per sequence over ``prompt + response`` with ``prompt_logprobs`` (and one generated
@@ -207,7 +239,9 @@ def vllm_response_topk(llm, batch: list[tuple[list[int], list[int]]], k: int, vo
     vllm = import_vllm()
     params = vllm.SamplingParams(n=1, max_tokens=1, temperature=0.0, prompt_logprobs=k + margin, detokenize=False)
     outs = llm.generate([{"prompt_token_ids": list(p) + list(r)} for p, r in batch], params, use_tqdm=False)
-    return [topk_from_prompt_logprobs(o.prompt_logprobs, len(p), len(r), k, vocab_size) for o, (p, r) in zip(outs, batch)]
+    return [
+        topk_from_prompt_logprobs(o.prompt_logprobs, len(p), len(r), k, vocab_size) for o, (p, r) in zip(outs, batch)
+    ]
 
 
 def output_rows(path: str | Path) -> int | None:
@@ -221,8 +255,9 @@ def output_rows(path: str | Path) -> int | None:
     return int(v) if v else None
 
 
-def capture_scorer(path: str | Path, settings, k: int, vocab_size: int, seed: int = 0, dtype: str = "auto",
-                   llm=None) -> Callable[[list[tuple[list[int], list[int]]]], list[dict[str, np.ndarray]]]:
+def capture_scorer(
+    path: str | Path, settings, k: int, vocab_size: int, seed: int = 0, dtype: str = "auto", llm=None
+) -> Callable[[list[tuple[list[int], list[int]]]], list[dict[str, np.ndarray]]]:
     """For :func:`potstill.signals.capture.capture_signals`: a function ``[(prompt, response)] -> [rows]``
     giving each pair's unpacked ``topk`` store rows (T=1) from a vLLM engine on ``path``."""
     rows = output_rows(path)

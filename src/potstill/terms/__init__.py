@@ -11,5 +11,16 @@ from .gate import Decision, evaluate, gate, preflight_terms, terms_provenance
 from .metadata import model_metadata
 from .registry import Entry, Registry, load_registry, match_teacher, teacher_names
 
-__all__ = ["Decision", "Entry", "Registry", "evaluate", "gate", "load_registry", "match_teacher", "model_metadata",
-           "preflight_terms", "teacher_names", "terms_provenance"]
+__all__ = [
+    "Decision",
+    "Entry",
+    "Registry",
+    "evaluate",
+    "gate",
+    "load_registry",
+    "match_teacher",
+    "model_metadata",
+    "preflight_terms",
+    "teacher_names",
+    "terms_provenance",
+]

@@ -73,7 +73,10 @@ class Decision:
     def head(self) -> str:
         """``teacher 'X' matches 'llama-3' (Meta Llama 3 Community License, checked 2026-11-28)``."""
         if self.entry is None:
-            return f"teacher '{self.teacher}' matches no entry of potstill's terms registry (version {self.registry_version})"
+            return (
+                f"teacher '{self.teacher}' matches no entry of potstill's terms registry (version "
+                f"{self.registry_version})"
+            )
         e = self.entry
         head = f"teacher '{self.teacher}' matches '{e.id}' ({e.license}, checked {e.checked.isoformat()})"
         if self.teacher_info.get("kind") == "local" and self.matched_by:
@@ -83,27 +86,38 @@ class Decision:
     def message(self) -> str:
         """The one line of a blocked run: what forbids it, the clause, and how to proceed."""
         clause = _one_line(self.entry.clause) if self.entry else ""
-        return (f"{self.head()}: {'; and '.join(self.reasons)}: \"{clause}\" — record terms.acceptance "
-                f"(who, why, date) in the config to proceed")
+        return (
+            f'{self.head()}: {"; and ".join(self.reasons)}: "{clause}" — record terms.acceptance '
+            f"(who, why, date) in the config to proceed"
+        )
 
     def lines(self) -> list[str]:
         """What the run prints: the verdict, then each obligation and warning."""
         if self.entry is None:
             tried = ", ".join(self.tried) or "nothing"
-            return [f"terms: {self.head()}; tried: {tried}. potstill cannot tell whether its terms allow training "
-                    f"on its outputs: check its license yourself (the run continues)"] + [f"terms: {w}" for w in self.warnings]
+            return [
+                f"terms: {self.head()}; tried: {tried}. potstill cannot tell whether its terms allow training "
+                f"on its outputs: check its license yourself (the run continues)"
+            ] + [f"terms: {w}" for w in self.warnings]
         e = self.entry
         if self.verdict == "blocked":
             return [f"terms: {self.message()}"]
         if self.verdict == "accepted":
             a = self.acceptance or {}
-            out = [f"terms: {self.head()}: {'; and '.join(self.reasons)} — accepted by {a.get('who')} on {a.get('date')}: "
-                   f"{a.get('why')}"]
+            out = [
+                f"terms: {self.head()}: {'; and '.join(self.reasons)} — accepted by {a.get('who')} on {a.get('date')}: "
+                f"{a.get('why')}"
+            ]
         elif self.verdict == "allowed":
-            out = [f"terms: {self.head()}: its outputs may train other models ({e.outputs_may_train_models}); no obligations"]
+            out = [
+                f"terms: {self.head()}: its outputs may train other models ({e.outputs_may_train_models}); no "
+                "obligations"
+            ]
         else:
-            out = [f"terms: {self.head()}: allowed ({self.use}, {'commercial' if self.commercial else 'non-commercial'})"
-                   + (" with obligations:" if self.obligations else "")]
+            out = [
+                f"terms: {self.head()}: allowed ({self.use}, {'commercial' if self.commercial else 'non-commercial'})"
+                + (" with obligations:" if self.obligations else "")
+            ]
         out += [f"terms:   - {o}" for o in self.obligations]
         out += [f"terms: {w}" for w in self.warnings]
         return out
@@ -136,7 +150,10 @@ def _acceptance_dict(acceptance) -> dict | None:
         return None
     if hasattr(acceptance, "model_dump"):
         acceptance = acceptance.model_dump(mode="json")
-    a = {k: (v.isoformat() if isinstance(v, (datetime.date, datetime.datetime)) else v) for k, v in dict(acceptance).items()}
+    a = {
+        k: (v.isoformat() if isinstance(v, (datetime.date, datetime.datetime)) else v)
+        for k, v in dict(acceptance).items()
+    }
     missing = [k for k in ("who", "why", "date") if not str(a.get(k) or "").strip()]
     if missing:
         raise UserError(f"terms.acceptance needs who, why and date (missing: {', '.join(missing)})")
@@ -149,10 +166,14 @@ def blocking_reasons(entry: Entry, use: str, commercial: bool) -> list[str]:
     if use in TRAINING_USES and entry.outputs_may_train_models == "no":
         reasons.append("its terms forbid using outputs to improve other LLMs")
     if use in TRAINING_USES and entry.outputs_may_train_models == "no_competing":
-        reasons.append("its terms forbid using outputs to develop models that compete with the provider, and potstill "
-                       "cannot tell whether this student competes")
+        reasons.append(
+            "its terms forbid using outputs to develop models that compete with the provider, and potstill "
+            "cannot tell whether this student competes"
+        )
     if commercial and entry.commercial_use == "no":
-        reasons.append("its license does not allow commercial use (set terms.commercial: false for non-commercial research)")
+        reasons.append(
+            "its license does not allow commercial use (set terms.commercial: false for non-commercial research)"
+        )
     return reasons
 
 
@@ -164,14 +185,24 @@ def _declared_license_warnings(m, reg: Registry, use: str, commercial: bool) -> 
     for where, li in m.names.licenses:
         e = reg.match_license(li)
         if e is not None and e.id != m.entry.id and blocking_reasons(e, use, commercial):
-            out.append(f"the model also declares license '{li}' ({where}: entry '{e.id}', {e.license}), which "
-                       f"would block this use; it was identified as '{m.entry.id}' from {m.matched_by}: check which "
-                       "terms apply")
+            out.append(
+                f"the model also declares license '{li}' ({where}: entry '{e.id}', {e.license}), which "
+                f"would block this use; it was identified as '{m.entry.id}' from {m.matched_by}: check which "
+                "terms apply"
+            )
     return out
 
 
-def evaluate(teacher: str, use: str = "train_model", commercial: bool = True, acceptance=None, *,
-             base_dir: str | Path | None = None, base_url: str | None = None, registry: Registry | None = None) -> Decision:
+def evaluate(
+    teacher: str,
+    use: str = "train_model",
+    commercial: bool = True,
+    acceptance=None,
+    *,
+    base_dir: str | Path | None = None,
+    base_url: str | None = None,
+    registry: Registry | None = None,
+) -> Decision:
     """The verdict for ``teacher`` (an API ``provider:MODEL``, a model directory or ``.gguf`` file, or a name)
     under ``use``."""
     if use not in USES:
@@ -180,12 +211,34 @@ def evaluate(teacher: str, use: str = "train_model", commercial: bool = True, ac
     m = match_teacher(teacher, base_dir=base_dir, base_url=base_url, registry=reg)
     acc = _acceptance_dict(acceptance)
     meta = m.names.metadata
-    own = ({k: meta[k] for k in ("format", "name", "license", "license_name", "base_model", "source") if meta[k]}
-           if meta else None)
-    info = {k: v for k, v in {"kind": m.names.kind, "path": m.names.path, "provider": m.names.provider,
-                               "revision": m.names.revision, "metadata": own or None}.items() if v is not None}
-    d = Decision(teacher=str(teacher), verdict="unknown", entry=m.entry, matched_by=m.matched_by, tried=m.names.tried(),
-                 use=use, commercial=bool(commercial), registry_version=reg.version, acceptance=acc, teacher_info=info)
+    own = (
+        {k: meta[k] for k in ("format", "name", "license", "license_name", "base_model", "source") if meta[k]}
+        if meta
+        else None
+    )
+    info = {
+        k: v
+        for k, v in {
+            "kind": m.names.kind,
+            "path": m.names.path,
+            "provider": m.names.provider,
+            "revision": m.names.revision,
+            "metadata": own or None,
+        }.items()
+        if v is not None
+    }
+    d = Decision(
+        teacher=str(teacher),
+        verdict="unknown",
+        entry=m.entry,
+        matched_by=m.matched_by,
+        tried=m.names.tried(),
+        use=use,
+        commercial=bool(commercial),
+        registry_version=reg.version,
+        acceptance=acc,
+        teacher_info=info,
+    )
     if m.entry is None:
         return d
     d.reasons = blocking_reasons(m.entry, use, commercial)
@@ -201,8 +254,10 @@ def name_warnings(decision: Decision, name: str) -> list[str]:
     """A reminder when a student's name does not start with the prefix the terms require."""
     prefix = decision.entry.name_prefix if decision.entry else None
     if prefix and not str(name).lower().startswith(prefix.lower()):
-        return [f"the run name '{name}' does not start with \"{prefix}\": name a distributed student \"{prefix}...\" "
-                f"(required by the {decision.entry.license})"]
+        return [
+            f'the run name \'{name}\' does not start with "{prefix}": name a distributed student "{prefix}..." '
+            f"(required by the {decision.entry.license})"
+        ]
     return []
 
 
@@ -213,8 +268,10 @@ def gate(cfg, spec=None) -> Decision:
     (:class:`potstill.teachers.spec.ModelSpec`; a ``vllm:DIR`` teacher's terms are those of DIR)."""
     t = cfg.terms
     if t.use == "evaluation":
-        raise UserError(f"terms.use is 'evaluation', but this run trains students on the teacher's outputs "
-                        f"(train.methods: {', '.join(cfg.train.methods)}): set terms.use to 'train_model' or 'research'")
+        raise UserError(
+            f"terms.use is 'evaluation', but this run trains students on the teacher's outputs "
+            f"(train.methods: {', '.join(cfg.train.methods)}): set terms.use to 'train_model' or 'research'"
+        )
     spec = spec or teacher_spec(cfg.teacher, cfg.resolve)
     d = evaluate(spec.display, t.use, t.commercial, t.acceptance, base_dir=cfg.base_dir, base_url=spec.base_url)
     if d.blocked:
@@ -223,30 +280,44 @@ def gate(cfg, spec=None) -> Decision:
     return d
 
 
-def preflight_terms(cfg, spec=None, run_root: str | Path | None = None, teacher_hash: str | None = None, say=None,
-                    decision: Decision | None = None) -> Decision:
+def preflight_terms(
+    cfg,
+    spec=None,
+    run_root: str | Path | None = None,
+    teacher_hash: str | None = None,
+    say=None,
+    decision: Decision | None = None,
+) -> Decision:
     """The gate before any stage runs: stop a blocked run; print the verdict, obligations and
     warnings (with ``say``); write ``<run_root>/terms.json`` (atomically). ``decision``: the
     :func:`gate`'s answer when already asked."""
     spec = spec or teacher_spec(cfg.teacher, cfg.resolve)
     d = decision if decision is not None else gate(cfg, spec)
     if say is not None:
-
         for line in d.lines():
             say(escape(line))
     info = dict(d.teacher_info)
     info["id"] = spec.display
     if teacher_hash:
         info["weights_hash" if d.teacher_info.get("kind") == "local" else "identity_hash"] = teacher_hash
-    tok = cfg.resolve(cfg.teacher.tokenizer) if cfg.teacher.tokenizer else (Path(info["path"]) if info.get("path") else None)
+    tok = (
+        cfg.resolve(cfg.teacher.tokenizer)
+        if cfg.teacher.tokenizer
+        else (Path(info["path"]) if info.get("path") else None)
+    )
     if tok is not None and Path(tok).is_dir():
         info["tokenizer"] = str(tok)
         info["tokenizer_hash"] = sha256_dir(tok, TOKENIZER_FILES)
     d.teacher_info = info
     if run_root is not None:
-        write_json(Path(run_root) / "terms.json", {
-            **d.to_dict(), "potstill_version": __version__,
-            "checked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        write_json(
+            Path(run_root) / "terms.json",
+            {
+                **d.to_dict(),
+                "potstill_version": __version__,
+                "checked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            },
+        )
     return d
 
 

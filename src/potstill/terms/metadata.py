@@ -27,8 +27,13 @@ from ..errors import UserError
 
 # Spellings of a license met in model cards and GGUF headers, and the registry's id for each.
 LICENSE_ALIASES = {
-    "apache 2.0": "apache-2.0", "apache2": "apache-2.0", "apache-2": "apache-2.0", "apache 2": "apache-2.0",
-    "apache2.0": "apache-2.0", "apache license 2.0": "apache-2.0", "apache license, version 2.0": "apache-2.0",
+    "apache 2.0": "apache-2.0",
+    "apache2": "apache-2.0",
+    "apache-2": "apache-2.0",
+    "apache 2": "apache-2.0",
+    "apache2.0": "apache-2.0",
+    "apache license 2.0": "apache-2.0",
+    "apache license, version 2.0": "apache-2.0",
     "mit license": "mit",
 }
 
@@ -120,8 +125,10 @@ def _gguf_fields(path: str, size: int, mtime_ns: int) -> dict:
         raise UserError(f"not a readable GGUF file ({e})", str(path)) from None
     out = {}
     for key, field in reader.fields.items():
-        if not key.startswith("general.") or field.types[:1] not in ([gguf.GGUFValueType.STRING],
-                                                                     [gguf.GGUFValueType.ARRAY]):
+        if not key.startswith("general.") or field.types[:1] not in (
+            [gguf.GGUFValueType.STRING],
+            [gguf.GGUFValueType.ARRAY],
+        ):
             continue
         try:
             value = field.contents()
@@ -134,12 +141,24 @@ def _gguf_fields(path: str, size: int, mtime_ns: int) -> dict:
 
 
 def _empty(fmt: str | None) -> dict:
-    return {"format": fmt, "name": None, "license": None, "license_name": None, "base_model": [], "source": {},
-            "names": []}
+    return {
+        "format": fmt,
+        "name": None,
+        "license": None,
+        "license_name": None,
+        "base_model": [],
+        "source": {},
+        "names": [],
+    }
 
 
-def _finish(meta: dict, names: list[tuple[str, str]], bases: list[tuple[str, str]],
-            licenses: list[tuple[str, str]], license_names: list[tuple[str, str]]) -> dict:
+def _finish(
+    meta: dict,
+    names: list[tuple[str, str]],
+    bases: list[tuple[str, str]],
+    licenses: list[tuple[str, str]],
+    license_names: list[tuple[str, str]],
+) -> dict:
     seen: set[str] = set()
     for where, n in names + bases:
         if n and n.lower() not in seen:

@@ -43,7 +43,9 @@ class Entry(BaseModel):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]*$", description="Stable entry id.")
     family: str
     license: str = Field(description="The license or terms' name.")
-    match: list[str] = Field(default_factory=list, description="Case-insensitive regexes searched in the teacher's names.")
+    match: list[str] = Field(
+        default_factory=list, description="Case-insensitive regexes searched in the teacher's names."
+    )
     exclude: list[str] = Field(default_factory=list, description="Regexes that veto a name matched by `match`.")
     paths: list[str] = Field(default_factory=list, description="Globs over a local teacher's resolved directory.")
     license_ids: list[str] = Field(default_factory=list, description="README front-matter license ids (lower case).")
@@ -59,7 +61,8 @@ class Entry(BaseModel):
     checked: datetime.date
     verification: Literal["recalled", "fetched"] = Field(
         description="fetched: compared with the page on `checked`; recalled: written from knowledge of the "
-        "published text without re-fetching it (quotes may differ in wording).")
+        "published text without re-fetching it (quotes may differ in wording)."
+    )
     notes: str | None = None
 
     @field_validator("match", "exclude")
@@ -87,8 +90,9 @@ class Entry(BaseModel):
 
     def matches(self, name: str) -> bool:
         """Whether ``name`` (any spelling of a teacher) belongs to this entry."""
-        return (any(re.search(p, name, re.I) for p in self.match)
-                and not any(re.search(p, name, re.I) for p in self.exclude))
+        return any(re.search(p, name, re.I) for p in self.match) and not any(
+            re.search(p, name, re.I) for p in self.exclude
+        )
 
     def matches_path(self, path: str) -> bool:
         p = path.replace("\\", "/").lower()
@@ -96,9 +100,24 @@ class Entry(BaseModel):
 
     def summary(self) -> dict:
         """The fields a run records (no matching patterns)."""
-        return self.model_dump(mode="json", include={
-            "id", "family", "license", "outputs_may_train_models", "commercial_use", "name_prefix", "attribution",
-            "obligations", "clause", "source_url", "checked", "verification", "notes"})
+        return self.model_dump(
+            mode="json",
+            include={
+                "id",
+                "family",
+                "license",
+                "outputs_may_train_models",
+                "commercial_use",
+                "name_prefix",
+                "attribution",
+                "obligations",
+                "clause",
+                "source_url",
+                "checked",
+                "verification",
+                "notes",
+            },
+        )
 
 
 class Registry(BaseModel):
@@ -173,21 +192,20 @@ def _load(path: str) -> Registry:
 class TeacherNames:
     """Everything that may name a teacher, in the order it is tried."""
 
-    teacher: str                                   # as configured
-    kind: Literal["api", "local", "name"]          # api: provider:MODEL; local: a directory or .gguf file; name: else
-    names: list[tuple[str, str]] = field(default_factory=list)     # (where it came from, name)
+    teacher: str  # as configured
+    kind: Literal["api", "local", "name"]  # api: provider:MODEL; local: a directory or .gguf file; name: else
+    names: list[tuple[str, str]] = field(default_factory=list)  # (where it came from, name)
     licenses: list[tuple[str, str]] = field(default_factory=list)  # (where it came from, license id)
     fallback: list[tuple[str, str]] = field(default_factory=list)  # local: its directory/file name, tried last
-    metadata: dict | None = None                   # local: what potstill.terms.metadata.model_metadata read
-    path: str | None = None                        # a local teacher's resolved directory or file
-    provider: str | None = None                    # api: "openai" / "anthropic"
-    official_endpoint: bool = False                # api: the provider's own endpoint (no base_url)
-    revision: str | None = None                    # a Hugging Face cache snapshot's commit, when the path shows one
-    reference: bool = False                        # config.json says potstill_reference: true
+    metadata: dict | None = None  # local: what potstill.terms.metadata.model_metadata read
+    path: str | None = None  # a local teacher's resolved directory or file
+    provider: str | None = None  # api: "openai" / "anthropic"
+    official_endpoint: bool = False  # api: the provider's own endpoint (no base_url)
+    revision: str | None = None  # a Hugging Face cache snapshot's commit, when the path shows one
+    reference: bool = False  # config.json says potstill_reference: true
 
     def tried(self) -> list[str]:
-        return ([n for _, n in self.names] + [f"license {li}" for _, li in self.licenses]
-                + [n for _, n in self.fallback])
+        return [n for _, n in self.names] + [f"license {li}" for _, li in self.licenses] + [n for _, n in self.fallback]
 
 
 def teacher_names(teacher: str, base_dir: str | Path | None = None, base_url: str | None = None) -> TeacherNames:
@@ -206,8 +224,13 @@ def teacher_names(teacher: str, base_dir: str | Path | None = None, base_url: st
     teacher = str(teacher)
     spec = parse_model(teacher, where="teacher")
     if spec.is_api:
-        return TeacherNames(teacher, "api", names=[("API model name", spec.name)], provider=spec.provider,
-                            official_endpoint=base_url is None)
+        return TeacherNames(
+            teacher,
+            "api",
+            names=[("API model name", spec.name)],
+            provider=spec.provider,
+            official_endpoint=base_url is None,
+        )
     p = Path(teacher).expanduser()
     if base_dir is not None and not p.is_absolute():
         p = Path(base_dir) / p
@@ -240,8 +263,9 @@ class Match:
     names: TeacherNames
 
 
-def match_teacher(teacher: str, base_dir: str | Path | None = None, base_url: str | None = None,
-                  registry: Registry | None = None) -> Match:
+def match_teacher(
+    teacher: str, base_dir: str | Path | None = None, base_url: str | None = None, registry: Registry | None = None
+) -> Match:
     """The registry entry that applies to ``teacher`` (``Match.entry`` is None when unknown)."""
     reg = registry or load_registry()
     info = teacher_names(teacher, base_dir, base_url)

@@ -14,9 +14,7 @@ __all__ = ["append_card_section", "train_student", "write_model_card"]
 
 def __getattr__(name: str):
     if name == "train_student":
-
         return train_student
     if name in ("write_model_card", "append_card_section"):
-
         return getattr(card, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

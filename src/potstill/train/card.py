@@ -19,7 +19,7 @@ METHOD_TEXT = {
     "kd": "soft-label KD: alpha * T^2 * D(p_teacher^T, p_student^T) + (1 - alpha) * cross-entropy",
     "kd/sft": "kd with a teacher of another tokenizer, trained text-level: cross-entropy on the teacher's answers",
     "kd/uld": "kd across tokenizers: alpha * ULD (L1 between sorted teacher and student probabilities, "
-              "Boizard et al. 2024) + (1 - alpha) * cross-entropy",
+    "Boizard et al. 2024) + (1 - alpha) * cross-entropy",
 }
 
 
@@ -57,18 +57,27 @@ def render_terms_section(terms: dict | None, name: str) -> str:
     :func:`potstill.terms.gate.Decision.to_dict`): the matched terms, the verdict, and the
     obligations that come with this student, stated plainly (e.g. its required name prefix)."""
     if not terms:
-        return "The teacher's terms were not recorded for this student: check the teacher's license before using or distributing it."
+        return (
+            "The teacher's terms were not recorded for this student: check the teacher's license before using or "
+            "distributing it."
+        )
     teacher, entry = terms.get("teacher"), terms.get("entry")
     lines = []
     if not entry:
         tried = ", ".join(terms.get("tried") or []) or "nothing"
-        lines += [f"The teacher `{teacher}` matches no entry of potstill's terms registry (version "
-                  f"{terms.get('registry_version')}; tried: {tried}). Its terms were not checked: read the teacher's "
-                  "license before using or distributing this student.", ""]
+        lines += [
+            f"The teacher `{teacher}` matches no entry of potstill's terms registry (version "
+            f"{terms.get('registry_version')}; tried: {tried}). Its terms were not checked: read the teacher's "
+            "license before using or distributing this student.",
+            "",
+        ]
     else:
-        lines += [f"The teacher `{teacher}` is under the **{entry['license']}** (potstill terms registry "
-                  f"{terms.get('registry_version')}, entry `{entry['id']}`, matched by {terms.get('matched_by')}; "
-                  f"checked {entry['checked']}; source: {entry['source_url']}).", ""]
+        lines += [
+            f"The teacher `{teacher}` is under the **{entry['license']}** (potstill terms registry "
+            f"{terms.get('registry_version')}, entry `{entry['id']}`, matched by {terms.get('matched_by')}; "
+            f"checked {entry['checked']}; source: {entry['source_url']}).",
+            "",
+        ]
     use = f"use: {terms.get('use')}, {'commercial' if terms.get('commercial') else 'non-commercial'}"
     lines += [f"Verdict: **{VERDICT_TEXT.get(terms.get('verdict'), terms.get('verdict'))}** ({use}).", ""]
     for r in terms.get("reasons") or []:
@@ -84,22 +93,29 @@ def render_terms_section(terms: dict | None, name: str) -> str:
         lines += ["Obligations that come with this student:", ""]
         if prefix:
             ok = str(name).lower().startswith(prefix.lower())
-            lines.append(f"- **Its name must start with \"{prefix}\"** when it is distributed or made available"
-                         + ("." if ok else f" (`{name}` does not: rename it first, e.g. `{prefix}-{name}`)."))
+            lines.append(
+                f'- **Its name must start with "{prefix}"** when it is distributed or made available'
+                + ("." if ok else f" (`{name}` does not: rename it first, e.g. `{prefix}-{name}`).")
+            )
         if attribution:
-            lines.append(f"- **Display \"{attribution}\"** (the attribution the terms require; see the obligations below).")
+            lines.append(
+                f'- **Display "{attribution}"** (the attribution the terms require; see the obligations below).'
+            )
         lines += [f"- {o}" for o in obligations]
         lines.append("")
     elif entry:
         lines += ["The terms attach no obligations to a model trained on the teacher's outputs.", ""]
     if entry:
         clause = " ".join(str(entry.get("clause", "")).split())
-        lines += [f"The clause: \"{clause}\"", ""]
+        lines += [f'The clause: "{clause}"', ""]
         if entry.get("notes"):
             lines += [f"Notes: {' '.join(str(entry['notes']).split())}", ""]
         if entry.get("verification") == "recalled":
-            lines += ["(The registry entry was written from the published text without re-fetching it; verify the "
-                      "wording at the source before relying on it.)", ""]
+            lines += [
+                "(The registry entry was written from the published text without re-fetching it; verify the "
+                "wording at the source before relying on it.)",
+                "",
+            ]
     for w in terms.get("warnings") or []:
         lines.append(f"- Warning: {w}")
     return "\n".join(lines).rstrip() + "\n"
@@ -114,7 +130,10 @@ def render_model_card(method: str, cfg, metrics: dict, provenance: dict | None =
         ("Initialisation", cfg.student.init),
         ("Parameters", metrics.get("params")),
         ("Dtype", cfg.student.dtype),
-        ("LoRA", f"r={t.lora.r}, alpha={t.lora.alpha}, merged into the weights" if t.lora.enabled else "no (full fine-tune)"),
+        (
+            "LoRA",
+            f"r={t.lora.r}, alpha={t.lora.alpha}, merged into the weights" if t.lora.enabled else "no (full fine-tune)",
+        ),
     ]
     hp = [
         ("Teacher", teacher),
@@ -128,10 +147,17 @@ def render_model_card(method: str, cfg, metrics: dict, provenance: dict | None =
         ("Seed", cfg.seed),
     ]
     if _variant(method, metrics) == "kd":
-        hp += [("KD temperature T", t.kd.temperature), ("KD alpha", t.kd.alpha), ("KD signal", t.kd.signal),
-               ("KD divergence", t.kd.divergence)]
+        hp += [
+            ("KD temperature T", t.kd.temperature),
+            ("KD alpha", t.kd.alpha),
+            ("KD signal", t.kd.signal),
+            ("KD divergence", t.kd.divergence),
+        ]
         if t.kd.on_policy_ratio > 0:
-            hp += [("On-policy ratio (GKD)", t.kd.on_policy_ratio), ("On-policy batches", metrics.get("on_policy_batches"))]
+            hp += [
+                ("On-policy ratio (GKD)", t.kd.on_policy_ratio),
+                ("On-policy batches", metrics.get("on_policy_batches")),
+            ]
     hp += [
         ("Optimizer steps", metrics.get("steps")),
         ("Final train loss", metrics.get("train_loss")),

@@ -76,16 +76,23 @@ def _target_ref(targets, pair: dict, prompt: list[int], resp: list[int], n_keep:
     eid = str(pair.get("id"))
     where = str(getattr(targets, "path", "teacher signal"))
     if eid not in targets:
-        raise UserError(f"pair '{eid}' has no teacher signal here (it was captured from other pairs; "
-                        "rerun potstill capture)", where)
+        raise UserError(
+            f"pair '{eid}' has no teacher signal here (it was captured from other pairs; rerun potstill capture)", where
+        )
     n = targets.length(eid)
     if n != len(resp):
-        raise UserError(f"pair '{eid}': the teacher signal has {n} positions for {len(resp)} response tokens "
-                        "(captured from other generations; rerun potstill capture)", where)
+        raise UserError(
+            f"pair '{eid}': the teacher signal has {n} positions for {len(resp)} response tokens "
+            "(captured from other generations; rerun potstill capture)",
+            where,
+        )
     h = targets.sequence_hash(eid)
     if h is not None and h != sequence_hash(prompt, resp):
-        raise UserError(f"pair '{eid}': the teacher signal was captured on other prompt/response tokens "
-                        "(other generations, prompt format or tokenizer; rerun potstill capture)", where)
+        raise UserError(
+            f"pair '{eid}': the teacher signal was captured on other prompt/response tokens "
+            "(other generations, prompt format or tokenizer; rerun potstill capture)",
+            where,
+        )
     return TargetRef(targets, eid, n_keep)
 
 
@@ -113,11 +120,16 @@ def _topk_rows(pair: dict, n: int, vocab: int) -> tuple[list[list[int]], list[li
 def _fit(prompt: list[int], resp: list[int], max_seq_len: int) -> tuple[list[int], list[int]]:
     """Cut the response to ``max_seq_len - 1`` tokens, then the prompt from the left to fit."""
     resp = resp[: max_seq_len - 1]
-    return prompt[-(max_seq_len - len(resp)):], resp
+    return prompt[-(max_seq_len - len(resp)) :], resp
 
 
 def build_features(
-    pairs: list[dict], tokenizer, max_seq_len: int, reuse_teacher_ids: bool, topk: bool = False, targets=None,
+    pairs: list[dict],
+    tokenizer,
+    max_seq_len: int,
+    reuse_teacher_ids: bool,
+    topk: bool = False,
+    targets=None,
     teacher_tokenizer=None,
 ) -> list[dict]:
     """Tokenize pairs into training features (prompt masked out of the labels).
@@ -226,7 +238,9 @@ class Collator:
             if "target_ref" in f:
                 rows.append(f["target_ref"].load())
             else:
-                rows.append((np.asarray(f["target_ids"], dtype=np.int64), np.asarray(f["target_probs"], dtype=np.float32)))
+                rows.append(
+                    (np.asarray(f["target_ids"], dtype=np.int64), np.asarray(f["target_probs"], dtype=np.float32))
+                )
         b = len(feats)
         k = max([ids.shape[1] for ids, _ in rows if ids.ndim == 2 and ids.shape[0]] or [1])
         full = [ids for ids, _ in rows if ids.ndim == 2 and ids.shape[0]]

@@ -20,8 +20,11 @@ def apply_lora(model, lora, gradient_checkpointing: bool = False):
     if lora.quantize != "none":
         from peft import prepare_model_for_kbit_training  # defers peft (LoRA runs only)
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     conf = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -41,8 +44,11 @@ def final_model(trainer, cfg: RunConfig, s_dir: Path):
     full = gather_full_state_dict(trainer)  # None unless FSDP / DeepSpeed sharded the student
     if not is_main_process():
         return None
-    model = trainer.model if full is None else rebuild_from_state_dict(
-        s_dir, full, cfg.student.dtype, lora=t.lora if t.lora.enabled else None)
+    model = (
+        trainer.model
+        if full is None
+        else rebuild_from_state_dict(s_dir, full, cfg.student.dtype, lora=t.lora if t.lora.enabled else None)
+    )
     if t.lora.enabled and t.lora.quantize != "none":
         from peft import get_peft_model_state_dict, set_peft_model_state_dict  # defers peft (LoRA runs only)
 
@@ -76,5 +82,7 @@ def rebuild_from_state_dict(model_dir, state_dict: dict, dtype: str = "float32",
         model.tie_weights()
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing or unexpected:
-        raise RuntimeError(f"gathered weights do not fit {model_dir}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise RuntimeError(
+            f"gathered weights do not fit {model_dir}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return model

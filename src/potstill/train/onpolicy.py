@@ -27,21 +27,31 @@ def split_prompts(input_ids: torch.Tensor, labels: torch.Tensor) -> list[torch.T
 
 
 @torch.no_grad()
-def sample_responses(model, prompts: list[torch.Tensor], pad_id: int, eos_ids: set[int], max_new_tokens: int,
-                     temperature: float) -> list[list[int]]:
+def sample_responses(
+    model, prompts: list[torch.Tensor], pad_id: int, eos_ids: set[int], max_new_tokens: int, temperature: float
+) -> list[list[int]]:
     """The student's sampled responses (ids, cut after the first EOS, which is kept)."""
     width = max(len(p) for p in prompts)
     device = prompts[0].device
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
     att = torch.zeros_like(ids)
     for i, p in enumerate(prompts):  # left padding for generation
-        ids[i, width - len(p):] = p
-        att[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = p
+        att[i, width - len(p) :] = 1
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(input_ids=ids, attention_mask=att, do_sample=True, temperature=temperature, top_p=1.0,
-                             top_k=0, max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=sorted(eos_ids))
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=att,
+            do_sample=True,
+            temperature=temperature,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=sorted(eos_ids),
+        )
     finally:
         model.train(was_training)
     responses = []
@@ -63,5 +73,5 @@ def on_policy_batch(prompts: list[torch.Tensor], responses: list[list[int]], pad
         m = len(p) + len(r)
         ids[i, :m] = torch.tensor(rows[i], device=device)
         att[i, :m] = 1
-        labels[i, len(p):m] = torch.tensor(r, dtype=torch.long, device=device)
+        labels[i, len(p) : m] = torch.tensor(r, dtype=torch.long, device=device)
     return {"input_ids": ids, "attention_mask": att, "labels": labels}

@@ -31,25 +31,47 @@ class TrainStage(Stage):
     def inputs(self, ctx: RunContext, folder: str) -> dict:
         cfg = ctx.cfg
         method = folder.split("/", 1)[1]
-        inputs = {"method": method, "train": cfg.train.model_dump(mode="json", exclude={"methods"}, exclude_defaults=True),
-                  "student": hashed(cfg.student),
-                  "student_hash": self.student_hash(ctx), "generate": ctx.need("generate"), "seed": cfg.seed}
+        inputs = {
+            "method": method,
+            "train": cfg.train.model_dump(mode="json", exclude={"methods"}, exclude_defaults=True),
+            "student": hashed(cfg.student),
+            "student_hash": self.student_hash(ctx),
+            "generate": ctx.need("generate"),
+            "seed": cfg.seed,
+        }
         if method == "kd":
             inputs["teacher"] = ctx.teacher.identity()
             if cfg.train.kd.signal == "store":  # offline KD: the teacher's signals captured once, then trained from
-                inputs["signals"] = (file_hash(cfg.resolve(str(Path(cfg.train.kd.store) / "manifest.json")))
-                                     if cfg.train.kd.store else ctx.need("signals"))
+                inputs["signals"] = (
+                    file_hash(cfg.resolve(str(Path(cfg.train.kd.store) / "manifest.json")))
+                    if cfg.train.kd.store
+                    else ctx.need("signals")
+                )
         return inputs
 
     def build(self, ctx: RunContext, folder: str, out: Path | None, work: Path) -> dict:
         """``out`` is None on the helper ranks of a multi-process launch."""
         method = folder.split("/", 1)[1]
-        provenance = {"teacher": ctx.teacher.display, "teacher_hash": ctx.teacher.identity(),
-                      "student_base": str(ctx.student_dir()), "student_base_hash": self.student_hash(ctx),
-                      "prompts_hash": ctx.need("prompts"), "generations_hash": ctx.need("generate"),
-                      "terms": terms_provenance(ctx.cfg, ctx.teacher, ctx.terms)}
-        return train_student(method, ctx.cfg, ctx.pairs(), out, work, provenance=provenance, teacher=ctx.teacher,
-                             student_dir=ctx.student_dir(), student_init=ctx.student_init)
+        provenance = {
+            "teacher": ctx.teacher.display,
+            "teacher_hash": ctx.teacher.identity(),
+            "student_base": str(ctx.student_dir()),
+            "student_base_hash": self.student_hash(ctx),
+            "prompts_hash": ctx.need("prompts"),
+            "generations_hash": ctx.need("generate"),
+            "terms": terms_provenance(ctx.cfg, ctx.teacher, ctx.terms),
+        }
+        return train_student(
+            method,
+            ctx.cfg,
+            ctx.pairs(),
+            out,
+            work,
+            provenance=provenance,
+            teacher=ctx.teacher,
+            student_dir=ctx.student_dir(),
+            student_init=ctx.student_init,
+        )
 
 
 TRAIN = TrainStage()

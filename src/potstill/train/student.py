@@ -39,22 +39,28 @@ def teacher_tokenizer_dir(cfg: RunConfig, spec: ModelSpec) -> Path | None:
     return spec.model_dir()
 
 
-def decide_kd_path(cfg: RunConfig, teacher_dir: Path, student_dir: Path, student_tok=None,
-                   teacher_tok=None) -> tuple[str, str]:
+def decide_kd_path(
+    cfg: RunConfig, teacher_dir: Path, student_dir: Path, student_tok=None, teacher_tok=None
+) -> tuple[str, str]:
     """``(path, message)`` of :func:`potstill.vocab.kd_path` for this run's teacher and student tokenizers."""
 
     match = compare_tokenizers(teacher_dir, student_dir, teacher_tok=teacher_tok, student_tok=student_tok)
     return kd_path(match, cfg.train.kd)
 
 
-def check_kd_tokenizers(cfg: RunConfig, spec: ModelSpec | None = None, student_dir: Path | None = None) -> tuple[str, str]:
+def check_kd_tokenizers(
+    cfg: RunConfig, spec: ModelSpec | None = None, student_dir: Path | None = None
+) -> tuple[str, str]:
     """Preflight for ``kd``: ``(path, message)``, the path being ``kd`` (shared tokenizer, padded
     embeddings truncated), ``sft`` (text-level) or ``uld``; one-line UserError where kd cannot run.
     ``student_dir``: where the student's tokenizer is (default ``student.model``)."""
     teacher_dir = teacher_tokenizer_dir(cfg, spec or teacher_spec(cfg.teacher, cfg.resolve))
     if teacher_dir is None:
-        raise UserError("kd needs the teacher's tokenizer: a local teacher directory, or teacher.tokenizer for an "
-                        "API teacher; or use method 'sft'", where="teacher")
+        raise UserError(
+            "kd needs the teacher's tokenizer: a local teacher directory, or teacher.tokenizer for an "
+            "API teacher; or use method 'sft'",
+            where="teacher",
+        )
     return decide_kd_path(cfg, teacher_dir, student_dir or cfg.resolve(cfg.student.model))
 
 
@@ -74,11 +80,19 @@ def _check_large_student(t) -> None:
     if t.lora.quantize == "none":
         return
     if not t.lora.enabled:
-        raise UserError(f"train.lora.quantize={t.lora.quantize} trains LoRA adapters on a quantized student: "
-                        "set train.lora.enabled: true", where="train.lora.quantize")
-    if launched() and any(os.environ.get(f"ACCELERATE_USE_{k}", "false").lower() == "true" for k in ("FSDP", "DEEPSPEED")):
-        raise UserError("train.lora.quantize (QLoRA) runs on one GPU or under DDP (configs/accelerate/ddp.yaml), "
-                        "not FSDP / DeepSpeed", where="train.lora.quantize")
+        raise UserError(
+            f"train.lora.quantize={t.lora.quantize} trains LoRA adapters on a quantized student: "
+            "set train.lora.enabled: true",
+            where="train.lora.quantize",
+        )
+    if launched() and any(
+        os.environ.get(f"ACCELERATE_USE_{k}", "false").lower() == "true" for k in ("FSDP", "DEEPSPEED")
+    ):
+        raise UserError(
+            "train.lora.quantize (QLoRA) runs on one GPU or under DDP (configs/accelerate/ddp.yaml), "
+            "not FSDP / DeepSpeed",
+            where="train.lora.quantize",
+        )
     check_quantize(t.lora.quantize)
 
 
@@ -121,25 +135,36 @@ def train_student(
     store = kd_route = None
     if method == "kd":
         if teacher_tok is None:
-            raise UserError("kd needs the teacher's tokenizer: a local teacher directory, or teacher.tokenizer for an "
-                            "API teacher", where="teacher")
+            raise UserError(
+                "kd needs the teacher's tokenizer: a local teacher directory, or teacher.tokenizer for an API teacher",
+                where="teacher",
+            )
         kd_route, kd_message = decide_kd_path(cfg, teacher_dir, s_dir, student_tok=tok, teacher_tok=teacher_tok)
         say(f"  {kd_message}")
         if kd_route != "sft" and spec.is_api and t.kd.signal == "live":
-            raise UserError("kd from an API teacher needs train.kd.signal=topk (and teacher.top_logprobs > 0)",
-                            where="train.kd.signal")
+            raise UserError(
+                "kd from an API teacher needs train.kd.signal=topk (and teacher.top_logprobs > 0)",
+                where="train.kd.signal",
+            )
         if topk and not any(p.get("top_logprobs") for p in pairs):
             raise UserError(
                 "the pairs have no top_logprobs; rerun generate with teacher.top_logprobs > 0", where="train.kd.signal"
             )
         if t.kd.signal == "store":
-
-            store = open_signal_store(cfg.resolve(t.kd.store) if t.kd.store else cfg.run_path / "signals", tok,
-                                      t.kd.temperature)
+            store = open_signal_store(
+                cfg.resolve(t.kd.store) if t.kd.store else cfg.run_path / "signals", tok, t.kd.temperature
+            )
 
     uld = kd_route == "uld"  # the teacher reads its own tokenization of each pair
-    feats = build_features(pairs, tok, t.max_seq_len, reuse_teacher_ids=same_tok, topk=topk, targets=store,
-                           teacher_tokenizer=teacher_tok if uld else None)
+    feats = build_features(
+        pairs,
+        tok,
+        t.max_seq_len,
+        reuse_teacher_ids=same_tok,
+        topk=topk,
+        targets=store,
+        teacher_tokenizer=teacher_tok if uld else None,
+    )
     response_tokens = sum(sum(1 for x in f["labels"] if x != -100) for f in feats)
 
     _check_large_student(t)
@@ -165,7 +190,9 @@ def train_student(
             "init": init,
             "dtype": cfg.student.dtype,
             "teacher": str(teacher_dir) if method == "kd" else None,
-            "train": t.model_dump(mode="json", exclude={"epochs", "save_steps", "logging_steps", "report_to", "methods"}),
+            "train": t.model_dump(
+                mode="json", exclude={"epochs", "save_steps", "logging_steps", "report_to", "methods"}
+            ),
             "seed": cfg.seed,
         }
     )

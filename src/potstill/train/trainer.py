@@ -137,8 +137,11 @@ class DistillTrainer(Trainer):
             log.info("%s: lm_head is not a plain Linear; the loss uses full logits", who)
             return None
         out = model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-            output_hidden_states=True, logits_to_keep=1,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            output_hidden_states=True,
+            logits_to_keep=1,
         )
         hidden = out.hidden_states[-1] if out.hidden_states else None
         if who not in self._head_ok:
@@ -150,8 +153,9 @@ class DistillTrainer(Trainer):
                     ok = bool(torch.allclose(mine, theirs, rtol=1e-3, atol=1e-3 * (1.0 + float(theirs.abs().max()))))
             self._head_ok[who] = ok
             if not ok:
-                log.warning("%s: logits are not hidden_states @ lm_head (soft-capping/scaling?); "
-                            "the loss uses full logits", who)
+                log.warning(
+                    "%s: logits are not hidden_states @ lm_head (soft-capping/scaling?); the loss uses full logits", who
+                )
                 return None
         return hidden, head
 
@@ -160,7 +164,11 @@ class DistillTrainer(Trainer):
         inputs = dict(inputs)
         weight = 1.0  # an on-policy micro-batch keeps the weight its off-policy tokens had in the global batch
         kd_spec = self.kd
-        if self.on_policy_ratio > 0 and model.training and float(torch.rand(1, generator=self._coin)) < self.on_policy_ratio:
+        if (
+            self.on_policy_ratio > 0
+            and model.training
+            and float(torch.rand(1, generator=self._coin)) < self.on_policy_ratio
+        ):
             n_orig = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
             inputs = self._on_policy_inputs(model, inputs)
             n_new = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
@@ -196,9 +204,13 @@ class DistillTrainer(Trainer):
                 t_hidden, t_head = teacher
                 kw = dict(teacher_hidden=t_hidden[:, :-1], teacher_weight=t_head.weight, teacher_bias=t_head.bias)
             elif kd and target_probs is not None:
-                kw = dict(target_ids=None if target_ids is None else target_ids[:, 1:], target_probs=target_probs[:, 1:])
+                kw = dict(
+                    target_ids=None if target_ids is None else target_ids[:, 1:], target_probs=target_probs[:, 1:]
+                )
             elif kd:
-                kw = dict(target_ids=topk_ids[:, 1:], target_probs=topk_target_probs(topk_lps[:, 1:], kd_spec.temperature))
+                kw = dict(
+                    target_ids=topk_ids[:, 1:], target_probs=topk_target_probs(topk_lps[:, 1:], kd_spec.temperature)
+                )
             total, n_local, parts = chunked_distillation_loss(
                 hidden[:, :-1], head.weight, targets, bias=head.bias, chunk_size=kd_spec.chunk_size, **common, **kw
             )
@@ -210,7 +222,9 @@ class DistillTrainer(Trainer):
                     t_out = self.teacher(input_ids=ids, attention_mask=att, use_cache=False)
                 kw["teacher_logits"] = t_out.logits[:, :-1]
             elif kd and target_probs is not None:
-                kw = dict(target_ids=None if target_ids is None else target_ids[:, 1:], target_probs=target_probs[:, 1:])
+                kw = dict(
+                    target_ids=None if target_ids is None else target_ids[:, 1:], target_probs=target_probs[:, 1:]
+                )
             elif kd:
                 kw["teacher_ids"], kw["teacher_logprobs"] = topk_ids[:, 1:], topk_lps[:, 1:]
             total, n_local, parts = distillation_loss(outputs.logits[:, :-1], targets, **common, **kw)
@@ -235,8 +249,14 @@ class DistillTrainer(Trainer):
         """The micro-batch rebuilt from its prompts and the student's own sampled responses (GKD)."""
         pad = self.processing_class.pad_token_id
         prompts = onpolicy.split_prompts(inputs["input_ids"], inputs["labels"])
-        responses = onpolicy.sample_responses(self.accelerator.unwrap_model(model), prompts, pad, self.eos_token_ids,
-                                     self.kd.on_policy_max_new_tokens, self.kd.on_policy_temperature)
+        responses = onpolicy.sample_responses(
+            self.accelerator.unwrap_model(model),
+            prompts,
+            pad,
+            self.eos_token_ids,
+            self.kd.on_policy_max_new_tokens,
+            self.kd.on_policy_temperature,
+        )
         return onpolicy.on_policy_batch(prompts, responses, pad)
 
     def _uld_loss(self, model, inputs: dict, return_outputs: bool, num_items_in_batch):
@@ -246,8 +266,9 @@ class DistillTrainer(Trainer):
         logits = outputs.logits if self.vocab_size is None else outputs.logits[..., : self.vocab_size]
         ce = cross_entropy(logits[:, :-1], labels[:, 1:]).sum()
         with torch.no_grad():
-            t_logits = self.teacher(input_ids=inputs["t_input_ids"], attention_mask=inputs["t_attention_mask"],
-                                    use_cache=False).logits
+            t_logits = self.teacher(
+                input_ids=inputs["t_input_ids"], attention_mask=inputs["t_attention_mask"], use_cache=False
+            ).logits
         if self.teacher_vocab_size is not None:
             t_logits = t_logits[..., : self.teacher_vocab_size]
         uld, _ = uld_loss(logits, labels, t_logits, inputs["t_labels"], self.kd.temperature)
@@ -261,8 +282,10 @@ class DistillTrainer(Trainer):
         the processes of a multi-process run: every rank logs at the same steps)."""
         if self.accelerator.num_processes > 1 and self._parts:
             keys = sorted(self._parts)
-            local = [torch.as_tensor(v).detach().double().reshape(()).cpu() for v in (*map(self._parts.get, keys),
-                                                                                   self._part_tokens)]
+            local = [
+                torch.as_tensor(v).detach().double().reshape(()).cpu()
+                for v in (*map(self._parts.get, keys), self._part_tokens)
+            ]
             total = self.accelerator.reduce(torch.stack(local).to(self.accelerator.device), "sum").cpu()
             self._parts, self._part_tokens = dict(zip(keys, total[:-1])), total[-1]
         n = int(self._part_tokens)

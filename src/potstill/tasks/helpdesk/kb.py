@@ -20,19 +20,50 @@ from pathlib import Path
 KB_PATH = Path(__file__).with_name("kb.json")
 CATEGORIES = ("plans", "limits", "policies", "errors", "howto")
 
-_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen twenty".split())}
+_NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
 _NUMBER_WORDS.update(thirty="30", forty="40", fifty="50", sixty="60", ninety="90")
 _CANON = {
-    "gigabyte": "gb", "gigabytes": "gb", "megabyte": "mb", "megabytes": "mb", "terabyte": "tb",
-    "terabytes": "tb", "mo": "month", "months": "month", "monthly": "month", "yr": "year",
-    "years": "year", "days": "day", "hours": "hour", "hrs": "hour", "hr": "hour",
-    "minutes": "minute", "min": "minute", "mins": "minute", "seconds": "second",
-    "users": "user", "seats": "seat", "members": "member", "requests": "request",
-    "characters": "character", "chars": "character", "notebooks": "notebook", "tags": "tag",
-    "webhooks": "webhook", "guests": "guest", "levels": "level", "notes": "note",
-    "reminders": "reminder", "devices": "device", "percent": "%", "pct": "%",
+    "gigabyte": "gb",
+    "gigabytes": "gb",
+    "megabyte": "mb",
+    "megabytes": "mb",
+    "terabyte": "tb",
+    "terabytes": "tb",
+    "mo": "month",
+    "months": "month",
+    "monthly": "month",
+    "yr": "year",
+    "years": "year",
+    "days": "day",
+    "hours": "hour",
+    "hrs": "hour",
+    "hr": "hour",
+    "minutes": "minute",
+    "min": "minute",
+    "mins": "minute",
+    "seconds": "second",
+    "users": "user",
+    "seats": "seat",
+    "members": "member",
+    "requests": "request",
+    "characters": "character",
+    "chars": "character",
+    "notebooks": "notebook",
+    "tags": "tag",
+    "webhooks": "webhook",
+    "guests": "guest",
+    "levels": "level",
+    "notes": "note",
+    "reminders": "reminder",
+    "devices": "device",
+    "percent": "%",
+    "pct": "%",
 }
 _TOKEN = re.compile(r"\$?\d+(?:\.\d+)?%?|[a-z]+")
 
@@ -44,14 +75,14 @@ def normalize(text: str) -> str:
     'pro costs $14 month 100 gb 10 user'
     """
     text = unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'")
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)        # 1,000 -> 1000
-    text = re.sub(r"\$\s+(?=\d)", "$", text)                 # $ 14 -> $14
-    text = re.sub(r"(?<=\d)\.0+\b", "", text)               # $14.00 -> $14
-    text = re.sub(r"(?<=\d)\s+%", "%", text)                 # 20 % -> 20%
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,000 -> 1000
+    text = re.sub(r"\$\s+(?=\d)", "$", text)  # $ 14 -> $14
+    text = re.sub(r"(?<=\d)\.0+\b", "", text)  # $14.00 -> $14
+    text = re.sub(r"(?<=\d)\s+%", "%", text)  # 20 % -> 20%
     out: list[str] = []
     for tok in _TOKEN.findall(text):
         tok = _NUMBER_WORDS.get(tok, _CANON.get(tok, tok))
-        if tok == "%" and out and out[-1][-1:].isdigit():    # 20 percent -> 20%
+        if tok == "%" and out and out[-1][-1:].isdigit():  # 20 percent -> 20%
             out[-1] += "%"
         else:
             out.append(tok)
@@ -128,15 +159,20 @@ def validate(kb: KnowledgeBase) -> None:
             raise KBError(f"{where}: value {f.value!r} does not contain {list(f.required)}")
         for g in kb.group(f):
             if g.id != f.id and g.stated_in(value):
-                raise KBError(f"{where}: value {f.value!r} also states {g.id!r}; make "
-                              f"'required' more specific")
+                raise KBError(f"{where}: value {f.value!r} also states {g.id!r}; make 'required' more specific")
 
 
 def _fact(d: dict) -> Fact:
     try:
-        return Fact(id=d["id"], category=d["category"], entity=d["entity"],
-                    attribute=d["attribute"], value=d["value"],
-                    required=tuple(d["required"]), mentions=tuple(d.get("mentions", ())))
+        return Fact(
+            id=d["id"],
+            category=d["category"],
+            entity=d["entity"],
+            attribute=d["attribute"],
+            value=d["value"],
+            required=tuple(d["required"]),
+            mentions=tuple(d.get("mentions", ())),
+        )
     except (KeyError, TypeError) as e:
         raise KBError(f"malformed fact {d!r}: missing or bad field {e}") from None
 
@@ -150,7 +186,10 @@ def load_kb(path: str | Path | None = None) -> KnowledgeBase:
 def _load(path: str) -> KnowledgeBase:
     with open(path, encoding="utf-8") as fh:
         raw = json.load(fh)
-    kb = KnowledgeBase(product=raw.get("product", ""), description=raw.get("description", ""),
-                       facts=[_fact(d) for d in raw.get("facts", [])])
+    kb = KnowledgeBase(
+        product=raw.get("product", ""),
+        description=raw.get("description", ""),
+        facts=[_fact(d) for d in raw.get("facts", [])],
+    )
     validate(kb)
     return kb

@@ -41,8 +41,7 @@ def asked_facts(record: dict) -> list[str]:
 def _verdict(fact: Fact, answer_norm: str, kb: KnowledgeBase, asked: set[str]) -> bool:
     if not fact.stated_in(answer_norm):
         return False
-    return not any(g.id not in asked and g.entity != fact.entity and g.stated_in(answer_norm)
-                   for g in kb.group(fact))
+    return not any(g.id not in asked and g.entity != fact.entity and g.stated_in(answer_norm) for g in kb.group(fact))
 
 
 def fact_verdicts(answer: str, record: dict, kb: KnowledgeBase | None = None) -> dict[str, bool]:
@@ -57,8 +56,9 @@ def fact_verdicts(answer: str, record: dict, kb: KnowledgeBase | None = None) ->
     return {i: _verdict(kb.by_id[i], answer_norm, kb, asked) for i in ids}
 
 
-def score(answer: str, record: dict, reference: str | None = None,
-          kb: KnowledgeBase | str | Path | None = None) -> float:
+def score(
+    answer: str, record: dict, reference: str | None = None, kb: KnowledgeBase | str | Path | None = None
+) -> float:
     """Fraction (0..1) of the record's asked facts that ``answer`` states correctly.
 
     ``kb`` may be a loaded ``KnowledgeBase`` or a path; by default the packaged ``kb.json``.

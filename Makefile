@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test lint install clean bench real
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,11 +21,18 @@ demo: $(STAMP)
 	$(BIN)/potstill demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests tools benchmarks examples
+	$(BIN)/ruff format --check src tests tools benchmarks examples
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/potstill demo  # gateway.py serves the demo's student and route file (skipped when up to date)
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests tools benchmarks examples
+	$(BIN)/ruff format --check src tests tools benchmarks examples
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) runs

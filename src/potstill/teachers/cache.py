@@ -5,7 +5,8 @@ messages (not the endpoint: a local server restarted on another port still hits 
 keep separate cache files for different servers that serve different weights under one name).
 Each answer is committed in its own transaction as soon as it arrives, so a process killed at
 any moment (even SIGKILL) loses at most the requests that were still in flight; a restart reads
-the cache and never asks (or pays) twice for a cached answer. Only successful answers are stored: failures are never cached.
+the cache and never asks (or pays) twice for a cached answer. Only successful answers are
+stored: failures are never cached.
 """
 
 from __future__ import annotations

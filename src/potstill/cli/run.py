@@ -3,7 +3,9 @@
 from .. import api
 from .common import add_config_args, show_report
 
-HELP = "run the whole pipeline: prompts → expand → generate → student → signals → train → eval → measure → route → report"
+HELP = (
+    "run the whole pipeline: prompts → expand → generate → student → signals → train → eval → measure → route → report"
+)
 
 
 def add_parser(sub) -> None:

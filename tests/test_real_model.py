@@ -173,3 +173,60 @@ def test_serve_takes_the_gguf_file(smol_dir, smol, reference):
         proc.wait(60)
     assert proc.returncode == 0
     assert not any("converting" in line for line in lines), "".join(lines)
+
+
+def test_pruned_student_trains_by_kd_and_its_loss_decreases(smol_dir, smol, reference, tmp_path):
+    """The Minitron path on the real model: prune SmolLM2 to about a quarter of its parameters, then a few
+    live-KD steps from the 135M teacher on its own answers: the logged loss goes down."""
+    from potstill.config import config_from_dict
+    from potstill.io import read_json
+    from potstill.prune.run import prune_model
+    from potstill.prune.settings import PruneSettings
+    from potstill.train import train_student
+
+    pairs = [
+        {
+            "id": f"r{i}",
+            "messages": [{"role": "user", "content": p}],
+            "response_text": reference_text(smol, ids),
+            "response_token_ids": ids,
+            "finish_reason": "length",
+            "top_logprobs": None,
+        }
+        for i, (p, ids) in enumerate(zip(PROMPTS, reference))
+    ]
+    shape = PruneSettings(
+        num_layers=8,
+        hidden_size=384,
+        intermediate_size=1024,
+        num_attention_heads=6,
+        calibration_samples=8,
+        max_seq_len=64,
+        batch_size=4,
+    )
+    summary = prune_model(smol_dir, tmp_path / "pruned", shape, pairs)
+    assert summary["student_params"] * 4 <= summary["teacher_params"]
+    cfg = config_from_dict(
+        {
+            "prompts": {"sources": [{"path": "unused.jsonl"}]},
+            "teacher": {"model": str(smol_dir)},
+            "student": {"model": str(tmp_path / "pruned")},
+            "train": {
+                "methods": ["kd"],
+                "epochs": 3,
+                "batch_size": 4,
+                "lr": 3e-4,
+                "logging_steps": 1,
+                "max_seq_len": 64,
+                "warmup_ratio": 0.0,
+                "lr_scheduler": "constant",
+                "kd": {"alpha": 0.5},
+            },
+        },
+        base_dir=tmp_path,
+    )
+    m = train_student("kd", cfg, pairs, tmp_path / "kd", tmp_path / "work")
+    losses = [loss for _, loss in m["loss_curve"]]
+    assert m["kd_path"] == "kd" and len(losses) == 6
+    assert losses[-1] < losses[0], losses
+    assert read_json(tmp_path / "kd" / "training.json")["params"] == summary["student_params"]

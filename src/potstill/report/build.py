@@ -37,7 +37,8 @@ produced nothing for that model)::
                                                        # degeneration (potstill.evaluate.degeneration)
       "notes": [str],                                  # measures that could not be computed, and why
       "contamination": {...} | null, "judge": {...} | null, "bootstrap": {...} | null,  # as in results.json
-      "routing": {...} | null                          # route.json + "curves" (potstill.route.stage), when routed
+      "routing": {...} | null,                         # route.json + "curves" (potstill.route.stage), when routed
+      "teacher_confidence": {...} | null               # potstill.evaluate.confidence, from the recorded top-k
     }
 
 :func:`build_report` also appends an "Evaluation" section to the model card (README.md) of every
@@ -188,6 +189,8 @@ def assemble_report(
 
         best = max(students, key=score)
     warnings = list(results.get("warnings") or [])
+    if cfg_summary.get("teacher_confidence_warning"):
+        warnings.append(cfg_summary["teacher_confidence_warning"])
     if not any(isinstance(w, dict) and w.get("kind") == "degeneration" for w in warnings):
         warnings += degeneration_warnings(splits, {n: m["role"] for n, m in models.items()})
     report = {
@@ -213,6 +216,7 @@ def assemble_report(
         "judge": results.get("judge"),
         "bootstrap": results.get("bootstrap"),
         "routing": routing,
+        "teacher_confidence": cfg_summary.get("teacher_confidence"),
     }
     report = _clean(report)
     report["summary"] = summary_sentence(report)

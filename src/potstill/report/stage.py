@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..context import RunContext, Stage, hashed
+from ..evaluate.confidence import confidence_warning, teacher_confidence
 from ..evaluate.cost import break_even, run_costs
 from ..evaluate.measure import machine
-from ..io import read_json
+from ..io import read_json, read_jsonl
 from .build import build_report
 
 
@@ -70,6 +71,9 @@ class ReportStage(Stage):
             "queries_per_day": cfg.prices.queries_per_day,
             "prices": cfg.prices.model_dump(mode="json"),
         }
+        conf = teacher_confidence(read_jsonl(ctx.path("generate") / "generations.jsonl"))
+        summary["teacher_confidence"] = conf
+        summary["teacher_confidence_warning"] = confidence_warning(conf, cfg.train.kd.temperature)
         build_report(results, perf, costs, training, summary, out, routing=routing)
         return {"files": ["report.md", "report.html", "report.json"]}
 

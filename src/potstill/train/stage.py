@@ -31,9 +31,10 @@ class TrainStage(Stage):
     def inputs(self, ctx: RunContext, folder: str) -> dict:
         cfg = ctx.cfg
         method = folder.split("/", 1)[1]
+        skip = {"methods"} if method == "kd" else {"methods", "kd"}  # an sft student does not read train.kd
         inputs = {
             "method": method,
-            "train": cfg.train.model_dump(mode="json", exclude={"methods"}, exclude_defaults=True),
+            "train": cfg.train.model_dump(mode="json", exclude=skip, exclude_defaults=True),
             "student": hashed(cfg.student),
             "student_hash": self.student_hash(ctx),
             "generate": ctx.need("generate"),

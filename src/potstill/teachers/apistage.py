@@ -23,7 +23,7 @@ from .cache import AnswerCache, cache_key
 from .engine import Engine, EngineSettings, Job, estimate_tokens
 from .ratelimit import backoff_delay
 from .softlabels import TokenMapper, to_record
-from .spec import ModelSpec
+from .spec import ModelSpec, teacher_spec
 
 
 class BudgetStop(Incomplete):
@@ -113,14 +113,17 @@ def _estimate(jobs: list[Job], params: dict, settings: EngineSettings, priced: b
 
 def run_api_generate(
     cfg: TeacherConfig,
-    spec: ModelSpec,
     records: list[dict],
     out_dir: Path,
     seed: int = 0,
     prices: tuple[float | None, float | None] = (None, None),
     cache_path: Path | None = None,
+    spec: ModelSpec | None = None,
 ) -> dict:
-    """Answer ``records`` with an API teacher; writes the outputs into ``out_dir`` and returns the stats."""
+    """Answer ``records`` with an API teacher; writes the outputs into ``out_dir`` and returns the stats.
+
+    ``spec``: the teacher (default: parsed from ``cfg``, the ``teacher`` section)."""
+    spec = spec or teacher_spec(cfg, Path)
     provider_name, model = spec.provider, spec.name
     params = request_params(cfg, seed, provider_name)
     settings = engine_settings(cfg, prices)

@@ -216,12 +216,12 @@ def run_generate(
     if spec.is_api:
         stats = run_api_generate(
             cfg,
-            spec,
             records,
             out_dir,
             seed=seed,
             prices=prices,
             cache_path=cache_path or Path(work_dir) / "cache.sqlite",
+            spec=spec,
         )
         check_failed_share(cfg, stats["failed"], len(records), Path(out_dir) / "failed.jsonl", Path(work_dir))
         return stats

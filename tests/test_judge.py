@@ -166,5 +166,5 @@ def test_judge_config():
         UserError, match=r"config key 'eval.judge': unknown key 'max_exampels' \(did you mean 'max_examples'\?\)"
     ):
         config_from_dict({**base, "eval": {"judge": {"max_exampels": 3}}}, base_dir=".")
-    with pytest.raises(UserError, match=r"config key 'eval.judge': must be true, false or a mapping"):
+    with pytest.raises(UserError, match=r"config key 'eval.judge': must be auto, true, false or a mapping"):
         config_from_dict({**base, "eval": {"judge": "maybe"}}, base_dir=".")

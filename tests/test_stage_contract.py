@@ -130,7 +130,7 @@ class EchoGenerator:
     def __init__(self, cfg, spec, seed):
         self.spec = spec
 
-    def generate(self, records, settings, on_batch=None):
+    def generate(self, records, settings, on_batch=None, check_context=False):
         out = [
             {
                 "id": r["id"],

@@ -41,6 +41,7 @@ from ..io import read_jsonl
 from ..teachers.base import GenerationSettings
 from ..teachers.generate import run_generate
 from ..teachers.hf import LocalGenerator
+from ..teachers.spec import teacher_spec
 from .stats import bootstrap_ci, rounded
 
 JudgeFn = Callable[[list[list[dict]]], list[str]]
@@ -303,15 +304,16 @@ def local_judge(
 
 def api_judge(
     teacher_cfg,
-    spec,
     work_dir: str | Path,
     *,
     seed: int = 0,
     prices: tuple = (None, None),
     cache_path: str | Path | None = None,
+    spec=None,
 ) -> JudgeFn:
-    """A judge served by an API model (``spec``, a :class:`~potstill.teachers.spec.ModelSpec`; its request
-    settings from ``teacher_cfg``), through the teacher's engine and answer cache."""
+    """A judge served by an API model (``spec``, a :class:`~potstill.teachers.spec.ModelSpec`, default parsed
+    from ``teacher_cfg``, which also gives its request settings), through the teacher's engine and answer cache."""
+    spec = spec or teacher_spec(teacher_cfg, Path)
 
     work = Path(work_dir)
     calls = {"n": 0}

@@ -72,7 +72,7 @@ def build_judge(ctx: RunContext, work: Path):
             }
         )
         return api_judge(
-            tcfg, spec, work / "judge-api", seed=cfg.seed, prices=ctx.teacher_prices(), cache_path=ctx.api_cache()
+            tcfg, work / "judge-api", seed=cfg.seed, prices=ctx.teacher_prices(), cache_path=ctx.api_cache(), spec=spec
         ), spec.display
     dtype = cfg.teacher.dtype if spec is ctx.teacher else "float32"
     return local_judge(

@@ -144,6 +144,7 @@ def teacher_config(cfg: WriterSettings, engine: dict | None = None):
             api_key_env=cfg.api_key_env,
             concurrency=cfg.concurrency,
             max_cost=cfg.max_cost,
+            max_failed_share=1.0,  # a rewrite that failed is only missing: counted as writer.unanswered, rerun retries
             **(engine or {}),
         )
     except ValidationError as e:

@@ -19,7 +19,7 @@ from potstill.config import load_config
 
 HERE = Path(__file__).resolve().parent
 FULL = [
-    "train.epochs=8",
+    "train.epochs=20",
     "train.bf16=true",
     "teacher.dtype=bfloat16",
     "teacher.max_new_tokens=48",

@@ -259,3 +259,51 @@ def serve_model():
     for srv, thread in servers:
         srv.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture
+def tiny_project():
+    """Factory ``tiny_project(root, teacher, student=None, floor=False, **sections) -> config path``: a
+    one-method (sft) run on 20 training and 4 test prompts with 4-token answers, judge and routing off;
+    ``student`` is a model directory (random init) or a ``student`` section; ``sections`` replace whole
+    config sections."""
+    import json
+
+    import yaml
+
+    def make(root: Path, teacher, student=None, floor: bool = False, **sections) -> Path:
+        with open(root / "train.jsonl", "w") as f:
+            for i in range(20):
+                f.write(json.dumps({"id": f"q{i}", "prompt": f"what is the price of plan {i}?"}) + "\n")
+        with open(root / "test.jsonl", "w") as f:
+            for i in range(4):
+                f.write(json.dumps({"id": f"t{i}", "prompt": f"how do I reset password number {100 + i}?"}) + "\n")
+        if student is not None and not isinstance(student, dict):
+            student = {"model": str(student), "init": "random"}
+        cfg = {
+            "name": "c",
+            "run_dir": "run",
+            "prompts": {
+                "sources": [{"path": "train.jsonl"}],
+                "test": [{"path": "test.jsonl"}],
+                "validation": 0.0,
+                "test_fraction": 0.0,
+            },
+            "teacher": {"model": str(teacher), "batch_size": 8, "max_new_tokens": 4},
+            "student": student,
+            "train": {"methods": ["sft"], "epochs": 1, "batch_size": 8, "max_seq_len": 48},
+            "eval": {
+                "splits": ["test"],
+                "max_new_tokens": 4,
+                "teacher_forced": False,
+                "include_floor": floor,
+                "bootstrap_samples": 100,
+                "judge": False,
+            },
+            "route": {"enabled": False},
+            **sections,
+        }
+        (root / "c.yaml").write_text(yaml.safe_dump(cfg))
+        return root / "c.yaml"
+
+    return make

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from potstill import api, pipeline
 from potstill.config import load_config
@@ -13,40 +12,6 @@ from potstill.errors import UserError
 from potstill.teachers import generate as gen_mod
 from potstill.teachers import hf
 from potstill.teachers import spec as spec_mod
-
-
-def write_project(root: Path, teacher: str, student: Path, **extra) -> Path:
-    with open(root / "train.jsonl", "w") as f:
-        for i in range(20):
-            f.write(json.dumps({"id": f"q{i}", "prompt": f"what is the price of plan {i}?"}) + "\n")
-    with open(root / "test.jsonl", "w") as f:
-        for i in range(4):
-            f.write(json.dumps({"id": f"t{i}", "prompt": f"how do I reset password number {100 + i}?"}) + "\n")
-    cfg = {
-        "name": "c",
-        "run_dir": "run",
-        "prompts": {
-            "sources": [{"path": "train.jsonl"}],
-            "test": [{"path": "test.jsonl"}],
-            "validation": 0.0,
-            "test_fraction": 0.0,
-        },
-        "teacher": {"model": teacher, "batch_size": 8, "max_new_tokens": 4},
-        "student": {"model": str(student), "init": "random"},
-        "train": {"methods": ["sft"], "epochs": 1, "batch_size": 8, "max_seq_len": 48},
-        "eval": {
-            "splits": ["test"],
-            "max_new_tokens": 4,
-            "teacher_forced": False,
-            "include_floor": False,
-            "bootstrap_samples": 100,
-            "judge": False,
-        },
-        "route": {"enabled": False},
-        **extra,
-    }
-    (root / "c.yaml").write_text(yaml.safe_dump(cfg))
-    return root / "c.yaml"
 
 
 def count_generate_calls(monkeypatch) -> list:
@@ -79,9 +44,11 @@ def test_every_stage_has_the_contract_shape():
         assert isinstance(s, Stage) and type(s).inputs is not Stage.inputs and type(s).build is not Stage.build
 
 
-def test_changing_the_judge_reuses_the_cached_answers(monkeypatch, tmp_path, tiny_teacher_dir, tiny_student_dir):
+def test_changing_the_judge_reuses_the_cached_answers(
+    tiny_project, monkeypatch, tmp_path, tiny_teacher_dir, tiny_student_dir
+):
     """eval.judge (and the scorer) change the eval stage's hash, but not a single answer is generated again."""
-    cfg_path = write_project(tmp_path, str(tiny_teacher_dir), tiny_student_dir)
+    cfg_path = tiny_project(tmp_path, str(tiny_teacher_dir), tiny_student_dir)
     api.stages(cfg_path, ["prompts", "generate", "train", "eval"])
     calls = count_generate_calls(monkeypatch)
     first = json.loads((tmp_path / "run" / "eval" / "_provenance.json").read_text())["inputs_hash"]
@@ -96,17 +63,17 @@ def test_changing_the_judge_reuses_the_cached_answers(monkeypatch, tmp_path, tin
     assert all(m["answers_cached"] for m in results["models"].values())
 
 
-def test_a_default_added_to_the_config_changes_no_hash(tmp_path, tiny_teacher_dir, tiny_student_dir):
-    cfg = load_config(write_project(tmp_path, str(tiny_teacher_dir), tiny_student_dir))
+def test_a_default_added_to_the_config_changes_no_hash(tiny_project, tmp_path, tiny_teacher_dir, tiny_student_dir):
+    cfg = load_config(tiny_project(tmp_path, str(tiny_teacher_dir), tiny_student_dir))
     same = cfg.model_copy(update={"train": cfg.train.model_copy(update={"weight_decay": 0.0})})  # the default, set
     assert hashed(cfg.train) == hashed(same.train)
     assert "weight_decay" not in hashed(cfg.train) and hashed(cfg.train)["epochs"] == 1.0
 
 
-def test_train_force_signals_recaptures(tmp_path, tiny_teacher_dir, tiny_student_dir, capsys):
+def test_train_force_signals_recaptures(tiny_project, tmp_path, tiny_teacher_dir, tiny_student_dir, capsys):
     from potstill.cli.main import main
 
-    cfg_path = write_project(tmp_path, str(tiny_teacher_dir), tiny_student_dir)
+    cfg_path = tiny_project(tmp_path, str(tiny_teacher_dir), tiny_student_dir)
     over = ["train.methods=[kd]", "train.kd.signal=store", "train.kd.store_format=topk"]
     assert main(["prompts", str(cfg_path)]) == 0 and main(["generate", str(cfg_path)]) == 0
     assert main(["train", str(cfg_path), *over]) == 0
@@ -118,8 +85,8 @@ def test_train_force_signals_recaptures(tmp_path, tiny_teacher_dir, tiny_student
     assert (tmp_path / "run" / "signals" / "_provenance.json").read_text() != stamp
 
 
-def test_unknown_force_stage_names_the_stages(tmp_path, tiny_teacher_dir, tiny_student_dir):
-    cfg = load_config(write_project(tmp_path, str(tiny_teacher_dir), tiny_student_dir))
+def test_unknown_force_stage_names_the_stages(tiny_project, tmp_path, tiny_teacher_dir, tiny_student_dir):
+    cfg = load_config(tiny_project(tmp_path, str(tiny_teacher_dir), tiny_student_dir))
     with pytest.raises(UserError, match="stages: prompts, expand, generate, student, signals, train"):
         pipeline.open_run(cfg, {"signal"})
 
@@ -147,12 +114,12 @@ class EchoGenerator:
         yield from out
 
 
-def test_a_new_teacher_kind_is_one_kind_and_one_backend(monkeypatch, tmp_path, tiny_student_dir):
+def test_a_new_teacher_kind_is_one_kind_and_one_backend(tiny_project, monkeypatch, tmp_path, tiny_student_dir):
     """Adding a kind of teacher touches potstill.teachers only: a Kind and (when it generates differently) a backend."""
     kinds = [spec_mod.Kind("echo", lambda rest, resolve: (rest, None), prefix="echo"), *spec_mod.KINDS]
     monkeypatch.setattr(spec_mod, "KINDS", kinds)
     monkeypatch.setitem(gen_mod.GENERATORS, "echo", EchoGenerator)
-    cfg_path = write_project(tmp_path, "echo:mirror", tiny_student_dir)
+    cfg_path = tiny_project(tmp_path, "echo:mirror", tiny_student_dir)
     ctx = RunContext.open(load_config(cfg_path))
     assert (ctx.teacher.kind, ctx.teacher.name, ctx.teacher.is_api, ctx.teacher.display) == (
         "echo",

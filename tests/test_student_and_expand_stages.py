@@ -1,51 +1,14 @@
 """The student stage (student.init: prune) and the expand stage inside a pipeline run."""
 
-import json
-
-import yaml
 from transformers import AutoModelForCausalLM
 
 from potstill import api
 from potstill.io import read_json, read_jsonl
 
 
-def project(tmp_path, teacher, **extra):
-    with open(tmp_path / "train.jsonl", "w") as f:
-        for i in range(24):
-            f.write(json.dumps({"id": f"q{i}", "prompt": f"how do I export the report number {i} as a file?"}) + "\n")
-    with open(tmp_path / "test.jsonl", "w") as f:
-        for i in range(4):
-            f.write(
-                json.dumps({"id": f"t{i}", "prompt": f"what does error code E{700 + i} mean for my account?"}) + "\n"
-            )
-    cfg = {
-        "name": "c",
-        "run_dir": "run",
-        "prompts": {
-            "sources": [{"path": "train.jsonl"}],
-            "test": [{"path": "test.jsonl"}],
-            "validation": 0.0,
-            "test_fraction": 0.0,
-        },
-        "teacher": {"model": str(teacher), "batch_size": 8, "max_new_tokens": 4},
-        "train": {"methods": ["sft"], "epochs": 1, "batch_size": 8, "max_seq_len": 48},
-        "eval": {
-            "splits": ["test"],
-            "max_new_tokens": 4,
-            "teacher_forced": False,
-            "bootstrap_samples": 100,
-            "judge": False,
-        },
-        "route": {"enabled": False},
-        **extra,
-    }
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    return tmp_path / "c.yaml"
-
-
-def test_pruned_student_is_trained_and_is_the_floor(tmp_path, tiny_teacher_dir):
+def test_pruned_student_is_trained_and_is_the_floor(tiny_project, tmp_path, tiny_teacher_dir):
     prune = {"num_layers": 1, "hidden_size": 16, "intermediate_size": 32, "calibration_samples": 8, "max_seq_len": 32}
-    cfg = project(tmp_path, tiny_teacher_dir, student={"init": "prune", "prune": prune})
+    cfg = tiny_project(tmp_path, tiny_teacher_dir, student={"init": "prune", "prune": prune}, floor=True)
     api.stages(cfg, ["prompts", "generate", "student", "train", "eval"])
     student = tmp_path / "run" / "student"
     model = AutoModelForCausalLM.from_pretrained(student)  # a plain Hugging Face directory
@@ -59,9 +22,9 @@ def test_pruned_student_is_trained_and_is_the_floor(tmp_path, tiny_teacher_dir):
     assert results["models"]["floor"]["path"] == str(student)
 
 
-def test_expanded_prompts_are_answered_and_never_evaluated(tmp_path, tiny_teacher_dir, tiny_student_dir):
+def test_expanded_prompts_are_answered_and_never_evaluated(tiny_project, tmp_path, tiny_teacher_dir, tiny_student_dir):
     expand = {"enabled": True, "typo": {"share": 1.0}, "wrap": {"share": 1.0}, "compose": {"share": 0.5}}
-    cfg = project(tmp_path, tiny_teacher_dir, student={"model": str(tiny_student_dir), "init": "random"}, expand=expand)
+    cfg = tiny_project(tmp_path, tiny_teacher_dir, tiny_student_dir, expand=expand)
     api.stages(cfg, ["prompts", "expand", "generate"])
     train = read_jsonl(tmp_path / "run" / "expand" / "train.jsonl")
     synthetic = [r for r in train if (r.get("meta") or {}).get("synthetic")]

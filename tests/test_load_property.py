@@ -140,3 +140,15 @@ def test_bom_and_utf16_examples(tmp_path):
     (tmp_path / "u.csv").write_bytes("prompt\nhi\n".encode("utf-16"))
     with pytest.raises(UserError, match="UTF-16 text"):
         load_source(SourceSpec(path="u.csv"), tmp_path)
+
+
+def test_an_empty_messages_list_falls_back_to_the_prompt_field(tmp_path):
+    """Found by the CSV property: the text "[]" in a messages column is no messages, so the prompt is used."""
+    (tmp_path / "m.csv").write_text("prompt,messages\nhello,[]\n,[]\n", "utf-8")
+    records = load_source(SourceSpec(path="m.csv"), tmp_path)
+    assert [r["messages"] for r in records] == [
+        [{"role": "user", "content": "hello"}],
+        [{"role": "user", "content": ""}],
+    ]
+    (tmp_path / "m.jsonl").write_text('{"messages": [], "prompt": "yo"}\n', "utf-8")
+    assert load_source(SourceSpec(path="m.jsonl"), tmp_path)[0]["messages"] == [{"role": "user", "content": "yo"}]

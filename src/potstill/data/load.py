@@ -225,9 +225,10 @@ def _record(row: dict, where: str, path: Path, spec: SourceSpec, name: str, used
         raise UserError(
             f"{where}: no {spec.prompt_field!r} or {spec.messages_field!r} field; the row has: {cols}", str(path)
         )
-    if has_msgs and row[spec.messages_field] not in (None, "", []):  # empty: the prompt field, if any
+    messages = []
+    if has_msgs and row[spec.messages_field] not in (None, ""):
         messages = _messages(row[spec.messages_field], where, path, spec.messages_field)
-    else:
+    if not messages:  # no messages, or an empty list (also as the CSV text "[]"): the prompt field, if any
         prompt = row.get(spec.prompt_field)
         if prompt is not None and not isinstance(prompt, str):
             raise UserError(

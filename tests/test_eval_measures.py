@@ -125,6 +125,7 @@ def evaluated(tmp_path_factory, tiny_teacher_dir, tiny_student_dir):
     )
     models = {
         "teacher": {"path": tiny_teacher_dir, "role": "teacher"},
+        "sft": {"path": tiny_student_dir, "role": "student", "method": "sft"},  # the same weights as kd
         "kd": {"path": tiny_student_dir, "role": "student", "method": "kd"},
         "floor": {"path": tiny_student_dir, "role": "floor", "init": "random"},
     }
@@ -165,6 +166,10 @@ def test_run_eval_results_schema(evaluated):
                 assert j["n"] == results["splits"][split]["n"] and j["replies"] == 2 * (j["n"] - j["identical"])
                 rates = [j[k] for k in ("win", "tie", "loss") if j[k] is not None]
                 assert not rates or sum(rates) == pytest.approx(1.0)
+        # two students with the same weights give the same greedy answers: a difference of exactly 0
+        (pair,) = results["splits"][split]["pairs"]
+        assert (pair["a"], pair["b"]) == ("kd", "sft") and pair["diff"] == 0.0 and pair["diff_ci95"] == [0.0, 0.0]
+        assert pair["better"] is None and set(pair["per_category"]) == {"even", "odd"}
     rows = [json.loads(x) for x in (out / "judge" / "kd__test.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all("rationale" in o for r in rows for o in r["orders"])
     answers = [json.loads(x) for x in (out / "answers" / "kd__test.jsonl").read_text().splitlines()]

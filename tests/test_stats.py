@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from potstill.evaluate.compare import summarize
-from potstill.evaluate.stats import bootstrap_ci, is_binary, mcnemar, paired_bootstrap, paired_diff_ci, resampled_means
+from potstill.evaluate.compare import student_pairs, summarize
+from potstill.evaluate.stats import (
+    bootstrap_ci,
+    is_binary,
+    mcnemar,
+    paired_bootstrap,
+    paired_diff_ci,
+    paired_difference,
+    resampled_means,
+)
+from potstill.report.tables import pair_line
 
 B = 20_000
 
@@ -153,3 +162,90 @@ def test_summarize_statistics(binary_pair):
         samples=200,
     )
     assert half["kd"]["binary"] is False and half["kd"]["mcnemar_p"] is None and half["kd"]["gap_recovered"] is None
+
+
+@pytest.fixture(scope="module")
+def toy_trio():
+    """Graded (non-binary) scores of a teacher and two students on 40 shared prompts."""
+    rng = np.random.default_rng(11)
+    teacher = rng.uniform(0.5, 1.0, 40)
+    sft = np.clip(teacher - rng.uniform(0.0, 0.4, 40), 0, 1)  # kd keeps more of the teacher than sft
+    kd = np.clip(teacher - rng.uniform(0.0, 0.15, 40), 0, 1)
+    return teacher, sft, kd
+
+
+def test_paired_difference_matches_a_float64_numpy_reference(toy_trio):
+    teacher, sft, kd = toy_trio
+    ours = paired_difference(kd, sft, teacher, samples=1000, seed=5)
+    # the reference: one [1000, n] index draw from the same generator, applied to all three score vectors
+    idx = np.random.default_rng(5).integers(0, 40, size=(1000, 40), dtype=np.int32)
+    a, b, t = (np.asarray(x, dtype=np.float64)[idx].mean(axis=1) for x in (kd, sft, teacher))
+    assert ours["diff"] == pytest.approx(np.quantile(a - b, [0.025, 0.975]), abs=1e-12)
+    assert ours["pct_points"] == pytest.approx(np.quantile(100 * (a - b) / t, [0.025, 0.975]), abs=1e-9)
+    assert ours["diff"][0] < kd.mean() - sft.mean() < ours["diff"][1]
+    assert paired_diff_ci(kd, sft, samples=1000, seed=5) == ours["diff"]  # the older helper is the same interval
+    assert paired_difference(kd, sft, samples=1000, seed=5)["pct_points"] is None  # no reference, no points
+    assert paired_difference([], [], [], samples=100) == {"diff": None, "pct_points": None}
+
+
+def test_identical_students_differ_by_exactly_zero(toy_trio):
+    teacher, _, kd = toy_trio
+    assert paired_difference(kd, kd, teacher, samples=500, seed=0) == {"diff": [0.0, 0.0], "pct_points": [0.0, 0.0]}
+    roles = {"teacher": "teacher", "sft": "student", "kd": "student"}
+    records = [{"category": "a" if i % 2 else "b"} for i in range(40)]
+    (pair,) = student_pairs({"teacher": list(teacher), "sft": list(kd), "kd": list(kd)}, roles, records, samples=500)
+    assert pair["diff"] == 0.0 and pair["diff_ci95"] == [0.0, 0.0] and pair["pct_points_ci95"] == [0.0, 0.0]
+    assert pair["better"] is None and all(c["diff_ci95"] == [0.0, 0.0] for c in pair["per_category"].values())
+    assert pair_line(pair, "ood").endswith("95% CI [+0.0, +0.0]: no clear difference.")
+
+
+def test_student_pairs_orientation_later_method_minus_earlier(toy_trio):
+    teacher, sft, kd = toy_trio
+    scores = {"teacher": list(teacher), "sft": list(sft), "kd": list(kd), "floor": [0.0] * 40}
+    records = [{"category": ["x", "y", "z"][i % 3]} for i in range(40)]
+    roles = {"teacher": "teacher", "sft": "student", "kd": "student", "floor": "floor"}
+    (pair,) = student_pairs(scores, roles, records, samples=1000, seed=3)
+    assert (pair["a"], pair["b"]) == ("kd", "sft") and pair["n"] == 40
+    assert pair["diff"] == pytest.approx(kd.mean() - sft.mean(), abs=1e-6) and pair["diff"] > 0
+    assert pair["diff_ci95"][0] > 0 and pair["better"] == "kd"
+    # points of teacher % are the students' % of teacher subtracted, from the same resamples as summarize's
+    per_model = summarize(scores, roles, records, {n: [0.0] * 40 for n in scores}, samples=1000, seed=3)
+    assert pair["pct_points"] == pytest.approx(
+        per_model["kd"]["pct_of_teacher"] - per_model["sft"]["pct_of_teacher"], abs=2e-3
+    )
+    assert pair["pct_points_ci95"] == pytest.approx(
+        paired_difference(kd, sft, teacher, samples=1000, seed=3)["pct_points"], abs=1e-3
+    )
+    # per category: the category's own means, seeded as summarize's per-category intervals
+    xs = [i for i in range(40) if i % 3 == 0]
+    x = pair["per_category"]["x"]
+    assert x["n"] == len(xs) and x["diff"] == pytest.approx(kd[xs].mean() - sft[xs].mean(), abs=1e-6)
+    ref = paired_difference(kd[xs], sft[xs], teacher[xs], 1000, seed=4)["diff"]
+    assert x["diff_ci95"] == pytest.approx(ref, abs=1e-6)  # stored to 6 decimals
+    # methods in the other order: the pair flips, and so does its interval (same resamples)
+    flipped_roles = {"teacher": "teacher", "kd": "student", "sft": "student"}
+    (back,) = student_pairs(scores, flipped_roles, records, samples=1000, seed=3)
+    assert (back["a"], back["b"], back["better"]) == ("sft", "kd", "kd")
+    assert back["diff"] == pytest.approx(-pair["diff"]) and back["pct_points"] == pytest.approx(-pair["pct_points"])
+    assert back["diff_ci95"] == pytest.approx([-pair["diff_ci95"][1], -pair["diff_ci95"][0]], abs=1e-6)
+    assert student_pairs(scores, roles, records, samples=1000, seed=3) == [pair]  # deterministic under the seed
+    assert pair_line(pair, "test").startswith("kd − sft on Test: +")
+
+
+def test_student_pairs_with_three_one_or_no_teacher_signal():
+    rng = np.random.default_rng(2)
+    t = list((rng.random(30) < 0.7).astype(float))
+    scores = {"teacher": t, "sft": t[::-1], "kd": t, "gkd": [1.0] * 30}
+    roles = {"teacher": "teacher", "sft": "student", "kd": "student", "gkd": "student"}
+    pairs = student_pairs(scores, roles, [{}] * 30, samples=200)
+    assert [(p["a"], p["b"]) for p in pairs] == [("kd", "sft"), ("gkd", "sft"), ("gkd", "kd")]
+    assert all(p["per_category"] == {} for p in pairs)
+    assert student_pairs({"teacher": t, "kd": t}, {"teacher": "teacher", "kd": "student"}, [{}] * 30) == []
+    (zero,) = student_pairs(
+        {"teacher": [0.0] * 30, "sft": [0.0] * 30, "kd": [1.0] * 30},
+        {"teacher": "teacher", "sft": "student", "kd": "student"},
+        [{}] * 30,
+        samples=200,
+    )
+    assert zero["pct_points"] is None and zero["pct_points_ci95"] is None and zero["better"] == "kd"
+    assert pair_line(zero, "test") == "kd − sft on Test: +1.000 in score, 95% CI [+1.000, +1.000]: kd better."

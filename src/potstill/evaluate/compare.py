@@ -14,6 +14,11 @@ stage's work folder so a killed evaluation resumes. Per model and split (``resul
 * teacher-forced on the teacher's held-out answers: ``top1_agreement``, ``kl`` (KL(teacher||student));
 * ``judge``: win / tie / loss against the teacher from a pairwise LLM judge, with its parse rates.
 
+Per split, ``pairs`` compares the students with each other (:func:`student_pairs`): one entry per
+pair, oriented later method minus earlier in ``train.methods`` (``{"a": "kd", "b": "sft", ...}`` is
+kd - sft), with the score difference and the difference in points of % of teacher, each with its
+paired interval, the verdict ``better`` and the same per category.
+
 Top level: ``warnings`` (OOD retention more than 10 points below ID retention, a judge that rarely
 states a verdict, forced contamination), ``notes`` (measures that could not be computed and why),
 ``contamination``, ``judge`` and ``bootstrap`` settings. See :mod:`.stats`, :mod:`.judge`,
@@ -36,7 +41,7 @@ from .degeneration import degeneration_summary
 from .judge import TEMPLATE
 from .judging import default_judge, run_judge
 from .scorers import build_scorer, scorer_name
-from .stats import bootstrap_ci, is_binary, mcnemar, paired_bootstrap, rounded
+from .stats import bootstrap_ci, is_binary, mcnemar, paired_bootstrap, paired_difference, rounded
 from .teacher_forced import run_teacher_forced
 
 OOD_RETENTION_POINTS = 10.0  # warn when OOD % of teacher is more than this many points below ID
@@ -167,6 +172,69 @@ def summarize(
             "per_category_n": {c: len(v) for c, v in sorted(per_cat.items())},
             "per_category_ci95": cat_ci,
         }
+    return out
+
+
+def _difference(a: list[float], b: list[float], teacher: list[float], samples: int, seed: int) -> dict:
+    """``a - b`` as a score difference and in points of % of teacher, each with its paired interval."""
+    d = mean(a) - mean(b) if a else None
+    t = mean(teacher) if teacher else 0.0
+    ci = paired_difference(a, b, teacher, samples=samples, seed=seed)
+    return {
+        "n": len(a),
+        "diff": round(d, 6) if d is not None else None,
+        "diff_ci95": rounded(ci["diff"]),
+        "pct_points": round(100 * d / t, 3) if d is not None and t else None,
+        "pct_points_ci95": rounded(ci["pct_points"], 3),
+    }
+
+
+def _better(d: dict, a: str, b: str) -> str | None:
+    """``a`` or ``b`` when the interval of ``a - b`` excludes 0, else None (no clear difference)."""
+    ci = d["diff_ci95"]
+    if not ci or None in ci:
+        return None
+    return a if ci[0] > 0 else b if ci[1] < 0 else None
+
+
+def student_pairs(
+    scores: dict[str, list[float]],
+    roles: dict[str, str],
+    records: list[dict],
+    *,
+    samples: int = 10_000,
+    seed: int = 0,
+) -> list[dict]:
+    """Every pair of students compared on one split, oriented later method minus earlier (``kd - sft``).
+
+    Students come in the order of ``roles`` (the order of ``train.methods``); for each ``i < j`` the
+    entry is ``a = students[j]``, ``b = students[i]``: ``diff`` = mean(a) - mean(b) with ``diff_ci95``,
+    ``pct_points`` = 100 * (mean(a) - mean(b)) / mean(teacher), i.e. pct_of_teacher(a) -
+    pct_of_teacher(b), with ``pct_points_ci95`` (None when the teacher's mean is 0), ``better``: the
+    student whose side of 0 the whole ``diff_ci95`` lies on, else None (no clear difference), and the
+    same per category (``per_category``). Paired bootstrap over the prompts with ``seed`` (the
+    resamples of :func:`summarize`'s intervals) and ``seed + 1 + i`` for the i-th category in sorted
+    order, as there. Empty with fewer than two students.
+    """
+    teacher = next(n for n, r in roles.items() if r == "teacher")
+    students = [n for n, r in roles.items() if r == "student" and n in scores]
+    cats = [r.get("category") for r in records]
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(cats):
+        if c is not None:
+            groups.setdefault(str(c), []).append(i)
+    out = []
+    for i, b in enumerate(students):
+        for a in students[i + 1 :]:
+            entry = {"a": a, "b": b, **_difference(scores[a], scores[b], scores[teacher], samples, seed)}
+            entry["better"] = _better(entry, a, b)
+            per_cat = {}
+            for k, (c, idx) in enumerate(sorted(groups.items())):
+                pick = [[s[j] for j in idx] for s in (scores[a], scores[b], scores[teacher])]
+                per_cat[c] = _difference(*pick, samples, seed + 1 + k)
+                per_cat[c]["better"] = _better(per_cat[c], a, b)
+            entry["per_category"] = per_cat
+            out.append(entry)
     return out
 
 
@@ -360,7 +428,8 @@ def run_eval(
                 )
             ]
             write_jsonl(out_dir / "answers" / f"{name}__{split}.jsonl", rows)
-        results["splits"][split] = {"n": len(records), "models": summary}
+        pairs = student_pairs(all_scores[split], roles, records, samples=cfg.bootstrap_samples, seed=seed)
+        results["splits"][split] = {"n": len(records), "models": summary, "pairs": pairs}
 
     results["warnings"] += retention_warnings(results["splits"], roles)
     summaries = [j for by_model in judged.values() for j in by_model.values()]

@@ -10,6 +10,8 @@ prompt indices once and applies them to every model, and the student - teacher d
   ``scipy.stats.bootstrap(..., paired=True, method="percentile")`` up to Monte-Carlo noise (the
   tests check this). Percentile intervals are used (not BCa) because binary scores with all-equal
   values make BCa undefined; a degenerate sample gives a zero-width interval.
+* :func:`paired_difference` - one model against another (e.g. KD - SFT): the interval of the mean
+  difference and of the difference in points of ``% of teacher``, from the same paired resamples.
 * :func:`mcnemar` - McNemar's test for two paired binary score vectors: the exact two-sided
   binomial p-value on the discordant pairs (``scipy.stats.binomtest(b, b + c, 0.5)``; equals
   ``statsmodels``' ``mcnemar(table, exact=True)``) and the mid-p value
@@ -81,10 +83,36 @@ def paired_diff_ci(
     a: Sequence[float], b: Sequence[float], samples: int = 10_000, seed: int = 0, level: float = LEVEL
 ) -> list[float] | None:
     """Percentile paired-bootstrap interval of ``mean(a) - mean(b)`` (a, b scored on the same items)."""
+    return paired_difference(a, b, samples=samples, seed=seed, level=level)["diff"]
+
+
+def paired_difference(
+    a: Sequence[float],
+    b: Sequence[float],
+    reference: Sequence[float] | None = None,
+    samples: int = 10_000,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict[str, list[float] | None]:
+    """Paired percentile intervals of ``mean(a) - mean(b)`` and of ``100 * (mean(a) - mean(b)) / mean(reference)``.
+
+    ``a``, ``b`` (and ``reference``, e.g. the teacher) are scored on the same items; one set of resample
+    indices serves all three, so with the same ``seed`` these intervals come from the very resamples
+    :func:`paired_bootstrap` uses. The second is the difference in points of ``% of reference``
+    (``pct_of_teacher(a) - pct_of_teacher(b)``). Returns ``{"diff": [lo, hi] | None, "pct_points": [lo, hi] |
+    None}``: None when there are no items, without a reference, or when the reference mean is 0 in more
+    than half of the resamples. Identical ``a`` and ``b`` give ``[0.0, 0.0]``.
+    """
     if len(a) == 0:
-        return None
-    m = resampled_means({"a": a, "b": b}, samples, seed)
-    return _interval(m["a"] - m["b"], level)
+        return {"diff": None, "pct_points": None}
+    scores = {"a": a, "b": b} if reference is None else {"a": a, "b": b, "ref": reference}
+    m = resampled_means(scores, samples, seed)
+    d = m["a"] - m["b"]
+    pct = None
+    if reference is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pct = _interval(np.where(m["ref"] != 0, 100 * d / m["ref"], np.nan), level)
+    return {"diff": _interval(d, level), "pct_points": pct}
 
 
 def paired_bootstrap(

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from potstill.config import Price, PricesConfig
-from potstill.evaluate.compare import retention_warnings, summarize
+from potstill.evaluate.compare import retention_warnings, student_pairs, summarize
 from potstill.evaluate.contamination import contamination_report
 from potstill.evaluate.cost import break_even, cost_summary
 from potstill.evaluate.judge import judge_summary
-from potstill.report import build_report
+from potstill.report import build_report, print_summary_table
 from potstill.report.sections import make_plots
 from potstill.train.card import append_card_section
 
@@ -122,7 +122,8 @@ def full_inputs(tmp_path, ood_gap: float = 0.25):
                 if name == "teacher"
                 else judge_summary(_judge_rows(n, rng, 0.2, 0.5), scores[name], scores["teacher"], samples=500)
             )
-        results["splits"][split] = {"n": n, "models": summary}
+        pairs = student_pairs(scores, ROLES, records, samples=2000, seed=0)
+        results["splits"][split] = {"n": n, "models": summary, "pairs": pairs}
     results["warnings"] = retention_warnings(results["splits"], ROLES)
     results["contamination"] = contamination_report(
         {"test": [{"id": "e", "messages": [{"role": "user", "content": "How much is Pro?"}]}]},
@@ -253,3 +254,47 @@ def test_model_cards_get_the_evaluation_section(built):
 def test_no_warning_when_ood_holds(tmp_path):
     report = build_report(*full_inputs(tmp_path, ood_gap=0.0), out_dir=tmp_path / "r")
     assert not [w for w in report["warnings"] if w["kind"] == "ood_retention"]
+
+
+def test_students_compared_section(built):
+    _, out, report = built
+    data = json.loads((out / "report.json").read_text())
+    (pair,) = data["pairs"]["test"]
+    assert (pair["a"], pair["b"]) == ("kd", "sft") and set(pair["per_category"]) == set(CATS)
+    q = report["splits"]["test"]
+    assert pair["pct_points"] == pytest.approx(q["kd"]["pct_of_teacher"] - q["sft"]["pct_of_teacher"], abs=2e-3)
+    md = (out / "report.md").read_text()
+    assert "## Students compared (Test)" in md and "## Students compared (OOD)" in md
+    assert "| Pair | Category | Points of teacher % | 95% CI | Score difference [95% CI] | Verdict | n |" in md
+    lo, hi = pair["pct_points_ci95"]
+    verdict = "kd better" if pair["better"] == "kd" else "no clear difference"
+    row = f"| kd − sft | all | {pair['pct_points']:+.1f} | [{lo:+.1f}, {hi:+.1f}] | "
+    assert row in md and f"| {verdict} | 200 |" in md
+    assert md.index("## Students compared (Test)") < md.index("## Per category (Test)")
+    assert all(f"| kd − sft | {c} |" in md for c in CATS)
+    page = (out / "report.html").read_text()
+    assert "<h2>Students compared (Test)</h2>" in page and "<td>kd − sft</td>" in page and verdict in page
+
+
+def test_students_compared_in_the_printed_summary(built):
+    from rich.console import Console
+
+    _, _, report = built
+    console = Console(record=True, width=300)
+    print_summary_table(report, console=console)
+    text = console.export_text()
+    assert "Students compared: kd − sft on Test: " in text and "Students compared: kd − sft on OOD: " in text
+
+
+def test_no_students_compared_with_one_student(tmp_path):
+    results, perf, costs, training, cfg = full_inputs(tmp_path)
+    del results["models"]["sft"]
+    for split in results["splits"].values():
+        del split["models"]["sft"]
+        split["pairs"] = student_pairs(
+            {"teacher": [1.0, 0.0], "kd": [1.0, 1.0]}, {"teacher": "teacher", "kd": "student"}, [{}, {}]
+        )
+    report = build_report(results, perf, costs, training, cfg, out_dir=tmp_path / "r")
+    assert report["pairs"] == {"test": [], "ood": []}
+    assert "Students compared" not in (tmp_path / "r" / "report.md").read_text()
+    assert "Students compared" not in (tmp_path / "r" / "report.html").read_text()

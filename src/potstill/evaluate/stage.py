@@ -14,10 +14,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from rich.markup import escape
+
 from ..context import RunContext, Stage
 from ..io import read_json, read_jsonl, write_json
 from ..models import param_count
 from ..progress import say
+from ..report.tables import pair_line
 from ..teachers.generate import api_answers
 from ..teachers.spec import parse_model
 from .compare import run_eval
@@ -126,6 +129,9 @@ class EvalStage(Stage):
             warnings=lines,
             cache_dir=ctx.run_dir.root / ".cache" / "answers",
         )
+        for split, data in results["splits"].items():
+            for pair in data["pairs"]:
+                say(f"  {escape(pair_line(pair, split))}")  # a line, not markup
         for w in results["warnings"]:
             say(f"  [yellow]warning[/]: {w['message']}")
         return {"splits": list(results["splits"]), "warnings": len(results["warnings"])}

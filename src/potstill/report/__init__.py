@@ -11,11 +11,11 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from .build import assemble_report, build_report
-from .tables import models_table
+from .tables import models_table, pair_line
 
 
 def print_summary_table(report: dict, console=None) -> None:
-    """Print the compact teacher-vs-students table and the summary sentence with ``rich``."""
+    """Print the compact teacher-vs-students table, the summary sentence and the students compared with ``rich``."""
 
     if console is None:
         console = Console()
@@ -33,6 +33,9 @@ def print_summary_table(report: dict, console=None) -> None:
     console.print(rich_table)
     if report.get("summary"):
         console.print(Text(report["summary"]))
+    for split, pairs in (report.get("pairs") or {}).items():
+        for pair in pairs:
+            console.print(Text(f"Students compared: {pair_line(pair, split)}"))
     if report.get("machine"):
         console.print(Text(f"Measured on: {report['machine']}", style="dim"))
 

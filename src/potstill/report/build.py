@@ -31,6 +31,12 @@ produced nothing for that model)::
                                 # "mcnemar_midp", "per_category_n", "per_category_ci95", "chrf", "agreement",
                                 # "repetition", "length_ratio", "top1_agreement", "kl", "judge": {...} | null, ...
       "split_sizes": {SPLIT: int | null},
+      "pairs": {SPLIT: [{"a": NAME, "b": NAME,          # students compared, a - b = later method minus earlier
+                         "n": int, "diff": float, "diff_ci95": [lo, hi],      # (kd - sft), from the eval stage
+                         "pct_points": float | null, "pct_points_ci95": [lo, hi] | null,  # points of % of teacher
+                         "better": NAME | null,        # the CI of a - b excludes 0 on this side; null: unclear
+                         "per_category": {CATEGORY: {"n", "diff", "diff_ci95", "pct_points",
+                                                     "pct_points_ci95", "better"}}}]},  # [] under 2 students
       "break_even": {...} | null,                      # as given in costs["break_even"]
       "training": {METHOD: {"runtime_s": float, "train_loss": float, ...}},
       "warnings": [{"kind": str, "message": str, ...}], # OOD retention, judge reliability, contamination,
@@ -174,10 +180,11 @@ def assemble_report(
     costs = dict(costs or {})
     break_even = costs.pop("break_even", None)
     models = _models(results, perf or {}, costs)
-    splits, sizes = {}, {}
+    splits, sizes, pairs = {}, {}, {}
     for split, data in (results.get("splits") or {}).items():
         sizes[split] = data.get("n")
         splits[split] = {n: dict(data.get("models", {}).get(n) or {}) for n in models if n in data.get("models", {})}
+        pairs[split] = [dict(p) for p in data.get("pairs") or [] if p.get("a") in models and p.get("b") in models]
     primary = "test" if "test" in splits else next(iter(splits), None)
     students = [n for n, m in models.items() if m["role"] == "student"]
     best = None
@@ -208,6 +215,7 @@ def assemble_report(
         "models": models,
         "splits": splits,
         "split_sizes": sizes,
+        "pairs": pairs,
         "break_even": break_even,
         "training": dict(training or {}),
         "warnings": warnings,

@@ -306,6 +306,71 @@ def ci_tables(report: dict) -> list[Table]:
     return tables
 
 
+def pair_label(pair: dict) -> str:
+    """'kd − sft' (a minus b: the later training method minus the earlier)."""
+    return f"{pair.get('a')} − {pair.get('b')}"
+
+
+def pair_verdict(d: dict) -> str:
+    """'kd better' when the interval of a - b excludes 0; 'no clear difference' when it contains it."""
+    if fmt_ci(d.get("diff_ci95")) == NA:
+        return NA
+    return f"{d['better']} better" if d.get("better") else "no clear difference"
+
+
+def pair_line(pair: dict, split: str) -> str:
+    """One sentence: 'kd − sft on OOD: +4.1 points of teacher %, 95% CI [+1.2, +7.0]: kd better.'"""
+    if _ok(pair.get("pct_points")):
+        value = f"{fmt_num(pair['pct_points'], '+.1f')} points of teacher %"
+        ci = fmt_ci(pair.get("pct_points_ci95"), "+.1f")
+    else:  # the teacher's mean is 0: the plain score difference
+        value = f"{fmt_num(pair.get('diff'), '+.3f')} in score"
+        ci = fmt_ci(pair.get("diff_ci95"), "+.3f")
+    return f"{pair_label(pair)} on {split_label(split)}: {value}, 95% CI {ci}: {pair_verdict(pair)}."
+
+
+def pair_tables(report: dict) -> list[Table]:
+    """Per split with two or more students: each pair's difference (later method minus earlier) in points
+    of % of teacher and in score, with paired-bootstrap 95% intervals and a verdict, overall and per category."""
+    tables = []
+    boot = report.get("bootstrap") or {}
+    for s, pairs in (report.get("pairs") or {}).items():
+        if not pairs:
+            continue
+        rows = []
+        for pair in pairs:
+            parts = [("all", pair)] + sorted((pair.get("per_category") or {}).items())
+            for cat, d in parts:
+                rows.append(
+                    [
+                        pair_label(pair),
+                        cat,
+                        fmt_num(d.get("pct_points"), "+.1f"),
+                        fmt_ci(d.get("pct_points_ci95"), "+.1f"),
+                        fmt_with_ci(d.get("diff"), d.get("diff_ci95"), "+.3f"),
+                        pair_verdict(d),
+                        str(d["n"]) if isinstance(d.get("n"), int) else NA,
+                    ]
+                )
+        note = (
+            "a − b is the later training method minus the earlier. Points of teacher %: 100 × (a − b) "
+            "/ the teacher's mean score, i.e. a's % of teacher minus b's. 95% confidence intervals: paired percentile "
+            f"bootstrap over the prompts, the same resamples for both students ({boot.get('samples', 'n/a')} "
+            f"resamples, seed {boot.get('seed', 'n/a')}). Verdict: the student the whole interval favours; no clear "
+            "difference when it contains 0."
+        )
+        tables.append(
+            Table(
+                f"Students compared ({split_label(s)})",
+                ["Pair", "Category", "Points of teacher %", "95% CI", "Score difference [95% CI]", "Verdict", "n"],
+                rows,
+                [False, False, True, True, True, False, True],
+                note=note,
+            )
+        )
+    return tables
+
+
 AGREEMENT_COLUMNS = (
     ("rouge_l", "ROUGE-L", "num"),
     ("chrf", "chrF", "num"),

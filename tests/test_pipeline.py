@@ -95,6 +95,9 @@ def test_run_end_to_end_then_rerun_skips(project):
     assert set(routing["checks"]) == {"validation", "test", "ood"} and routing["student"]["method"] == "kd"
     assert routing["checks"]["validation"]["calibration"] and routing["target"]["quality_pct_of_teacher"] == 98.0
     assert "Routing: student with teacher fallback" in (run / "report" / "report.md").read_text()
+    assert [(p["a"], p["b"]) for p in report["pairs"]["test"]] == [("kd", "sft")]  # later method minus earlier
+    assert "## Students compared (Test)" in (run / "report" / "report.md").read_text()
+    assert "kd − sft on Test: " in proc.stderr and "Students compared: kd − sft on OOD: " in proc.stdout
 
     again = potstill(project, "run", "c.yaml")
     assert again.returncode == 0, again.stderr[-3000:]

@@ -232,3 +232,18 @@ def test_shipped_teacher_answers():
         new = out[0, ids["input_ids"].shape[1] :].tolist()
         assert new[-1] == tok.eos_token_id
         assert score(tok.decode(new, skip_special_tokens=True), r) == 1.0
+
+
+def test_handwritten_natural_set_is_well_formed():
+    """data/natural.jsonl (written by hand, not generated): unique ids, known fact ids, KB categories."""
+    rows = [json.loads(line) for line in (EXAMPLE / "data" / "natural.jsonl").read_text().splitlines()]
+    assert len(rows) >= 80 and len({r["id"] for r in rows}) == len(rows)
+    assert all(re.fullmatch(r"nat-\d{3}", r["id"]) and r["prompt"].strip() for r in rows)
+    for r in rows:
+        facts = asked_facts(r)
+        assert facts and len(set(facts)) == len(facts), r["id"]
+        assert all(f in KB.by_id for f in facts), r["id"]
+        assert r["category"] == KB.by_id[facts[0]].category, r["id"]
+        gold = " ".join(KB.by_id[f].value for f in facts)
+        assert score(gold, r) == 1.0, r["id"]  # each asked fact is stated by its own value
+    assert {r["category"] for r in rows} == set(KB.categories())

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .data.config import PromptsConfig
+from .data.config import PromptsConfig, config_key_error
 from .errors import UserError
 from .expand.config import ExpandConfig
 from .prune.settings import PruneSettings
@@ -357,7 +357,10 @@ class JudgeSettings(Section):
 class EvalConfig(Section):
     """Teacher vs students on held-out splits."""
 
-    splits: list[Literal["test", "ood", "validation"]] = Field(["test", "ood"], description="Splits to evaluate.")
+    splits: list[str] = Field(
+        ["test", "ood"],
+        description="Splits to evaluate: validation, test, ood or the name of a `prompts.eval_sets` entry.",
+    )
     scorer: ScorerSpec = Field(
         default_factory=lambda: ScorerSpec(type="rouge_l"), description="The task's own scorer (primary)."
     )
@@ -564,6 +567,20 @@ class RunConfig(Section):
     def run_path(self) -> Path:
         return self.resolve(self.run_dir)
 
+    @model_validator(mode="after")
+    def _eval_splits(self):
+        known = self.prompts.held_out()
+        for name in self.eval.splits:
+            if name not in known:
+                close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                declared = ", ".join(self.prompts.eval_sets)
+                sets = f"a prompts.eval_sets name ({declared})" if declared else "a name declared in prompts.eval_sets"
+                raise config_key_error(
+                    "eval.splits", f"unknown split {name!r} (expected validation, test, ood or {sets}{hint})"
+                )
+        return self
+
 
 # ----------------------------------------------------------------------------------------------
 # Loading, overrides and readable errors
@@ -597,13 +614,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The pydantic model class that owns the location ``loc`` (without its last element)."""
     model: Any = RunConfig
+    keyed = False  # the part after a dict field is one of its keys (prompts.eval_sets.NAME)
     for part in loc[:-1]:
-        if isinstance(part, int):
+        if isinstance(part, int) or keyed:
+            keyed = False
             continue
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
             return None
         ann = field.annotation
+        keyed = _is_dict(ann)
         for cand in (ann, *getattr(ann, "__args__", ())):
             inner = getattr(cand, "__args__", ())
             for c in (cand, *inner):
@@ -622,14 +642,21 @@ def _field_depth(loc: tuple) -> int:
     """How many leading parts of ``loc`` name real config keys (or list indices); the rest are
     pydantic's tags for the members of a union (``list[str]``, ``str``) or an unknown key."""
     model: Any = RunConfig
+    keyed = False  # the part after a dict field is one of its keys (prompts.eval_sets.NAME)
     for depth, part in enumerate(loc):
-        if isinstance(part, int):
+        if isinstance(part, int) or keyed:
+            keyed = False
             continue
         fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
         if part not in fields:
             return depth
-        model = _nested_model(fields[part].annotation) or _list_item_model(fields[part].annotation)
+        ann = fields[part].annotation
+        model, keyed = _nested_model(ann) or _list_item_model(ann), _is_dict(ann)
     return len(loc)
+
+
+def _is_dict(ann) -> bool:
+    return getattr(ann, "__origin__", None) is dict
 
 
 def _list_item_model(ann) -> type[BaseModel] | None:
@@ -641,6 +668,9 @@ def _list_item_model(ann) -> type[BaseModel] | None:
 
 
 def _format_one(e: dict, source: str) -> str:
+    ctx = e.get("ctx") or {}
+    if e["type"] == "config_key":  # potstill.data.config.config_key_error: names its own key
+        return f"{source}: config key '{ctx['key']}': {ctx['message']}"
     loc = tuple(e["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     if e["type"] == "extra_forbidden":

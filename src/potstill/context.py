@@ -167,6 +167,11 @@ class RunContext:
     def split(self, name: str) -> list[dict]:
         return read_jsonl(self.path("prompts") / f"{name}.jsonl")
 
+    def held_out_splits(self) -> dict[str, list[dict]]:
+        """Every split kept out of training: validation, test, ood and each ``prompts.eval_sets`` entry
+        (what the expand stage keeps its expansions away from), whether evaluated or not."""
+        return {s: self.split(s) for s in self.cfg.prompts.held_out()}
+
     def eval_splits(self) -> dict[str, list[dict]]:
         """The evaluation splits (``eval.splits``, at most ``eval.max_examples`` each); an error when all are empty."""
         splits = {}

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from .load import SourceSpec
+
+HELD_OUT = ("validation", "test", "ood")  # the built-in evaluation splits
+SET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def config_key_error(key: str, message: str) -> PydanticCustomError:
+    """A validation error that names its own config key (a check over several keys, or a dict's key):
+    :func:`potstill.config.format_validation_errors` prints it as one line, without the input."""
+    return PydanticCustomError("config_key", "{message}", {"key": key, "message": message})
 
 
 class PromptsConfig(BaseModel):
@@ -22,6 +33,13 @@ class PromptsConfig(BaseModel):
     )
     ood: list[SourceSpec] = Field(
         default_factory=list, description="Out-of-distribution sources; always their own split, never in train."
+    )
+    eval_sets: dict[str, list[SourceSpec]] = Field(
+        default_factory=dict,
+        description="Named extra evaluation sets, e.g. `{handwritten: [{path: hand.jsonl}]}`: each is its own "
+        "split like `ood` (deduplicated, written as `NAME.jsonl`, prompts equal to a training prompt dropped, "
+        "never in train), evaluated when its name is in `eval.splits`. Names: lower case, `[a-z][a-z0-9_]*`, "
+        "not train/validation/test/ood.",
     )
     validation: float = Field(0.1, ge=0.0, le=0.5, description="Fraction of `sources` held out for validation.")
     test_fraction: float = Field(
@@ -52,3 +70,20 @@ class PromptsConfig(BaseModel):
         description="A prompt over max_prompt_tokens: drop it (counted in stats.json as dropped.too_long) "
         "or error (stop, naming the prompt and its length).",
     )
+
+    @field_validator("eval_sets")
+    @classmethod
+    def _set_names(cls, v: dict[str, list[SourceSpec]]) -> dict[str, list[SourceSpec]]:
+        for name in v:
+            if not SET_NAME.match(name):
+                why = "must be lower case letters, digits and _, starting with a letter"
+            elif name in ("train", *HELD_OUT):
+                why = "is a built-in split (train, validation, test, ood): pick another name"
+            else:
+                continue
+            raise config_key_error("prompts.eval_sets", f"set name {name!r} {why}")
+        return v
+
+    def held_out(self) -> tuple[str, ...]:
+        """Every evaluation split this config can produce: validation, test, ood, then the eval sets."""
+        return (*HELD_OUT, *self.eval_sets)

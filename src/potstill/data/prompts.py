@@ -74,13 +74,15 @@ def _clean(
 
 
 def run_prompts(cfg: PromptsConfig, base_dir: Path, out_dir: Path, limit: PromptLimit | None = None) -> dict:
-    """Run the prompts stage and write ``{train,validation,test,ood}.jsonl`` and ``stats.json``.
+    """Run the prompts stage and write ``{train,validation,test,ood}.jsonl``, one ``NAME.jsonl`` per
+    ``eval_sets`` entry, and ``stats.json``.
 
     Sources are read relative to ``base_dir``. ``limit``: the prompt length limit
     (:func:`potstill.teachers.limits.prompt_limit`; default :func:`section_limit`). Returns the
     stats written to ``stats.json``: ``{"loaded": n, "train": n, "validation": n, "test": n, "ood": n,
-    "dropped": {...}}`` where ``loaded`` equals the split counts plus every ``dropped`` count (and
-    ``"max_prompt_tokens"`` when a limit applied). Prints nothing.
+    "dropped": {...}}`` (and ``"eval_sets": {NAME: n}`` when there are any) where ``loaded`` equals
+    the split and eval-set counts plus every ``dropped`` count (and ``"max_prompt_tokens"`` when a
+    limit applied). Prints nothing.
     """
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     limit = limit or section_limit(cfg)
@@ -91,6 +93,7 @@ def run_prompts(cfg: PromptsConfig, base_dir: Path, out_dir: Path, limit: Prompt
     pool, loaded = _load_group(cfg.sources, cfg, base_dir, owners)
     test, n_test = _load_group(cfg.test, cfg, base_dir, owners)
     ood, n_ood = _load_group(cfg.ood, cfg, base_dir, owners)
+    sets = {name: _load_group(specs, cfg, base_dir, owners) for name, specs in cfg.eval_sets.items()}
     tokenizer = None
     if limit.max_tokens is not None and limit.tokenizer:
         tokenizer = load_tokenizer(limit.tokenizer)
@@ -109,16 +112,19 @@ def run_prompts(cfg: PromptsConfig, base_dir: Path, out_dir: Path, limit: Prompt
         pool = pool[: cfg.max_prompts]
     test = _clean(test, cfg, dropped, limit, tokenizer, owners) if cfg.test else None
     ood = _clean(ood, cfg, dropped, limit, tokenizer, owners)
+    eval_sets = {name: _clean(records, cfg, dropped, limit, tokenizer, owners) for name, (records, _) in sets.items()}
     splits, dropped["contaminated"] = make_splits(
-        pool, cfg.validation, cfg.test_fraction, cfg.seed, test_records=test, ood_records=ood
+        pool, cfg.validation, cfg.test_fraction, cfg.seed, test_records=test, ood_records=ood, eval_sets=eval_sets
     )
     if not splits["train"]:
         raise UserError(
             f"all {len(pool)} prompts fell into validation/test; add prompts or lower validation/test_fraction", where
         )
-    stats: dict = {"loaded": loaded + n_test + n_ood}
+    stats: dict = {"loaded": loaded + n_test + n_ood + sum(n for _, n in sets.values())}
     for name in SPLITS:
         stats[name] = write_jsonl(out_dir / f"{name}.jsonl", splits[name])
+    if eval_sets:
+        stats["eval_sets"] = {name: write_jsonl(out_dir / f"{name}.jsonl", splits[name]) for name in eval_sets}
     stats["dropped"] = dropped
     if limit.max_tokens is not None:
         stats["max_prompt_tokens"] = {

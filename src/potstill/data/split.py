@@ -1,4 +1,4 @@
-"""Deterministic train/validation/test/OOD splits and the train-contamination guard."""
+"""Deterministic train/validation/test/OOD splits (and named eval sets) and the train-contamination guard."""
 
 from __future__ import annotations
 
@@ -39,15 +39,17 @@ def make_splits(
     seed: int = 0,
     test_records: list[dict] | None = None,
     ood_records: list[dict] | None = None,
+    eval_sets: dict[str, list[dict]] | None = None,
 ) -> tuple[dict[str, list[dict]], int]:
     """Split ``records`` by a seeded hash of their ids; keep source order within each split.
 
     Records marked ``train_only`` (from a ``train_only`` source) always go to train.
     ``test_records``, when given (even empty), replace the random test split and ``test`` is
-    ignored. ``ood_records`` always form the OOD split and never reach train. Test and OOD
+    ignored. ``ood_records`` always form the OOD split and never reach train; so does each named
+    set of ``eval_sets`` (``prompts.eval_sets``), as a split of its own name. Test, OOD and eval-set
     records whose normalised text equals a train record's are dropped.
 
-    Returns ``({"train", "validation", "test", "ood": records}, n_contaminated)``.
+    Returns ``({"train", "validation", "test", "ood", *eval_sets: records}, n_contaminated)``.
     """
     explicit_test = test_records is not None
     out: dict[str, list[dict]] = {name: [] for name in SPLITS}
@@ -60,4 +62,8 @@ def make_splits(
         out["test"] = list(test_records)
     out["test"], n_test = drop_contaminated(out["train"], out["test"])
     out["ood"], n_ood = drop_contaminated(out["train"], list(ood_records or []))
-    return out, n_test + n_ood
+    n_sets = 0
+    for name, rows in (eval_sets or {}).items():
+        out[name], n = drop_contaminated(out["train"], list(rows))
+        n_sets += n
+    return out, n_test + n_ood + n_sets

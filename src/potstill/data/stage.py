@@ -1,4 +1,4 @@
-"""The prompts stage: ``RUN/prompts/{train,validation,test,ood}.jsonl`` and ``stats.json`` from the sources.
+"""The prompts stage: ``RUN/prompts/{train,validation,test,ood}.jsonl``, ``NAME.jsonl`` per eval set, ``stats.json``.
 
 Its hash covers the prompts section (values set away from their defaults), the content of every
 source file and the prompt length limit (with the teacher's tokenizer it is counted with):
@@ -20,7 +20,8 @@ class PromptsStage(Stage):
 
     def inputs(self, ctx: RunContext, folder: str) -> dict:
         p = ctx.cfg.prompts
-        files = [s.path for s in (*p.sources, *p.test, *p.ood)]
+        sets = [s for specs in p.eval_sets.values() for s in specs]
+        files = [s.path for s in (*p.sources, *p.test, *p.ood, *sets)]
         return {
             "config": hashed_prompts_config(p, prompt_limit(ctx.cfg, ctx.teacher)),
             "files": {f: file_hash(ctx.cfg.resolve(f)) for f in files},
@@ -30,7 +31,7 @@ class PromptsStage(Stage):
         stats = run_prompts(ctx.cfg.prompts, ctx.cfg.base_dir, out, prompt_limit(ctx.cfg, ctx.teacher))
         say(
             "  prompts: "
-            + ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, int))
+            + ", ".join(f"{k}={v}" for k, v in (stats | stats.get("eval_sets", {})).items() if isinstance(v, int))
             + "; dropped "
             + ", ".join(f"{k}={v}" for k, v in stats.get("dropped", {}).items())
         )

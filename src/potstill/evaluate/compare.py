@@ -239,34 +239,41 @@ def student_pairs(
 
 
 def retention_warnings(split_results: dict[str, dict], roles: dict[str, str]) -> list[dict]:
-    """A warning per student whose OOD % of teacher is more than 10 points below its ID % of teacher.
+    """A warning per student and off-distribution split whose % of teacher is more than 10 points below
+    its ID % of teacher.
 
-    The ID split is ``test`` (else ``validation``); OOD is ``ood``.
+    The ID split is ``test`` (else ``validation``). Off-distribution: ``ood`` and every named eval set
+    (``prompts.eval_sets``: handwritten questions, production logs): a set written apart from the
+    training sources is, like ``ood``, where a student that only learned the training phrasing falls
+    behind, so a big drop there is worth a warning too.
     """
     id_split = next((s for s in ("test", "validation") if s in split_results), None)
-    if id_split is None or "ood" not in split_results:
+    off = [s for s in split_results if s not in ("train", "validation", "test")]
+    if id_split is None:
         return []
     out = []
-    for name, role in roles.items():
-        if role != "student":
-            continue
-        a = split_results[id_split]["models"].get(name, {}).get("pct_of_teacher")
-        b = split_results["ood"]["models"].get(name, {}).get("pct_of_teacher")
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a - b > OOD_RETENTION_POINTS:
-            out.append(
-                {
-                    "kind": "ood_retention",
-                    "model": name,
-                    "id_split": id_split,
-                    "ood_split": "ood",
-                    "id_pct_of_teacher": a,
-                    "ood_pct_of_teacher": b,
-                    "points": round(a - b, 3),
-                    "message": f"{name}: OOD retention {b:.1f}% of the teacher is {a - b:.1f} points below its "
-                    f"{id_split} retention {a:.1f}% (more than {OOD_RETENTION_POINTS:.0f} points): "
-                    "the student holds up worse off-distribution than the ID numbers suggest",
-                }
-            )
+    for off_split in off:
+        label = "OOD" if off_split == "ood" else f"'{off_split}'"
+        for name, role in roles.items():
+            if role != "student":
+                continue
+            a = split_results[id_split]["models"].get(name, {}).get("pct_of_teacher")
+            b = split_results[off_split]["models"].get(name, {}).get("pct_of_teacher")
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a - b > OOD_RETENTION_POINTS:
+                out.append(
+                    {
+                        "kind": "ood_retention",
+                        "model": name,
+                        "id_split": id_split,
+                        "ood_split": off_split,
+                        "id_pct_of_teacher": a,
+                        "ood_pct_of_teacher": b,
+                        "points": round(a - b, 3),
+                        "message": f"{name}: {label} retention {b:.1f}% of the teacher is {a - b:.1f} points below "
+                        f"its {id_split} retention {a:.1f}% (more than {OOD_RETENTION_POINTS:.0f} points): "
+                        "the student holds up worse off-distribution than the ID numbers suggest",
+                    }
+                )
     return out
 
 

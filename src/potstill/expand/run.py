@@ -171,7 +171,7 @@ def run_expand(
     """Expand ``train_records``; write ``out_dir/train.jsonl`` and ``out_dir/stats.json``; return the stats.
 
     Runs every method whose ``enabled`` is set (``cfg.enabled`` is the pipeline's switch, not read
-    here). ``eval_records_by_split`` (e.g. validation, test, ood) is only checked against.
+    here). ``eval_records_by_split`` (validation, test, ood and the eval sets) is only checked against.
     ``writer_runner`` answers the writer's instruction records (default: ``cfg.writer.model`` through
     ``run_generate``); ``base_dir`` resolves ``writer.model`` and ``writer.cache_file``. Stats:
     ``made`` (expansions made per method) = ``kept`` + every ``dropped`` count except ``unchanged``

@@ -1,5 +1,6 @@
 """The expand stage: ``RUN/expand/train.jsonl``, the training prompts grown with perturbed, wrapped,
-composed and rewritten copies (train only: validation, test and OOD are only checked against).
+composed and rewritten copies (train only: validation, test, OOD and the named eval sets are only
+checked against).
 
 It runs between prompts and generate when ``expand.enabled`` is set; the generate stage then answers
 ``RUN/expand/train.jsonl``. Its hash covers the expansion settings (values away from their defaults),
@@ -44,7 +45,7 @@ class ExpandStage(Stage):
                 prices=ctx.teacher_prices(),
                 seed=cfg.seed,
             )
-        evals = {s: ctx.split(s) for s in ("validation", "test", "ood")}
+        evals = ctx.held_out_splits()  # validation, test, ood and the eval sets
         stats = run_expand(
             cfg.expand, ctx.split("train"), evals, out, work, cfg.seed, writer_runner=runner, base_dir=cfg.base_dir
         )

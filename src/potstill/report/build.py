@@ -165,11 +165,14 @@ def summary_sentence(report: dict) -> str:
     params = (m.get("params"), teacher and teacher.get("params"))
     if all(isinstance(x, int) and x > 0 for x in params):
         text += f" It has {params[1] / params[0]:.1f}x fewer parameters."
-    if any(
-        isinstance(w, dict) and w.get("kind") == "ood_retention" and w.get("model") == best
+    off = [
+        w.get("ood_split") or "ood"
         for w in report.get("warnings") or []
-    ):
-        text += " Warning: its OOD retention is more than 10 points below its in-distribution retention."
+        if isinstance(w, dict) and w.get("kind") == "ood_retention" and w.get("model") == best
+    ]
+    if off:  # ood, and any named eval set (potstill.evaluate.compare.retention_warnings)
+        where = " and ".join(split_label(s) if s == "ood" else s for s in off)
+        text += f" Warning: its {where} retention is more than 10 points below its in-distribution retention."
     return text
 
 

@@ -122,8 +122,8 @@ def fmt_pct(x) -> str:
 
 
 def split_label(split: str) -> str:
-    """'test' -> 'Test', 'ood' -> 'OOD'."""
-    return "OOD" if split.lower() == "ood" else split.capitalize()
+    """'test' -> 'Test', 'ood' -> 'OOD', an eval set 'prod_logs' -> 'Prod logs'."""
+    return "OOD" if split.lower() == "ood" else split.replace("_", " ").capitalize()
 
 
 def model_label(name: str, m: dict) -> str:

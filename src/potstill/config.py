@@ -7,8 +7,10 @@ one; ``key.sub=value`` overrides from the command line are applied before valida
 
 from __future__ import annotations
 
+import copy
 import datetime
 import difflib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +23,7 @@ from .expand.config import ExpandConfig
 from .prune.settings import PruneSettings
 from .section import Section
 from .teachers.spec import teacher_spec
+from .tune.config import TuneConfig
 
 
 class VLLMSettings(Section):
@@ -552,6 +555,7 @@ class RunConfig(Section):
     prices: PricesConfig = Field(default_factory=PricesConfig)
     terms: TermsConfig = Field(default_factory=TermsConfig)
     route: RouteConfig = Field(default_factory=RouteConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     base_dir: Path = Field(Path("."), exclude=True, description="Directory relative paths resolve against.")
 
@@ -597,13 +601,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The pydantic model class that owns the location ``loc`` (without its last element)."""
     model: Any = RunConfig
+    free_key = False  # the part after a mapping field (``tune.space``) is the user's own key
     for part in loc[:-1]:
-        if isinstance(part, int):
+        if isinstance(part, int) or free_key:
+            free_key = False
             continue
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
             return None
         ann = field.annotation
+        free_key = _is_dict(ann)
         for cand in (ann, *getattr(ann, "__args__", ())):
             inner = getattr(cand, "__args__", ())
             for c in (cand, *inner):
@@ -622,13 +629,16 @@ def _field_depth(loc: tuple) -> int:
     """How many leading parts of ``loc`` name real config keys (or list indices); the rest are
     pydantic's tags for the members of a union (``list[str]``, ``str``) or an unknown key."""
     model: Any = RunConfig
+    free_key = False  # the part after a mapping field (``tune.space``) is the user's own key
     for depth, part in enumerate(loc):
-        if isinstance(part, int):
+        if isinstance(part, int) or free_key:
+            free_key = False
             continue
         fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
         if part not in fields:
             return depth
         model = _nested_model(fields[part].annotation) or _list_item_model(fields[part].annotation)
+        free_key = _is_dict(fields[part].annotation)
     return len(loc)
 
 
@@ -707,7 +717,44 @@ def config_from_dict(
     except ValidationError as err:
         raise UserError("\n".join(format_validation_errors(err, source))) from None
     cfg.base_dir = Path(base_dir)
+    if cfg.tune.space:
+        check_tune_space(data, cfg, source)
     return cfg
+
+
+def value_at(data: dict, key: str) -> Any:
+    """The value at a dotted key of a nested dict (None when absent)."""
+    node: Any = data
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def check_tune_space(data: dict, cfg: RunConfig, source: str) -> None:
+    """Every key of ``tune.space`` is a ``train.*`` setting, and both ends of each range (every choice) make a
+    valid config; a range is on a number. One line per bad key."""
+    lines = []
+    resolved = cfg.model_dump(mode="json")
+    for key, dist in cfg.tune.space.items():
+        where = f"{source}: tune.space '{key}'"
+        if not key.startswith("train.") or key == "train.methods":
+            lines.append(
+                f"{where}: only train.* settings can be searched (the teacher's stages are shared by every "
+                "trial; the method is tune.method)"
+            )
+            continue
+        for value in dist.endpoints():
+            try:
+                RunConfig.model_validate(apply_overrides(copy.deepcopy(data), [f"{key}={json.dumps(value)}"]))
+            except ValidationError as err:
+                lines.append(format_validation_errors(err, f"{source}: tune.space")[0])
+                break
+        else:
+            current = value_at(resolved, key)
+            if dist.choices is None and (isinstance(current, bool) or not isinstance(current, (int, float))):
+                lines.append(f"{where}: a range (low, high) needs a numeric setting; give choices: [...] instead")
+    if lines:
+        raise UserError("\n".join(lines))
 
 
 def dump_config(cfg: RunConfig) -> str:
@@ -735,7 +782,7 @@ def reference_rows(
             default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
             rows.append((key, default, field.description or ""))
             continue
-        sub = f"{key}[]" if _is_list(field.annotation) else key
+        sub = f"{key}[]" if _is_list(field.annotation) else f"{key}.KEY" if _is_dict(field.annotation) else key
         desc = (field.description or nested.__doc__ or "").strip().splitlines()[0]
         if nested in seen:
             rows.append((key, "", f"{desc} Same keys as `{seen[nested]}`."))
@@ -748,6 +795,10 @@ def reference_rows(
 
 def _is_list(ann) -> bool:
     return getattr(ann, "__origin__", None) is list
+
+
+def _is_dict(ann) -> bool:
+    return getattr(ann, "__origin__", None) is dict
 
 
 def _nested_model(ann):

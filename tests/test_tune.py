@@ -116,6 +116,7 @@ def test_trials_are_child_runs_that_resume(tiny_project, tmp_path, tiny_teacher_
         assert results["splits"]["validation"]["models"]["kd"]["pct_of_teacher"] == pytest.approx(row["value"])
         assert not (d / "measure").exists() and not (d / "report").exists()
     assert not (run / "students").exists()  # the parent ran only the stages before train
+    assert yaml.safe_load((run / "config.yaml").read_text())["eval"]["splits"] == ["test"]  # the config as given
 
     best = yaml.safe_load((run / "tune" / "best.yaml").read_text())
     top = max(result["trials"], key=lambda r: r["value"])
@@ -136,3 +137,32 @@ def test_trials_are_child_runs_that_resume(tiny_project, tmp_path, tiny_teacher_
     retried = last["trials"][3]
     assert retried["params"] == {"train.kd.temperature": 2.0, "train.kd.divergence": "forward_kl"}
     assert retried["dir"].endswith("trial-0002")
+
+
+def test_failing_trials_are_one_line_and_three_in_a_row_stop(
+    tiny_project, tmp_path, tiny_teacher_dir, tiny_student_dir, capsys
+):
+    # each value is valid on its own; together (a divergence that needs the live teacher, topk signals) they are not
+    space = {"train.kd.signal": {"choices": ["topk"]}, "train.kd.divergence": {"choices": ["jsd"]}}
+    cfg = project(tiny_project, tmp_path, tiny_teacher_dir, tiny_student_dir, space=space)
+    assert main(["tune", str(cfg), "--trials", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("failed: config key 'train.kd': divergence 'jsd' needs the teacher's full distribution") == 3
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("potstill: error: 3 trials in a row failed; the last, trial 2: config key 'train.kd'")
+    assert last.endswith("(got {'divergence': 'jsd', 'signal': 'topk'})")  # only the settings given
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'run' / 'tune' / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 3
+    assert "needs the teacher's full distribution" in study.trials[0].user_attrs["error"]
+
+
+def test_sft_is_searched_with_its_default_space(tiny_project, tmp_path, tiny_teacher_dir, tiny_student_dir):
+    cfg = project(tiny_project, tmp_path, tiny_teacher_dir, tiny_student_dir)
+    result = api.tune(cfg, trials=1, method="sft")
+    (row,) = result["trials"]
+    assert row["state"] == "complete" and set(row["params"]) == {"train.lr", "train.warmup_ratio", "train.weight_decay"}
+    trial_cfg = yaml.safe_load((tmp_path / "run" / row["dir"] / "config.yaml").read_text())
+    assert trial_cfg["train"]["methods"] == ["sft"] and trial_cfg["train"]["lr"] == row["params"]["train.lr"]
+    best = yaml.safe_load((tmp_path / "run" / "tune" / "best.yaml").read_text())
+    assert best["method"] == "sft" and best["trial"] == 0

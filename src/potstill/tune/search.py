@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -73,7 +74,7 @@ def _optuna():
 
 def derive(cfg: RunConfig, overrides: list[str], source: str) -> RunConfig:
     """``cfg`` with dotted ``key=value`` overrides applied and validated again."""
-    data = apply_overrides(cfg.model_dump(mode="json"), overrides)
+    data = apply_overrides(cfg.model_dump(mode="json", exclude_defaults=True), overrides)
     return config_from_dict(data, base_dir=cfg.base_dir, source=source)
 
 
@@ -114,7 +115,7 @@ def study_name(cfg: RunConfig, parent: RunContext, space: dict[str, Distribution
         "metric": t.metric,
         "seed": t.seed,
         "space": {k: d.model_dump(mode="json", exclude_defaults=True) for k, d in sorted(space.items())},
-        "train": hashed(cfg.train),
+        "train": cfg.train.model_dump(mode="json", exclude={"methods"}, exclude_defaults=True),
         "eval": cfg.eval.model_dump(mode="json", exclude={"splits", "latency"}, exclude_defaults=True),
         "student": hashed(cfg.student),
         "stages": {s: parent.hashes[s] for s in SHARED if s in parent.hashes},
@@ -220,7 +221,10 @@ def tune(cfg: RunConfig, force: set[str] | None = None) -> dict:
     optuna = _optuna()
     t = cfg.tune
     space = t.space or default_space(cfg, t.method)
-    parent = pipeline.open_run(derive(cfg, [f"train.methods=[{t.method}]"], source="tune"), force)
+    # the run directory keeps the config as given; the shared stages run as for the searched method alone
+    # (no stage before train hashes train.methods: a later `potstill run` skips them)
+    opened = pipeline.open_run(cfg, force)
+    parent = replace(opened, cfg=derive(cfg, [f"train.methods=[{t.method}]"], source="tune"))
     pipeline.run_all(parent, until=pipeline.STAGE_NAMES[pipeline.STAGE_NAMES.index("train") - 1])
     if not parent.split(SPLIT):
         raise UserError(
@@ -254,13 +258,13 @@ def tune(cfg: RunConfig, force: set[str] | None = None) -> dict:
         try:
             value, _ = run_trial(cfg, parent, Path(folder), trial.number, params)
         except UserError as e:
-            line = str(e).splitlines()[0]
+            line = str(e).splitlines()[0].removeprefix(f"trial {trial.number}: ")
             trial.set_user_attr("error", line)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             say(f"[red]✗[/] trial {trial.number} failed: {line}")
             fails += 1
             if fails >= MAX_FAILS_IN_A_ROW:
-                raise UserError(f"{fails} trials in a row failed; the last: {line}") from None
+                raise UserError(f"{fails} trials in a row failed; the last, trial {trial.number}: {line}") from None
             continue
         fails = 0
         study.tell(trial, value)

@@ -16,6 +16,8 @@ from .report.stage import read_report
 from .route.stage import RouteStage
 from .signals.stage import SignalsStage
 from .teachers.stage import generate_shard as _generate_shard
+from .tune.search import derive as _derive
+from .tune.search import tune as _tune
 
 
 def open_run(config: str | Path | RunConfig, overrides=(), force=()) -> RunContext:
@@ -88,3 +90,14 @@ def report(config, overrides=(), force=()) -> dict:
     """Measure speed/memory, calibrate routing (when enabled), then write report.md / report.html / report.json."""
     ctx = stages(config, ["measure", "route", "report"], overrides, force)
     return read_report(ctx)
+
+
+def tune(config, overrides=(), force=(), trials=None, timeout_s=None, method=None) -> dict:
+    """Search the training settings on the validation split (``tune:`` in the config; the arguments override
+    it); returns the study's trials, the best one and where ``best.yaml`` is (:mod:`potstill.tune.search`)."""
+    given = {"trials": trials, "timeout_s": timeout_s, "method": method}
+    extra = [f"tune.{k}={v}" for k, v in given.items() if v is not None]
+    cfg = config if isinstance(config, RunConfig) else load_config(config, [*overrides, *extra])
+    if isinstance(config, RunConfig) and extra:
+        cfg = _derive(cfg, extra, source="tune")
+    return _tune(cfg, set(force))

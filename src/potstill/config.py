@@ -7,8 +7,10 @@ one; ``key.sub=value`` overrides from the command line are applied before valida
 
 from __future__ import annotations
 
+import copy
 import datetime
 import difflib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +23,7 @@ from .expand.config import ExpandConfig
 from .prune.settings import PruneSettings
 from .section import Section
 from .teachers.spec import teacher_spec
+from .tune.config import TuneConfig
 
 
 class VLLMSettings(Section):
@@ -555,6 +558,7 @@ class RunConfig(Section):
     prices: PricesConfig = Field(default_factory=PricesConfig)
     terms: TermsConfig = Field(default_factory=TermsConfig)
     route: RouteConfig = Field(default_factory=RouteConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     base_dir: Path = Field(Path("."), exclude=True, description="Directory relative paths resolve against.")
 
@@ -737,7 +741,44 @@ def config_from_dict(
     except ValidationError as err:
         raise UserError("\n".join(format_validation_errors(err, source))) from None
     cfg.base_dir = Path(base_dir)
+    if cfg.tune.space:
+        check_tune_space(data, cfg, source)
     return cfg
+
+
+def value_at(data: dict, key: str) -> Any:
+    """The value at a dotted key of a nested dict (None when absent)."""
+    node: Any = data
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def check_tune_space(data: dict, cfg: RunConfig, source: str) -> None:
+    """Every key of ``tune.space`` is a ``train.*`` setting, and both ends of each range (every choice) make a
+    valid config; a range is on a number. One line per bad key."""
+    lines = []
+    resolved = cfg.model_dump(mode="json")
+    for key, dist in cfg.tune.space.items():
+        where = f"{source}: tune.space '{key}'"
+        if not key.startswith("train.") or key == "train.methods":
+            lines.append(
+                f"{where}: only train.* settings can be searched (the teacher's stages are shared by every "
+                "trial; the method is tune.method)"
+            )
+            continue
+        for value in dist.endpoints():
+            try:
+                RunConfig.model_validate(apply_overrides(copy.deepcopy(data), [f"{key}={json.dumps(value)}"]))
+            except ValidationError as err:
+                lines.append(format_validation_errors(err, f"{source}: tune.space")[0])
+                break
+        else:
+            current = value_at(resolved, key)
+            if dist.choices is None and (isinstance(current, bool) or not isinstance(current, (int, float))):
+                lines.append(f"{where}: a range (low, high) needs a numeric setting; give choices: [...] instead")
+    if lines:
+        raise UserError("\n".join(lines))
 
 
 def dump_config(cfg: RunConfig) -> str:
@@ -765,7 +806,7 @@ def reference_rows(
             default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
             rows.append((key, default, field.description or ""))
             continue
-        sub = f"{key}[]" if _is_list(field.annotation) else key
+        sub = f"{key}[]" if _is_list(field.annotation) else f"{key}.KEY" if _is_dict(field.annotation) else key
         desc = (field.description or nested.__doc__ or "").strip().splitlines()[0]
         if nested in seen:
             rows.append((key, "", f"{desc} Same keys as `{seen[nested]}`."))

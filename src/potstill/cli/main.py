@@ -12,7 +12,7 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import capture, check, convert, demo, generate, report, route, run, serve, stages, terms, train
+from . import capture, check, convert, demo, generate, report, route, run, serve, stages, terms, train, tune
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_parser(sub)
     capture.add_parser(sub)
     train.add_parser(sub)
+    tune.add_parser(sub)
     report.add_parser(sub)
     route.add_parser(sub)
     serve.add_parser(sub)

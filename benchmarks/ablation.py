@@ -65,6 +65,7 @@ def overrides(variant: str, seed: int, run_dir: Path, extra: list[str]) -> list[
         f"run_dir={run_dir}",
         f"seed={seed}",
         "route.enabled=false",
+        "eval.judge=off",
         "eval.force_contaminated=true",  # validation is a random share of the template prompts: near copies are expected
         *VARIANTS[variant],
         *extra,

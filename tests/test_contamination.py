@@ -139,3 +139,17 @@ def test_pipeline_eval_refuses_before_loading_models(tmp_path, tiny_teacher_dir,
     with pytest.raises(UserError, match=r"test: 4 of 4 evaluation prompts .* eval.force_contaminated=true"):
         run_stages(p, ["eval"])
     assert not (tmp_path / "run" / "eval").exists()
+
+
+def test_validation_drawn_from_the_training_sources_is_warned_not_refused():
+    """Near copies in validation measure the sources' redundancy: a warning, so tuning on it still runs."""
+    same = rec("v0", TRAIN[0]["messages"][0]["content"])
+    rep = contamination_report(
+        {"validation": [same], "test": [rec("e1", "Something else entirely, new words here.")]}, TRAIN
+    )
+    lines = check_contamination(rep, threshold=0.05)
+    assert rep["refused"] is False and len(lines) == 1 and lines[0].startswith("validation: 1 of 1")
+    assert "warned, not refused" in lines[0]
+    rep = contamination_report({"validation": [same], "test": [rec("e2", TRAIN[0]["messages"][0]["content"])]}, TRAIN)
+    with pytest.raises(UserError, match="contaminated evaluation: test: 1 of 1"):
+        check_contamination(rep, threshold=0.05)

@@ -401,7 +401,7 @@ class EvalConfig(Section):
         le=1,
         description="Largest share of an evaluation split that may "
         "be exact or near (>= 80% of word 8-grams) copies of training prompts; above "
-        "it the eval stage refuses to run.",
+        "it the eval stage refuses to run (validation, a random share of the training sources, is only warned about).",
     )
     force_contaminated: bool = Field(
         False, description="Evaluate even above contamination_threshold (the report warns)."

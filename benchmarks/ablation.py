@@ -24,9 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,6 +60,15 @@ VARIANTS = {
     "expand+prune+kdT": LEVERS["expand"] + LEVERS["prune"] + LEVERS["kdT"],
 }
 SPLITS = ("validation", "test", "ood")
+# A variant's finished stages that it shares with an earlier variant of the same seed are copied from it
+# (their inputs, hence their hashes, are the same, so the pipeline skips them): KD-only levers reuse
+# the sft student too (its hash leaves train.kd out).
+SHARED = {
+    "kdT": ("base", ["prompts", "generate", "students/sft"]),
+    "onpolicy": ("base", ["prompts", "generate", "students/sft"]),
+    "expand+kdT": ("expand", ["prompts", "expand", "generate", "students/sft"]),
+    "expand+prune+kdT": ("expand", ["prompts", "expand", "generate"]),
+}
 
 
 def overrides(variant: str, seed: int, run_dir: Path, extra: list[str]) -> list[str]:
@@ -72,14 +83,30 @@ def overrides(variant: str, seed: int, run_dir: Path, extra: list[str]) -> list[
     ]
 
 
-def run_one(variant: str, seed: int, root: Path, extra: list[str]) -> dict:
+def reuse(variant: str, seed: int, root: Path, done: dict) -> None:
+    """Copy the stages ``variant`` shares with its parent variant (same seed), once the parent has finished."""
+    if variant not in SHARED or (SHARED[variant][0], seed) not in done:
+        return
+    parent, folders = SHARED[variant]
+    done[(parent, seed)].wait()
+    for folder in folders:
+        src, dst = root / f"{parent}-s{seed}" / folder, root / f"{variant}-s{seed}" / folder
+        if src.is_dir() and not dst.exists():
+            shutil.copytree(src, dst)
+
+
+def run_one(variant: str, seed: int, root: Path, extra: list[str], done: dict) -> dict:
     """One (variant, seed) run to the eval stage, in a subprocess; its wall time and exit code."""
+    reuse(variant, seed, root, done)
     run_dir = root / f"{variant}-s{seed}"
     args = [sys.executable, __file__, "--one", variant, str(seed), str(run_dir), "--", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    with open(root / f"{variant}-s{seed}.log", "wb") as log:
-        rc = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    try:
+        with open(root / f"{variant}-s{seed}.log", "ab") as log:
+            rc = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    finally:
+        done[(variant, seed)].set()
     return {"variant": variant, "seed": seed, "rc": rc, "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -189,10 +216,11 @@ def main() -> None:
         worker(a.one[0], int(a.one[1]), Path(a.one[2]), a.extra)
         return
     a.root.mkdir(parents=True, exist_ok=True)
-    jobs = [(v, s) for s in a.seeds for v in a.variants]
+    jobs = [(v, s) for s in a.seeds for v in a.variants]  # a parent variant always comes before its children
+    done = {j: threading.Event() for j in jobs}
     t0 = time.perf_counter()
     with ThreadPoolExecutor(a.jobs) as pool:
-        runs = list(pool.map(lambda j: run_one(j[0], j[1], a.root, a.extra), jobs))
+        runs = list(pool.map(lambda j: run_one(j[0], j[1], a.root, a.extra, done), jobs))
     for r in runs:
         print(f"{r['variant']:>18} seed {r['seed']}: rc {r['rc']}, {r['seconds']:.0f} s")
     summary = summarize(a.root, a.variants, a.seeds)

@@ -57,7 +57,7 @@ VARIANTS = {
     "kdT": LEVERS["kdT"],
     "onpolicy": LEVERS["onpolicy"],
     "expand+kdT": LEVERS["expand"] + LEVERS["kdT"],
-    "expand+prune+kdT": LEVERS["expand"] + LEVERS["prune"] + LEVERS["kdT"],
+    "expand+prune": LEVERS["expand"] + LEVERS["prune"],
 }
 SPLITS = ("validation", "test", "ood")
 # A variant's finished stages that it shares with an earlier variant of the same seed are copied from it
@@ -67,7 +67,7 @@ SHARED = {
     "kdT": ("base", ["prompts", "generate", "students/sft"]),
     "onpolicy": ("base", ["prompts", "generate", "students/sft"]),
     "expand+kdT": ("expand", ["prompts", "expand", "generate", "students/sft"]),
-    "expand+prune+kdT": ("expand", ["prompts", "expand", "generate"]),
+    "expand+prune": ("expand", ["prompts", "expand", "generate"]),
 }
 
 

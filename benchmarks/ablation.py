@@ -186,8 +186,12 @@ def table(summary: dict) -> str:
     splits = [s for s in ("validation", "test", "ood") if any(s in r.get("sft", {}) for r in summary.values())]
     extra = sorted({s for r in summary.values() for s in r.get("sft", {}) if s not in (*SPLITS, "ood_categories")})
     cols = [*splits, *extra]
-    head = "| variant | method | " + " | ".join(f"{c} %" for c in cols) + " | worst OOD category % | KD − SFT, OOD |"
-    lines = [head, "|" + "---|" * (len(cols) + 4)]
+    head = (
+        "| variant | seeds | method | "
+        + " | ".join(f"{c} %" for c in cols)
+        + " | worst OOD category % | KD − SFT, OOD |"
+    )
+    lines = [head, "|" + "---|" * (len(cols) + 5)]
     for v, row in summary.items():
         for method in ("sft", "kd"):
             m = row.get(method, {})
@@ -199,7 +203,7 @@ def table(summary: dict) -> str:
                 d = f"{mean_sd(pts)} (CI > 0 in {sum(1 for e in row['kd_minus_sft']['ood'] if e.get('ci95', [0])[0] > 0)}/{len(pts)})"
             cells = [mean_sd(m.get(c, [])) for c in cols]
             w = f"{worst[0]} {worst[1]:.1f}" if worst else "-"
-            lines.append(f"| {v} | {method} | " + " | ".join(cells) + f" | {w} | {d} |")
+            lines.append(f"| {v} | {len(row['seeds'])} | {method} | " + " | ".join(cells) + f" | {w} | {d} |")
     return "\n".join(lines)
 
 

@@ -93,8 +93,9 @@ def report(config, overrides=(), force=()) -> dict:
 
 
 def tune(config, overrides=(), force=(), trials=None, timeout_s=None, method=None) -> dict:
-    """Search the training settings on the validation split (``tune:`` in the config; the arguments override
-    it); returns the study's trials, the best one and where ``best.yaml`` is (:mod:`potstill.tune.search`)."""
+    """Search the training settings on the validation split (``validation_expanded`` with expand.validation;
+    ``tune:`` in the config, the arguments override it); returns the study's trials, the split, the best
+    one and where ``best.yaml`` is (:mod:`potstill.tune.search`)."""
     given = {"trials": trials, "timeout_s": timeout_s, "method": method}
     extra = [f"tune.{k}={v}" for k, v in given.items() if v is not None]
     cfg = config if isinstance(config, RunConfig) else load_config(config, [*overrides, *extra])

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .data.config import PromptsConfig, config_key_error
+from .data.config import EXPANDED_VALIDATION, PromptsConfig, config_key_error
 from .errors import UserError
 from .expand.config import ExpandConfig
 from .prune.settings import PruneSettings
@@ -362,7 +362,8 @@ class EvalConfig(Section):
 
     splits: list[str] = Field(
         ["test", "ood"],
-        description="Splits to evaluate: validation, test, ood or the name of a `prompts.eval_sets` entry.",
+        description="Splits to evaluate: validation, test, ood, the name of a `prompts.eval_sets` entry, or "
+        "validation_expanded (with expand.validation).",
     )
     scorer: ScorerSpec = Field(
         default_factory=lambda: ScorerSpec(type="rouge_l"), description="The task's own scorer (primary)."
@@ -573,8 +574,13 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _eval_splits(self):
-        known = self.prompts.held_out()
+        known = (*self.prompts.held_out(), EXPANDED_VALIDATION)
         for name in self.eval.splits:
+            if name == EXPANDED_VALIDATION and not self.expand.validation:
+                raise config_key_error(
+                    "eval.splits",
+                    f"split '{EXPANDED_VALIDATION}' is made by the expand stage: set expand.validation: true",
+                )
             if name not in known:
                 close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
                 hint = f"; did you mean '{close[0]}'?" if close else ""

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import RunConfig
+from .data.config import EXPANDED_VALIDATION
 from .errors import UserError
+from .expand.config import VALIDATION_FOLDER
 from .io import read_jsonl, sha256_dir, sha256_file
 from .progress import say
 from .run_dir import RunDir
@@ -164,8 +166,15 @@ class RunContext:
             if p["id"] in gens
         ]
 
+    def split_folder(self, name: str) -> str:
+        """The folder a split is read from: the expand stage's for ``validation_expanded``, else the prompts stage's."""
+        return VALIDATION_FOLDER if name == EXPANDED_VALIDATION else "prompts"
+
     def split(self, name: str) -> list[dict]:
-        return read_jsonl(self.path("prompts") / f"{name}.jsonl")
+        folder = self.split_folder(name)
+        if folder != "prompts":
+            self.need(folder)  # one line when expand.validation was turned on but the expand stage not run
+        return read_jsonl(self.path(folder) / f"{name}.jsonl")
 
     def held_out_splits(self) -> dict[str, list[dict]]:
         """Every split kept out of training: validation, test, ood and each ``prompts.eval_sets`` entry

@@ -10,7 +10,10 @@ from .. import api
 from ..progress import say
 from .common import add_config_args
 
-HELP = "search the training settings (tune.space) on the validation split; resumes; writes RUN/tune/best.yaml"
+HELP = (
+    "search the training settings (tune.space) on the validation split (validation_expanded with expand.validation);"
+    " resumes; writes RUN/tune/best.yaml"
+)
 
 
 def add_parser(sub) -> None:
@@ -29,7 +32,8 @@ def print_trials(result: dict, console: Console | None = None) -> None:
         if not console.is_terminal:  # a log file or pipe: one line per trial
             console = Console(width=160)
     keys = list(dict.fromkeys(k for r in result["trials"] for k in r["params"]))
-    table = Table(title=f"potstill tune: {result['study']} ({result['metric']} on validation)", title_justify="left")
+    title = f"potstill tune: {result['study']} ({result['metric']} on {result['split']})"
+    table = Table(title=title, title_justify="left")
     for header in ("trial", "state", result["metric"], *keys):
         table.add_column(header, justify="left" if header == "state" else "right", min_width=len(header))
     done = sorted((r for r in result["trials"] if r["value"] is not None), key=lambda r: -r["value"])

@@ -11,6 +11,7 @@ from pydantic_core import PydanticCustomError
 from .load import SourceSpec
 
 HELD_OUT = ("validation", "test", "ood")  # the built-in evaluation splits
+EXPANDED_VALIDATION = "validation_expanded"  # perturbed validation prompts, made by the expand stage
 SET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -79,6 +80,8 @@ class PromptsConfig(BaseModel):
                 why = "must be lower case letters, digits and _, starting with a letter"
             elif name in ("train", *HELD_OUT):
                 why = "is a built-in split (train, validation, test, ood): pick another name"
+            elif name == EXPANDED_VALIDATION:
+                why = "is the split that expand.validation makes: pick another name"
             else:
                 continue
             raise config_key_error("prompts.eval_sets", f"set name {name!r} {why}")

@@ -33,6 +33,7 @@ from pathlib import Path
 from statistics import mean
 
 from ..config import EvalConfig, ScorerSpec
+from ..data.config import EXPANDED_VALIDATION
 from ..io import read_json, read_jsonl, sha256_json, write_json, write_jsonl
 from ..progress import say, track
 from ..teachers.base import GenerationSettings
@@ -46,6 +47,7 @@ from .teacher_forced import run_teacher_forced
 
 OOD_RETENTION_POINTS = 10.0  # warn when OOD % of teacher is more than this many points below ID
 JUDGE_PARSE_WARN = 0.5  # warn when the judge stated a verdict in fewer than this share of replies
+IN_DISTRIBUTION = ("test", "validation", EXPANDED_VALIDATION)  # the ID splits, in the order preferred as reference
 
 
 def answers_path(
@@ -242,13 +244,16 @@ def retention_warnings(split_results: dict[str, dict], roles: dict[str, str]) ->
     """A warning per student and off-distribution split whose % of teacher is more than 10 points below
     its ID % of teacher.
 
-    The ID split is ``test`` (else ``validation``). Off-distribution: ``ood`` and every named eval set
-    (``prompts.eval_sets``: handwritten questions, production logs): a set written apart from the
-    training sources is, like ``ood``, where a student that only learned the training phrasing falls
-    behind, so a big drop there is worth a warning too.
+    The ID split is ``test`` (else ``validation``, else ``validation_expanded``). Off-distribution:
+    ``ood`` and every named eval set (``prompts.eval_sets``: handwritten questions, production logs):
+    a set written apart from the training sources is, like ``ood``, where a student that only learned
+    the training phrasing falls behind, so a big drop there is worth a warning too.
+    ``validation_expanded`` is in-distribution: the validation questions (a share of the training
+    sources) rewritten by the same rules that expand the training prompts, it is a set to choose
+    settings on, like ``validation``, not a measure of how the student fares on other sources.
     """
-    id_split = next((s for s in ("test", "validation") if s in split_results), None)
-    off = [s for s in split_results if s not in ("train", "validation", "test")]
+    id_split = next((s for s in IN_DISTRIBUTION if s in split_results), None)
+    off = [s for s in split_results if s not in ("train", *IN_DISTRIBUTION)]
     if id_split is None:
         return []
     out = []

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 
+from ..data.config import EXPANDED_VALIDATION
 from ..data.dedup import normalise
 from ..errors import UserError
 
@@ -114,10 +115,11 @@ def contamination_report(
     return out
 
 
-# Splits that are a random share of the training sources themselves (made by the prompts stage):
-# their near copies of training prompts measure the sources' own redundancy, not a mistake in the
-# splits, so they are reported but never refused (model selection on them stays possible).
-DRAWN_FROM_TRAIN = frozenset({"validation"})
+# Splits that are a random share of the training sources themselves (made by the prompts stage), or
+# copies of one (validation_expanded, made by the expand stage from validation): their near copies of
+# training prompts measure the sources' own redundancy, not a mistake in the splits, so they are
+# reported but never refused (model selection on them stays possible).
+DRAWN_FROM_TRAIN = frozenset({"validation", EXPANDED_VALIDATION})
 
 
 def check_contamination(report: dict, threshold: float, force: bool = False) -> list[str]:

@@ -216,6 +216,12 @@ class ExpandConfig(Section):
     """The expand stage: grow the training prompts (train only) with perturbed, wrapped, composed, rewritten copies."""
 
     enabled: bool = Field(False, description="Run the expand stage between prompts and generate.")
+    validation: bool = Field(
+        False,
+        description="Also perturb, wrap and compose the validation prompts (the same rules and settings, no "
+        "writer) into the held-out split `validation_expanded` (RUN/expand_validation/), a robustness check that "
+        "eval.splits and potstill tune can use where plain validation saturates; on or off with `enabled`.",
+    )
     seed: int | None = Field(None, description="Seed of every random choice (default: the run's seed).")
     max_total: int | None = Field(
         None, ge=0, description="Most expansions kept (a seeded sample, after dedup and the contamination check)."
@@ -268,12 +274,23 @@ class ExpandConfig(Section):
 
 
 RUN_ONLY_WRITER_FIELDS = {"api_key_env", "concurrency", "max_cost", "cache_file"}
+VALIDATION_FOLDER = "expand_validation"  # the expand stage's folder of the split `validation_expanded`
 
 
 def hashed_expand_config(cfg: ExpandConfig) -> dict:
-    """The settings that decide the stage's output (its config input): the writer's run-only settings
-    (key, concurrency, budget, the cache file's path) change no rewrite and are left out; hash the
-    cache file's content separately."""
+    """The settings that decide the training expansions (the ``expand`` folder's config input): the
+    writer's run-only settings (key, concurrency, budget, the cache file's path) change no rewrite and
+    are left out (hash the cache file's content separately), and so is ``validation``, which only
+    adds the :data:`VALIDATION_FOLDER` folder."""
     return cfg.model_dump(
-        mode="json", exclude={"enabled": True, "writer": RUN_ONLY_WRITER_FIELDS}, exclude_defaults=True
+        mode="json",
+        exclude={"enabled": True, "validation": True, "writer": RUN_ONLY_WRITER_FIELDS},
+        exclude_defaults=True,
     )
+
+
+def hashed_validation_config(cfg: ExpandConfig) -> dict:
+    """The settings that decide the validation expansions (the :data:`VALIDATION_FOLDER` folder's
+    config input): those of the rules, wrappers and composition, the seed and the dedup threshold; not
+    the switches, the writer or ``max_total`` (training expansions only)."""
+    return cfg.model_dump(mode="json", exclude={"enabled", "validation", "writer", "max_total"}, exclude_defaults=True)

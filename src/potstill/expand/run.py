@@ -116,7 +116,13 @@ def _composes(cfg: ExpandConfig, train: list[dict], seed: int) -> list[dict]:
     return out
 
 
-def _keep_out_of_eval(candidates: list[dict], splits: dict[str, list[dict]]) -> tuple[list[dict], Counter, list]:
+def rule_based(cfg: ExpandConfig, records: list[dict], seed: int, unchanged: Counter) -> list[dict]:
+    """The rule-based, wrapped and composed expansions of ``records`` (composition joins ``records`` only);
+    rule perturbations that change nothing are counted in ``unchanged``."""
+    return [*_rules(cfg, records, seed, unchanged), *_wraps(cfg, records, seed), *_composes(cfg, records, seed)]
+
+
+def keep_out_of_eval(candidates: list[dict], splits: dict[str, list[dict]]) -> tuple[list[dict], Counter, list]:
     """The candidates that copy no evaluation prompt, the count of the others by split, and a few examples."""
     guard, clean, contaminated, examples = EvalGuard(splits), [], Counter(), []
     for c in candidates:
@@ -130,22 +136,25 @@ def _keep_out_of_eval(candidates: list[dict], splits: dict[str, list[dict]]) -> 
     return clean, contaminated, examples
 
 
-def _dedup(train: list[dict], candidates: list[dict], threshold: float, seed: int, dropped: Counter) -> list[dict]:
-    """Candidates that are not exact or near duplicates of an original or an earlier candidate.
+def dedup_expansions(
+    originals: list[dict], candidates: list[dict], threshold: float, seed: int, dropped: Counter
+) -> list[dict]:
+    """Candidates that are not exact or near duplicates of an original or an earlier candidate (drops
+    counted in ``dropped``).
 
     Casing and punctuation changes are compared on their exact messages (normalisation would call
     every one of them a duplicate of its parent); the others with :func:`potstill.data.dedup.dedup`.
     """
     wordy = [c for c in candidates if c["meta"]["method"] not in SURFACE]
-    kept, _ = dedup([*train, *wordy], threshold=threshold, seed=seed)
+    kept, _ = dedup([*originals, *wordy], threshold=threshold, seed=seed)
     keep = {id(c) for c in kept}
-    seen = {normalise(r) for r in train}  # dedup's exact test: the normalised text of any earlier record
+    seen = {normalise(r) for r in originals}  # dedup's exact test: the normalised text of any earlier record
     for c in wordy:
         key = normalise(c)
         if id(c) not in keep:
             dropped["exact_duplicate" if key in seen else "near_duplicate"] += 1
         seen.add(key)
-    seen = {sha256_json(r["messages"]) for r in (*train, *kept)}
+    seen = {sha256_json(r["messages"]) for r in (*originals, *kept)}
     for c in candidates:
         if c["meta"]["method"] in SURFACE:
             key = sha256_json(c["messages"])
@@ -155,6 +164,23 @@ def _dedup(train: list[dict], candidates: list[dict], threshold: float, seed: in
                 seen.add(key)
                 keep.add(id(c))
     return [c for c in candidates if id(c) in keep]
+
+
+def give_unique_ids(records: list[dict], taken: set[str]) -> None:
+    """Rename, in place, each record whose id is in ``taken`` (or given to an earlier record) with a suffix."""
+    for r in records:
+        r["id"] = unique_id(r["id"], taken)
+        taken.add(r["id"])
+
+
+def method_stats(made: Counter, kept: list[dict], unchanged: Counter) -> dict[str, dict]:
+    """Per method that made or tried anything: expansions ``made``, ``kept`` and ``unchanged`` (never made)."""
+    per_method = Counter(c["meta"]["method"] for c in kept)
+    return {
+        m: {"made": made[m], "kept": per_method[m], "unchanged": unchanged[m]}
+        for m in METHODS
+        if made[m] or unchanged[m]
+    }
 
 
 def run_expand(
@@ -182,11 +208,7 @@ def run_expand(
     seed = cfg.seed if cfg.seed is not None else seed
     dropped: Counter = Counter()
     unchanged: Counter = Counter()
-    candidates = [
-        *_rules(cfg, train_records, seed, unchanged),
-        *_wraps(cfg, train_records, seed),
-        *_composes(cfg, train_records, seed),
-    ]
+    candidates = rule_based(cfg, train_records, seed, unchanged)
     writer_stats = None
     if cfg.writer.enabled:
         accepted, writer_stats = run_writer(cfg.writer, train_records, seed, out_dir, work_dir, writer_runner, base_dir)
@@ -195,29 +217,21 @@ def run_expand(
             candidates.append(expansion(r, text, ins.method, [r["id"]], r.get("category"), **extra))
     made = Counter(c["meta"]["method"] for c in candidates)
 
-    clean, contaminated, examples = _keep_out_of_eval(candidates, eval_records_by_split)
+    clean, contaminated, examples = keep_out_of_eval(candidates, eval_records_by_split)
     dropped["contaminated"] = sum(contaminated.values())
-    kept = _dedup(train_records, clean, cfg.near_dup_threshold, seed, dropped)
+    kept = dedup_expansions(train_records, clean, cfg.near_dup_threshold, seed, dropped)
     if cfg.max_total is not None and len(kept) > cfg.max_total:
         picks = set(random.Random(rng_seed(seed, "max_total")).sample(range(len(kept)), cfg.max_total))
         dropped["over_max_total"] = len(kept) - cfg.max_total
         kept = [c for i, c in enumerate(kept) if i in picks]
-    taken = {r["id"] for r in train_records}
-    for c in kept:
-        c["id"] = unique_id(c["id"], taken)
-        taken.add(c["id"])
+    give_unique_ids(kept, {r["id"] for r in train_records})
 
     n = write_jsonl(out_dir / "train.jsonl", [*train_records, *kept])
-    per_method = Counter(c["meta"]["method"] for c in kept)
     stats = {
         "seeds": len(train_records),
         "expansions": len(kept),
         "train": n,
-        "methods": {
-            m: {"made": made[m], "kept": per_method[m], "unchanged": unchanged[m]}
-            for m in METHODS
-            if made[m] or unchanged[m]
-        },
+        "methods": method_stats(made, kept, unchanged),
         "dropped": {k: dropped[k] for k in ("exact_duplicate", "near_duplicate", "contaminated", "over_max_total")}
         | {"unchanged": sum(unchanged.values())},
         "contaminated": {"by_split": dict(sorted(contaminated.items())), "examples": examples},

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..data.config import EXPANDED_VALIDATION
+
 NA = "n/a"
 TRAINING_LABELS = {
     "runtime_s": "Training time",
@@ -122,8 +124,13 @@ def fmt_pct(x) -> str:
 
 
 def split_label(split: str) -> str:
-    """'test' -> 'Test', 'ood' -> 'OOD', an eval set 'prod_logs' -> 'Prod logs'."""
-    return "OOD" if split.lower() == "ood" else split.replace("_", " ").capitalize()
+    """'test' -> 'Test', 'ood' -> 'OOD', 'validation_expanded' -> 'Validation (expanded)', an eval set
+    'prod_logs' -> 'Prod logs'."""
+    if split.lower() == "ood":
+        return "OOD"
+    if split == EXPANDED_VALIDATION:
+        return "Validation (expanded)"
+    return split.replace("_", " ").capitalize()
 
 
 def model_label(name: str, m: dict) -> str:

@@ -1,10 +1,13 @@
 """`potstill tune`: a seeded Optuna (TPE) search over training settings, scored on the validation split.
 
+The split is ``validation``, or ``validation_expanded`` when ``expand.validation`` makes it
+(:func:`objective_split`).
+
 The teacher's stages (prompts, expand, generate, student, signals) run once, in the run directory.
 Each trial is a child run, ``RUN/tune/<study>/trial-NNNN/``: its folders of those stages are links to
 the parent's (so their provenance is the parent's record, unchanged), its ``config.yaml`` is the
 run's config with the trial's values, and it runs only ``train`` (``tune.method``) and ``eval`` on
-the validation split. A trial whose settings change a shared stage (a signal store captured at
+that split. A trial whose settings change a shared stage (a signal store captured at
 another temperature) redoes that stage in its own folder.
 
 The study is kept in ``RUN/tune/study.db`` (SQLite): a rerun finishes the trials still missing, and a
@@ -28,13 +31,14 @@ import yaml
 from .. import pipeline
 from ..config import RunConfig, apply_overrides, config_from_dict, value_at
 from ..context import RunContext, hashed
+from ..data.config import EXPANDED_VALIDATION
 from ..errors import UserError
+from ..expand.config import VALIDATION_FOLDER
 from ..io import read_json, sha256_json, write_json, write_jsonl, write_text
 from ..progress import say
 from .config import Distribution
 
-SHARED = ("prompts", "expand", "generate", "student", "signals")  # the stages before train, run once
-SPLIT = "validation"
+SHARED = ("prompts", "expand", VALIDATION_FOLDER, "generate", "student", "signals")  # the folders before train
 MAX_FAILS_IN_A_ROW = 3  # a user error in every trial is not the settings: stop and say so
 
 DEFAULT_SPACE: dict[str, dict[str, dict]] = {
@@ -50,6 +54,13 @@ DEFAULT_SPACE: dict[str, dict[str, dict]] = {
         "train.weight_decay": {"low": 0.0, "high": 0.1},
     },
 }
+
+
+def objective_split(cfg: RunConfig) -> str:
+    """The split trials are scored on: ``validation_expanded`` when ``expand.validation`` makes it (plain
+    validation saturates on template-like data, where every setting scores ~100% of the teacher), else
+    ``validation``."""
+    return EXPANDED_VALIDATION if cfg.expand.validation else "validation"
 
 
 def default_space(cfg: RunConfig, method: str) -> dict[str, Distribution]:
@@ -125,12 +136,12 @@ def study_name(cfg: RunConfig, parent: RunContext, space: dict[str, Distribution
 
 
 def run_trial(cfg: RunConfig, parent: RunContext, root: Path, number: int, params: dict) -> tuple[float, Path]:
-    """Train and evaluate one trial in ``root``; returns its validation figure."""
-    method, metric = cfg.tune.method, cfg.tune.metric
+    """Train and evaluate one trial in ``root``; returns its figure on :func:`objective_split`."""
+    method, metric, split = cfg.tune.method, cfg.tune.metric, objective_split(cfg)
     overrides = [as_override(k, v) for k, v in params.items()]
     tcfg = derive(
         cfg,
-        [f"run_dir={json.dumps(str(root))}", f"train.methods=[{method}]", f"eval.splits=[{SPLIT}]", *overrides],
+        [f"run_dir={json.dumps(str(root))}", f"train.methods=[{method}]", f"eval.splits=[{split}]", *overrides],
         source=f"trial {number}",
     )
     ctx = pipeline.open_run(tcfg)
@@ -141,15 +152,16 @@ def run_trial(cfg: RunConfig, parent: RunContext, root: Path, number: int, param
             "trial": number,
             "parent": str(parent.run_dir.root),
             "method": method,
+            "split": split,
             "params": params,
             "overrides": overrides,
         },
     )
     pipeline.run_stages(ctx, ["signals", "train", "eval"])
     results = read_json(ctx.path("eval") / "results.json")
-    value = results["splits"][SPLIT]["models"][method][metric]
+    value = results["splits"][split]["models"][method][metric]
     if value is None:
-        raise UserError(f"the student's validation {metric} is undefined (the teacher scores 0): use tune.metric=score")
+        raise UserError(f"the student's {split} {metric} is undefined (the teacher scores 0): use tune.metric=score")
     return float(value), root
 
 
@@ -180,7 +192,8 @@ def best_of(rows: list[dict]) -> dict | None:
 
 def write_summary(cfg: RunConfig, name: str, rows: list[dict], root: Path) -> dict | None:
     """``trials.jsonl`` (every trial of the study) and ``best.yaml`` (the winner), each written atomically."""
-    write_jsonl(root / "trials.jsonl", [{"study": name, **r} for r in rows])
+    split = objective_split(cfg)
+    write_jsonl(root / "trials.jsonl", [{"study": name, "split": split, **r} for r in rows])
     best = best_of(rows)
     if best is None:
         return None
@@ -188,7 +201,7 @@ def write_summary(cfg: RunConfig, name: str, rows: list[dict], root: Path) -> di
         "study": name,
         "method": cfg.tune.method,
         "metric": cfg.tune.metric,
-        "split": SPLIT,
+        "split": split,
         "trial": best["trial"],
         "value": best["value"],
         "dir": best["dir"],
@@ -226,9 +239,10 @@ def tune(cfg: RunConfig, force: set[str] | None = None) -> dict:
     opened = pipeline.open_run(cfg, force)
     parent = replace(opened, cfg=derive(cfg, [f"train.methods=[{t.method}]"], source="tune"))
     pipeline.run_all(parent, until=pipeline.STAGE_NAMES[pipeline.STAGE_NAMES.index("train") - 1])
-    if not parent.split(SPLIT):
+    split = objective_split(cfg)
+    if not parent.split(split):
         raise UserError(
-            "the validation split is empty, and tune scores each trial on it: hold some prompts out "
+            f"the {split} split is empty, and tune scores each trial on it: hold some prompts out "
             "with prompts.validation (e.g. 0.1)"
         )
     root = parent.run_dir.root / "tune"
@@ -245,7 +259,8 @@ def tune(cfg: RunConfig, force: set[str] | None = None) -> dict:
     retry_interrupted(study, optuna)
     current = cfg.model_dump(mode="json")
     started, fails = time.monotonic(), 0
-    say(f"tune: study {name}, {finished(study, optuna)}/{t.trials} trials done, {t.metric} on {SPLIT}")
+    why = " (expand.validation)" if split == EXPANDED_VALIDATION else ""
+    say(f"tune: study {name}, {finished(study, optuna)}/{t.trials} trials done, {t.metric} on {split}{why}")
     while finished(study, optuna) < t.trials:
         if t.timeout_s is not None and time.monotonic() - started > t.timeout_s:
             say(f"tune: {t.timeout_s:g}s timeout reached; rerun to go on")
@@ -276,6 +291,7 @@ def tune(cfg: RunConfig, force: set[str] | None = None) -> dict:
         "study": name,
         "metric": t.metric,
         "method": t.method,
+        "split": split,
         "trials": rows,
         "best": best,
         "paths": {

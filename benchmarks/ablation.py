@@ -3,10 +3,13 @@
     python benchmarks/ablation.py [--seeds 0 1 2] [--variants base expand ...] [--jobs 2] [--root runs/ablation]
 
 Every (variant, seed) is one run of ``examples/helpdesk/config.yaml`` up to the eval stage
-(``eval.splits=[validation, test, ood]``, plus the config's extra eval sets) in its own run directory
-``ROOT/VARIANT-sSEED``, in a subprocess with one torch thread (the demo's models are tiny: one
-thread each and ``--jobs`` runs side by side beat two threads fighting over two cores). Finished
-runs are skipped by the pipeline itself, so an interrupted ablation resumes. Levers:
+(``eval.splits=[validation, validation_expanded, test, ood]``, plus the config's extra eval sets;
+``expand.validation`` is on in every variant, so all are scored on the same expanded validation
+split, the one to choose on) in its own run directory ``ROOT/VARIANT-sSEED``, in a subprocess with
+one torch thread (the demo's models are tiny: one thread each and ``--jobs`` runs side by side beat
+two threads fighting over two cores). Finished runs are skipped by the pipeline itself, so an
+interrupted ablation resumes.
+Levers:
 
 * ``expand``: the expand stage (rule-based perturbations, wrappers, composition; no writer);
 * ``prune``: the student starts from the teacher pruned to the student's budget (Minitron);
@@ -62,11 +65,11 @@ VARIANTS = {
     "expand+prune": LEVERS["expand"] + LEVERS["prune"],
     "expand+alpha1": LEVERS["expand"] + LEVERS["alpha1"],
 }
-SPLITS = ("validation", "test", "ood")
+SPLITS = ("validation", "validation_expanded", "test", "ood")
 # A variant's finished stages that it shares with an earlier variant of the same seed are copied from it
 # (their inputs, hence their hashes, are the same, so the pipeline skips them): KD-only levers reuse
 # the sft student too (its hash leaves train.kd out).
-SHARED = {
+SHARED = {  # (parent variant, folders copied from it)
     "kdT": ("base", ["prompts", "generate", "students/sft"]),
     "onpolicy": ("base", ["prompts", "generate", "students/sft"]),
     "expand+kdT": ("expand", ["prompts", "expand", "generate", "students/sft"]),
@@ -83,6 +86,7 @@ def overrides(variant: str, seed: int, run_dir: Path, extra: list[str]) -> list[
         "eval.judge=off",
         "eval.force_contaminated=true",  # validation is a random share of the template prompts: near copies are expected
         "expand.enabled=false",  # the demo config turns expand on: every lever, expand included, is added to a bare base
+        "expand.validation=true",  # every variant is scored on the same expanded validation split (the choice set)
         *VARIANTS[variant],
         *extra,
     ]
@@ -191,7 +195,7 @@ def _kd_minus_sft(runs: dict, split: str) -> list[dict]:
 
 
 def table(summary: dict) -> str:
-    splits = [s for s in ("validation", "test", "ood") if any(s in r.get("sft", {}) for r in summary.values())]
+    splits = [s for s in SPLITS if any(s in r.get("sft", {}) for r in summary.values())]
     extra = sorted({s for r in summary.values() for s in r.get("sft", {}) if s not in (*SPLITS, "ood_categories")})
     cols = [*splits, *extra]
     head = (
@@ -213,6 +217,20 @@ def table(summary: dict) -> str:
             w = f"{worst[0]} {worst[1]:.1f}" if worst else "-"
             lines.append(f"| {v} | {len(row['seeds'])} | {method} | " + " | ".join(cells) + f" | {w} | {d} |")
     return "\n".join(lines)
+
+
+def winner(summary: dict, split: str = "validation_expanded") -> dict | None:
+    """The (variant, method) with the highest mean % of the teacher on ``split`` (the choice set), and its score."""
+    scores = [
+        (statistics.mean(row[m][split]), v, m)
+        for v, row in summary.items()
+        for m in ("sft", "kd")
+        if row.get(m, {}).get(split)
+    ]
+    if not scores:
+        return None
+    best = max(scores)
+    return {"split": split, "variant": best[1], "method": best[2], "pct_of_teacher": round(best[0], 1)}
 
 
 def main() -> None:
@@ -237,11 +255,13 @@ def main() -> None:
         print(f"{r['variant']:>18} seed {r['seed']}: rc {r['rc']}, {r['seconds']:.0f} s")
     summary = summarize(a.root, a.variants, a.seeds)
     print(table(summary))
-    print(
-        json.dumps(
-            {"benchmark": "ablation", "seconds": round(time.perf_counter() - t0, 1), "runs": runs, "summary": summary}
+    best = winner(summary)
+    if best:
+        print(
+            f"chosen on {best['split']}: {best['variant']} / {best['method']} ({best['pct_of_teacher']}% of the teacher)"
         )
-    )
+    out = {"seconds": round(time.perf_counter() - t0, 1), "runs": runs, "summary": summary, "chosen": best}
+    print(json.dumps({"benchmark": "ablation", **out}))
 
 
 if __name__ == "__main__":

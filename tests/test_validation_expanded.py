@@ -10,11 +10,12 @@ import pytest
 import yaml
 
 from potstill import api
-from potstill.config import config_from_dict, load_config
+from potstill.config import ScorerSpec, config_from_dict, load_config
 from potstill.data.dedup import normalise
 from potstill.errors import UserError
 from potstill.evaluate.compare import retention_warnings
 from potstill.evaluate.contamination import check_contamination, contamination_report
+from potstill.evaluate.scorers import build_scorer
 from potstill.expand.config import ExpandConfig, hashed_expand_config, hashed_validation_config
 from potstill.expand.guard import EvalGuard
 from potstill.expand.run import rule_based
@@ -228,3 +229,40 @@ def test_tune_scores_trials_on_the_expanded_split(tiny_project, tmp_path, tiny_t
     results = read_json(trial / "eval" / "results.json")
     assert list(results["splits"]) == ["validation_expanded"]
     assert results["splits"]["validation_expanded"]["models"]["sft"]["pct_of_teacher"] == pytest.approx(row["value"])
+
+
+# -- labels: what the scorer reads travels with every copy ------------------------------------------
+
+
+def test_copies_inherit_their_parents_labels_and_composed_ones_merge_them(tmp_path):
+    """A copy keeps its parent's ``meta.facts`` / ``reference``; a composed copy joins list labels and is dropped
+    from the split when two parents' scalar labels (two different references) conflict."""
+    val = [
+        {**rec(f"v{i}", t, facts=[f"f{i}"]), "reference": f"answer {i % 2}"}
+        for i, t in enumerate(texts(validation_set()))
+    ]
+    only = {**OFF, "typo": {"share": 1.0}, "compose": {"share": 1.0, "min_parts": 2, "max_parts": 2}}
+    stats = run_expand_validation(ExpandConfig(**only), val, [], {}, tmp_path, seed=1)
+    rows = read_jsonl(tmp_path / "validation_expanded.jsonl")
+    parent = {r["id"]: r for r in val}
+    typos = [r for r in rows if r["meta"]["method"] == "typo"]
+    assert typos and all(
+        r["meta"]["facts"] == parent[r["meta"]["parents"][0]]["meta"]["facts"]
+        and r["reference"] == parent[r["meta"]["parents"][0]]["reference"]
+        for r in typos
+    )
+    composed = [r for r in rows if r["meta"]["method"] == "compose"]
+    assert composed, "no composed copy survived: the merge test would test nothing"
+    for r in composed:
+        ps = [parent[p] for p in r["meta"]["parents"]]
+        assert r["meta"]["facts"] == [f for p in ps for f in p["meta"]["facts"]]
+        assert len({p["reference"] for p in ps}) == 1 and r["reference"] == ps[0]["reference"]
+    assert stats["dropped"]["unmerged_labels"] > 0  # the pairs whose references differ
+
+
+def test_a_scorer_that_raises_is_one_line_naming_it_and_the_record():
+    score = build_scorer(ScorerSpec(type="python", function="potstill.tasks.helpdesk.scorer:score"))
+    with pytest.raises(
+        UserError, match=r"scorer function 'potstill.tasks.helpdesk.scorer:score' failed on record 'x1'"
+    ):
+        score("an answer", {"id": "x1", "messages": [{"role": "user", "content": "hi"}]})

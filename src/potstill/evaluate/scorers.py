@@ -77,7 +77,17 @@ def build_scorer(spec: ScorerSpec) -> Scorer:
     kind = spec.type
     if kind == "python":
         fn = load_function(spec.function)
-        return lambda answer, record, reference=None: float(fn(answer, record, reference))
+
+        def python(answer, record, reference=None):
+            try:
+                return float(fn(answer, record, reference))
+            except Exception as e:  # the user's own code: one line naming it and the record, not a traceback
+                rid = record.get("id") if isinstance(record, dict) else None
+                raise UserError(
+                    f"scorer function '{spec.function}' failed on record {rid!r}: {type(e).__name__}: {e}"
+                ) from None
+
+        return python
     if kind in ("rouge_l", "chrf"):
         metric = _rouge() if kind == "rouge_l" else _chrf()
 

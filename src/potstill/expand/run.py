@@ -45,14 +45,68 @@ def chosen(seed: int, method: str, record_id: str, share: float) -> bool:
     return split_point(f"{method}\x00{record_id}", seed) < share
 
 
-def expansion(parent: dict, text: str, method: str, parents: list[str], category: str | None, **extra) -> dict:
-    """A synthetic record: ``parent``'s messages with the last user message replaced by ``text``."""
+OWN_FIELDS = ("id", "messages", "category", "meta")  # what an expansion sets itself; other fields are inherited
+
+
+def _merge(values: list) -> tuple[bool, object]:
+    """One value for several parents' values of a field: lists joined (each item once), equal values kept."""
+    if all(isinstance(v, list) for v in values):
+        joined = []
+        for v in values:
+            joined.extend(x for x in v if x not in joined)
+        return True, joined
+    return all(v == values[0] for v in values), values[0]
+
+
+def inherited(records: list[dict]) -> tuple[dict, dict, list[str]]:
+    """The labels an expansion keeps from its parent ``records`` (what a scorer reads: e.g. ``reference``
+    or ``meta.facts``): (top-level fields, meta fields, names that could not be merged).
+
+    One parent's are kept as they are; several parents' (a composed message) are merged by
+    :func:`_merge`, and a field whose values conflict (two different references, say) is left out
+    and named, so that a split that needs scoring can drop the record.
+    """
+    unmerged: list[str] = []
+
+    def merge(dicts: list[dict], prefix: str) -> dict:
+        out = {}
+        for key in dict.fromkeys(k for d in dicts for k in d):
+            ok, value = _merge([d.get(key) for d in dicts])
+            if ok:
+                out[key] = value
+            else:
+                unmerged.append(prefix + key)
+        return out
+
+    top = merge([{k: v for k, v in r.items() if k not in OWN_FIELDS} for r in records], "")
+    meta = merge([dict(r.get("meta") or {}) for r in records], "meta.")
+    return top, meta, unmerged
+
+
+def expansion(
+    parent: dict,
+    text: str,
+    method: str,
+    parents: list[str],
+    category: str | None,
+    sources: list[dict] | None = None,
+    **extra,
+) -> dict:
+    """A synthetic record: ``parent``'s messages with the last user message replaced by ``text``.
+
+    It inherits the labels of ``sources`` (default: ``parent``; see :func:`inherited`) under its own
+    id, category and provenance (``meta.synthetic``, ``method``, ``parents``, ``extra``; and
+    ``meta.unmerged`` when some label could not be merged).
+    """
     messages = [dict(m) for m in parent["messages"]]
     last = max(i for i, m in enumerate(messages) if m["role"] == "user")
     messages[last]["content"] = text
     rid = f"{method}-{sha256_json({'method': method, 'messages': messages})[:16]}"
-    meta = {"synthetic": True, "method": method, "parents": parents, **extra}
-    return {"id": rid, "messages": messages, "category": category, "meta": meta}
+    top, labels, unmerged = inherited(sources or [parent])
+    meta = {**labels, "synthetic": True, "method": method, "parents": parents, **extra}
+    if unmerged:
+        meta["unmerged"] = unmerged
+    return {**top, "id": rid, "messages": messages, "category": category, "meta": meta}
 
 
 def _rules(cfg: ExpandConfig, train: list[dict], seed: int, unchanged: Counter) -> list[dict]:
@@ -111,7 +165,9 @@ def _composes(cfg: ExpandConfig, train: list[dict], seed: int) -> list[dict]:
                 cats = {p.get("category") for p in parts}
                 text = compose([seed_text(p) for p in parts], s, rng.getrandbits(64))
                 out.append(
-                    expansion(r, text, "compose", [p["id"] for p in parts], cats.pop() if len(cats) == 1 else None)
+                    expansion(
+                        r, text, "compose", [p["id"] for p in parts], cats.pop() if len(cats) == 1 else None, parts
+                    )
                 )
     return out
 

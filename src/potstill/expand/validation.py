@@ -11,7 +11,9 @@ Only the copies are written (the originals are ``validation``), drawn with a see
 prompts with validation prompts only. A copy is dropped when it copies a test, OOD or eval-set prompt
 (:class:`.guard.EvalGuard`), when its normalised text is a training prompt's or a training
 expansion's, or when it is an exact or near duplicate of one of those, of a validation prompt or of
-an earlier copy (:func:`.run.dedup_expansions`).
+an earlier copy (:func:`.run.dedup_expansions`). Every copy carries its parents' labels (what the
+scorer reads, e.g. ``reference`` or ``meta.facts``; :func:`.run.inherited`); a composed copy whose
+parents' labels conflict (two different references) cannot be scored and is dropped.
 """
 
 from __future__ import annotations
@@ -54,8 +56,10 @@ def run_expand_validation(
     candidates = rule_based(cfg, validation, validation_seed(seed), unchanged)
     made = Counter(c["meta"]["method"] for c in candidates)
 
-    clean, contaminated, examples = keep_out_of_eval(candidates, eval_records_by_split)
-    dropped = Counter(contaminated=sum(contaminated.values()))
+    labelled = [c for c in candidates if not c["meta"].get("unmerged")]
+    dropped = Counter(unmerged_labels=len(candidates) - len(labelled))
+    clean, contaminated, examples = keep_out_of_eval(labelled, eval_records_by_split)
+    dropped["contaminated"] = sum(contaminated.values())
     clean, dropped["copies_training"] = drop_contaminated(training, clean)
     kept = dedup_expansions([*training, *validation], clean, cfg.near_dup_threshold, seed, dropped)
     give_unique_ids(kept, {r["id"] for r in validation})
@@ -69,7 +73,10 @@ def run_expand_validation(
         "seeds": len(validation),
         "expansions": n,
         "methods": methods,
-        "dropped": {k: dropped[k] for k in ("copies_training", "exact_duplicate", "near_duplicate", "contaminated")}
+        "dropped": {
+            k: dropped[k]
+            for k in ("copies_training", "exact_duplicate", "near_duplicate", "contaminated", "unmerged_labels")
+        }
         | {"unchanged": sum(unchanged.values())},
         "contaminated": {"by_split": dict(sorted(contaminated.items())), "examples": examples},
         "seconds": round(time.perf_counter() - started, 3),

@@ -68,6 +68,20 @@ def test_an_unknown_eval_split_is_one_line_with_a_hint():
     assert config_from_dict(data, base_dir=".").eval.splits == ["test", "natural", "validation"]
 
 
+def test_route_calibrates_on_any_split_the_config_makes():
+    data = base(eval_sets={"natural": [{"path": "n.jsonl"}]})
+    data["route"] = {"split": "natural"}
+    assert config_from_dict(data, base_dir=".").route.split == "natural"
+    data["route"] = {"split": "natral"}
+    msg = config_error(data)
+    assert msg.count("\n") == 0 and "config key 'route.split': unknown split 'natral'" in msg
+    assert "did you mean 'natural'?" in msg
+    data["route"] = {"split": "validation_expanded"}
+    assert "config key 'route.split': split 'validation_expanded' is made by the expand stage" in config_error(data)
+    data["expand"] = {"validation": True}
+    assert config_from_dict(data, base_dir=".").route.split == "validation_expanded"
+
+
 def test_a_bad_source_inside_a_set_names_its_key():
     assert "unknown config key 'prompts.eval_sets.natural.0.pth' (did you mean 'path'?)" in config_error(
         base(eval_sets={"natural": [{"pth": "n.jsonl"}]})

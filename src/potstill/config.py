@@ -529,7 +529,11 @@ class RouteConfig(Section):
         description="Most queries sent to the teacher (share; "
         "with target_quality too: the fewest calls meeting it within this cap).",
     )
-    split: Literal["validation", "test", "ood"] = Field("validation", description="Calibration split.")
+    split: str = Field(
+        "validation",
+        description="Calibration split: validation, test, ood, validation_expanded (with expand.validation) "
+        "or a prompts.eval_sets name.",
+    )
     max_new_tokens: int | None = Field(
         None, ge=1, description="Most tokens per student answer (default: eval.max_new_tokens)."
     )
@@ -574,22 +578,24 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _eval_splits(self):
-        known = (*self.prompts.held_out(), EXPANDED_VALIDATION)
-        for name in self.eval.splits:
-            if name == EXPANDED_VALIDATION and not self.expand.validation:
-                raise config_key_error(
-                    "eval.splits",
-                    f"split '{EXPANDED_VALIDATION}' is made by the expand stage: set expand.validation: true",
-                )
-            if name not in known:
-                close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                declared = ", ".join(self.prompts.eval_sets)
-                sets = f"a prompts.eval_sets name ({declared})" if declared else "a name declared in prompts.eval_sets"
-                raise config_key_error(
-                    "eval.splits", f"unknown split {name!r} (expected validation, test, ood or {sets}{hint})"
-                )
+        for key, names in (("eval.splits", self.eval.splits), ("route.split", [self.route.split])):
+            for name in names:
+                self._check_split(key, name)
         return self
+
+    def _check_split(self, key: str, name: str) -> None:
+        """A split named in ``key`` is one this config produces; else one config error naming the key."""
+        known = (*self.prompts.held_out(), EXPANDED_VALIDATION)
+        if name == EXPANDED_VALIDATION and not self.expand.validation:
+            raise config_key_error(
+                key, f"split '{EXPANDED_VALIDATION}' is made by the expand stage: set expand.validation: true"
+            )
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            declared = ", ".join(self.prompts.eval_sets)
+            sets = f"a prompts.eval_sets name ({declared})" if declared else "a name declared in prompts.eval_sets"
+            raise config_key_error(key, f"unknown split {name!r} (expected validation, test, ood or {sets}{hint})")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ class EvalStage(Stage):
         contamination = contamination_report(splits, ctx.train_prompts())
         lines = check_contamination(contamination, cfg.eval.contamination_threshold, cfg.eval.force_contaminated)
         for line in lines:
-            say(f"  [yellow]warning[/]: contamination: {line}")
+            say(f"  [yellow]warning[/]: contamination: {escape(line)}")
         answers = {"teacher": api_answers(ctx, splits, work, cfg.eval.max_new_tokens)} if ctx.teacher.is_api else {}
         eval_cfg = cfg.eval
         judge = judge_name = None
@@ -136,7 +136,7 @@ class EvalStage(Stage):
             for pair in data["pairs"]:
                 say(f"  {escape(pair_line(pair, split))}")  # a line, not markup
         for w in results["warnings"]:
-            say(f"  [yellow]warning[/]: {w['message']}")
+            say(f"  [yellow]warning[/]: {escape(w['message'])}")  # split names, ids: text, not markup
         return {"splits": list(results["splits"]), "warnings": len(results["warnings"])}
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from potstill.evaluate.confidence import confidence_warning, teacher_confidence
+from potstill.evaluate.confidence import confidence_by_origin, confidence_warning, prompt_origins, teacher_confidence
 
 
 def row(*positions):
@@ -27,3 +27,26 @@ def test_warning_only_for_an_over_confident_teacher():
     assert warned["kind"] == "teacher_confidence" and "95.0% of 20 answer tokens" in warned["message"]
     assert confidence_warning(teacher_confidence([row([0.999, 0.001], [0.5, 0.5])]), 1.0) is None
     assert confidence_warning(None, 1.0) is None
+
+
+def test_confidence_by_origin_splits_the_figures_per_expand_method():
+    gens = [
+        {"id": "a", **row([0.999, 0.001])},
+        {"id": "typo-1", **row([0.6, 0.4], [0.95, 0.05])},
+        {"id": "b", **row([0.995, 0.005])},
+        {"id": "wrap-1", "top_logprobs": None},
+    ]
+    train = [
+        {"id": "a", "meta": {}},
+        {"id": "b"},
+        {"id": "typo-1", "meta": {"synthetic": True, "method": "typo"}},
+        {"id": "wrap-1", "meta": {"synthetic": True, "method": "wrap"}},
+    ]
+    origins = prompt_origins(train)
+    assert origins == {"typo-1": "typo", "wrap-1": "wrap"}
+    by = confidence_by_origin(gens, origins)
+    assert list(by) == ["original", "typo"]  # wrap recorded no top-k
+    assert by["original"]["tokens"] == 2 and by["original"]["share_top1_over_0_99"] == 1.0
+    assert by["typo"]["tokens"] == 2 and by["typo"]["share_top1_under_0_9"] == pytest.approx(0.5)
+    assert by["typo"]["mean_mass_below_top1"] == pytest.approx(1 - (0.6 + 0.95) / 2, abs=1e-6)
+    assert by["typo"] == teacher_confidence([gens[1]])

@@ -44,7 +44,8 @@ produced nothing for that model)::
       "notes": [str],                                  # measures that could not be computed, and why
       "contamination": {...} | null, "judge": {...} | null, "bootstrap": {...} | null,  # as in results.json
       "routing": {...} | null,                         # route.json + "curves" (potstill.route.stage), when routed
-      "teacher_confidence": {...} | null               # potstill.evaluate.confidence, from the recorded top-k
+      "teacher_confidence": {...} | null,              # potstill.evaluate.confidence, from the recorded top-k
+      "teacher_confidence_by_origin": {ORIGIN: {...}} | null  # the same per prompt origin (original, expand methods)
     }
 
 :func:`build_report` also appends an "Evaluation" section to the model card (README.md) of every
@@ -228,6 +229,7 @@ def assemble_report(
         "bootstrap": results.get("bootstrap"),
         "routing": routing,
         "teacher_confidence": cfg_summary.get("teacher_confidence"),
+        "teacher_confidence_by_origin": cfg_summary.get("teacher_confidence_by_origin"),
     }
     report = _clean(report)
     report["summary"] = summary_sentence(report)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..context import RunContext, Stage, hashed
-from ..evaluate.confidence import confidence_warning, teacher_confidence
+from ..evaluate.confidence import confidence_by_origin, confidence_warning, prompt_origins, teacher_confidence
 from ..evaluate.cost import break_even, run_costs
 from ..evaluate.measure import machine
 from ..io import read_json, read_jsonl
@@ -71,8 +71,12 @@ class ReportStage(Stage):
             "queries_per_day": cfg.prices.queries_per_day,
             "prices": cfg.prices.model_dump(mode="json"),
         }
-        conf = teacher_confidence(read_jsonl(ctx.path("generate") / "generations.jsonl"))
+        generations = read_jsonl(ctx.path("generate") / "generations.jsonl")
+        conf = teacher_confidence(generations)
         summary["teacher_confidence"] = conf
+        if cfg.expand.enabled:  # where the soft labels carry information: original prompts vs each expand method
+            origins = prompt_origins(ctx.train_prompts())
+            summary["teacher_confidence_by_origin"] = confidence_by_origin(generations, origins)
         summary["teacher_confidence_warning"] = confidence_warning(conf, cfg.train.kd.temperature)
         build_report(results, perf, costs, training, summary, out, routing=routing)
         return {"files": ["report.md", "report.html", "report.json"]}

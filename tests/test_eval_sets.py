@@ -11,7 +11,9 @@ from potstill.config import config_from_dict, load_config
 from potstill.data import make_splits, run_prompts
 from potstill.errors import UserError
 from potstill.evaluate.compare import retention_warnings
+from potstill.evaluate.stage import warn
 from potstill.io import read_json, read_jsonl
+from potstill.progress import console
 
 NATURAL = [
     {"id": "n0", "prompt": "hi, can i pay by invoice instead of card?", "category": "billing"},
@@ -167,3 +169,11 @@ def test_a_set_is_evaluated_and_reported(tiny_project, tmp_path, tiny_teacher_di
     md = (run / "report" / "report.md").read_text()
     html = (run / "report" / "report.html").read_text()
     assert "Per category (Natural)" in md and "Per category (Natural)" in html
+
+
+def test_eval_warnings_print_brackets_as_text():
+    """A warning naming a record or prompt with brackets prints them; rich would swallow '[natural]' as a tag."""
+    with console.capture() as cap:
+        warn("split [natural]: prompt '[bold]refund[/bold]' copies a training prompt")
+    out = cap.get()
+    assert "split [natural]: prompt '[bold]refund[/bold]' copies a training prompt" in out and "warning" in out

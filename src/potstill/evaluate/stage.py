@@ -83,6 +83,11 @@ def build_judge(ctx: RunContext, work: Path):
     ), str(spec.path)
 
 
+def warn(message: str) -> None:
+    """One warning line; the message (split names, record ids, prompt text) is printed as text, not rich markup."""
+    say(f"  [yellow]warning[/]: {escape(message)}")
+
+
 class EvalStage(Stage):
     name = "eval"
 
@@ -110,7 +115,7 @@ class EvalStage(Stage):
         contamination = contamination_report(splits, ctx.train_prompts())
         lines = check_contamination(contamination, cfg.eval.contamination_threshold, cfg.eval.force_contaminated)
         for line in lines:
-            say(f"  [yellow]warning[/]: contamination: {escape(line)}")
+            warn(f"contamination: {line}")
         answers = {"teacher": api_answers(ctx, splits, work, cfg.eval.max_new_tokens)} if ctx.teacher.is_api else {}
         eval_cfg = cfg.eval
         judge = judge_name = None
@@ -136,7 +141,7 @@ class EvalStage(Stage):
             for pair in data["pairs"]:
                 say(f"  {escape(pair_line(pair, split))}")  # a line, not markup
         for w in results["warnings"]:
-            say(f"  [yellow]warning[/]: {escape(w['message'])}")  # split names, ids: text, not markup
+            warn(w["message"])
         return {"splits": list(results["splits"]), "warnings": len(results["warnings"])}
 
 

@@ -12,6 +12,7 @@ from potstill.errors import UserError
 from potstill.teachers import generate as gen_mod
 from potstill.teachers import hf
 from potstill.teachers import spec as spec_mod
+from potstill.train.stage import hashed_student
 
 
 def count_generate_calls(monkeypatch) -> list:
@@ -68,6 +69,17 @@ def test_a_default_added_to_the_config_changes_no_hash(tiny_project, tmp_path, t
     same = cfg.model_copy(update={"train": cfg.train.model_copy(update={"weight_decay": 0.0})})  # the default, set
     assert hashed(cfg.train) == hashed(same.train)
     assert "weight_decay" not in hashed(cfg.train) and hashed(cfg.train)["epochs"] == 1.0
+
+
+def test_prune_sizes_hash_only_a_pruned_student(tiny_project, tmp_path, tiny_teacher_dir, tiny_student_dir):
+    """Pruning sizes left in a config whose student starts at random shape nothing: its students keep their hash."""
+    path = tiny_project(tmp_path, str(tiny_teacher_dir), tiny_student_dir)
+
+    def student(*overrides):
+        return hashed_student(load_config(path, list(overrides)).student)
+
+    assert student("student.prune.hidden_size=16") == student() and "prune" not in student()
+    assert student("student.init=prune", "student.prune.hidden_size=16")["prune"] == {"hidden_size": 16}
 
 
 def test_train_force_signals_recaptures(tiny_project, tmp_path, tiny_teacher_dir, tiny_student_dir, capsys):

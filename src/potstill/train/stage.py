@@ -16,6 +16,15 @@ from ..terms.gate import terms_provenance
 from .student import train_student
 
 
+def hashed_student(student) -> dict:
+    """The student section as the train stage's hash sees it: values away from their defaults, and the
+    pruning sizes only when the student is pruned (they shape nothing else)."""
+    out = hashed(student)
+    if student.init != "prune":
+        out.pop("prune", None)
+    return out
+
+
 class TrainStage(Stage):
     name = "train"
     all_ranks = True
@@ -35,7 +44,7 @@ class TrainStage(Stage):
         inputs = {
             "method": method,
             "train": cfg.train.model_dump(mode="json", exclude=skip, exclude_defaults=True),
-            "student": hashed(cfg.student),
+            "student": hashed_student(cfg.student),
             "student_hash": self.student_hash(ctx),
             "generate": ctx.need("generate"),
             "seed": cfg.seed,

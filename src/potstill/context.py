@@ -170,6 +170,11 @@ class RunContext:
         """The folder a split is read from: the expand stage's for ``validation_expanded``, else the prompts stage's."""
         return VALIDATION_FOLDER if name == EXPANDED_VALIDATION else "prompts"
 
+    def split_inputs(self, names) -> dict[str, str]:
+        """For a stage's hash: the hash of the stage that wrote each split in ``names``, for splits another
+        stage than prompts writes (``validation_expanded``); the prompts stage's hash covers the rest."""
+        return {n: self.need(self.split_folder(n)) for n in names if self.split_folder(n) != "prompts"}
+
     def split(self, name: str) -> list[dict]:
         folder = self.split_folder(name)
         if folder != "prompts":

@@ -101,9 +101,7 @@ class EvalStage(Stage):
             "floor": ctx.floor_identity(),
             "seed": cfg.seed,
         }
-        for split in cfg.eval.splits:  # a split another stage than prompts writes (validation_expanded)
-            if ctx.split_folder(split) != "prompts":
-                inputs[split] = ctx.need(ctx.split_folder(split))
+        inputs.update(ctx.split_inputs(cfg.eval.splits))  # validation_expanded: the expand stage's hash
         spec = judge_spec(ctx)
         if spec is not None and spec is not ctx.teacher:
             inputs["judge"] = spec.identity()

@@ -66,6 +66,9 @@ def inherited(records: list[dict]) -> tuple[dict, dict, list[str]]:
     :func:`_merge`, and a field whose values conflict (two different references, say) is left out
     and named, so that a split that needs scoring can drop the record.
     """
+    if len(records) == 1:  # one parent: its labels as they are
+        r = records[0]
+        return {k: v for k, v in r.items() if k not in OWN_FIELDS}, dict(r.get("meta") or {}), []
     unmerged: list[str] = []
 
     def merge(dicts: list[dict], prefix: str) -> dict:

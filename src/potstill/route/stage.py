@@ -222,9 +222,8 @@ class RouteStage(Stage):
 
     def inputs(self, ctx: RunContext, folder: str) -> dict:
         cfg = ctx.cfg
-        calibration = ctx.split_folder(cfg.route.split)  # validation_expanded comes from the expand stage
         return {
-            **({"calibration": ctx.need(calibration)} if calibration != "prompts" else {}),
+            **ctx.split_inputs([cfg.route.split]),  # validation_expanded: the expand stage's hash
             "route": hashed(cfg.route),
             "eval": ctx.need("eval"),
             "measure": ctx.need("measure"),

@@ -52,7 +52,7 @@ LEVERS = {
     "expand": ["expand.enabled=true"],
     "prune": PRUNE,
     "kdT": [f"train.kd.temperature={KD_T}"],
-    "onpolicy": ["train.kd.on_policy_ratio=0.5"],
+    "onpolicy": ["train.kd.on_policy_ratio=0.5", "train.kd.signal=live"],  # GKD scores the student's samples live
     "alpha1": ["train.kd.alpha=1.0"],
 }
 VARIANTS = {

@@ -135,8 +135,21 @@ def test_score_record_shapes():
 def test_gold_answers_score_full_marks():
     for f in KB.facts:
         assert score(answers.sentence(f), rec(f.id)) == 1.0, f.id
+        for template in answers.ANSWER_TEMPLATES[(f.category, f.attribute)]:  # every phrasing states the fact
+            text = template.format(entity=f.entity, attribute=f.attribute, value=f.value)
+            assert score(text, rec(f.id)) == 1.0, text
     ids = [KB.facts[0].id, KB.facts[-1].id]
     assert score(answers.compose(KB, ids), rec(*ids)) == 1.0
+
+
+def test_gold_answers_vary_in_phrasing_under_a_seed():
+    import random
+
+    fact = KB.by_id["plans.pro.price"]
+    assert answers.compose(KB, [fact.id]) == answers.sentence(fact)  # no generator: the first pattern
+    draws = [answers.compose(KB, [fact.id], random.Random(s)) for s in range(40)]
+    assert len(set(draws)) == len(answers.ANSWER_TEMPLATES[("plans", "price")])  # every pattern is drawn
+    assert draws == [answers.compose(KB, [fact.id], random.Random(s)) for s in range(40)]  # same seed, same text
 
 
 # --- queries ---------------------------------------------------------------------------------

@@ -4,7 +4,9 @@
 
 The teacher is a small Llama trained on (prompt -> gold answer) pairs: prompts from the TRAINING
 templates plus augmentation (typos, chit-chat, two-question joins; never the test templates),
-answers composed from the KB by ``potstill.tasks.helpdesk.answers``. Also writes ``student/``
+answers composed from the KB by ``potstill.tasks.helpdesk.answers``, each in a random one of its
+fact's phrasings (so the teacher's next-token distribution holds real alternatives, as a large
+model's does; ``--one-phrasing`` trains the earlier over-confident teacher). Also writes ``student/``
 (config + the same tokenizer, no weights) and ``teacher/train_report.json`` (test/ood scores).
 The helpers here (encoding, the SFT loop, greedy evaluation) are reused by check_student.py.
 """
@@ -230,6 +232,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--one-phrasing",
+        action="store_true",
+        help="answer every fact with its first phrasing only (the demo teacher before 2026-12-01: its soft labels "
+        "carry almost nothing beyond its text); by default each example draws one of answers.ANSWER_TEMPLATES",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -239,7 +247,11 @@ def main() -> None:
         kb, "augment", args.n_augment, seed=args.seed
     )
     pairs = [
-        (r["prompt"], answers.compose(kb, r["facts"]), rng.choice(SYSTEMS) if rng.random() < 0.2 else None)
+        (
+            r["prompt"],
+            answers.compose(kb, r["facts"], None if args.one_phrasing else rng),
+            rng.choice(SYSTEMS) if rng.random() < 0.2 else None,
+        )
         for r in recs
     ]
     corpus = [p for p, _, _ in pairs] + [a for _, a, _ in pairs] + SYSTEMS

@@ -20,7 +20,8 @@ Levers:
 The table gives, per variant and method, the student's % of the teacher on validation / test /
 OOD as mean ± sd over the seeds, the worst OOD category (mean over seeds), and KD - SFT on OOD in
 points of teacher quality with the per-seed paired-bootstrap 95% CI when the eval stage reports
-one. The last line is JSON.
+one, and pooled over the seeds (per prompt the mean over seeds, one paired bootstrap over the
+prompts). The last line is JSON.
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ def summarize(root: Path, variants: list[str], seeds: list[int]) -> dict:
             row[method] = m
         diffs = {sp: _kd_minus_sft(runs, sp) for sp in splits}
         row["kd_minus_sft"] = diffs
+        row["kd_minus_sft_pooled"] = {sp: _pooled(root, v, sorted(runs), sp) for sp in splits}
         out[v] = row
     return out
 
@@ -195,6 +197,40 @@ def _kd_minus_sft(runs: dict, split: str) -> list[dict]:
     return out
 
 
+def _scores(run_dir: Path, model: str, split: str) -> dict[str, float] | None:
+    path = run_dir / "eval" / "answers" / f"{model}__{split}.jsonl"
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    return {r["id"]: float(r["score"]) for r in rows}
+
+
+def _pooled(root: Path, variant: str, seeds: list[int], split: str) -> dict | None:
+    """KD - SFT pooled over the seeds, in points of teacher %: per prompt the mean over seeds of each model's
+    score, then one paired bootstrap over the prompts. Seed noise averages out (a single seed's CI on ~300
+    prompts spans about +-4 points); the prompts must be the same in every seed (test, ood, eval sets: not the
+    random validation share). None when a score file is missing or the prompts differ."""
+    from potstill.evaluate.stats import paired_difference
+
+    per_model: dict[str, list[dict[str, float]]] = {"kd": [], "sft": [], "teacher": []}
+    for seed in seeds:
+        for model, lists in per_model.items():
+            got = _scores(root / f"{variant}-s{seed}", model, split)
+            if got is None:
+                return None
+            lists.append(got)
+    ids = sorted(per_model["kd"][0])
+    if any(sorted(d) != ids for lists in per_model.values() for d in lists):
+        return None
+    mean = {m: [statistics.mean(d[i] for d in lists) for i in ids] for m, lists in per_model.items()}
+    ci = paired_difference(mean["kd"], mean["sft"], reference=mean["teacher"])["pct_points"]
+    teacher = statistics.mean(mean["teacher"])
+    points = 100 * (statistics.mean(mean["kd"]) - statistics.mean(mean["sft"])) / teacher if teacher else None
+    if points is None or ci is None:
+        return None
+    return {"seeds": len(seeds), "n": len(ids), "points": round(points, 2), "ci95": [round(x, 2) for x in ci]}
+
+
 def table(summary: dict) -> str:
     splits = [s for s in SPLITS if any(s in r.get("sft", {}) for r in summary.values())]
     extra = sorted({s for r in summary.values() for s in r.get("sft", {}) if s not in (*SPLITS, "ood_categories")})
@@ -214,6 +250,9 @@ def table(summary: dict) -> str:
             if method == "kd" and row["kd_minus_sft"].get("ood"):
                 pts = [e["points"] for e in row["kd_minus_sft"]["ood"]]
                 d = f"{mean_sd(pts)} (CI > 0 in {sum(1 for e in row['kd_minus_sft']['ood'] if e.get('ci95', [0])[0] > 0)}/{len(pts)})"
+                pooled = row.get("kd_minus_sft_pooled", {}).get("ood")
+                if pooled and pooled["seeds"] > 1:
+                    d += f"; pooled {pooled['points']:+.1f} [{pooled['ci95'][0]:+.1f}, {pooled['ci95'][1]:+.1f}]"
             cells = [mean_sd(m.get(c, [])) for c in cols]
             w = f"{worst[0]} {worst[1]:.1f}" if worst else "-"
             lines.append(f"| {v} | {len(row['seeds'])} | {method} | " + " | ".join(cells) + f" | {w} | {d} |")

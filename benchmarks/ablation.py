@@ -65,6 +65,7 @@ VARIANTS = {
     "expand+kdT": LEVERS["expand"] + LEVERS["kdT"],
     "expand+prune": LEVERS["expand"] + LEVERS["prune"],
     "expand+alpha1": LEVERS["expand"] + LEVERS["alpha1"],
+    "expand+prune+kdT": LEVERS["expand"] + LEVERS["prune"] + LEVERS["kdT"],
 }
 SPLITS = ("validation", "validation_expanded", "test", "ood")
 # A variant's finished stages that it shares with an earlier variant of the same seed are copied from it
@@ -76,6 +77,7 @@ SHARED = {  # (parent variant, folders copied from it)
     "expand+kdT": ("expand", ["prompts", "expand", "generate", "students/sft"]),
     "expand+prune": ("expand", ["prompts", "expand", "generate"]),
     "expand+alpha1": ("expand", ["prompts", "expand", "generate", "students/sft"]),
+    "expand+prune+kdT": ("expand+prune", ["prompts", "expand", "generate", "student", "students/sft"]),
 }
 
 

@@ -200,11 +200,10 @@ def _kd_minus_sft(runs: dict, split: str) -> list[dict]:
 
 
 def _scores(run_dir: Path, model: str, split: str) -> dict[str, float] | None:
+    from potstill.io import read_jsonl
+
     path = run_dir / "eval" / "answers" / f"{model}__{split}.jsonl"
-    if not path.exists():
-        return None
-    rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-    return {r["id"]: float(r["score"]) for r in rows}
+    return {r["id"]: float(r["score"]) for r in read_jsonl(path)} if path.exists() else None
 
 
 def _pooled(root: Path, variant: str, seeds: list[int], split: str) -> dict | None:
@@ -227,9 +226,9 @@ def _pooled(root: Path, variant: str, seeds: list[int], split: str) -> dict | No
     mean = {m: [statistics.mean(d[i] for d in lists) for i in ids] for m, lists in per_model.items()}
     ci = paired_difference(mean["kd"], mean["sft"], reference=mean["teacher"])["pct_points"]
     teacher = statistics.mean(mean["teacher"])
-    points = 100 * (statistics.mean(mean["kd"]) - statistics.mean(mean["sft"])) / teacher if teacher else None
-    if points is None or ci is None:
+    if ci is None or not teacher:
         return None
+    points = 100 * (statistics.mean(mean["kd"]) - statistics.mean(mean["sft"])) / teacher
     return {"seeds": len(seeds), "n": len(ids), "points": round(points, 2), "ci95": [round(x, 2) for x in ci]}
 
 

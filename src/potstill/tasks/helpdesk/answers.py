@@ -78,11 +78,16 @@ ANSWER_TEMPLATES: dict[tuple[str, str], tuple[str, ...]] = {
 FALLBACK = ("The {entity} {attribute} is {value}.",)
 
 
+def phrasings(fact: Fact) -> list[str]:
+    """Every sentence pattern of ``fact``'s kind, filled in (a generic one for a kind not listed)."""
+    templates = ANSWER_TEMPLATES.get((fact.category, fact.attribute), FALLBACK)
+    return [t.format(entity=fact.entity, attribute=fact.attribute, value=fact.value) for t in templates]
+
+
 def sentence(fact: Fact, rng: random.Random | None = None) -> str:
     """One sentence stating ``fact``: the first pattern, or a random one when ``rng`` is given."""
-    templates = ANSWER_TEMPLATES.get((fact.category, fact.attribute), FALLBACK)
-    template = rng.choice(templates) if rng is not None else templates[0]
-    return template.format(entity=fact.entity, attribute=fact.attribute, value=fact.value)
+    options = phrasings(fact)
+    return rng.choice(options) if rng is not None else options[0]
 
 
 def compose(kb: KnowledgeBase, fact_ids: list[str], rng: random.Random | None = None) -> str:

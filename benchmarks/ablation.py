@@ -89,8 +89,8 @@ def overrides(variant: str, seed: int, run_dir: Path, extra: list[str]) -> list[
         "eval.judge=off",
         "eval.force_contaminated=true",  # validation is a random share of the template prompts: near copies are expected
         "expand.enabled=false",  # the demo config turns expand on: every lever, expand included, is added to a bare base
-        "expand.validation=true",
-        "student.init=random",  # the demo config starts from the pruned teacher: prune is a lever added to a bare base  # every variant is scored on the same expanded validation split (the choice set)
+        "expand.validation=true",  # every variant is scored on the same expanded validation split (the choice set)
+        "student.init=random",  # the demo config starts from the pruned teacher: prune is a lever added to a bare base
         *VARIANTS[variant],
         *extra,
     ]

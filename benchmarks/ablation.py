@@ -81,6 +81,11 @@ SHARED = {  # (parent variant, folders copied from it)
 }
 
 
+def level(variant: str) -> int:
+    """How many variants ``variant`` reuses stages from, one through the other (0: it runs everything)."""
+    return 1 + level(SHARED[variant][0]) if variant in SHARED else 0
+
+
 def overrides(variant: str, seed: int, run_dir: Path, extra: list[str]) -> list[str]:
     return [
         f"run_dir={run_dir}",
@@ -287,7 +292,9 @@ def main() -> None:
         worker(a.one[0], int(a.one[1]), Path(a.one[2]), a.extra)
         return
     a.root.mkdir(parents=True, exist_ok=True)
-    jobs = [(v, s) for s in a.seeds for v in a.variants]  # a parent variant always comes before its children
+    # parents before their children, and every seed's job of one level before the next level's, so that
+    # the workers run jobs that need not wait for each other
+    jobs = sorted(((v, s) for s in a.seeds for v in a.variants), key=lambda j: (level(j[0]), j[1]))
     done = {j: threading.Event() for j in jobs}
     t0 = time.perf_counter()
     with ThreadPoolExecutor(a.jobs) as pool:

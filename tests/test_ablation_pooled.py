@@ -42,3 +42,10 @@ def test_pooled_needs_the_same_prompts_in_every_seed(tmp_path):
             _write(tmp_path, seed, model, {i: 1.0 for i in ids})
     assert ablation._pooled(tmp_path, "v", [0, 1], "ood") is None
     assert ablation._pooled(tmp_path, "v", [0, 1], "test") is None  # no score files for that split
+
+
+def test_levels_order_parents_before_children():
+    assert ablation.level("base") == 0 and ablation.level("expand") == 0
+    assert ablation.level("expand+prune") == 1 and ablation.level("expand+prune+kdT") == 2
+    for child, (parent, _) in ablation.SHARED.items():
+        assert ablation.level(parent) < ablation.level(child)

@@ -10,7 +10,8 @@ import re
 from potstill.expand import phrases
 from potstill.tasks.helpdesk import queries
 
-LISTS = ("GREETINGS", "CONTEXTS", "POLITENESS", "SIGNOFFS", "JOINERS", "INTROS")
+KINDS = ("GREETINGS", "CONTEXTS", "POLITENESS", "SIGNOFFS", "JOINERS", "INTROS")
+LISTS = (*KINDS, *(f"VALIDATION_{k}" for k in KINDS))  # training lists and the held-out validation lists
 
 
 def pieces(text: str) -> set[str]:

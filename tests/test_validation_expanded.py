@@ -16,7 +16,7 @@ from potstill.errors import UserError
 from potstill.evaluate.compare import retention_warnings
 from potstill.evaluate.contamination import check_contamination, contamination_report
 from potstill.evaluate.scorers import build_scorer
-from potstill.expand.config import ExpandConfig, hashed_expand_config, hashed_validation_config
+from potstill.expand.config import ExpandConfig, ValidationPhrases, hashed_expand_config, hashed_validation_config
 from potstill.expand.guard import EvalGuard
 from potstill.expand.run import rule_based
 from potstill.expand.validation import run_expand_validation
@@ -76,7 +76,14 @@ def test_no_copy_of_a_training_prompt_or_expansion_nor_of_an_evaluation_prompt(t
     ]
     test = [rec("x0", "how do i export my notes to pdf?")]
     ood = [rec("o0", "Hi, Why did my username change overnight?")]
-    cfg = ExpandConfig(**{**OFF, "casing": {"share": 1.0, "styles": {"lower": 1.0}}, "wrap": {"share": 1.0, **HI}})
+    cfg = ExpandConfig(
+        **{
+            **OFF,
+            "casing": {"share": 1.0, "styles": {"lower": 1.0}},
+            "wrap": {"share": 1.0, **HI, "greetings": ["Yo"]},
+        },
+        validation_phrases={"greetings": ["Hi,"]},  # the validation copies greet with the held-out list
+    )
     stats = run_expand_validation(cfg, val, training, {"test": test, "ood": ood}, tmp_path / "o")
     rows = read_jsonl(tmp_path / "o" / "validation_expanded.jsonl")
     # v90 lower-cased is the test prompt, and its wrap holds it whole; v16's wrap is the ood prompt, and
@@ -94,10 +101,14 @@ def test_no_copy_of_a_training_prompt_or_expansion_nor_of_an_evaluation_prompt(t
 def test_validation_changes_no_training_expansion_setting_and_defaults_hash_nothing():
     assert "validation" not in hashed_expand_config(ExpandConfig()) == {}
     assert hashed_expand_config(ExpandConfig(validation=True)) == hashed_expand_config(ExpandConfig())
-    assert hashed_validation_config(ExpandConfig()) == {}
+    held_out = {"validation_phrases": ValidationPhrases().model_dump()}  # hashed even at its defaults
+    assert hashed_validation_config(ExpandConfig()) == held_out
     writer = {"enabled": True, "cache_file": "w.jsonl"}
-    assert hashed_validation_config(ExpandConfig(writer=writer, max_total=3, enabled=True)) == {}
-    assert hashed_validation_config(ExpandConfig(wrap={"share": 0.9})) == {"wrap": {"share": 0.9}}
+    assert hashed_validation_config(ExpandConfig(writer=writer, max_total=3, enabled=True)) == held_out
+    assert hashed_validation_config(ExpandConfig(wrap={"share": 0.9})) == {"wrap": {"share": 0.9}, **held_out}
+    other = ExpandConfig(validation_phrases={"joiners": [" Then: "]})
+    assert hashed_validation_config(other) != held_out
+    assert hashed_expand_config(other) == hashed_expand_config(ExpandConfig())  # training copies unchanged
 
 
 # -- config, labels, warnings -----------------------------------------------------------------------
@@ -266,3 +277,34 @@ def test_a_scorer_that_raises_is_one_line_naming_it_and_the_record():
         UserError, match=r"scorer function 'potstill.tasks.helpdesk.scorer:score' failed on record 'x1'"
     ):
         score("an answer", {"id": "x1", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_validation_copies_wrap_and_join_with_the_held_out_phrases_only(tmp_path):
+    val = validation_set()
+    wrap = {"share": 1.0, **HI, "greetings": ["Good evening,"]}
+    compose = {"share": 1.0, "joiners": [" Moreover, "], "intro_rate": 0.0, "numbered_rate": 0.0}
+    cfg = ExpandConfig(
+        **{**OFF, "wrap": wrap, "compose": compose},
+        validation_phrases={"greetings": ["Hey hey!"], "joiners": [" Next up: "]},
+    )
+    run_expand_validation(cfg, val, [], {}, tmp_path / "v")
+    rows = read_jsonl(tmp_path / "v" / "validation_expanded.jsonl")
+    by_method = {m: [r for r in rows if r["meta"]["method"] == m] for m in ("wrap", "compose")}
+    assert by_method["wrap"] and by_method["compose"]
+    assert all(t.startswith("Hey hey!") for t in texts(by_method["wrap"]))
+    assert all(" next up: " in t.lower() for t in texts(by_method["compose"]))
+    assert not any("Good evening" in t or "Moreover" in t for t in texts(rows))
+    # the training expansion of the same records keeps the training lists
+    train_rows = rule_based(cfg, val, 0, Counter())
+    assert all(t.startswith("Good evening,") for t in texts([r for r in train_rows if r["meta"]["method"] == "wrap"]))
+
+
+@pytest.mark.parametrize(
+    "phrases, named",
+    [({"joiners": [" also, "]}, "compose.joiners"), ({"signoffs": ["THANKS!!"]}, "wrap.signoffs")],
+)
+def test_a_validation_phrase_that_training_uses_is_refused(phrases, named, tmp_path):
+    with pytest.raises(ValueError, match=named):
+        ExpandConfig(validation_phrases=phrases)
+    with pytest.raises(UserError, match="validation_phrases"):
+        config_from_dict({"expand": {"validation_phrases": phrases}}, tmp_path)

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..section import Section
+from . import phrases as P
 from .phrases import CONTEXTS, DEFAULT_INSTRUCTIONS, GREETINGS, INTROS, JOINERS, POLITENESS, SIGNOFFS
 
 
@@ -121,6 +122,39 @@ class ComposeSettings(MethodSettings):
         if self.max_parts < self.min_parts:
             raise ValueError("max_parts must be >= min_parts")
         return self
+
+
+def phrase_key(phrase: str) -> str:
+    """A phrase as compared for overlap: lower-cased, punctuation dropped, spaces collapsed ('' for a line break)."""
+    return " ".join(re.sub(r"[^\w' ]+", " ", phrase.lower()).split())
+
+
+class ValidationPhrases(Section):
+    """The phrase lists of the validation copies' wrappers and compositions, in place of the training lists."""
+
+    greetings: list[str] = Field(P.VALIDATION_GREETINGS, min_length=1, description="Greetings.")
+    contexts: list[str] = Field(P.VALIDATION_CONTEXTS, min_length=1, description="Context sentences.")
+    politeness: list[str] = Field(P.VALIDATION_POLITENESS, min_length=1, description="Lead-ins.")
+    signoffs: list[str] = Field(P.VALIDATION_SIGNOFFS, min_length=1, description="Sign-offs.")
+    joiners: list[str] = Field(P.VALIDATION_JOINERS, min_length=1, description="Text put between two parts.")
+    intros: list[str] = Field(P.VALIDATION_INTROS, min_length=1, description="Openers said before the first part.")
+
+    def applied(self, wrap: WrapSettings, compose: ComposeSettings) -> tuple[WrapSettings, ComposeSettings]:
+        """``wrap`` and ``compose`` with these lists in place of theirs (every other setting kept)."""
+        lists = self.model_dump()
+        return (
+            wrap.model_copy(update={k: lists[k] for k in ("greetings", "contexts", "politeness", "signoffs")}),
+            compose.model_copy(update={k: lists[k] for k in ("joiners", "intros")}),
+        )
+
+    def shared_with(self, wrap: WrapSettings, compose: ComposeSettings) -> tuple[str, str, str] | None:
+        """The first (list name, validation phrase, training phrase) that say the same, if any."""
+        for name, phrases in self.model_dump().items():
+            training = {phrase_key(t): t for t in getattr(wrap if hasattr(wrap, name) else compose, name)}
+            for phrase in phrases:
+                if phrase_key(phrase) in training:
+                    return name, phrase, training[phrase_key(phrase)]
+        return None
 
 
 class Instruction(Section):
@@ -262,6 +296,24 @@ class ExpandConfig(Section):
     writer: WriterSettings = Field(
         default_factory=WriterSettings, description="Writer-model paraphrases and Evol-Instruct-style rewrites."
     )
+    validation_phrases: ValidationPhrases = Field(
+        default_factory=ValidationPhrases,
+        description="Phrase lists of the validation copies' wrappers and compositions (`expand.validation`); they "
+        "must share no phrase with the training lists (`wrap`, `compose`), so validation_expanded asks in phrasing "
+        "that no training expansion used.",
+    )
+
+    @model_validator(mode="after")
+    def _held_out(self):
+        shared = self.validation_phrases.shared_with(self.wrap, self.compose)
+        if shared:
+            name, phrase, training = shared
+            where = "wrap" if hasattr(self.wrap, name) else "compose"
+            raise ValueError(
+                f"validation_phrases.{name} has {phrase!r}, which says what {where}.{name} has ({training!r}): "
+                "validation phrases must be held out from training"
+            )
+        return self
 
     @field_validator("protect")
     @classmethod
@@ -280,17 +332,23 @@ VALIDATION_FOLDER = "expand_validation"  # the expand stage's folder of the spli
 def hashed_expand_config(cfg: ExpandConfig) -> dict:
     """The settings that decide the training expansions (the ``expand`` folder's config input): the
     writer's run-only settings (key, concurrency, budget, the cache file's path) change no rewrite and
-    are left out (hash the cache file's content separately), and so is ``validation``, which only
-    adds the :data:`VALIDATION_FOLDER` folder."""
+    are left out (hash the cache file's content separately), and so are ``validation`` and
+    ``validation_phrases``, which only decide the :data:`VALIDATION_FOLDER` folder."""
     return cfg.model_dump(
         mode="json",
-        exclude={"enabled": True, "validation": True, "writer": RUN_ONLY_WRITER_FIELDS},
+        exclude={"enabled": True, "validation": True, "validation_phrases": True, "writer": RUN_ONLY_WRITER_FIELDS},
         exclude_defaults=True,
     )
 
 
 def hashed_validation_config(cfg: ExpandConfig) -> dict:
     """The settings that decide the validation expansions (the :data:`VALIDATION_FOLDER` folder's
-    config input): those of the rules, wrappers and composition, the seed and the dedup threshold; not
+    config input): those of the rules, wrappers and composition, the seed and the dedup threshold, and
+    the validation phrase lists (always, built-in ones too: they are what makes the copies held out); not
     the switches, the writer or ``max_total`` (training expansions only)."""
-    return cfg.model_dump(mode="json", exclude={"enabled", "validation", "writer", "max_total"}, exclude_defaults=True)
+    hashed = cfg.model_dump(
+        mode="json",
+        exclude={"enabled", "validation", "writer", "max_total", "validation_phrases"},
+        exclude_defaults=True,
+    )
+    return hashed | {"validation_phrases": cfg.validation_phrases.model_dump(mode="json")}

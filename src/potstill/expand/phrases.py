@@ -86,6 +86,37 @@ INTROS = [
     "Hoping you can help with these.",
 ]
 
+# Held-out lists: the validation copies' wrappers and compositions (``expand.validation_phrases``).
+# They share no phrase with the training lists above, so ``validation_expanded`` asks in chat phrasing
+# that no training expansion used, as real users (and an OOD split) do.
+VALIDATION_GREETINGS = ["Hello there.", "Hi all,", "Greetings,", "Hey hey!", "Hi again,", "Morning all."]
+VALIDATION_CONTEXTS = [
+    "My manager wants an answer by tonight.",
+    "I read the docs but I'm still unsure.",
+    "We're evaluating the product for our team.",
+    "Asking on behalf of a client.",
+    "This is for a report I'm writing.",
+    "I got conflicting answers elsewhere.",
+]
+VALIDATION_POLITENESS = ["Just curious,", "Real quick,", "Hoping you can answer this:", "One question,", "Help me out:"]
+VALIDATION_SIGNOFFS = [
+    "Thank you!",
+    "Thx.",
+    "Talk soon.",
+    "Grateful for any pointers.",
+    "Have a good one!",
+    "Bye for now.",
+]
+VALIDATION_JOINERS = [
+    " Also wondering: ",
+    " Next up: ",
+    " And another thing, ",
+    " What's more, ",
+    " Lastly, ",
+    " P.S. ",
+]
+VALIDATION_INTROS = ["Got two questions.", "Here goes:", "A few things to ask:", "Quick pair of questions:"]
+
 _REPLY_ONLY = "Reply with the rewritten message only."
 
 DEFAULT_INSTRUCTIONS = [

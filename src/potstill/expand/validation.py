@@ -3,8 +3,11 @@
 On template-like data the plain ``validation`` split (a random share of the training sources) is
 answered about as well by every student as by the teacher, so it cannot choose between settings.
 ``validation_expanded`` asks the same questions the way the expand stage rewrites training prompts
-(the same rules, wrappers and composition, no writer model): a held-out measure of robustness to
-those rewrites that eval and ``potstill tune`` can use.
+(the same rules, wrappers and composition at the same rates, no writer model), but wraps and joins
+them with held-out phrase lists (``expand.validation_phrases``, which share no phrase with the
+training lists): a held-out measure of robustness to chat phrasing the students never saw, which
+eval and ``potstill tune`` can use. With the training lists, validation rewarded students for
+knowing the training wrappers by heart, which no real user's message rewards.
 
 Only the copies are written (the originals are ``validation``), drawn with a seed that mixes in
 ``"validation"`` so they are other draws than the training expansions'; composition joins validation
@@ -46,14 +49,17 @@ def run_expand_validation(
 
     ``training`` is every training prompt (with the training expansions, when they ran) and
     ``eval_records_by_split`` the other held-out splits (test, ood, eval sets): both only checked
-    against. Every rule, wrap and compose setting applies as for training (``cfg.enabled``,
-    ``max_total`` and the writer do not). Stats as :func:`.run.run_expand`'s, plus ``dropped``
+    against. Every rule, wrap and compose setting applies as for training, with
+    ``cfg.validation_phrases`` in place of the phrase lists (``cfg.enabled``, ``max_total`` and the
+    writer do not apply). Stats as :func:`.run.run_expand`'s, plus ``dropped``
     per method and ``dropped.copies_training`` (normalised text equal to a training prompt's).
     """
     started = time.perf_counter()
     seed = cfg.seed if cfg.seed is not None else seed
     unchanged: Counter = Counter()
-    candidates = rule_based(cfg, validation, validation_seed(seed), unchanged)
+    wrap, compose = cfg.validation_phrases.applied(cfg.wrap, cfg.compose)
+    held_out = cfg.model_copy(update={"wrap": wrap, "compose": compose})
+    candidates = rule_based(held_out, validation, validation_seed(seed), unchanged)
     made = Counter(c["meta"]["method"] for c in candidates)
 
     labelled = [c for c in candidates if not c["meta"].get("unmerged")]

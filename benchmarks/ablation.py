@@ -55,6 +55,16 @@ LEVERS = {
     "kdT": [f"train.kd.temperature={KD_T}"],
     "onpolicy": ["train.kd.on_policy_ratio=0.5", "train.kd.signal=live"],  # GKD scores the student's samples live
     "alpha1": ["train.kd.alpha=1.0"],
+    # SmolLM2-135M-Instruct's rewrites (one of the four built-in instructions per chosen prompt) of a
+    # quarter of seed 0's training prompts, shipped: reading them needs no writer model (other seeds'
+    # choices are not in the file, so this lever runs at seed 0 only)
+    "writer": [
+        "expand.writer.enabled=true",
+        "expand.writer.cache_file=data/writer_rewrites.jsonl",
+        "expand.writer.share=0.25",
+        "expand.writer.copies=1",
+        "expand.writer.max_new_tokens=40",
+    ],
 }
 VARIANTS = {
     "base": [],
@@ -66,6 +76,7 @@ VARIANTS = {
     "expand+prune": LEVERS["expand"] + LEVERS["prune"],
     "expand+alpha1": LEVERS["expand"] + LEVERS["alpha1"],
     "expand+prune+kdT": LEVERS["expand"] + LEVERS["prune"] + LEVERS["kdT"],
+    "expand+prune+kdT+writer": LEVERS["expand"] + LEVERS["prune"] + LEVERS["kdT"] + LEVERS["writer"],
 }
 SPLITS = ("validation", "validation_expanded", "test", "ood")
 # A variant's finished stages that it shares with an earlier variant of the same seed are copied from it
@@ -96,6 +107,7 @@ def overrides(variant: str, seed: int, run_dir: Path, extra: list[str]) -> list[
         "expand.enabled=false",  # the demo config turns expand on: every lever, expand included, is added to a bare base
         "expand.validation=true",  # every variant is scored on the same expanded validation split (the choice set)
         "student.init=random",  # the demo config starts from the pruned teacher: prune is a lever added to a bare base
+        "train.kd.temperature=1.0",  # and distills at temperature 2: kdT is a lever too
         *VARIANTS[variant],
         *extra,
     ]

@@ -208,7 +208,7 @@ class WriterSettings(MethodSettings):
     cache_file: str | None = Field(
         None,
         description="JSONL of shipped rewrites (written by `python -m "
-        "potstill.expand.cachefile`); when present, rewrites are read from it and only "
+        "potstill.expand.rewrites RUN/expand OUT.jsonl`); when present, rewrites are read from it and only "
         "missing ones are generated.",
     )
     max_new_tokens: int = Field(96, ge=1, le=8192, description="Most tokens of one rewrite.")

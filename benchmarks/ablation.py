@@ -56,8 +56,8 @@ LEVERS = {
     "onpolicy": ["train.kd.on_policy_ratio=0.5", "train.kd.signal=live"],  # GKD scores the student's samples live
     "alpha1": ["train.kd.alpha=1.0"],
     # SmolLM2-135M-Instruct's rewrites (one of the four built-in instructions per chosen prompt) of a
-    # quarter of seed 0's training prompts, shipped: reading them needs no writer model (other seeds'
-    # choices are not in the file, so this lever runs at seed 0 only)
+    # quarter of the training prompts, shipped for seeds 0-2 (tests/test_helpdesk_writer_file.py):
+    # reading them needs no writer model; another seed needs `-- expand.writer.model=GGUF_OR_DIR`
     "writer": [
         "expand.writer.enabled=true",
         "expand.writer.cache_file=data/writer_rewrites.jsonl",
@@ -105,6 +105,7 @@ def overrides(variant: str, seed: int, run_dir: Path, extra: list[str]) -> list[
         "eval.judge=off",
         "eval.force_contaminated=true",  # validation is a random share of the template prompts: near copies are expected
         "expand.enabled=false",  # the demo config turns expand on: every lever, expand included, is added to a bare base
+        "expand.writer.enabled=false",  # and reads writer rewrites: `writer` is a lever too
         "expand.validation=true",  # every variant is scored on the same expanded validation split (the choice set)
         "student.init=random",  # the demo config starts from the pruned teacher: prune is a lever added to a bare base
         "train.kd.temperature=1.0",  # and distills at temperature 2: kdT is a lever too

@@ -345,7 +345,10 @@ def test_config_validation():
 
 
 def test_hashed_config_leaves_out_run_only_writer_settings():
-    a = ExpandConfig(writer={"model": "openai:m", "concurrency": 4, "cache_file": "a.jsonl"})
-    b = ExpandConfig(writer={"model": "openai:m", "concurrency": 64, "cache_file": "b.jsonl", "api_key_env": "K"})
+    a = ExpandConfig(writer={"enabled": True, "model": "openai:m", "concurrency": 4, "cache_file": "a.jsonl"})
+    b = ExpandConfig(
+        writer={"enabled": True, "model": "openai:m", "concurrency": 64, "cache_file": "b.jsonl", "api_key_env": "K"}
+    )
     assert hashed_expand_config(a) == hashed_expand_config(b)
-    assert hashed_expand_config(a) != hashed_expand_config(ExpandConfig(writer={"model": "openai:other"}))
+    other = ExpandConfig(writer={"enabled": True, "model": "openai:other"})
+    assert hashed_expand_config(a) != hashed_expand_config(other)

@@ -226,3 +226,45 @@ def test_writer_expansions_pass_the_eval_guard(tmp_path):
         writer_cfg(model="openai:fake"), train, {"test": test}, tmp_path / "o", tmp_path / "w", writer_runner=fake
     )
     assert stats["contaminated"]["by_split"] == {"test": 6} and stats["expansions"] == 0
+
+
+def test_rewrites_of_several_seeds_merge_into_one_file(tmp_path):
+    train = seeds(16)
+    with FaultServer() as srv:
+        cfg = writer_cfg(model="openai:test-model", base_url=srv.base_url, share=0.5, copies=1)
+        for seed in (0, 1):
+            run_expand(
+                cfg,
+                train,
+                {},
+                tmp_path / f"o{seed}",
+                tmp_path / "w",
+                writer_runner=api_runner(tmp_path, cfg),
+                seed=seed,
+            )
+    one = {(r["seed_id"], r["instruction_sha"]) for r in read_jsonl(tmp_path / "o0" / "writer" / "rewrites.jsonl")}
+    two = {(r["seed_id"], r["instruction_sha"]) for r in read_jsonl(tmp_path / "o1" / "writer" / "rewrites.jsonl")}
+    assert one and two - one  # the second seed chose other prompts
+    merged = tmp_path / "merged.jsonl"
+    assert export_main([str(tmp_path / "o0"), str(tmp_path / "o1"), str(merged)]) == 0
+    header, rows = read_cache_file(merged)
+    assert set(rows) == one | two and len(read_jsonl(merged)) == 1 + len(one | two)  # each pair once
+    assert [r["settings"]["seed"] for r in header["runs"]] == [0, 1] and len(header["writers"]) == 1
+
+    cached = writer_cfg(share=0.5, copies=1, cache_file="merged.jsonl")  # no model: the file must cover both
+
+    def no_calls(*args):
+        raise AssertionError("the writer was called")
+
+    for seed in (0, 1):
+        stats = run_expand(cached, train, {}, tmp_path / f"c{seed}", tmp_path / "w3", seed, no_calls, base_dir=tmp_path)
+        assert stats["writer"]["sent_to_writer"] == 0
+        assert read_jsonl(tmp_path / f"c{seed}" / "train.jsonl") == read_jsonl(tmp_path / f"o{seed}" / "train.jsonl")
+
+
+def test_exporting_a_run_without_rewrites_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "expand").mkdir()
+    assert export_main([str(tmp_path / "expand"), str(tmp_path / "out.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "expand.writer" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.jsonl").exists()

@@ -308,3 +308,10 @@ def test_a_validation_phrase_that_training_uses_is_refused(phrases, named, tmp_p
         ExpandConfig(validation_phrases=phrases)
     with pytest.raises(UserError, match="validation_phrases"):
         config_from_dict({"expand": {"validation_phrases": phrases}}, tmp_path)
+
+
+def test_a_writer_that_is_off_leaves_the_training_hash_alone():
+    off = ExpandConfig(writer={"enabled": False, "cache_file": "w.jsonl", "share": 0.25, "copies": 1})
+    assert hashed_expand_config(off) == hashed_expand_config(ExpandConfig())
+    on = ExpandConfig(writer={"enabled": True, "cache_file": "w.jsonl", "share": 0.25, "copies": 1})
+    assert hashed_expand_config(on)["writer"] == {"enabled": True, "share": 0.25, "copies": 1}

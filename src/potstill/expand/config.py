@@ -332,11 +332,12 @@ VALIDATION_FOLDER = "expand_validation"  # the expand stage's folder of the spli
 def hashed_expand_config(cfg: ExpandConfig) -> dict:
     """The settings that decide the training expansions (the ``expand`` folder's config input): the
     writer's run-only settings (key, concurrency, budget, the cache file's path) change no rewrite and
-    are left out (hash the cache file's content separately), and so are ``validation`` and
-    ``validation_phrases``, which only decide the :data:`VALIDATION_FOLDER` folder."""
+    are left out (hash the cache file's content separately), the whole writer when it is off, and
+    ``validation`` and ``validation_phrases``, which only decide the :data:`VALIDATION_FOLDER` folder."""
+    writer = RUN_ONLY_WRITER_FIELDS if cfg.writer.enabled else True  # a writer that is off changes nothing
     return cfg.model_dump(
         mode="json",
-        exclude={"enabled": True, "validation": True, "validation_phrases": True, "writer": RUN_ONLY_WRITER_FIELDS},
+        exclude={"enabled": True, "validation": True, "validation_phrases": True, "writer": writer},
         exclude_defaults=True,
     )
 

@@ -11,7 +11,8 @@ then one row per rewrite: ``{"seed_id", "seed_sha", "instruction", "instruction_
 better cleaner applies to shipped files too). A row is used for the seed prompt with that id and the
 instruction with that hash, and only while the seed's text still hashes to ``seed_sha``.
 
-Export what a run produced with ``python -m potstill.expand.rewrites RUN/expand OUT.jsonl``.
+Export what a run produced with ``python -m potstill.expand.rewrites RUN/expand OUT.jsonl`` (several
+``RUN/expand`` directories merge into one file, e.g. one per seed).
 """
 
 from __future__ import annotations
@@ -162,12 +163,37 @@ def run_writer(
     return accepted, stats
 
 
-def export_rewrites(expand_dir: str | Path, path: str | Path) -> int:
-    """Write the rewrites an expand stage used (``expand_dir/writer``) as a rewrites file; returns the row count."""
-    src = Path(expand_dir) / "writer"
-    rows = read_jsonl(src / "rewrites.jsonl")
-    header = read_json(src / "provenance.json")
-    return write_jsonl(path, [{"provenance": header}, *rows]) - 1
+def export_rewrites(expand_dirs: str | Path | list, path: str | Path) -> int:
+    """Write the rewrites one or more expand stages used (``DIR/writer``) as one rewrites file; returns the row count.
+
+    Several runs (other seeds choose other prompts) merge into a file that covers each of them: a
+    (seed prompt, instruction) pair is kept once, from the first run that has it, and the header lists
+    every writer and instruction once, with each run's settings under ``runs``.
+    """
+    dirs = [expand_dirs] if isinstance(expand_dirs, (str, Path)) else list(expand_dirs)
+    rows: dict[tuple[str, str], dict] = {}
+    headers = []
+    for d in dirs:
+        src = Path(d) / "writer"
+        if not (src / "rewrites.jsonl").exists():
+            raise UserError("no writer rewrites here (was expand.writer enabled?)", str(src))
+        headers.append(read_json(src / "provenance.json"))
+        for row in read_jsonl(src / "rewrites.jsonl"):
+            rows.setdefault((row["seed_id"], row["instruction_sha"]), row)
+    header = dict(headers[0])
+    if len(headers) > 1:
+        header["writers"] = _once(w for h in headers for w in h["writers"])
+        header["instructions"] = _once(i for h in headers for i in h["instructions"])
+        header["runs"] = [{"expand_dir": str(d), "settings": h["settings"]} for d, h in zip(dirs, headers)]
+    return write_jsonl(path, [{"provenance": header}, *rows.values()]) - 1
+
+
+def _once(items) -> list:
+    out: list = []
+    for item in items:
+        if item not in out:
+            out.append(item)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Export an expand stage's writer rewrites as a rewrites file "
         "(expand.writer.cache_file) with its provenance header.",
     )
-    parser.add_argument("expand_dir", help="The expand stage's output directory (RUN/expand).")
+    parser.add_argument(
+        "expand_dir", nargs="+", help="The expand stage's output directory (RUN/expand); several are merged."
+    )
     parser.add_argument("out", help="The rewrites file to write (JSONL).")
     args = parser.parse_args(argv)
     try:

@@ -233,3 +233,42 @@ def test_formatters():
         "$0",
         "n/a",
     )
+
+
+def _split(**scores):
+    return {"n": 10, "models": {n: _q(s, 100.0 * s / scores["teacher"], None, 0.5) for n, s in scores.items()}}
+
+
+@pytest.mark.parametrize(
+    "splits, best, on",
+    [
+        # a tie on test: the expanded validation split (where settings are chosen) decides
+        (
+            {
+                "test": _split(teacher=0.9, sft=0.95, kd=0.95),
+                "validation_expanded": _split(teacher=0.9, sft=0.8, kd=0.85),
+            },
+            "kd",
+            "validation_expanded",
+        ),
+        # validation decides even against test; a tie there falls back to test
+        (
+            {"test": _split(teacher=0.9, sft=0.9, kd=0.8), "validation": _split(teacher=1.0, sft=0.9, kd=0.95)},
+            "kd",
+            "validation",
+        ),
+        (
+            {"test": _split(teacher=0.9, sft=0.9, kd=0.8), "validation": _split(teacher=1.0, sft=1.0, kd=1.0)},
+            "sft",
+            "validation",
+        ),
+        # no validation split: the primary one
+        ({"test": _split(teacher=0.9, sft=0.7, kd=0.8), "ood": _split(teacher=0.8, sft=0.7, kd=0.6)}, "kd", "test"),
+    ],
+)
+def test_the_headline_student_is_chosen_on_validation(splits, best, on):
+    from potstill.report.build import assemble_report
+
+    models = {"teacher": {"role": "teacher"}, "sft": {"role": "student"}, "kd": {"role": "student"}}
+    report = assemble_report({"models": models, "splits": splits}, {}, {}, {}, {})
+    assert (report["best_student"], report["selection_split"]) == (best, on)

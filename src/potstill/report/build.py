@@ -11,7 +11,8 @@ produced nothing for that model)::
       "queries_per_day": int | null, "prices": {...},
       "primary_split": str | null,                     # "test" when present
       "summary": str,                                  # the one-paragraph headline
-      "best_student": str | null,                      # highest primary-split score
+      "best_student": str | null,                      # highest score on selection_split (ties: primary split)
+      "selection_split": str | null,                   # validation_expanded, else validation, else primary
       "models": {NAME: {
           "role": "teacher" | "student" | "floor", "method": "sft" | "kd" | null, "path": str | null,
           "params": int,
@@ -59,6 +60,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..data.config import EXPANDED_VALIDATION
 from ..evaluate.degeneration import degeneration_warnings
 from ..io import write_json, write_text
 from .card import update_model_cards
@@ -190,15 +192,17 @@ def assemble_report(
         splits[split] = {n: dict(data.get("models", {}).get(n) or {}) for n in models if n in data.get("models", {})}
         pairs[split] = [dict(p) for p in data.get("pairs") or [] if p.get("a") in models and p.get("b") in models]
     primary = "test" if "test" in splits else next(iter(splits), None)
+    # the student the headline is about is chosen where settings are chosen, not on the test split
+    selection = next((s for s in (EXPANDED_VALIDATION, "validation") if s in splits), primary)
     students = [n for n, m in models.items() if m["role"] == "student"]
     best = None
     if students and primary:
 
-        def score(n):
-            s = splits[primary].get(n, {}).get("score")
+        def score(split: str, n: str) -> float:
+            s = splits[split].get(n, {}).get("score")
             return s if isinstance(s, (int, float)) else float("-inf")
 
-        best = max(students, key=score)
+        best = max(students, key=lambda n: (score(selection, n), score(primary, n)))
     warnings = list(results.get("warnings") or [])
     if cfg_summary.get("teacher_confidence_warning"):
         warnings.append(cfg_summary["teacher_confidence_warning"])
@@ -216,6 +220,7 @@ def assemble_report(
         "primary_split": primary,
         "summary": "",
         "best_student": best,
+        "selection_split": selection if best else None,
         "models": models,
         "splits": splits,
         "split_sizes": sizes,

@@ -55,6 +55,7 @@ LEVERS = {
     "kdT": [f"train.kd.temperature={KD_T}"],
     "onpolicy": ["train.kd.on_policy_ratio=0.5", "train.kd.signal=live"],  # GKD scores the student's samples live
     "alpha1": ["train.kd.alpha=1.0"],
+    "jsd": ["train.kd.divergence=jsd", "train.kd.signal=live"],  # the recorded top-8 serves forward KL only
     # SmolLM2-135M-Instruct's rewrites (one of the four built-in instructions per chosen prompt) of a
     # quarter of the training prompts, shipped for seeds 0-2 (tests/test_helpdesk_writer_file.py):
     # reading them needs no writer model; another seed needs `-- expand.writer.model=GGUF_OR_DIR`
@@ -77,6 +78,7 @@ VARIANTS = {
     "expand+alpha1": LEVERS["expand"] + LEVERS["alpha1"],
     "expand+prune+kdT": LEVERS["expand"] + LEVERS["prune"] + LEVERS["kdT"],
     "expand+prune+kdT+writer": LEVERS["expand"] + LEVERS["prune"] + LEVERS["kdT"] + LEVERS["writer"],
+    "expand+prune+jsd": LEVERS["expand"] + LEVERS["prune"] + LEVERS["jsd"],
 }
 SPLITS = ("validation", "validation_expanded", "test", "ood")
 # A variant's finished stages that it shares with an earlier variant of the same seed are copied from it
@@ -89,6 +91,7 @@ SHARED = {  # (parent variant, folders copied from it)
     "expand+prune": ("expand", ["prompts", "expand", "generate"]),
     "expand+alpha1": ("expand", ["prompts", "expand", "generate", "students/sft"]),
     "expand+prune+kdT": ("expand+prune", ["prompts", "expand", "generate", "student", "students/sft"]),
+    "expand+prune+jsd": ("expand+prune", ["prompts", "expand", "generate", "student", "students/sft"]),
 }
 
 

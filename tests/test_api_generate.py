@@ -289,12 +289,15 @@ def test_retry_after_is_honored(tmp_path):
 def test_rate_limit_requests_per_minute(tmp_path):
     with FaultServer() as srv:
         start = time.perf_counter()
-        run_api_generate(
+        stats = run_api_generate(
             api_config(srv, concurrency=32, rpm=3000), records(99), tmp_path, cache_path=tmp_path / "c.sqlite"
         )
         # 50/s with a one-second burst of 50: the 100 requests (preflight included) need >= 1 s
         assert time.perf_counter() - start >= 0.95
-        assert len(srv.log) == 100
+        # every prompt reached the server; on a loaded machine a request can time out (2 s) after the
+        # server logged it and be asked again, never without a retry counted
+        assert len({e["prompt"] for e in srv.log}) == 100
+        assert 100 <= len(srv.log) <= 100 + stats["retries"]
 
 
 def test_token_bucket_and_retry_timing():

@@ -50,6 +50,12 @@ class TeacherConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (with do_sample).")
     top_logprobs: int = Field(0, ge=0, le=100, description="Per-token top-k log-probabilities to record (0: none).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    engine: Literal["hf", "ct2", "ct2-int8", "vllm"] = Field(
+        "ct2",
+        description="How a local teacher generates (potstill.engines): ct2 (CTranslate2 at the model's dtype, "
+        "converted once; the fastest exact engine on a CPU), ct2-int8 (int8 weights: faster, answers may "
+        "differ), hf (transformers generate) or vllm (GPU; the same as writing 'vllm:DIR').",
+    )
     # API teachers only (openai:/anthropic:)
     base_url: str | None = Field(
         None,
@@ -109,6 +115,17 @@ class TeacherConfig(Section):
     vllm: VLLMSettings = Field(
         default_factory=lambda: VLLMSettings(), description="Engine settings of a 'vllm:DIR' teacher."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vllm_engine(cls, data):
+        """``engine: vllm`` and ``model: vllm:DIR`` say the same thing: make both say it."""
+        if isinstance(data, dict) and isinstance(data.get("model"), str):
+            if str(data["model"]).startswith("vllm:"):
+                data = {**data, "engine": "vllm"}
+            elif data.get("engine") == "vllm" and ":" not in data["model"]:
+                data = {**data, "model": f"vllm:{data['model']}"}
+        return data
 
     @model_validator(mode="after")
     def _spec(self):
@@ -315,6 +332,12 @@ class LatencySettings(Section):
 
     queries: int = Field(16, ge=1, description="Test queries timed one at a time (batch 1).")
     batch_size: int = Field(16, ge=1, description="Batch size of the batched-load measurement.")
+    engines: list[Literal["hf", "ct2", "ct2-int8"]] | None = Field(
+        None,
+        description="Engines every model is measured on (default: eval.engine alone); the report gives "
+        "latency, throughput and cost on each, and its cost ratio on eval.engine, the engine the answers "
+        "were scored on.",
+    )
 
 
 class JudgeSettings(Section):
@@ -376,6 +399,11 @@ class EvalConfig(Section):
     )
     max_new_tokens: int = Field(64, ge=1, description="Most tokens per answer.")
     batch_size: int = Field(32, ge=1, description="Prompts answered together.")
+    engine: Literal["hf", "ct2", "ct2-int8"] = Field(
+        "ct2",
+        description="How local models answer (potstill.engines): ct2 (CTranslate2, the model's dtype), ct2-int8 "
+        "(int8 weights: score what an int8 deployment answers) or hf (transformers). The untrained floor runs on hf.",
+    )
     include_floor: bool = Field(True, description="Also evaluate the untrained student (the floor of 'gap recovered').")
     max_examples: int | None = Field(None, ge=1, description="Evaluate at most N prompts per split.")
     judge: bool | Literal["auto"] | JudgeSettings = Field(

@@ -289,13 +289,13 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 @contextlib.contextmanager
-def _lock(path: Path):
+def cache_lock(path: Path):
     """An exclusive lock file (POSIX ``flock``): two processes converting one file wait for each other."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(
-            f"cannot write the GGUF cache ({e.strerror or e}); set POTSTILL_CACHE to a writable folder",
+            f"cannot write the model cache ({e.strerror or e}); set POTSTILL_CACHE to a writable folder",
             str(path.parent),
         ) from None
     try:
@@ -323,7 +323,7 @@ def gguf_model_dir(path: str | os.PathLike) -> Path:
     out = cache_root() / "gguf" / digest
     if _complete(out):
         return out
-    with _lock(out.with_name(f"{digest}.lock")):
+    with cache_lock(out.with_name(f"{digest}.lock")):
         if not _complete(out):  # another process may have converted it while we waited
             say(f"gguf: converting {path.name} to a Hugging Face directory (once per file): {out}")
             convert_gguf(path, out, sha256=digest)

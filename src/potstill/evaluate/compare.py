@@ -34,10 +34,10 @@ from statistics import mean
 
 from ..config import EvalConfig, ScorerSpec
 from ..data.config import EXPANDED_VALIDATION
+from ..engines import make_generator
 from ..io import read_json, read_jsonl, sha256_json, write_json, write_jsonl
 from ..progress import say, track
-from ..teachers.base import GenerationSettings
-from ..teachers.hf import LocalGenerator
+from ..teachers.base import GenerationSettings, PromptGenerator
 from .degeneration import degeneration_summary
 from .judge import TEMPLATE
 from .judging import default_judge, run_judge
@@ -51,14 +51,15 @@ IN_DISTRIBUTION = ("test", "validation", EXPANDED_VALIDATION)  # the ID splits, 
 
 
 def answers_path(
-    root: Path, name: str, spec: dict, split: str, records: list[dict], settings: GenerationSettings
+    root: Path, name: str, spec: dict, split: str, records: list[dict], settings: GenerationSettings, engine: str
 ) -> Path:
     """Where one model's answers on one split are kept: keyed by the model's identity (weights hash;
-    the name when none is given), the split's prompts and the generation settings, and by nothing
-    else, so a change of scorer, judge or bootstrap reuses them."""
+    the name when none is given), the split's prompts, the engine and the generation settings, and by
+    nothing else, so a change of scorer, judge or bootstrap reuses them."""
     key = sha256_json(
         {
             "model": spec.get("identity") or [name, str(spec["path"])],
+            "engine": engine,
             "dtype": spec.get("dtype", "float32"),
             "init": spec.get("init", "pretrained"),
             "prompts": sha256_json([[r["id"], r["messages"]] for r in records]),
@@ -86,7 +87,7 @@ def params_path(root: Path, name: str, spec: dict) -> Path:
 
 
 def answer_split(
-    gen: LocalGenerator, records: list[dict], settings: GenerationSettings, path: Path, label: str
+    gen: PromptGenerator, records: list[dict], settings: GenerationSettings, path: Path, label: str
 ) -> list[dict]:
     """Answers of one model on one split, cached in ``path`` once complete."""
     rows = cached_answers(path, records)
@@ -316,6 +317,7 @@ def run_eval(
     answers = dict(answers or {})
     results = {
         "scorer": scorer_name(cfg.scorer),
+        "engine": cfg.engine,
         "models": {},
         "splits": {},
         "warnings": [{"kind": "contamination", "message": w} for w in (warnings or [])],
@@ -335,15 +337,19 @@ def run_eval(
             }
             continue
         paths = {
-            split: answers_path(cache_dir or work_dir, name, spec, split, records, settings)
+            split: answers_path(cache_dir or work_dir, name, spec, split, records, settings, cfg.engine)
             for split, records in splits.items()
         }
         answers[name], gen, started = {}, None, time.perf_counter()
         for split, records in splits.items():
             rows = cached_answers(paths[split], records)
             if rows is None:
-                gen = gen or LocalGenerator(
-                    spec["path"], dtype=spec.get("dtype", "float32"), init=spec.get("init", "pretrained"), seed=seed
+                gen = gen or make_generator(
+                    cfg.engine,
+                    spec["path"],
+                    dtype=spec.get("dtype", "float32"),
+                    init=spec.get("init", "pretrained"),
+                    seed=seed,
                 )
                 rows = answer_split(gen, records, settings, paths[split], f"eval {name}/{split}")
             answers[name][split] = rows
@@ -355,6 +361,7 @@ def run_eval(
             "method": spec.get("method"),
             "path": str(spec["path"]),
             "params": params,
+            "engine": cfg.engine if spec.get("init", "pretrained") == "pretrained" else "hf",
             "eval_seconds": round(time.perf_counter() - started, 3),
             "answers_cached": gen is None,
         }

@@ -97,3 +97,40 @@ def run_costs(prices: PricesConfig, eval_dir: Path, measure_dir: Path) -> dict:
     results = read_json(Path(eval_dir) / "results.json")
     perf = read_json(Path(measure_dir) / "perf.json")["models"]
     return cost_summary(prices, perf, {n: m["role"] for n, m in results["models"].items()})
+
+
+def engine_costs(prices: PricesConfig, perf_json: dict, roles: dict) -> dict | None:
+    """Latency, throughput and cost of every model on every measured engine (``perf.json``'s
+    ``engines``), and each model's cheapest engine; None for a run measured on one engine only.
+
+    Returns ``{"engine": the eval engine, "by_engine": {engine: {model: {...}}}, "cheapest": {model:
+    {"engine", "cost_per_1m_queries_usd", "cost_vs_teacher"}}}``. ``cheapest``'s ratio puts the
+    teacher on its own cheapest engine too: the saving a user gets deploying each where it runs best.
+    """
+    engines = perf_json.get("engines") or {}
+    if len(engines) < 2:
+        return None
+    by_engine = {}
+    for engine, perf in engines.items():
+        costs = cost_summary(prices, perf, {n: roles[n] for n in perf if n in roles})
+        teacher = next((costs[n]["cost_per_query_usd"] for n in costs if roles[n] == "teacher"), None)
+        by_engine[engine] = {
+            n: {
+                "latency_p50_s": perf[n].get("latency_p50_s"),
+                "batched_queries_per_s": perf[n].get("batched_queries_per_s"),
+                "peak_rss_mb": perf[n].get("peak_rss_mb"),
+                "cost_per_1m_queries_usd": c["cost_per_1m_queries_usd"],
+                "cost_vs_teacher": c["cost_per_query_usd"] / teacher if teacher else None,
+            }
+            for n, c in costs.items()
+        }
+    cheapest = {}
+    for name in roles:
+        options = [(e, m[name]["cost_per_1m_queries_usd"]) for e, m in by_engine.items() if name in m]
+        if options:
+            engine, cost = min(options, key=lambda x: x[1])
+            cheapest[name] = {"engine": engine, "cost_per_1m_queries_usd": cost}
+    teacher = next((cheapest[n]["cost_per_1m_queries_usd"] for n in cheapest if roles[n] == "teacher"), None)
+    for c in cheapest.values():
+        c["cost_vs_teacher"] = c["cost_per_1m_queries_usd"] / teacher if teacher else None
+    return {"engine": perf_json.get("engine"), "by_engine": by_engine, "cheapest": cheapest}

@@ -2,8 +2,8 @@
 
 :func:`measure_model` runs the measurement in a fresh subprocess
 (``python -m potstill.evaluate.measure``, JSON spec on stdin, JSON result on stdout) so that the
-peak memory reported is the model's own, not the pipeline's. The child loads the model with
-:class:`~potstill.teachers.hf.LocalGenerator`, warms up, then
+peak memory reported is the model's own, not the pipeline's. The child loads the model on the
+engine asked for (:func:`potstill.engines.make_generator`: ``hf``, ``ct2``, ``ct2-int8``), warms up, then
 
 * **batch 1** - answers ``queries`` prompts one at a time (greedy), timing each request;
 * **batched load** - answers ``batch_size * k`` prompts in batches of ``batch_size``, with
@@ -25,12 +25,13 @@ import time
 from pathlib import Path
 
 from ..chat import encode_prompt
+from ..engines import make_generator
 from ..models import check_model_dir
 from ..teachers.base import GenerationSettings
-from ..teachers.hf import LocalGenerator
 
 RESULT_KEYS = (
     "params",
+    "engine",
     "device",
     "torch_threads",
     "latency_p50_s",
@@ -59,11 +60,12 @@ def measure_model(
     batch_size: int,
     device: str | None = None,
     timeout_s: float | None = None,
+    engine: str = "hf",
 ) -> dict:
     """Measure latency, throughput and peak memory of the model at ``path`` in a fresh subprocess.
 
     ``records`` are prompt records ``{"id", "messages": [...]}``. Returns a dict with (at least)
-    ``params``, ``device``, ``torch_threads``, ``latency_p50_s``, ``latency_p95_s``,
+    ``params``, ``engine``, ``device``, ``torch_threads``, ``latency_p50_s``, ``latency_p95_s``,
     ``latency_mean_s``, ``latencies_s`` (one per batch-1 query), ``tokens_per_s`` (generated tokens /
     batch-1 time), ``batched_queries_per_s``, ``batched_tokens_per_s``, ``mean_prompt_tokens``,
     ``mean_completion_tokens``, ``peak_rss_mb`` (max RSS of the subprocess), ``cuda_peak_mb`` (None
@@ -75,12 +77,17 @@ def measure_model(
     if queries < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError("queries, batch_size and max_new_tokens must be >= 1")
     check_model_dir(path, need_weights=(init == "pretrained"))
+    if engine != "hf" and init == "pretrained":  # engine errors as one line here; the child finds it converted
+        from ..engines.ct2 import ct2_model_dir  # defers ctranslate2
+
+        ct2_model_dir(path)
     spec = {
         "path": str(Path(path).resolve()),
         "init": init,
         "dtype": dtype,
         "seed": seed,
         "device": device,
+        "engine": engine,
         "records": [{"id": r.get("id"), "messages": r["messages"]} for r in records],
         "max_new_tokens": max_new_tokens,
         "queries": queries,
@@ -138,8 +145,13 @@ def _run(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer  # defers transformers (imported before the clock)  # noqa: F401
 
     t0 = time.perf_counter()
-    gen = LocalGenerator(
-        spec["path"], dtype=spec["dtype"], init=spec["init"], seed=spec["seed"], device=spec.get("device")
+    gen = make_generator(
+        spec.get("engine", "hf"),
+        spec["path"],
+        dtype=spec["dtype"],
+        init=spec["init"],
+        seed=spec["seed"],
+        device=spec.get("device"),
     )
     load_s = time.perf_counter() - t0
     torch.manual_seed(spec["seed"])
@@ -178,6 +190,7 @@ def _run(spec: dict) -> dict:
     total = sum(latencies)
     return {
         "params": gen.params,
+        "engine": "hf" if spec["init"] != "pretrained" else spec.get("engine", "hf"),
         "device": str(gen.device),
         "torch_threads": torch.get_num_threads(),
         "dtype": spec["dtype"],

@@ -166,33 +166,53 @@ class MeasureStage(Stage):
 
     def inputs(self, ctx: RunContext, folder: str) -> dict:
         return {
-            "latency": ctx.cfg.eval.latency.model_dump(mode="json"),
+            "latency": ctx.cfg.eval.latency.model_dump(mode="json", exclude_defaults=True),
+            "engines": measured_engines(ctx.cfg.eval),
             "max_new_tokens": ctx.cfg.eval.max_new_tokens,
             "eval": ctx.need("eval"),
             "machine": machine(),
         }
 
     def build(self, ctx: RunContext, folder: str, out: Path, work: Path) -> dict:
+        """``perf.json``: ``models`` (each model on ``eval.engine``, what the report prices) and
+        ``engines`` (``{engine: {model: perf}}`` on every engine of ``eval.latency.engines``)."""
         cfg = ctx.cfg
         records = next(iter(ctx.eval_splits().values()))
-        perf = {}
-        for name, spec in ctx.models().items():
-            if spec.get("api"):
-                perf[name] = api_perf(ctx.path("eval"))
-                continue
-            say(f"  measuring {name}")
-            perf[name] = measure_model(
-                spec["path"],
-                init=spec.get("init", "pretrained"),
-                dtype=spec.get("dtype", "float32"),
-                seed=cfg.seed,
-                records=records,
-                max_new_tokens=cfg.eval.max_new_tokens,
-                queries=cfg.eval.latency.queries,
-                batch_size=cfg.eval.latency.batch_size,
-            )
-        write_json(out / "perf.json", {"machine": machine(), "models": perf})
-        return {"models": list(perf)}
+        by_engine: dict[str, dict] = {}
+        for engine in measured_engines(cfg.eval):
+            perf = by_engine[engine] = {}
+            for name, spec in ctx.models().items():
+                if spec.get("api"):
+                    perf[name] = api_perf(ctx.path("eval"))
+                    continue
+                untrained = spec.get("init", "pretrained") != "pretrained"  # the floor runs on hf only
+                if untrained and engine != measured_engines(cfg.eval)[0]:
+                    perf[name] = by_engine[measured_engines(cfg.eval)[0]][name]
+                    continue
+                say(f"  measuring {name} on {engine}")
+                perf[name] = measure_model(
+                    spec["path"],
+                    init=spec.get("init", "pretrained"),
+                    dtype=spec.get("dtype", "float32"),
+                    seed=cfg.seed,
+                    records=records,
+                    max_new_tokens=cfg.eval.max_new_tokens,
+                    queries=cfg.eval.latency.queries,
+                    batch_size=cfg.eval.latency.batch_size,
+                    engine=engine,
+                )
+        models = by_engine[cfg.eval.engine]
+        write_json(
+            out / "perf.json", {"machine": machine(), "engine": cfg.eval.engine, "models": models, "engines": by_engine}
+        )
+        return {"models": list(models), "engines": list(by_engine)}
+
+
+def measured_engines(eval_cfg) -> list[str]:
+    """The engines the measure stage runs every model on: ``eval.latency.engines`` (in its order),
+    with ``eval.engine`` first when it is not among them."""
+    listed = list(eval_cfg.latency.engines or [])
+    return listed if eval_cfg.engine in listed else [eval_cfg.engine, *listed]
 
 
 EVAL = EvalStage()

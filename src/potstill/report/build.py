@@ -45,6 +45,9 @@ produced nothing for that model)::
       "notes": [str],                                  # measures that could not be computed, and why
       "contamination": {...} | null, "judge": {...} | null, "bootstrap": {...} | null,  # as in results.json
       "routing": {...} | null,                         # route.json + "curves" (potstill.route.stage), when routed
+      "engine": str | null,                            # the engine the answers were scored (and "models" priced) on
+      "engines": {"by_engine": {ENGINE: {NAME: {...}}}, "cheapest": {NAME: {"engine", ...}}} | null,
+                                                       # potstill.evaluate.cost.engine_costs: >= 2 engines measured
       "teacher_confidence": {...} | null,              # potstill.evaluate.confidence, from the recorded top-k
       "teacher_confidence_by_origin": {ORIGIN: {...}} | null  # the same per prompt origin (original, expand methods)
     }
@@ -233,6 +236,8 @@ def assemble_report(
         "judge": results.get("judge"),
         "bootstrap": results.get("bootstrap"),
         "routing": routing,
+        "engine": results.get("engine"),
+        "engines": cfg_summary.get("engines"),
         "teacher_confidence": cfg_summary.get("teacher_confidence"),
         "teacher_confidence_by_origin": cfg_summary.get("teacher_confidence_by_origin"),
     }

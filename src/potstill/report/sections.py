@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .engines import engines_table
 from .plots import break_even_plot, category_bars, ci_plot, latency_plot, quality_vs_cost, score_bars
 from .routing import routing_plot, routing_table
 from .tables import (
@@ -34,6 +35,7 @@ def all_tables(report: dict) -> list[Table]:
         judge_table(report),
         contamination_table(report),
         cost_table(report),
+        engines_table(report),
         routing_table(report),
         training_table(report),
     ]

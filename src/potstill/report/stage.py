@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..context import RunContext, Stage, hashed
 from ..evaluate.confidence import confidence_by_origin, confidence_warning, prompt_origins, teacher_confidence
-from ..evaluate.cost import break_even, run_costs
+from ..evaluate.cost import break_even, engine_costs, run_costs
 from ..evaluate.measure import machine
 from ..io import read_json, read_jsonl
 from .build import build_report
@@ -59,7 +59,8 @@ class ReportStage(Stage):
                 "curves": read_json(ctx.path("route") / "curves.json"),
             }
         results = read_json(ctx.path("eval") / "results.json")
-        perf = read_json(ctx.path("measure") / "perf.json")["models"]
+        perf_json = read_json(ctx.path("measure") / "perf.json")
+        perf = perf_json["models"]
         training = {m: read_json(ctx.path(f"students/{m}") / "training.json") for m in cfg.train.methods}
         costs = run_costs(cfg.prices, ctx.path("eval"), ctx.path("measure"))
         costs["break_even"] = distill_break_even(ctx, costs, training)
@@ -70,6 +71,7 @@ class ReportStage(Stage):
             "machine": machine(),
             "queries_per_day": cfg.prices.queries_per_day,
             "prices": cfg.prices.model_dump(mode="json"),
+            "engines": engine_costs(cfg.prices, perf_json, {n: m["role"] for n, m in results["models"].items()}),
         }
         generations = read_jsonl(ctx.path("generate") / "generations.jsonl")
         conf = teacher_confidence(generations)

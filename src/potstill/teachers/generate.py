@@ -35,7 +35,17 @@ from .apistage import run_api_generate
 from .base import GenerationSettings
 from .spec import ModelSpec
 
-LOCAL_FIELDS = ("model", "batch_size", "max_new_tokens", "do_sample", "temperature", "top_p", "top_logprobs", "dtype")
+LOCAL_FIELDS = (
+    "model",
+    "batch_size",
+    "max_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_p",
+    "top_logprobs",
+    "dtype",
+    "engine",
+)
 RUN_ONLY_FIELDS = {
     "batch_size",
     "dtype",
@@ -120,19 +130,20 @@ def _vllm_generator(cfg: TeacherConfig, spec: ModelSpec, seed: int):
     return VLLMGenerator(spec.model_dir(), cfg.vllm, seed=seed, dtype=cfg.dtype, max_logprobs=cfg.top_logprobs)
 
 
-def _hf_generator(cfg: TeacherConfig, spec: ModelSpec, seed: int):
-    from .hf import LocalGenerator  # defers torch/transformers
+def _engine_generator(cfg: TeacherConfig, spec: ModelSpec, seed: int):
+    from ..engines import make_generator  # defers torch/transformers/ctranslate2
 
-    return LocalGenerator(spec.model_dir(), dtype=cfg.dtype, seed=seed)
+    return make_generator(cfg.engine, spec.model_dir(), dtype=cfg.dtype, seed=seed)
 
 
-# How each kind of local model spec (potstill.teachers.spec.KINDS) generates; others use transformers.
+# How each kind of local model spec (potstill.teachers.spec.KINDS) generates; others use teacher.engine.
 GENERATORS = {"vllm": _vllm_generator}
 
 
 def local_generator(cfg: TeacherConfig, spec: ModelSpec, seed: int):
-    """The generator of a local teacher: its kind's entry in :data:`GENERATORS`, else transformers."""
-    return GENERATORS.get(spec.kind, _hf_generator)(cfg, spec, seed)
+    """The generator of a local teacher: its kind's entry in :data:`GENERATORS`, else ``teacher.engine``
+    (:func:`potstill.engines.make_generator`)."""
+    return GENERATORS.get(spec.kind, _engine_generator)(cfg, spec, seed)
 
 
 def _answer(cfg: TeacherConfig, spec: ModelSpec, todo: list[dict], seed: int, path: Path, done: dict) -> None:

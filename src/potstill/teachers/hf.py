@@ -6,18 +6,15 @@ batch wastes little padding. Chat templates are applied when the tokenizer has o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from ..chat import encode_prompt
-from ..errors import UserError
 from ..models import count_params, default_device, load_model, load_tokenizer, model_path
-from .base import GenerationSettings
+from .base import GenerationSettings, PromptGenerator, make_record
 
 
-class LocalGenerator:
+class LocalGenerator(PromptGenerator):
     """Generates answers from a local model directory or ``.gguf`` file (or an already loaded model)."""
 
     def __init__(
@@ -81,77 +78,19 @@ class LocalGenerator:
             input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs
         )
         new = out.sequences[:, width:].cpu()
-        top = None
+        tops = [None] * len(prompts)
         if settings.top_logprobs > 0:
             logits = torch.stack(out.logits, dim=1).float()[..., : self.vocab]  # [batch, new, vocab]: real tokens only
-            lp = torch.log_softmax(logits, dim=-1)
-            vals, idx = lp.topk(min(settings.top_logprobs, lp.shape[-1]), dim=-1)
-            top = (idx.cpu(), vals.cpu())
-        records = []
-        for i in range(len(prompts)):
-            ids = new[i].tolist()
-            finish = "length"
-            for j, t in enumerate(ids):
-                if t in self.eos_ids:
-                    ids, finish = ids[: j + 1], "stop"
-                    break
-            text_ids = ids[:-1] if finish == "stop" else ids
-            rec = {
-                "text": self.tokenizer.decode(text_ids, skip_special_tokens=True).strip(),
-                "token_ids": ids,
-                "finish_reason": finish,
-                "usage": {"prompt_tokens": len(prompts[i]), "completion_tokens": len(ids)},
-                "top_logprobs": None,
-            }
-            if top is not None:
-                n = len(ids)
-                rec["top_logprobs"] = [
-                    [[int(t), round(float(v), 6)] for t, v in zip(top[0][i, j].tolist(), top[1][i, j].tolist())]
-                    for j in range(n)
-                ]
-            records.append(rec)
-        return records
-
-    def generate(
-        self,
-        records: list[dict],
-        settings: GenerationSettings,
-        on_batch: Callable[[list[dict]], None] | None = None,
-        check_context: bool = False,
-    ) -> Iterator[dict]:
-        """Yield one generation record per prompt record, in batches sorted by prompt length.
-
-        ``check_context``: before anything is generated, a prompt that leaves no room for
-        ``max_new_tokens`` in the model's context is a one-line :class:`UserError` naming it (the
-        teacher's generate stage: the prompts stage should have dropped it).
-        """
-        if settings.seed is not None:
-            torch.manual_seed(settings.seed)
-        encoded = [(r, encode_prompt(self.tokenizer, r["messages"])) for r in records]
-        encoded.sort(key=lambda x: len(x[1]))
-        if check_context:
-            lengths = [(r["id"], len(p)) for r, p in encoded]
-            check_context_fits(lengths, settings.max_new_tokens, self.context, self.path)
-        for start in range(0, len(encoded), settings.batch_size):
-            chunk = encoded[start : start + settings.batch_size]
-            outs = self.generate_batch([p for _, p in chunk], settings)
-            batch = [{"id": r["id"], **o} for (r, _), o in zip(chunk, outs)]
-            if on_batch:
-                on_batch(batch)
-            yield from batch
+            tops = topk_rows(logits, settings.top_logprobs)
+        return [
+            make_record(self.tokenizer, len(p), new[i].tolist(), self.eos_ids, tops[i]) for i, p in enumerate(prompts)
+        ]
 
 
-def check_context_fits(lengths: list[tuple[str, int]], max_new_tokens: int, context: int | None, model: Path) -> None:
-    """A one-line :class:`UserError` naming the longest prompt when some ``(id, prompt tokens)`` leave
-    no room for ``max_new_tokens`` in ``context`` (None: not known, nothing checked)."""
-    if not context:
-        return
-    over = [(n, rid) for rid, n in lengths if n + max_new_tokens > context]
-    if over:
-        n, rid = max(over)
-        raise UserError(
-            f"{len(over)} prompt(s) too long for the teacher: the longest, {rid!r}, has {n:,} tokens, and "
-            f"with teacher.max_new_tokens {max_new_tokens} the context is {context:,}; rerun the prompts "
-            "stage (--force prompts) to drop them, or set prompts.max_prompt_tokens",
-            str(model),
-        )
+def topk_rows(logits: torch.Tensor, k: int) -> list[list[list[tuple[int, float]]]]:
+    """``[batch][step] -> [(token_id, logprob), ...]``: the ``k`` most likely tokens of the
+    log-softmax of ``logits`` ``[batch, steps, vocab]`` (untempered), most likely first."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    vals, idx = lp.topk(min(k, lp.shape[-1]), dim=-1)
+    vals, idx = vals.cpu().tolist(), idx.cpu().tolist()
+    return [[list(zip(i_row, v_row)) for i_row, v_row in zip(idx[b], vals[b])] for b in range(len(idx))]

@@ -30,8 +30,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..models import load_tokenizer
-from .base import GenerationSettings
-from .hf import LocalGenerator
+from .base import GenerationSettings, PromptGenerator
 from .limits import model_context
 
 MISSING = "vllm: teacher needs vLLM: pip install 'potstill[vllm]' (Linux + CUDA GPU)"
@@ -174,7 +173,7 @@ def sampling_kwargs(settings: GenerationSettings, prompt: list[int]) -> dict:
 # Engines
 
 
-class VLLMGenerator(LocalGenerator):
+class VLLMGenerator(PromptGenerator):
     """Generates answers with vLLM from the model directory ``path``.
 
     The interface and records of :class:`~potstill.teachers.hf.LocalGenerator`, whose

@@ -245,6 +245,7 @@ def train_student(
         metrics["on_policy_batches"] = trainer.on_policy_batches
     if final is None:  # only the main process exports
         return metrics
+    final.config.use_cache = True  # training turned the KV cache off; generation wants it
     with atomic_dir(out_dir) as tmp:
         final.save_pretrained(str(tmp))
         tok.padding_side = "left"  # for generation by later stages

@@ -50,4 +50,4 @@ def make_generator(
         return LocalGenerator(path, dtype=dtype, init=init, seed=seed, device=device)
     from .ct2 import CT2Generator  # defers ctranslate2
 
-    return CT2Generator(path, engine=engine, dtype=dtype, device=device)
+    return CT2Generator(path, engine=engine, dtype=dtype, device=device, seed=seed)

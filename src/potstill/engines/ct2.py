@@ -107,7 +107,8 @@ class CT2Generator(PromptGenerator):
     """Generates answers with CTranslate2 from a model directory or ``.gguf`` file.
 
     ``engine`` is ``ct2`` (the model's dtype) or ``ct2-int8`` (int8 weights); ``device`` ``cpu`` or
-    ``cuda`` (default: CUDA when torch sees a GPU); ``threads``: OpenMP threads (default: torch's).
+    ``cuda`` (default: CUDA when torch sees a GPU); ``threads``: OpenMP threads (default: torch's);
+    ``seed``: the random stream of sampled answers (see :meth:`reseed`).
     """
 
     def __init__(
@@ -118,6 +119,7 @@ class CT2Generator(PromptGenerator):
         device: str | None = None,
         threads: int | None = None,
         tokenizer=None,
+        seed: int = 0,
     ):
         ct2 = import_ct2()
         self.path = check_model_dir(path)
@@ -125,6 +127,7 @@ class CT2Generator(PromptGenerator):
         self.engine, self.compute_type = engine, compute_type(engine, dtype, self.device)
         self.tokenizer = tokenizer or load_tokenizer(self.path, padding_side="left")
         self.ct2_dir = ct2_model_dir(self.path)
+        ct2.set_random_seed(int(seed))  # read by each of the generator's threads when it first samples
         self.model = ct2.Generator(
             str(self.ct2_dir),
             device=self.device,
@@ -152,7 +155,9 @@ class CT2Generator(PromptGenerator):
         return ids
 
     def reseed(self, seed: int) -> None:
-        import_ct2().set_random_seed(int(seed))
+        """Nothing: CTranslate2 seeds a thread's random stream once, from the seed set when the model's
+        threads first sample (``seed`` at construction). A loaded model's sampled answers are
+        reproducible for its first run; later runs continue the same stream."""
 
     def tokens(self, ids: list[int]) -> list[str]:
         """Token ids as the token strings CTranslate2 takes (its vocabulary is the tokenizer's)."""

@@ -574,6 +574,18 @@ class RouteConfig(Section):
         return self
 
 
+class ReportConfig(Section):
+    """What the report stage writes besides the report itself."""
+
+    export: list[Literal["gguf", "ct2"]] = Field(
+        [],
+        description="Also write the report's headline student into RUN/report/export/ as a GGUF file (llama.cpp, "
+        "Ollama) and/or a CTranslate2 directory, with its model card and provenance (potstill export).",
+    )
+    gguf_type: Literal["f32", "f16", "q8_0"] = Field("f16", description="Weight type of the GGUF export.")
+    ct2_type: Literal["float32", "int8"] = Field("float32", description="Weight type of the CTranslate2 export.")
+
+
 class RunConfig(Section):
     """A whole potstill run."""
 
@@ -591,6 +603,7 @@ class RunConfig(Section):
     prices: PricesConfig = Field(default_factory=PricesConfig)
     terms: TermsConfig = Field(default_factory=TermsConfig)
     route: RouteConfig = Field(default_factory=RouteConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
 
     base_dir: Path = Field(Path("."), exclude=True, description="Directory relative paths resolve against.")

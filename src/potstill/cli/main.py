@@ -12,7 +12,7 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import capture, check, convert, demo, generate, report, route, run, serve, stages, terms, train, tune
+from . import capture, check, convert, demo, export, generate, report, route, run, serve, stages, terms, train, tune
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     terms.add_parser(sub)
     check.add_parser(sub)
     convert.add_parser(sub)
+    export.add_parser(sub)
     return parser
 
 

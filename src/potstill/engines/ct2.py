@@ -57,11 +57,11 @@ def _converted(d: Path) -> bool:
     return (d / "model.bin").is_file() and (d / "config.json").is_file() and (d / "potstill.json").is_file()
 
 
-def convert(model_dir: str | Path, out_dir: str | Path, quantization: str | None = None) -> Path:
+def convert(model_dir: str | Path, out_dir: str | Path, quantization: str | None = None, extra=None) -> Path:
     """Convert the Hugging Face directory ``model_dir`` into a CTranslate2 directory ``out_dir``
     (atomically: a failure leaves nothing at ``out_dir``). ``quantization``: None keeps float32,
-    ``"int8"`` stores int8 weights. An architecture CTranslate2 has no converter for is a one-line
-    :class:`UserError` naming it."""
+    ``"int8"`` stores int8 weights; ``extra(tmp_dir)`` adds files before the directory is moved in
+    place. An architecture CTranslate2 has no converter for is a one-line :class:`UserError` naming it."""
     ct2 = import_ct2()
     from ctranslate2.converters import TransformersConverter  # defers the converters (they import transformers)
 
@@ -81,6 +81,8 @@ def convert(model_dir: str | Path, out_dir: str | Path, quantization: str | None
         (tmp / "potstill.json").write_text(
             json.dumps({"source": str(model_dir), "architecture": arch, "quantization": quantization})
         )
+        if extra is not None:
+            extra(tmp)
     return Path(out_dir)
 
 

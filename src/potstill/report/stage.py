@@ -13,6 +13,7 @@ from ..evaluate.confidence import confidence_by_origin, confidence_warning, prom
 from ..evaluate.cost import break_even, engine_costs, run_costs
 from ..evaluate.measure import machine
 from ..io import read_json, read_jsonl
+from ..progress import say
 from .build import build_report
 
 
@@ -48,6 +49,8 @@ class ReportStage(Stage):
         }
         if route_hash(ctx):
             inputs["route"] = route_hash(ctx)
+        if ctx.cfg.report.export:
+            inputs["export"] = hashed(ctx.cfg.report)
         return inputs
 
     def build(self, ctx: RunContext, folder: str, out: Path, work: Path) -> dict:
@@ -80,8 +83,25 @@ class ReportStage(Stage):
             origins = prompt_origins(ctx.train_prompts())
             summary["teacher_confidence_by_origin"] = confidence_by_origin(generations, origins)
         summary["teacher_confidence_warning"] = confidence_warning(conf, cfg.train.kd.temperature)
-        build_report(results, perf, costs, training, summary, out, routing=routing)
-        return {"files": ["report.md", "report.html", "report.json"]}
+        report = build_report(results, perf, costs, training, summary, out, routing=routing)
+        exported = export_best(ctx, report.get("best_student"), out / "export")
+        return {"files": ["report.md", "report.html", "report.json", *exported]}
+
+
+def export_best(ctx: RunContext, student: str | None, out: Path) -> list[str]:
+    """``report.export``: the headline student as GGUF and/or CTranslate2 in ``out``; the paths written."""
+    rc = ctx.cfg.report
+    if not rc.export or student is None:
+        return []
+    from ..export.student import export_student  # defers the writers
+
+    written = []
+    for fmt in rc.export:
+        name = f"{student}.gguf" if fmt == "gguf" else f"{student}-ct2"
+        export_student(ctx.path(f"students/{student}"), out / name, fmt, rc.gguf_type if fmt == "gguf" else rc.ct2_type)
+        say(f"  exported {student} as {fmt}: {out / name}")
+        written.append(f"export/{name}")
+    return written
 
 
 REPORT = ReportStage()

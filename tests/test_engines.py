@@ -66,12 +66,13 @@ def test_ct2_never_emits_padding_rows_and_knows_the_context(hf_and_ct2):
 
 
 def test_ct2_sampling_is_seeded(tiny_teacher_dir):
-    """A model loaded with a seed samples the same answers on its first run (CTranslate2 seeds each
-    thread's stream once); another seed samples others."""
+    """The same seed samples the same answers, on a fresh model or on one that has sampled before
+    (CTranslate2 seeds a thread's stream once: the generator reloads the model); another seed, others."""
     s = GenerationSettings(max_new_tokens=10, batch_size=4, do_sample=True, temperature=1.5, seed=7)
 
     def sample(seed: int) -> list[list[int]]:
-        return [r["token_ids"] for r in make_generator("ct2", tiny_teacher_dir, seed=seed).generate(records(8), s)]
+        gen = make_generator("ct2", tiny_teacher_dir, seed=seed)
+        return [r["token_ids"] for r in gen.generate(records(8), replace(s, seed=seed))]
 
     greedy = [
         r["token_ids"]

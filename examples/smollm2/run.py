@@ -38,9 +38,11 @@ def smollm2_gguf() -> Path:
 def row(report: dict, name: str, label: str) -> str:
     m, test, ood = report["models"][name], report["splits"]["test"][name], report["splits"]["ood"][name]
     pct = lambda s: "100" if name == "teacher" else f"{s['pct_of_teacher']:.1f}"  # noqa: E731
+    cheap = ((report.get("engines") or {}).get("cheapest") or {}).get(name)
+    best = f"${cheap['cost_per_1m_queries_usd']:.2f} ({cheap['engine']})" if cheap else "n/a"
     return (
         f"| {label} | {m['params'] / 1e6:.1f}M | {test['score']:.3f} | {pct(test)} | {ood['score']:.3f} | "
-        f"{pct(ood)} | {1000 * m['latency_p50_s']:.0f} ms | ${m['cost_per_1m_queries_usd']:.2f} |"
+        f"{pct(ood)} | {1000 * m['latency_p50_s']:.0f} ms | ${m['cost_per_1m_queries_usd']:.2f} | {best} |"
     )
 
 
@@ -69,9 +71,9 @@ def main() -> int:
     print(f"\nfinished in {time.perf_counter() - started:.0f} s")
     print(
         "| model | params | test accuracy | % of teacher (test) | OOD accuracy | % of teacher (OOD) | p50 latency "
-        "| cost / 1M queries |"
+        f"| cost / 1M queries ({pruned.get('engine')}) | cost / 1M queries (cheapest engine) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for report, name, label in (
         (pruned, "teacher", "teacher (SmolLM2-135M-Instruct)"),
         (pruned, "kd", "pruned + KD"),

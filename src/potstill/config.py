@@ -582,7 +582,7 @@ class ReportConfig(Section):
         description="Also write the report's headline student into RUN/report/export/ as a GGUF file (llama.cpp, "
         "Ollama) and/or a CTranslate2 directory, with its model card and provenance (potstill export).",
     )
-    gguf_type: Literal["f32", "f16", "q8_0"] = Field("f16", description="Weight type of the GGUF export.")
+    gguf_type: Literal["f32", "f16", "q8_0", "q4_0"] = Field("f16", description="Weight type of the GGUF export.")
     ct2_type: Literal["float32", "int8"] = Field("float32", description="Weight type of the CTranslate2 export.")
 
 

@@ -3,6 +3,8 @@
 ``potstill serve --student DIR --fallback TEACHER --route ROUTE.json``: the routing gateway
 (:mod:`potstill.route.gateway`): the student answers, and the teacher (a local model directory,
 or ``openai:MODEL`` / ``anthropic:MODEL``) answers the queries the calibrated router sends it.
+``--engine`` (``hf``, ``ct2``, ``ct2-int8``: :mod:`potstill.engines`) is how the model, or the student,
+generates; a local teacher runs on ``hf``.
 
 Stopping: the first SIGTERM or Ctrl-C stops accepting connections and gives the requests in flight
 ``--grace-s`` seconds (default 5) to finish; whatever is still running then is answered 503
@@ -18,16 +20,18 @@ import signal
 import socket
 from pathlib import Path
 
+from ..engines import LOCAL_ENGINES
 from ..errors import UserError
 from ..io import read_json
 from ..models import check_model_dir, model_hash
 from ..progress import say
 from ..route.features import Router
 from ..route.gateway import ApiTeacher, FallbackLog, LocalTeacher, RoutingBackend
-from ..serve import HFBackend, create_app
+from ..serve import create_app, make_backend
 from ..teachers.api import make_provider, resolve_api_key
 from ..teachers.spec import parse_model
 
+DEFAULT_ENGINE = "hf"  # of the served model and the gateway's student
 HELP = "serve a local model with an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)"
 
 
@@ -91,6 +95,13 @@ def add_parser(sub) -> None:
         help="on SIGTERM/Ctrl-C, seconds the requests in flight get to finish before they are "
         "answered 503 (default: 5)",
     )
+    p.add_argument(
+        "--engine",
+        choices=LOCAL_ENGINES,
+        default=DEFAULT_ENGINE,
+        help="how MODEL_DIR (or --student) generates: hf (transformers), ct2 (CTranslate2, converted once), "
+        f"ct2-int8 (CTranslate2, int8 weights); a local --fallback teacher runs on hf (default: {DEFAULT_ENGINE})",
+    )
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=main)
@@ -123,9 +134,10 @@ def main(args) -> int:
     router = load_router(args.route) if gateway else None
     sock = bind(args.host, args.port)
 
-    def local(path, name=None):
-        return HFBackend.from_dir(
+    def local(path, name=None, engine="hf"):
+        return make_backend(
             path,
+            engine,
             model_name=name,
             dtype=args.dtype,
             device=args.device,
@@ -137,16 +149,17 @@ def main(args) -> int:
     if gateway:
         teacher = make_teacher(args, local)
         log = FallbackLog(args.fallback_log or args.route.parent / "fallbacks.jsonl")
+        student = local(args.student, engine=args.engine)
         backend = RoutingBackend(
-            local(args.student), teacher, router, log, model_name=args.name, teacher_timeout=args.fallback_timeout
+            student, teacher, router, log, model_name=args.name, teacher_timeout=args.fallback_timeout
         )
         what = (
-            f"gateway {backend.model_name}: {backend.student.model_name} first, {teacher.model_name} when "
-            f"{router.signal} < {router.threshold:.4g}; fallbacks logged to {log.path}"
+            f"gateway {backend.model_name}: {backend.student.model_name} ({args.engine}) first, "
+            f"{teacher.model_name} when {router.signal} < {router.threshold:.4g}; fallbacks logged to {log.path}"
         )
     else:
-        backend = local(args.model_dir, args.name)
-        what = backend.model_name
+        backend = local(args.model_dir, args.name, args.engine)
+        what = f"{backend.model_name} ({args.engine})"
     app = create_app(backend, api_key=api_key, max_body_bytes=args.max_body_bytes)
     host, port = sock.getsockname()[:2]
     say(

@@ -32,6 +32,7 @@ from ..progress import say
 from ..teachers.base import GenerationSettings, PromptGenerator, make_record
 from ..teachers.hf import topk_rows
 
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 MISSING = "engine ct2 needs CTranslate2: pip install ctranslate2 (CPU wheels on PyPI), or set the engine to hf"
 
 
@@ -123,22 +124,17 @@ class CT2Generator(PromptGenerator):
         tokenizer=None,
         seed: int = 0,
     ):
-        ct2 = import_ct2()
+        import_ct2()
         self.path = check_model_dir(path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.engine, self.compute_type = engine, compute_type(engine, dtype, self.device)
         self.tokenizer = tokenizer or load_tokenizer(self.path, padding_side="left")
         self.ct2_dir = ct2_model_dir(self.path)
-        ct2.set_random_seed(int(seed))  # read by each of the generator's threads when it first samples
-        self.model = ct2.Generator(
-            str(self.ct2_dir),
-            device=self.device,
-            compute_type=self.compute_type,
-            intra_threads=threads or torch.get_num_threads(),
-        )
+        self.threads, self.seed, self.reseeded = threads or torch.get_num_threads(), int(seed), False
+        self._load()
         config = json.loads((self.path / "config.json").read_text())
         self.params = param_count(self.path)
-        self.context = config.get("max_position_embeddings")
+        self.context = next((config[k] for k in CONTEXT_KEYS if isinstance(config.get(k), int)), None)
         self.eos_ids = self._eos_ids(config)
         self.vocab = len(self.tokenizer)
         vocabulary = json.loads((self.ct2_dir / "vocabulary.json").read_text())
@@ -156,10 +152,25 @@ class CT2Generator(PromptGenerator):
             ids.add(int(self.tokenizer.eos_token_id))
         return ids
 
+    def _load(self) -> None:
+        """(Re)load the model. CTranslate2 seeds a thread's random stream once, when that thread first
+        samples, from the seed set last: a new seed needs a fresh model, seeded just before it samples."""
+        self.model = import_ct2().Generator(
+            str(self.ct2_dir), device=self.device, compute_type=self.compute_type, intra_threads=self.threads
+        )
+        self.sampled = False
+
     def reseed(self, seed: int) -> None:
-        """Nothing: CTranslate2 seeds a thread's random stream once, from the seed set when the model's
-        threads first sample (``seed`` at construction). A loaded model's sampled answers are
-        reproducible for its first run; later runs continue the same stream."""
+        """Sample from ``seed`` next (a model that has sampled already is reloaded before it samples
+        again; greedy decoding never reloads)."""
+        self.seed, self.reseeded = int(seed), True
+
+    def _seed_for_sampling(self) -> None:
+        if self.sampled and self.reseeded:
+            self._load()
+        if not self.sampled:
+            import_ct2().set_random_seed(self.seed)
+        self.sampled, self.reseeded = True, False
 
     def tokens(self, ids: list[int]) -> list[str]:
         """Token ids as the token strings CTranslate2 takes (its vocabulary is the tokenizer's)."""
@@ -183,6 +194,8 @@ class CT2Generator(PromptGenerator):
     def generate_batch(self, prompts: list[list[int]], settings: GenerationSettings) -> list[dict]:
         """Generate for one batch of tokenized prompts; returns partial records (no id)."""
         k = settings.top_logprobs
+        if settings.do_sample:
+            self._seed_for_sampling()
         results = self.model.generate_batch([self.tokens(p) for p in prompts], **self.options(settings, k > 0))
         shortest = min(len(p) for p in prompts)
         records = []

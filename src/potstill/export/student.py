@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..models import check_model_dir
 
 FORMATS = ("gguf", "ct2")
-TYPES = {"gguf": ("f32", "f16", "q8_0"), "ct2": ("float32", "int8")}
+TYPES = {"gguf": ("f32", "f16", "q8_0", "q4_0"), "ct2": ("float32", "int8")}
 DEFAULT_TYPE = {"gguf": "f16", "ct2": "float32"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..context import RunContext, Stage, hashed
+from ..engines import make_generator
 from ..errors import UserError
 from ..evaluate.compare import answer_split
 from ..evaluate.cost import run_costs
@@ -25,7 +26,6 @@ from ..io import read_jsonl, write_json, write_jsonl
 from ..progress import say
 from ..teachers.base import GenerationSettings
 from ..teachers.generate import api_answers
-from ..teachers.hf import LocalGenerator
 from .answers import answer_with_confidence
 from .calibrate import apgr, check, choose, curve, fit_logistic
 from .features import Router
@@ -97,6 +97,7 @@ def run_route(
             max_new,
             rc.batch_size,
             dtype=cfg.student.dtype,
+            engine=cfg.eval.engine,
             cache=work / f"{split}.jsonl",
             label=f"route {student}/{split}",
         )
@@ -265,6 +266,6 @@ def teacher_answers(ctx: RunContext, split: str, records: list[dict], work: Path
     cfg = ctx.cfg
     if ctx.teacher.is_api:
         return api_answers(ctx, {split: records}, work, cfg.eval.max_new_tokens)[split]
-    gen = LocalGenerator(ctx.teacher.model_dir(), dtype=cfg.teacher.dtype, seed=cfg.seed)
+    gen = make_generator(cfg.eval.engine, ctx.teacher.model_dir(), dtype=cfg.teacher.dtype, seed=cfg.seed)
     settings = GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, seed=cfg.seed)
     return answer_split(gen, records, settings, work / f"teacher__{split}.jsonl", f"route teacher/{split}")

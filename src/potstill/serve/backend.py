@@ -67,7 +67,10 @@ def model_fingerprint(path: str | Path) -> str:
 
 
 class HFBackend:
-    """Serves one local causal LM (a :class:`potstill.teachers.hf.LocalGenerator`) with batching."""
+    """Serves one local causal LM (a :class:`potstill.teachers.hf.LocalGenerator`) with batching.
+
+    Another engine subclasses it and overrides ``_context`` and ``_decode`` (how one batch of rows is
+    decoded), as :class:`potstill.serve.ct2backend.CT2Backend` does."""
 
     def __init__(
         self,
@@ -81,7 +84,7 @@ class HFBackend:
         self.gen, self.model_name = generator, model_name
         self.fingerprint = fingerprint or model_fingerprint(generator.path)
         self.default_max_tokens = default_max_tokens
-        self.context = context_length(generator.model)
+        self.context = self._context(generator)
         self.text = TokenText(generator.tokenizer)
         self.batcher = Batcher(
             self._run, max_batch=max_batch, wait_ms=batch_wait_ms, cancel=lambda row: row.cancelled.set()
@@ -118,11 +121,19 @@ class HFBackend:
         self.abort()
         await self.batcher.aclose()
 
+    @staticmethod
+    def _context(generator) -> int | None:
+        return context_length(generator.model)
+
     def _run(self, rows: list[Row]) -> None:
         for group in fit_context([r for r in rows if not r.cancelled.is_set()], self.context):
             if all(r.cancelled.is_set() for r in group):  # cancelled while an earlier group ran
                 continue
-            generate_rows(self.gen.model, self.gen.tokenizer, self.gen.eos_ids, group, self.gen.device)
+            self._decode(group)
+
+    def _decode(self, rows: list[Row]) -> None:
+        """Decode one batch of rows that fits the context (blocking)."""
+        generate_rows(self.gen.model, self.gen.tokenizer, self.gen.eos_ids, rows, self.gen.device)
 
     def _rows(self, req: ChatCompletionRequest, n: int, on_event=None, confidence: bool = False) -> list[Row]:
         try:

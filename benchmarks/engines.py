@@ -21,6 +21,10 @@ over the rounds, medians taken. Both models pay the same hourly rent, so cost pe
 1 / batched queries per second and the ratio needs no price. ``cost_ratio_same_engine`` is teacher
 cost / student cost on each engine; ``cost_ratio_best`` puts each model on its own cheapest engine.
 
+**Export** (demo pair): the student written as GGUF f16 and q8_0 by ``potstill export``, loaded back with
+transformers (``gguf_file=``) and read by the ``gguf`` reader; greedy answers on 20 prompts against the
+student directory's.
+
     python benchmarks/engines.py                         # both pairs (a pair whose student is missing is skipped)
     python benchmarks/engines.py --pairs demo --rounds 3
 
@@ -170,6 +174,38 @@ def cost(pair: dict, rounds: int, engines: list[str], queries: int) -> dict:
     }
 
 
+def export_check(student: Path, prompts_path: Path, n: int = 20) -> dict:
+    """The student exported as GGUF (f16, q8_0) loads back with transformers (``gguf_file=``) and the
+    ``gguf`` reader; greedy answers on ``n`` prompts against the student directory's."""
+    import tempfile
+
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    from potstill.export.student import export_student
+    from potstill.teachers.hf import LocalGenerator
+
+    recs = prompts(prompts_path, n)
+    settings = GenerationSettings(max_new_tokens=48, batch_size=n)
+    ref = [r["token_ids"] for r in LocalGenerator(student).generate(recs, settings)]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in ("f16", "q8_0"):
+            path = export_student(student, Path(tmp) / f"student-{dtype}.gguf", "gguf", dtype)
+            reader = gguf.GGUFReader(path)
+            model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=path.name)
+            gen = LocalGenerator(student, model=model)
+            got = [r["token_ids"] for r in gen.generate(recs, settings)]
+            out[dtype] = {
+                "identical": sum(a == b for a, b in zip(got, ref)),
+                "of": n,
+                "bytes": path.stat().st_size,
+                "has_chat_template": reader.get_field("tokenizer.chat_template") is not None,
+                "has_provenance": reader.get_field("potstill.provenance") is not None,
+            }
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", nargs="+", default=["demo", "smollm2"], choices=["demo", "smollm2"])
@@ -209,6 +245,14 @@ def main() -> int:
             flush=True,
         )
         result["pairs"][name] = {"generation": gen, "cost": c}
+        if name == "demo":
+            ex = result["pairs"][name]["export"] = export_check(pair["student"], pair["prompts"])
+            for dtype, e in ex.items():
+                print(
+                    f"demo student exported as GGUF {dtype}: {e['identical']}/{e['of']} greedy answers identical "
+                    f"to the directory's after loading with transformers (gguf_file=)",
+                    flush=True,
+                )
     print(json.dumps(result))
     return 0
 

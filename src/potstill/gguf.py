@@ -320,11 +320,23 @@ def gguf_model_dir(path: str | os.PathLike) -> Path:
     (float32, so the dequantized weights are kept exactly; ``load_model``'s dtype casts at load time)."""
     path = check_gguf_file(path)
     digest = file_sha256(path)
-    out = cache_root() / "gguf" / digest
-    if _complete(out):
+    return cached_conversion(
+        "gguf",
+        digest,
+        _complete,
+        lambda out: convert_gguf(path, out, sha256=digest),
+        f"gguf: converting {path.name} to a Hugging Face directory (once per file)",
+    )
+
+
+def cached_conversion(kind: str, key: str, complete, build, message: str) -> Path:
+    """``cache_root()/kind/key``, built by ``build(out)`` unless ``complete(out)`` already; two processes
+    wait for each other under a lock, and ``message`` (plus the path) is said before building."""
+    out = cache_root() / kind / key
+    if complete(out):
         return out
-    with cache_lock(out.with_name(f"{digest}.lock")):
-        if not _complete(out):  # another process may have converted it while we waited
-            say(f"gguf: converting {path.name} to a Hugging Face directory (once per file): {out}")
-            convert_gguf(path, out, sha256=digest)
+    with cache_lock(out.with_name(f"{key}.lock")):
+        if not complete(out):  # another process may have converted it while we waited
+            say(f"{message}: {out}")
+            build(out)
     return out

@@ -25,11 +25,10 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..gguf import cache_lock, cache_root
+from ..gguf import cached_conversion
 from ..io import atomic_dir, sha256_json
 from ..models import check_model_dir, load_tokenizer, model_hash, param_count
-from ..progress import say
-from ..teachers.base import GenerationSettings, PromptGenerator, make_record
+from ..teachers.base import GenerationSettings, PromptGenerator, eos_set, make_record
 from ..teachers.hf import topk_rows
 
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -92,14 +91,13 @@ def ct2_model_dir(path: str | Path) -> Path:
     ct2 = import_ct2()
     model_dir = check_model_dir(path)
     key = sha256_json({"model": model_hash(model_dir), "ctranslate2": ct2.__version__.split(".")[0]})
-    out = cache_root() / "ct2" / key
-    if _converted(out):
-        return out
-    with cache_lock(out.with_name(f"{key}.lock")):
-        if not _converted(out):  # another process may have converted it while we waited
-            say(f"ct2: converting {model_dir} for CTranslate2 (once per model content): {out}")
-            convert(model_dir, out)
-    return out
+    return cached_conversion(
+        "ct2",
+        key,
+        _converted,
+        lambda out: convert(model_dir, out),
+        f"ct2: converting {model_dir} for CTranslate2 (once per model content)",
+    )
 
 
 def _first_line(e: BaseException) -> str:
@@ -141,16 +139,9 @@ class CT2Generator(PromptGenerator):
         self.padding = [[t] for t in vocabulary[self.vocab :]]  # embedding rows past the tokenizer: never emitted
 
     def _eos_ids(self, config: dict) -> set[int]:
-        ids = set()
         gen_cfg = self.path / "generation_config.json"
         eos = json.loads(gen_cfg.read_text()).get("eos_token_id") if gen_cfg.is_file() else None
-        eos = config.get("eos_token_id") if eos is None else eos
-        for e in eos if isinstance(eos, list) else [eos]:
-            if e is not None:
-                ids.add(int(e))
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(int(self.tokenizer.eos_token_id))
-        return ids
+        return eos_set(config.get("eos_token_id") if eos is None else eos, self.tokenizer)
 
     def _load(self) -> None:
         """(Re)load the model. CTranslate2 seeds a thread's random stream once, when that thread first

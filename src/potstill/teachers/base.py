@@ -38,6 +38,15 @@ class GenerationSettings:
     seed: int = 0
 
 
+def eos_set(eos, tokenizer) -> set[int]:
+    """The ids that end an answer: the generation config's ``eos_token_id`` (one id or a list) and the
+    tokenizer's end-of-sequence token."""
+    ids = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
 def make_record(tokenizer, prompt_len: int, ids: list[int], eos_ids: set[int], top=None) -> dict:
     """A generation record (no ``id``) for the generated ``ids``: cut after the first end-of-sequence
     token (kept in ``token_ids``, not in ``text``); ``top``: ``[[(token_id, logprob), ...] per

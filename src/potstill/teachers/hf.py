@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..models import count_params, default_device, load_model, load_tokenizer, model_path
-from .base import GenerationSettings, PromptGenerator, make_record
+from .base import GenerationSettings, PromptGenerator, eos_set, make_record
 
 
 class LocalGenerator(PromptGenerator):
@@ -41,14 +41,7 @@ class LocalGenerator(PromptGenerator):
         self.padding_ids = list(range(self.vocab, head.weight.shape[0] if head is not None else self.vocab))
 
     def _eos_ids(self) -> set[int]:
-        ids = set()
-        gc_eos = getattr(self.model.generation_config, "eos_token_id", None)
-        for e in gc_eos if isinstance(gc_eos, list) else [gc_eos]:
-            if e is not None:
-                ids.add(int(e))
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(int(self.tokenizer.eos_token_id))
-        return ids
+        return eos_set(getattr(self.model.generation_config, "eos_token_id", None), self.tokenizer)
 
     @torch.inference_mode()
     def generate_batch(self, prompts: list[list[int]], settings: GenerationSettings) -> list[dict]:

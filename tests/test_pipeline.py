@@ -57,7 +57,7 @@ def project(tmp_path, tiny_teacher_dir, tiny_student_dir):
             "scorer": {"type": "rouge_l"},
             "max_new_tokens": 6,
             "batch_size": 8,
-            "latency": {"queries": 2, "batch_size": 2},
+            "latency": {"queries": 2, "batch_size": 2, "engines": ["hf", "ct2"]},
         },
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
@@ -90,6 +90,9 @@ def test_run_end_to_end_then_rerun_skips(project):
     for m in report["models"].values():
         assert m["params"] > 0 and m["latency_p50_s"] > 0 and m["cost_per_query_usd"] > 0
     assert report["splits"]["test"]["teacher"]["pct_of_teacher"] == pytest.approx(100.0)
+    assert report["engine"] == "ct2" and set(report["engines"]["by_engine"]) == {"hf", "ct2"}
+    assert read_json(run / "measure" / "perf.json")["models"]["kd"]["engine"] == "ct2"
+    assert "## Latency and cost per engine" in (run / "report" / "report.md").read_text()
     assert (run / "report" / "report.html").stat().st_size > 1000
     routing = report["routing"]
     assert set(routing["checks"]) == {"validation", "test", "ood"} and routing["student"]["method"] == "kd"
@@ -103,9 +106,13 @@ def test_run_end_to_end_then_rerun_skips(project):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("up to date, skipped") == 8
 
-    forced = potstill(project, "run", "c.yaml", "--force", "report")
-    assert forced.returncode == 0
+    forced = potstill(project, "run", "c.yaml", "--force", "report", "report.export=[gguf, ct2]")
+    assert forced.returncode == 0, forced.stderr[-3000:]
     assert forced.stderr.count("up to date, skipped") == 7
+    best = read_json(run / "report" / "report.json")["best_student"]
+    exported = run / "report" / "export"
+    assert (exported / f"{best}.gguf").is_file() and (exported / f"{best}-ct2" / "model.bin").is_file()
+    assert read_json(exported / f"{best}-ct2" / "potstill.json")["provenance"]["method"] == best
 
     cal = potstill(
         project,

@@ -208,3 +208,35 @@ def test_cli_engine_error_is_one_line_exit_2_and_writes_no_stage(
     assert len(err) == 1 and "pip install ctranslate2" in err[0] and "engine" in err[0]
     assert not (tmp_path / "run" / "generate").exists() and (tmp_path / "run" / "prompts").is_dir()
     assert cli_main(["generate", str(path), "teacher.engine=hf"]) == 0  # what the line says to use instead
+
+
+def test_ct2_runs_heads_narrower_or_wider_than_hidden_over_heads(tmp_path, tiny_tokenizer_dir):
+    """A pruned student keeps its teacher's head width: ``head_dim * heads != hidden_size``, with grouped
+    KV heads (CTranslate2's Llama converter drops ``head_dim``; potstill's conversion puts it back)."""
+    import shutil
+
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    for f in tiny_tokenizer_dir.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    settings = GenerationSettings(max_new_tokens=8, batch_size=6, top_logprobs=3)
+    a = list(LocalGenerator(tmp_path).generate(records(6), settings))
+    b = list(make_generator("ct2", tmp_path).generate(records(6), settings))
+    assert [r["token_ids"] for r in a] == [r["token_ids"] for r in b]
+    for ra, rb in zip(a, b):
+        for pa, pb in zip(ra["top_logprobs"], rb["top_logprobs"]):
+            assert max(abs(x - y) for (_, x), (_, y) in zip(pa, pb)) < 1e-4

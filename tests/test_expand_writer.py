@@ -97,10 +97,10 @@ def test_writer_jobs_share_and_copies_are_seeded():
 
 
 def test_local_writer_resumes_without_regenerating(tmp_path, tiny_student_dir, monkeypatch):
-    from potstill.teachers.hf import LocalGenerator
+    from potstill.engines.ct2 import CT2Generator  # a local writer generates on the default engine
 
     calls: list[int] = []
-    original = LocalGenerator.generate_batch
+    original = CT2Generator.generate_batch
 
     def counting(self, prompts, settings):
         if fail_after[0] is not None and len(calls) >= fail_after[0]:
@@ -109,7 +109,7 @@ def test_local_writer_resumes_without_regenerating(tmp_path, tiny_student_dir, m
         return original(self, prompts, settings)
 
     fail_after = [1]
-    monkeypatch.setattr(LocalGenerator, "generate_batch", counting)
+    monkeypatch.setattr(CT2Generator, "generate_batch", counting)
     cfg = writer_cfg(model=str(tiny_student_dir), batch_size=4, max_new_tokens=6)
     train = seeds(6)  # 12 rewrites asked
     with pytest.raises(RuntimeError, match="killed"):

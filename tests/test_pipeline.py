@@ -106,7 +106,7 @@ def test_run_end_to_end_then_rerun_skips(project):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("up to date, skipped") == 8
 
-    forced = potstill(project, "run", "c.yaml", "--force", "report", "report.export=[gguf, ct2]")
+    forced = potstill(project, "run", "c.yaml", "report.export=[gguf, ct2]", "--force", "report")
     assert forced.returncode == 0, forced.stderr[-3000:]
     assert forced.stderr.count("up to date, skipped") == 7
     best = read_json(run / "report" / "report.json")["best_student"]

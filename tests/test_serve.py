@@ -435,6 +435,8 @@ def test_sigterm_drains_then_exits_cleanly(tmp_path, make_tiny_llama):
             "m",
             "--batch-wait-ms",
             "500",
+            "--engine",
+            "hf",  # a long generation that outlasts the grace (CTranslate2 would finish 8,000 tokens first)
         ],
         stderr=subprocess.PIPE,
         text=True,

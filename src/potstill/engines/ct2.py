@@ -66,8 +66,9 @@ def convert(model_dir: str | Path, out_dir: str | Path, quantization: str | None
     from ctranslate2.converters import TransformersConverter  # defers the converters (they import transformers)
 
     model_dir = check_model_dir(model_dir)
-    arch = json.loads((model_dir / "config.json").read_text()).get("model_type", "?")
-    with atomic_dir(out_dir) as tmp, contextlib.redirect_stdout(io.StringIO()):
+    config = json.loads((model_dir / "config.json").read_text())
+    arch = config.get("model_type", "?")
+    with atomic_dir(out_dir) as tmp, contextlib.redirect_stdout(io.StringIO()), head_dim_kept(config):
         try:
             TransformersConverter(str(model_dir), load_as_float16=False).convert(
                 str(tmp), quantization=quantization, force=True
@@ -86,11 +87,37 @@ def convert(model_dir: str | Path, out_dir: str | Path, quantization: str | None
     return Path(out_dir)
 
 
+@contextlib.contextmanager
+def head_dim_kept(config: dict):
+    """CTranslate2's Llama and Mistral converters build the model spec without ``head_dim``, so the
+    runtime takes ``hidden_size / num_attention_heads``: wrong for a model whose heads are not that
+    wide (a pruned student keeps its teacher's head width). While converting such a model, the spec is
+    built with the config's ``head_dim`` (the argument CTranslate2's own Gemma and Qwen3 loaders pass)."""
+    head_dim, heads, hidden = (config.get(k) for k in ("head_dim", "num_attention_heads", "hidden_size"))
+    if not (head_dim and heads and hidden) or head_dim * heads == hidden:
+        yield
+        return
+    from ctranslate2.specs import transformer_spec
+
+    cls = transformer_spec.TransformerDecoderModelSpec
+    original = cls.__dict__["from_config"]
+
+    def from_config(*args, **kwargs):
+        kwargs.setdefault("head_dim", head_dim)
+        return original.__func__(cls, *args[1:] if args and args[0] is cls else args, **kwargs)
+
+    cls.from_config = staticmethod(from_config)
+    try:
+        yield
+    finally:
+        cls.from_config = original
+
+
 def ct2_model_dir(path: str | Path) -> Path:
     """The cached CTranslate2 conversion of the model at ``path``: ``cache_root()/ct2/<hash>/``."""
     ct2 = import_ct2()
     model_dir = check_model_dir(path)
-    key = sha256_json({"model": model_hash(model_dir), "ctranslate2": ct2.__version__.split(".")[0]})
+    key = sha256_json({"model": model_hash(model_dir), "ctranslate2": ct2.__version__.split(".")[0], "head_dim": 1})
     return cached_conversion(
         "ct2",
         key,

@@ -25,7 +25,7 @@ def test_measure_model_tiny_llama(tiny_student_dir):
     assert perf["peak_rss_mb"] > 0
     assert perf["cuda_peak_mb"] is None or perf["cuda_peak_mb"] > 0
     assert perf["params"] > 0 and perf["torch_threads"] >= 1
-    assert perf["batched_queries"] == 4 and perf["batched_queries_per_s"] > 0
+    assert perf["batched_queries"] % 4 == 0 and perf["batched_queries"] >= 4 and perf["batched_queries_per_s"] > 0
     assert 1 <= perf["mean_completion_tokens"] <= 4
     tok = load_tokenizer(tiny_student_dir)
     lengths = [len(encode_prompt(tok, r["messages"])) for r in records]

@@ -97,7 +97,7 @@ def head_dim_kept(config: dict):
     if not (head_dim and heads and hidden) or head_dim * heads == hidden:
         yield
         return
-    from ctranslate2.specs import transformer_spec
+    from ctranslate2.specs import transformer_spec  # defers ctranslate2 (a compiled extension)
 
     cls = transformer_spec.TransformerDecoderModelSpec
     original = cls.__dict__["from_config"]

@@ -179,15 +179,16 @@ class MeasureStage(Stage):
         cfg = ctx.cfg
         records = next(iter(ctx.eval_splits().values()))
         by_engine: dict[str, dict] = {}
-        for engine in measured_engines(cfg.eval):
+        engines = measured_engines(cfg.eval)
+        for engine in engines:
             perf = by_engine[engine] = {}
             for name, spec in ctx.models().items():
                 if spec.get("api"):
                     perf[name] = api_perf(ctx.path("eval"))
                     continue
                 untrained = spec.get("init", "pretrained") != "pretrained"  # the floor runs on hf only
-                if untrained and engine != measured_engines(cfg.eval)[0]:
-                    perf[name] = by_engine[measured_engines(cfg.eval)[0]][name]
+                if untrained and engine != engines[0]:  # measured once, on the first engine's pass
+                    perf[name] = by_engine[engines[0]][name]
                     continue
                 say(f"  measuring {name} on {engine}")
                 perf[name] = measure_model(
